@@ -1,0 +1,56 @@
+// Included first by every binding file: pybind11, the core's C API and our shared helpers.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "stable-diffusion.h"
+
+namespace py = pybind11;
+
+namespace sdcpp {
+
+// Raised as sdcpp_py.SdcppError (a RuntimeError) with the core's own error lines.
+class CoreError : public std::runtime_error {
+   public:
+    using std::runtime_error::runtime_error;
+};
+
+void register_errors(py::module_& m);
+void register_logging(py::module_& m);
+void register_info(py::module_& m);
+void register_context(py::module_& m);
+
+// The core keeps its callbacks and a log buffer in process globals, so one core call runs at a time.
+std::mutex& core_mutex();
+
+// Warning and error lines the core logged on this thread since the last clear.
+void clear_recent_log();
+std::string recent_log_problems();
+
+// The callables of the generation in flight on this thread. Installed for the length of one call;
+// the core's global C callbacks route here, so nothing Python-side outlives the call.
+struct CallCallbacks {
+    py::object progress;  // callable(step, steps, seconds) or None
+    std::exception_ptr error;
+};
+
+class CallbackScope {
+   public:
+    explicit CallbackScope(CallCallbacks& callbacks);
+    ~CallbackScope();
+    CallbackScope(const CallbackScope&)            = delete;
+    CallbackScope& operator=(const CallbackScope&) = delete;
+};
+
+// A (H, W, C) uint8 array that owns the core's malloc'ed pixels through a capsule: no copy.
+py::array_t<uint8_t> adopt_image(sd_image_t image);
+size_t live_image_buffers();
+
+}  // namespace sdcpp

@@ -1,0 +1,129 @@
+// Routing of the core's process-global C callbacks to Python, and result-buffer ownership.
+#include "common.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <deque>
+
+namespace sdcpp {
+
+namespace {
+
+// Set false at interpreter exit: a context freed late must not call into a finalizing Python.
+std::atomic<bool> python_alive{true};
+
+thread_local std::deque<std::string> recent_problems;
+thread_local CallCallbacks* current_call = nullptr;
+
+std::atomic<size_t> image_buffers{0};
+
+constexpr size_t kRecentProblemLines = 8;
+
+int python_log_level(sd_log_level_t level) {
+    switch (level) {
+        case SD_LOG_DEBUG:
+            return 10;
+        case SD_LOG_INFO:
+            return 20;
+        case SD_LOG_WARN:
+            return 30;
+        default:
+            return 40;
+    }
+}
+
+void log_trampoline(sd_log_level_t level, const char* text, void*) {
+    std::string message = text ? text : "";
+    while (!message.empty() && (message.back() == '\n' || message.back() == '\r')) {
+        message.pop_back();
+    }
+    if (level == SD_LOG_ERROR) {
+        recent_problems.push_back(message);
+        if (recent_problems.size() > kRecentProblemLines) {
+            recent_problems.pop_front();
+        }
+    }
+    if (!python_alive.load() || !Py_IsInitialized()) {
+        return;
+    }
+    py::gil_scoped_acquire gil;
+    try {
+        py::object logger = py::module_::import("logging").attr("getLogger")("sdcpp_py");
+        const int py_level = python_log_level(level);
+        if (logger.attr("isEnabledFor")(py_level).cast<bool>()) {
+            logger.attr("log")(py_level, "%s", message);
+        }
+    } catch (py::error_already_set& error) {
+        error.discard_as_unraisable("sdcpp_py log callback");
+    }
+}
+
+void progress_trampoline(int step, int steps, float seconds, void*) {
+    CallCallbacks* call = current_call;
+    if (call == nullptr || call->error || !python_alive.load()) {
+        return;
+    }
+    py::gil_scoped_acquire gil;
+    if (call->progress.is_none()) {
+        return;
+    }
+    try {
+        call->progress(step, steps, seconds);
+    } catch (py::error_already_set&) {
+        // Rethrown in the caller once the core returns; later steps stop calling back.
+        call->error = std::current_exception();
+    }
+}
+
+}  // namespace
+
+std::mutex& core_mutex() {
+    static std::mutex mutex;
+    return mutex;
+}
+
+void clear_recent_log() { recent_problems.clear(); }
+
+std::string recent_log_problems() {
+    std::string joined;
+    for (const auto& line : recent_problems) {
+        if (!joined.empty()) {
+            joined += "\n";
+        }
+        joined += line;
+    }
+    return joined;
+}
+
+CallbackScope::CallbackScope(CallCallbacks& callbacks) { current_call = &callbacks; }
+
+CallbackScope::~CallbackScope() { current_call = nullptr; }
+
+py::array_t<uint8_t> adopt_image(sd_image_t image) {
+    ++image_buffers;
+    py::capsule owner(image.data, [](void* data) {
+        std::free(data);
+        --image_buffers;
+    });
+    const py::ssize_t height = image.height, width = image.width, channels = image.channel;
+    return py::array_t<uint8_t>({height, width, channels}, static_cast<uint8_t*>(image.data), owner);
+}
+
+size_t live_image_buffers() { return image_buffers.load(); }
+
+void register_errors(py::module_& m) {
+    py::register_exception<CoreError>(m, "SdcppError", PyExc_RuntimeError);
+}
+
+void register_logging(py::module_& m) {
+    sd_set_log_callback(log_trampoline, nullptr);
+    // Installed for good: with no callback the core prints progress bars on stdout. Calls without a
+    // progress callable get nothing.
+    sd_set_progress_callback(progress_trampoline, nullptr);
+    m.def("_shutdown", [] { python_alive.store(false); },
+          "Stop routing core callbacks into Python (registered with atexit).");
+    m.def("_live_image_buffers", &live_image_buffers,
+          "Number of core result buffers still owned by numpy arrays (for leak tests).");
+}
+
+}  // namespace sdcpp

@@ -1,0 +1,51 @@
+// Version, system and name-table queries that need no context.
+#include "common.hpp"
+
+#include <vector>
+
+namespace sdcpp {
+
+namespace {
+
+template <typename Enum>
+std::vector<std::string> names_of(const char* (*name_of)(Enum), int count) {
+    std::vector<std::string> names;
+    for (int i = 0; i < count; ++i) {
+        names.emplace_back(name_of(static_cast<Enum>(i)));
+    }
+    return names;
+}
+
+}  // namespace
+
+void register_info(py::module_& m) {
+    m.def("core_version", [] { return std::string(sd_version()); }, "Version tag of the vendored core.");
+    m.def("core_commit", [] { return std::string(sd_commit()); }, "Commit of the vendored core.");
+    m.def("system_info", [] { return std::string(sd_get_system_info()); }, "The core's CPU/backend feature report.");
+    m.def("physical_cores", &sd_get_num_physical_cores, "Physical CPU cores, the core's default thread count.");
+    m.attr("BACKEND") = SDCPP_BACKEND;
+
+    // The core's own name tables, in enum order: the Python enums are generated from these.
+    py::dict tables;
+    tables["sample_method"] = names_of<sample_method_t>(sd_sample_method_name, SAMPLE_METHOD_COUNT);
+    tables["scheduler"]     = names_of<scheduler_t>(sd_scheduler_name, SCHEDULER_COUNT);
+    tables["rng_type"]      = names_of<rng_type_t>(sd_rng_type_name, RNG_TYPE_COUNT);
+    tables["prediction"]    = names_of<prediction_t>(sd_prediction_name, PREDICTION_COUNT);
+    tables["preview"]       = names_of<preview_t>(sd_preview_name, PREVIEW_COUNT);
+    tables["lora_apply_mode"] = names_of<lora_apply_mode_t>(sd_lora_apply_mode_name, LORA_APPLY_MODE_COUNT);
+    tables["hires_upscaler"] = names_of<sd_hires_upscaler_t>(sd_hires_upscaler_name, SD_HIRES_UPSCALER_COUNT);
+    py::dict weight_types;  // sd_type_t has holes (removed types): keep only named values
+    for (int i = 0; i < SD_TYPE_COUNT; ++i) {
+        const char* name = sd_type_name(static_cast<sd_type_t>(i));
+        const std::string text = name ? name : "";
+        if (!text.empty() && text != "NONE" && text.find("DEPRECATED") == std::string::npos &&
+            !weight_types.contains(text)) {
+            weight_types[py::str(text)] = i;
+        }
+    }
+    m.attr("NAME_TABLES") = tables;
+    m.attr("WEIGHT_TYPES") = weight_types;
+    m.attr("SD_TYPE_COUNT") = static_cast<int>(SD_TYPE_COUNT);
+}
+
+}  // namespace sdcpp

@@ -1,0 +1,45 @@
+"""sdcpp_py: stable-diffusion.cpp from Python, with model components loaded from separate files.
+
+    import sdcpp_py
+    with sdcpp_py.Context(diffusion_model="flux1-schnell-q4_0.gguf", clip_l="clip_l.safetensors",
+                          t5xxl="t5xxl_q8_0.gguf", vae="ae.safetensors") as ctx:
+        images = ctx.txt2img("a lighthouse at dusk", width=1024, height=1024, steps=4, seed=7)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+
+from . import _core
+from ._context import COMPONENTS, Context, GenerationResult
+from ._core import SdcppError, core_commit, core_version, physical_cores, system_info
+from ._enums import HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType
+
+__version__ = "0.1.0"
+BACKEND: str = _core.BACKEND
+
+# The core logs through the "sdcpp_py" logger; stay quiet unless the application configures logging.
+logging.getLogger("sdcpp_py").addHandler(logging.NullHandler())
+atexit.register(_core._shutdown)
+
+__all__ = [
+    "BACKEND",
+    "COMPONENTS",
+    "Context",
+    "GenerationResult",
+    "HiresUpscaler",
+    "LoraApplyMode",
+    "Prediction",
+    "Preview",
+    "RngType",
+    "Sampler",
+    "Scheduler",
+    "SdcppError",
+    "WeightType",
+    "__version__",
+    "core_commit",
+    "core_version",
+    "physical_cores",
+    "system_info",
+]

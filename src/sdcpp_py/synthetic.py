@@ -1,0 +1,610 @@
+"""Synthetic model components for running the stable-diffusion.cpp core offline.
+
+The files have the tensor names and shapes the core expects (see the vendored
+sources: src/model.cpp version detection, flux.hpp, clip.hpp, t5.hpp, unet.hpp,
+auto_encoder_kl.hpp) and seeded random weights: matrices ~N(0, 0.02) (the
+tiny Flux DiT: N(0, 1/fan_in), so that the prompt visibly changes the image),
+norm weights 1, biases 0.  The images are noise, but finite and not constant,
+which is all a test of the plumbing needs.
+
+Tricks that keep the files small:
+
+* Sizes the core reads from the weights are made tiny: the Flux DiT's depth,
+  single-block depth and hidden size (from ``txt_in.weight``); the VAE
+  decoder's width (from ``decoder.conv_in.weight``).  Head dim stays 128
+  (the rope axes sum to 128) and the text width 4096.
+* Fixed-size parts (CLIP-L, T5-XXL, the SD1 UNet, the VAE) use aliasing in
+  safetensors: every weight of one dtype is a view into ONE shared
+  pool, sized for the largest tensor, and the writer stores each pool once.
+  The core's safetensors reader (src/model_io/safetensors_io.cpp) checks only
+  that ``end - begin`` matches the shape, never that ranges are disjoint.
+  Each view starts at its own small offset so that tensors differ.
+* A pool is random only in its first ``rand_bytes`` bytes and zero after that;
+  zero runs are written as file holes (sparse file), so the 263 MB T5
+  embedding pool costs ~8 MB on disk (on filesystems without sparse files the
+  apparent size is used: CLIP-L 76 MB, T5-XXL 263 MB).  Weights larger than the random head
+  have a zero tail, which is fine for tests.
+
+Aliased files are NOT valid for the Python ``safetensors`` package (it
+requires contiguous, disjoint ranges: "invalid offset"); they are for the core
+only.  Unaliased files (the Flux DiT) are standard.  GGUF files
+cannot alias: ggml's parser requires contiguous aligned offsets.
+
+Generated files are cached: the file name holds a hash of the parameters, and
+the parameters are also stored in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import struct
+from typing import Mapping
+
+import numpy as np
+
+GENERATOR_VERSION = 2
+_META_KEY = "sdcpp_py.synthetic"
+_CHUNK = 1 << 20  # sparse-write granularity
+
+# --------------------------------------------------------------------------- writers
+
+_ST_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
+}
+
+
+def _owner(a: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(owning array, byte offset of ``a`` in it) when ``a`` is a contiguous view."""
+    root = a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root is a or not (a.flags.c_contiguous and root.flags.c_contiguous):
+        return None
+    return root, a.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+
+
+def _as_bytes(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def _write_sparse(f, pos: int, data: np.ndarray) -> None:
+    """Write ``data`` (uint8) at ``pos``, leaving all-zero chunks as holes."""
+    for i in range(0, data.size, _CHUNK):
+        chunk = data[i : i + _CHUNK]
+        if chunk.any():
+            f.seek(pos + i)
+            f.write(memoryview(chunk))
+
+
+def _atomic_open(path: pathlib.Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return tmp, open(tmp, "wb")
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    alias: bool = False,
+) -> pathlib.Path:
+    """Write a safetensors file (our own writer, numpy only).
+
+    With ``alias=False`` the file follows the spec (contiguous ranges).  With
+    ``alias=True`` data is shared instead of copied: for views into one owning
+    array the whole owner is stored once and each view points into it, and
+    tensors with identical bytes share one range.  Values are never changed.
+    Zero runs become file holes either way.
+    """
+    path = pathlib.Path(path)
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    regions: list[tuple[int, np.ndarray]] = []  # (offset, uint8 data)
+    placed: dict[object, int] = {}
+    keep_alive = []  # owners must outlive the id() keys in `placed`
+    size = 0
+
+    def place(key, data: np.ndarray) -> int:
+        nonlocal size
+        if key is None or key not in placed:
+            start = size
+            regions.append((start, data))
+            size = start + data.size  # no padding: the safetensors spec forbids gaps
+            if key is None:
+                return start
+            placed[key] = start
+        return placed[key]
+
+    for name, a in tensors.items():
+        a = np.asarray(a)
+        if a.dtype not in _ST_DTYPES:
+            raise ValueError(f"unsupported dtype {a.dtype} for tensor {name!r}")
+        owner = _owner(a) if alias else None
+        if owner is not None:
+            root, offset = owner
+            keep_alive.append(root)
+            begin = place(("owner", id(root)), _as_bytes(root)) + offset
+        else:
+            data = _as_bytes(a)
+            key = ("bytes", hashlib.blake2b(data, digest_size=16).digest(), data.size) if alias else None
+            begin = place(key, data)
+        header[name] = {
+            "dtype": _ST_DTYPES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [begin, begin + a.nbytes],
+        }
+
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # spec: header padded with spaces
+    tmp, f = _atomic_open(path)
+    with f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        base = 8 + len(blob)
+        for offset, data in regions:
+            _write_sparse(f, base + offset, data)
+        f.truncate(base + size)
+    os.replace(tmp, path)
+    return path
+
+
+# GGML type id, block size, bytes per block
+_GGML_TYPES = {"F32": (0, 1, 4), "F16": (1, 1, 2), "Q8_0": (8, 32, 34)}
+
+
+def quantize_q8_0(a: np.ndarray) -> np.ndarray:
+    """GGML Q8_0 blocks (f16 scale + 32 int8) along the last axis, as uint8."""
+    x = np.asarray(a, dtype=np.float32).reshape(-1, 32)
+    d = np.abs(x).max(axis=1) / 127.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    v = x * inv[:, None]
+    q = np.trunc(v + np.copysign(0.5, v)).clip(-127, 127).astype(np.int8)  # roundf: half away from 0
+    out = np.empty((x.shape[0], 34), dtype=np.uint8)
+    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out.reshape(-1)
+
+
+def _gguf_str(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def _gguf_kv(key: str, value) -> bytes:
+    if isinstance(value, bool):
+        v = struct.pack("<I?", 7, value)
+    elif isinstance(value, int):
+        v = struct.pack("<Iq", 11, value)
+    elif isinstance(value, float):
+        v = struct.pack("<If", 6, value)
+    else:
+        v = struct.pack("<I", 8) + _gguf_str(str(value))
+    return _gguf_str(key) + v
+
+
+def write_gguf(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, object] | None = None,
+    *,
+    types: str | Mapping[str, str] | None = None,
+    alignment: int = 32,
+) -> pathlib.Path:
+    """Write a GGUF v3 file (our own minimal writer).
+
+    ``types`` picks the stored type ("F32", "F16", "Q8_0"): one string for
+    every tensor with >= 2 dims whose last axis fits the block size (others
+    stay F32), or a per-name mapping.  Default: the array's own dtype.
+    Offsets are contiguous and aligned, as ggml's parser requires.
+    """
+    path = pathlib.Path(path)
+    infos, datas, offset = [], [], 0
+    for name, a in tensors.items():
+        a = np.asarray(a)
+        if isinstance(types, Mapping):
+            t = types.get(name)
+        elif types is not None:
+            t = types if a.ndim >= 2 and a.shape[-1] % _GGML_TYPES[types][1] == 0 else "F32"
+        else:
+            t = None
+        t = t or ("F16" if a.dtype == np.float16 else "F32")
+        type_id, block, _ = _GGML_TYPES[t]
+        if a.shape[-1] % block:
+            raise ValueError(f"{name!r}: last dim {a.shape[-1]} not a multiple of {block} for {t}")
+        if t == "Q8_0":
+            data = quantize_q8_0(a)
+        else:
+            data = _as_bytes(a.astype(np.float16 if t == "F16" else np.float32))
+        ne = a.shape[::-1] or (1,)
+        infos.append(_gguf_str(name) + struct.pack(f"<I{len(ne)}qIQ", len(ne), *ne, type_id, offset))
+        datas.append(data)
+        offset += -(-data.size // alignment) * alignment
+    kvs = [_gguf_kv(k, v) for k, v in (metadata or {}).items()]
+    if alignment != 32:
+        kvs.append(_gguf_str("general.alignment") + struct.pack("<II", 4, alignment))
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(kvs)) + b"".join(kvs) + b"".join(infos)
+    head += b"\0" * (-len(head) % alignment)
+    tmp, f = _atomic_open(path)
+    with f:
+        f.write(head)
+        for data in datas:
+            f.write(memoryview(data))
+            f.write(b"\0" * (-data.size % alignment))
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- weight specs
+
+
+class _Spec:
+    """Ordered list of (name, shape, kind); kind is "w" (random), "one" or "zero"."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.items: list[tuple[str, tuple[int, ...], str]] = []
+
+    def add(self, name: str, shape, kind: str = "w") -> None:
+        self.items.append((self.prefix + name, tuple(int(s) for s in shape), kind))
+
+    def linear(self, name: str, n_in: int, n_out: int, bias: bool = True) -> None:
+        self.add(f"{name}.weight", (n_out, n_in))
+        if bias:
+            self.add(f"{name}.bias", (n_out,), "zero")
+
+    def conv(self, name: str, c_in: int, c_out: int, k: int = 3) -> None:
+        self.add(f"{name}.weight", (c_out, c_in, k, k))
+        self.add(f"{name}.bias", (c_out,), "zero")
+
+    def norm(self, name: str, n: int, bias: bool = True) -> None:
+        self.add(f"{name}.weight", (n,), "one")
+        if bias:
+            self.add(f"{name}.bias", (n,), "zero")
+
+    def sub(self, prefix: str) -> "_Spec":
+        s = _Spec(self.prefix + prefix)
+        s.items = self.items  # shared list, longer prefix
+        return s
+
+    def materialize(self, seed: int, dtype=np.float16, *, alias: bool, std: float | None = 0.02,
+                    rand_bytes: int = 8 << 20) -> dict[str, np.ndarray]:
+        """Arrays for all items: matrices in ``dtype``, norms/biases in F32.
+        ``std=None`` (unaliased only) scales each matrix by 1/sqrt(fan_in)."""
+        rng = np.random.default_rng(seed)
+        dtype = np.dtype(dtype)
+        out = {}
+        if not alias:
+            for name, shape, kind in self.items:
+                if kind == "w":
+                    sd = std or 1.0 / np.sqrt(np.prod(shape[1:]))
+                    out[name] = (rng.standard_normal(shape, dtype=np.float32) * sd).astype(dtype)
+                else:
+                    out[name] = np.full(shape, 1.0 if kind == "one" else 0.0, dtype=np.float32)
+            return out
+        sizes = {k: max((int(np.prod(s)) for _, s, kk in self.items if kk == k), default=0)
+                 for k in ("w", "one", "zero")}
+        slack = min(sizes["w"], 1 << 16)  # per-tensor start offsets vary within it
+        std = std or 0.02
+        pool = np.zeros(sizes["w"] + slack, dtype=dtype)  # calloc: zero tail costs no RAM
+        n_rand = min(pool.size, rand_bytes // dtype.itemsize)
+        pool[:n_rand] = rng.standard_normal(n_rand, dtype=np.float32) * std
+        ones = np.ones(sizes["one"], dtype=np.float32)
+        zeros = np.zeros(sizes["zero"], dtype=np.float32)
+        for name, shape, kind in self.items:
+            n = int(np.prod(shape))
+            if kind == "w":
+                start = int(rng.integers(0, slack + 1))
+                out[name] = pool[start : start + n].reshape(shape)
+            else:
+                out[name] = (ones if kind == "one" else zeros)[:n].reshape(shape)
+        return out
+
+
+def _flux_dit(s: _Spec, depth: int, depth_single: int, hidden: int, guidance: bool) -> None:
+    """BFL Flux.1 names (flux.hpp); head dim 128, mlp ratio 4, 16ch latent in 2x2 patches."""
+    h, mlp, head_dim, patch_ch = hidden, 4 * hidden, 128, 64
+    s.linear("img_in", patch_ch, h)
+    s.linear("txt_in", 4096, h)  # context_in_dim and hidden_size are read from this
+    s.linear("time_in.in_layer", 256, h)
+    s.linear("time_in.out_layer", h, h)
+    if guidance:  # presence switches guidance_embed on (flux-dev style)
+        s.linear("guidance_in.in_layer", 256, h)
+        s.linear("guidance_in.out_layer", h, h)
+    s.linear("vector_in.in_layer", 768, h)  # pooled CLIP-L
+    s.linear("vector_in.out_layer", h, h)
+    for i in range(depth):
+        for stream in ("img", "txt"):
+            p = f"double_blocks.{i}.{stream}_"
+            s.linear(p + "mod.lin", h, 6 * h)
+            s.linear(p + "attn.qkv", h, 3 * h)
+            s.add(p + "attn.norm.query_norm.scale", (head_dim,), "one")
+            s.add(p + "attn.norm.key_norm.scale", (head_dim,), "one")  # head dim read here
+            s.linear(p + "attn.proj", h, h)
+            s.linear(p + "mlp.0", h, mlp)
+            s.linear(p + "mlp.2", mlp, h)
+    for i in range(depth_single):
+        p = f"single_blocks.{i}."
+        s.linear(p + "linear1", h, 3 * h + mlp)
+        s.linear(p + "linear2", h + mlp, h)
+        s.add(p + "norm.query_norm.scale", (head_dim,), "one")
+        s.add(p + "norm.key_norm.scale", (head_dim,), "one")
+        s.linear(p + "modulation.lin", h, 3 * h)
+    s.linear("final_layer.linear", h, patch_ch)
+    s.linear("final_layer.adaLN_modulation.1", h, 2 * h)
+
+
+def _clip_l(s: _Spec) -> None:
+    """HF CLIPTextModel (ViT-L/14 text tower), fixed size in clip.hpp."""
+    d = 768
+    s.add("embeddings.token_embedding.weight", (49408, d))
+    s.add("embeddings.position_embedding.weight", (77, d))
+    for i in range(12):
+        p = f"encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            s.linear(p + "self_attn." + proj, d, d)
+        s.norm(p + "layer_norm1", d)
+        s.norm(p + "layer_norm2", d)
+        s.linear(p + "mlp.fc1", d, 4 * d)
+        s.linear(p + "mlp.fc2", 4 * d, d)
+    s.norm("final_layer_norm", d)
+
+
+def _t5_xxl(s: _Spec) -> None:
+    """T5-XXL encoder, fixed size in t5.hpp (24 layers, 4096, ff 10240, 64 heads)."""
+    d, ff = 4096, 10240
+    s.add("shared.weight", (32128, d))
+    for i in range(24):
+        p = f"encoder.block.{i}.layer."
+        for proj in "qkvo":
+            s.linear(f"{p}0.SelfAttention.{proj}", d, d, bias=False)
+        if i == 0:  # relative position buckets x heads, only in block 0
+            s.add(p + "0.SelfAttention.relative_attention_bias.weight", (32, 64))
+        s.add(p + "0.layer_norm.weight", (d,), "one")
+        s.linear(p + "1.DenseReluDense.wi_0", d, ff, bias=False)
+        s.linear(p + "1.DenseReluDense.wi_1", d, ff, bias=False)
+        s.linear(p + "1.DenseReluDense.wo", ff, d, bias=False)
+        s.add(p + "1.layer_norm.weight", (d,), "one")
+    s.add("encoder.final_layer_norm.weight", (d,), "one")
+
+
+def _vae(s: _Spec, z: int, dec_ch: int, encoder: bool, quant: bool) -> None:
+    """LDM AutoencoderKL (auto_encoder_kl.hpp). Decoder width is read from
+    decoder.conv_in (out = 4 * ch; GroupNorm32 needs ch % 32 == 0); the encoder
+    is fixed at ch 128. ``quant`` adds the SD1-style 1x1 (post_)quant_conv."""
+    mult, n_res = (1, 2, 4, 4), 2
+
+    def resnet(p, c_in, c_out):
+        s.norm(p + "norm1", c_in)
+        s.conv(p + "conv1", c_in, c_out)
+        s.norm(p + "norm2", c_out)
+        s.conv(p + "conv2", c_out, c_out)
+        if c_in != c_out:
+            s.conv(p + "nin_shortcut", c_in, c_out, 1)
+
+    def mid(p, c):
+        resnet(p + "mid.block_1.", c, c)
+        s.norm(p + "mid.attn_1.norm", c)
+        for proj in ("q", "k", "v", "proj_out"):
+            s.conv(p + "mid.attn_1." + proj, c, c, 1)
+        resnet(p + "mid.block_2.", c, c)
+
+    c = dec_ch * mult[-1]
+    s.conv("decoder.conv_in", z, c)
+    mid("decoder.", c)
+    for i in reversed(range(len(mult))):
+        for j in range(n_res + 1):
+            resnet(f"decoder.up.{i}.block.{j}.", c, dec_ch * mult[i])
+            c = dec_ch * mult[i]
+        if i:
+            s.conv(f"decoder.up.{i}.upsample.conv", c, c)
+    s.norm("decoder.norm_out", c)
+    s.conv("decoder.conv_out", c, 3)
+    if quant:
+        s.conv("post_quant_conv", z, z, 1)
+    if encoder:
+        ch = c = 128
+        s.conv("encoder.conv_in", 3, c)
+        for i, m in enumerate(mult):
+            for j in range(n_res):
+                resnet(f"encoder.down.{i}.block.{j}.", c, ch * m)
+                c = ch * m
+            if i != len(mult) - 1:
+                s.conv(f"encoder.down.{i}.downsample.conv", c, c)
+        mid("encoder.", c)
+        s.norm("encoder.norm_out", c)
+        s.conv("encoder.conv_out", c, 2 * z)
+        if quant:
+            s.conv("quant_conv", 2 * z, 2 * z, 1)
+
+
+def _unet_sd1(s: _Spec) -> None:
+    """Original LDM SD1.x UNet (unet.hpp): fixed 320 channels, mult 1,2,4,4,
+    attention at ds 1,2,4, 8 heads, context 768."""
+    mc, temb, ctx, mult, attn_ds, n_res = 320, 1280, 768, (1, 2, 4, 4), (1, 2, 4), 2
+
+    def res(p, c_in, c_out):
+        s.norm(p + "in_layers.0", c_in)
+        s.conv(p + "in_layers.2", c_in, c_out)
+        s.linear(p + "emb_layers.1", temb, c_out)
+        s.norm(p + "out_layers.0", c_out)
+        s.conv(p + "out_layers.3", c_out, c_out)
+        if c_in != c_out:
+            s.conv(p + "skip_connection", c_in, c_out, 1)
+
+    def transformer(p, c):
+        s.norm(p + "norm", c)
+        s.conv(p + "proj_in", c, c, 1)
+        b = p + "transformer_blocks.0."
+        for attn, c_kv in (("attn1", c), ("attn2", ctx)):
+            s.linear(f"{b}{attn}.to_q", c, c, bias=False)
+            s.linear(f"{b}{attn}.to_k", c_kv, c, bias=False)
+            s.linear(f"{b}{attn}.to_v", c_kv, c, bias=False)
+            s.linear(f"{b}{attn}.to_out.0", c, c)
+        s.linear(b + "ff.net.0.proj", c, 8 * c)  # GEGLU: 2 x 4c
+        s.linear(b + "ff.net.2", 4 * c, c)
+        for n in ("norm1", "norm2", "norm3"):
+            s.norm(b + n, c)
+        s.conv(p + "proj_out", c, c, 1)
+
+    s.linear("time_embed.0", mc, temb)
+    s.linear("time_embed.2", temb, temb)
+    s.conv("input_blocks.0.0", 4, mc)
+    chans, c, idx, ds = [mc], mc, 0, 1
+    for i, m in enumerate(mult):
+        for _ in range(n_res):
+            idx += 1
+            res(f"input_blocks.{idx}.0.", c, m * mc)
+            c = m * mc
+            if ds in attn_ds:
+                transformer(f"input_blocks.{idx}.1.", c)
+            chans.append(c)
+        if i != len(mult) - 1:
+            idx += 1
+            s.conv(f"input_blocks.{idx}.0.op", c, c)
+            chans.append(c)
+            ds *= 2
+    res("middle_block.0.", c, c)
+    transformer("middle_block.1.", c)  # its presence marks full SD1 (not tiny)
+    res("middle_block.2.", c, c)
+    out = 0
+    for i in reversed(range(len(mult))):
+        for j in range(n_res + 1):
+            res(f"output_blocks.{out}.0.", c + chans.pop(), mult[i] * mc)
+            c, up = mult[i] * mc, 1
+            if ds in attn_ds:
+                transformer(f"output_blocks.{out}.1.", c)
+                up = 2
+            if i and j == n_res:
+                s.conv(f"output_blocks.{out}.{up}.conv", c, c)
+                ds //= 2
+            out += 1
+    s.norm("out.0", mc)
+    s.conv("out.2", mc, 4)
+
+
+# --------------------------------------------------------------------------- generators
+
+
+def _params_hash(params: Mapping[str, object]) -> tuple[str, str]:
+    text = json.dumps({"generator": GENERATOR_VERSION, **params}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12], text
+
+
+def _st_metadata(path: pathlib.Path) -> dict[str, str]:
+    """The __metadata__ of a safetensors file ({} if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return json.loads(f.read(n)).get("__metadata__", {})
+    except (OSError, ValueError, struct.error):
+        return {}
+
+
+def _component(path: pathlib.Path, params: dict, build, *, dtype=np.float16, alias: bool,
+               std: float | None = 0.02, fmt: str = "safetensors",
+               gguf_type: str | None = None) -> pathlib.Path:
+    """Build and write one component unless an identical one is cached at ``path``."""
+    _, text = _params_hash(params)
+    if fmt == "safetensors" and path.exists() and _st_metadata(path).get(_META_KEY) == text:
+        return path
+    if fmt == "gguf" and path.exists():  # hash is in the file name
+        return path
+    spec = _Spec()
+    build(spec)
+    tensors = spec.materialize(params["seed"], dtype, alias=alias, std=std)
+    if fmt == "gguf":
+        return write_gguf(path, tensors, {_META_KEY: text}, types=gguf_type)
+    return write_safetensors(path, tensors, {_META_KEY: text}, alias=alias)
+
+
+def flux_components(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    t5xxl: bool = False,
+    depth: int = 1,
+    depth_single_blocks: int = 1,
+    hidden_size: int = 128,
+    guidance_embed: bool = True,
+    diffusion_format: str = "safetensors",
+    diffusion_type: str = "F16",
+    vae_ch: int = 32,
+    vae_encoder: bool = False,
+) -> dict[str, pathlib.Path]:
+    """Synthetic Flux.1 component files, keyed by Context argument name.
+
+    - "diffusion_model": tiny DiT (hidden_size must be a multiple of 128;
+      ~3.2 MB at the defaults).  ``diffusion_format="gguf"`` writes GGUF with
+      ``diffusion_type`` "F32", "F16" or "Q8_0" for the matrices.
+    - "clip_l": full-size CLIP-L text encoder (123M params, ~250 MB as F16 in
+      RAM), aliased/sparse on disk.
+    - "vae": 16-channel KL VAE, decoder width ``vae_ch`` (multiple of 32).
+      The encoder (fixed ch 128) is only needed when the context is not
+      vae_decode_only (img2img, hires, control); add it with ``vae_encoder``.
+    - "t5xxl" (``t5xxl=True``): full-size T5-XXL encoder (4.76B params; 9.3 GB
+      RAM as F16 when loaded, minutes of CPU per prompt), aliased/sparse on
+      disk.  Without it the core feeds zeros of width 4096 to the DiT.
+    """
+    if hidden_size % 128 or vae_ch % 32:
+        raise ValueError("hidden_size must be a multiple of 128 and vae_ch of 32")
+    if diffusion_format not in ("safetensors", "gguf"):
+        raise ValueError(f"unknown diffusion_format {diffusion_format!r}")
+    out_dir = pathlib.Path(out_dir)
+    dit = dict(kind="flux-dit", seed=seed, depth=depth, depth_single_blocks=depth_single_blocks,
+               hidden_size=hidden_size, guidance_embed=guidance_embed, format=diffusion_format,
+               type=diffusion_type if diffusion_format == "gguf" else "F16")
+    clip = dict(kind="clip-l", seed=seed)
+    vae = dict(kind="flux-vae", seed=seed, ch=vae_ch, encoder=vae_encoder)
+    t5 = dict(kind="t5xxl", seed=seed)
+
+    def name(params, ext="safetensors"):
+        return out_dir / f"{params['kind']}-{_params_hash(params)[0]}.{ext}"
+
+    ext = "gguf" if diffusion_format == "gguf" else "safetensors"
+    paths = {
+        "diffusion_model": _component(
+            name(dit, ext), dit,
+            lambda s: _flux_dit(s, depth, depth_single_blocks, hidden_size, guidance_embed),
+            alias=False, std=None, fmt=diffusion_format, gguf_type=diffusion_type),
+        "clip_l": _component(name(clip), clip, lambda s: _clip_l(s.sub("text_model.")), alias=True),
+        "vae": _component(name(vae), vae, lambda s: _vae(s, 16, vae_ch, vae_encoder, quant=False),
+                          alias=True),
+    }
+    if t5xxl:
+        paths["t5xxl"] = _component(name(t5), t5, _t5_xxl, alias=True)
+    return paths
+
+
+def sd1_checkpoint(path_or_dir: str | os.PathLike, *, seed: int = 0, vae_ch: int = 32,
+                   vae_encoder: bool = True) -> pathlib.Path:
+    """All-in-one SD1.x checkpoint (original LDM names): full-size UNet
+    (860M params, ~1.7 GB RAM as F16), CLIP-L and a KL VAE with decoder width
+    ``vae_ch``; aliased/sparse on disk (~8 MB).
+
+    Detected as SD1 by the core because the CLIP token embedding is 768 wide
+    and ``middle_block.1`` / ``output_blocks.7.1`` exist.  A path ending in
+    ``.safetensors`` is used as is (cached via its metadata); otherwise it is
+    a directory and the file name carries the parameter hash.
+    """
+    if vae_ch % 32:
+        raise ValueError("vae_ch must be a multiple of 32")
+    params = dict(kind="sd1", seed=seed, vae_ch=vae_ch, vae_encoder=vae_encoder)
+    p = pathlib.Path(path_or_dir)
+    if p.suffix != ".safetensors":
+        p = p / f"sd1-{_params_hash(params)[0]}.safetensors"
+
+    def build(s: _Spec) -> None:
+        _unet_sd1(s.sub("model.diffusion_model."))
+        _clip_l(s.sub("cond_stage_model.transformer.text_model."))
+        _vae(s.sub("first_stage_model."), 4, vae_ch, vae_encoder, quant=True)
+
+    return _component(p, params, build, alias=True)

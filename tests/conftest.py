@@ -1,0 +1,72 @@
+"""Shared fixtures: synthetic component files (made by sdcpp_py.synthetic) and the sd-cli oracle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdcpp_py import synthetic
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _synthetic_dir() -> Path:
+    # Cached across runs: generation is cheap, but rewriting ~100 MB of sparse files each session is not.
+    base = os.environ.get("SDCPP_PY_SYNTHETIC_DIR")
+    return Path(base) if base else Path.home() / ".cache" / "sdcpp-py" / "synthetic"
+
+
+@pytest.fixture(scope="session")
+def flux_parts() -> dict:
+    """Tiny Flux.1 DiT + CLIP-L + VAE, each a separate file."""
+    return synthetic.flux_components(_synthetic_dir() / "flux")
+
+
+@pytest.fixture(scope="session")
+def flux_parts_with_t5() -> dict:
+    return synthetic.flux_components(_synthetic_dir() / "flux", t5xxl=True)
+
+
+@pytest.fixture(scope="session")
+def sd1_checkpoint() -> Path:
+    """An all-in-one SD1.x-style checkpoint (full-size UNet, aliased weights)."""
+    return synthetic.sd1_checkpoint(_synthetic_dir() / "sd1")
+
+
+@pytest.fixture(scope="session")
+def sd_cli() -> Path:
+    """The vendored sd-cli, built from the same core sources and flags as the extension."""
+    override = os.environ.get("SDCPP_PY_SD_CLI")
+    if override:
+        return Path(override)
+    build_dir = REPO_ROOT / "build" / "sd-cli"
+    binary = build_dir / "bin" / "sd-cli"
+    configure = ["cmake", "-S", str(REPO_ROOT), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                 "-DSDCPP_PY_BUILD_SD_CLI=ON", f"-DPython_EXECUTABLE={sys.executable}"]
+    if shutil.which("ninja"):
+        configure += ["-G", "Ninja"] if not (build_dir / "CMakeCache.txt").exists() else []
+    for command in (configure, ["cmake", "--build", str(build_dir), "--target", "sd-cli"]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.fail(f"building sd-cli failed: {' '.join(command)}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return binary
+
+
+def run_sd_cli(sd_cli: Path, out_png: Path, components: dict, *args: str) -> np.ndarray:
+    from PIL import Image
+
+    flags = {"model": "-m", "diffusion_model": "--diffusion-model", "clip_l": "--clip_l", "t5xxl": "--t5xxl",
+             "vae": "--vae", "clip_g": "--clip_g", "llm": "--llm", "taesd": "--taesd"}
+    command = [str(sd_cli), "-o", str(out_png), *args]
+    for name, path in components.items():
+        command += [flags[name], str(path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, f"sd-cli failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    with Image.open(out_png) as image:
+        return np.asarray(image.convert("RGB"))

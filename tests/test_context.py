@@ -1,0 +1,149 @@
+import inspect
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+import sdcpp_py
+from sdcpp_py import _core
+
+SMALL = dict(width=64, height=64, steps=2, cfg_scale=1.0)
+
+
+def test_versions_report_the_pinned_core():
+    assert sdcpp_py.core_commit() == "90e87bc"
+    assert sdcpp_py.core_version() == "master-596-90e87bc"
+    assert sdcpp_py.__version__
+    assert sdcpp_py.BACKEND in {"cpu", "cuda", "vulkan", "metal"}
+    assert "AVX" in sdcpp_py.system_info() or "NEON" in sdcpp_py.system_info()
+
+
+def test_constructor_defaults_match_sd_ctx_params_init():
+    core = _core.ContextParams()  # filled by the core's sd_ctx_params_init
+    signature = inspect.signature(sdcpp_py.Context)
+    for name in ("offload_params_to_cpu", "mmap", "keep_clip_on_cpu", "keep_vae_on_cpu", "keep_control_net_on_cpu",
+                 "flash_attn", "diffusion_flash_attn", "diffusion_conv_direct", "vae_conv_direct", "vae_decode_only",
+                 "tae_preview_only", "circular_x", "circular_y", "force_sdxl_vae_conv_scale",
+                 "chroma_use_dit_mask", "chroma_use_t5_mask", "chroma_t5_mask_pad", "qwen_image_zero_cond_t",
+                 "max_vram"):
+        assert signature.parameters[name].default == getattr(core, name), name
+    assert int(signature.parameters["rng"].default) == core.rng
+    assert int(signature.parameters["lora_apply_mode"].default) == core.lora_apply_mode
+    assert core.n_threads == sdcpp_py.physical_cores()
+
+
+def test_every_sd_ctx_params_field_has_a_keyword():
+    params = set(inspect.signature(sdcpp_py.Context).parameters)
+    exposed = {name for name in dir(_core.ContextParams) if not name.startswith("_")}
+    exposed -= {"free_params_immediately"}  # always False: a Python context generates many times
+    assert exposed <= params, exposed - params
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in inspect.signature(sdcpp_py.Context).parameters.values())
+
+
+def test_paths_accept_pathlike_and_repr_names_components(flux_parts):
+    parts = {name: pathlib.Path(path) for name, path in flux_parts.items()}
+    ctx = sdcpp_py.Context(**parts, n_threads=2)
+    text = repr(ctx)
+    for path in parts.values():
+        assert path.name in text
+    assert "backend='cpu'" in text or "backend=" in text
+    ctx.close()
+    ctx.close()  # idempotent
+    assert ctx.closed and "closed" in repr(ctx)
+    with pytest.raises(ValueError, match="closed"):
+        ctx.txt2img("a red cube", **SMALL)
+
+
+def test_context_manager_closes(flux_parts):
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
+        assert not ctx.closed
+    assert ctx.closed
+
+
+@pytest.mark.parametrize("argument", ["diffusion_model", "clip_l", "vae"])
+def test_missing_file_names_the_argument(flux_parts, tmp_path, argument):
+    parts = dict(flux_parts)
+    parts[argument] = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match=argument):
+        sdcpp_py.Context(**parts)
+
+
+def test_no_model_is_a_value_error(flux_parts):
+    with pytest.raises(ValueError, match="no model"):
+        sdcpp_py.Context(clip_l=flux_parts["clip_l"], vae=flux_parts["vae"])
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match="diffusion_model"):
+        sdcpp_py.Context(diffusion_model=tmp_path)
+
+
+def test_core_failure_carries_the_core_error_lines(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(sdcpp_py.SdcppError, match="get sd version from file failed") as info:
+        sdcpp_py.Context(diffusion_model=garbage)
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_incomplete_model_reports_missing_tensors(flux_parts):
+    # A Flux DiT with no VAE: the core names the tensors it could not find.
+    with pytest.raises(sdcpp_py.SdcppError, match="not in model file"):
+        sdcpp_py.Context(diffusion_model=flux_parts["diffusion_model"], clip_l=flux_parts["clip_l"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(weight_type="q9_9"), "weight_type='q9_9'"),
+        (dict(rng="mersenne"), "rng='mersenne'"),
+        (dict(prediction="x0"), "prediction='x0'"),
+        (dict(n_threads=0), "n_threads=0"),
+        (dict(max_vram=-1.0), "max_vram=-1.0"),
+    ],
+)
+def test_bad_context_options_raise_value_error(flux_parts, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        sdcpp_py.Context(**flux_parts, **kwargs)
+
+
+def test_bad_bool_option_is_a_type_error(flux_parts):
+    with pytest.raises(TypeError, match="mmap"):
+        sdcpp_py.Context(**flux_parts, mmap="yes")
+
+
+@pytest.fixture(scope="module")
+def flux(flux_parts):
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
+        yield ctx
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(width=0), ValueError, "width=0"),
+        (dict(height=100000), ValueError, "height=100000"),
+        (dict(steps=0), ValueError, "steps=0"),
+        (dict(cfg_scale=-1.0), ValueError, "cfg_scale=-1.0"),
+        (dict(cfg_scale=float("nan")), ValueError, "cfg_scale=nan"),
+        (dict(batch_count=0), ValueError, "batch_count=0"),
+        (dict(seed=-2), ValueError, "seed=-2"),
+        (dict(sampler="warp_drive"), ValueError, "euler_a"),
+        (dict(scheduler=99), ValueError, "scheduler=99"),
+        (dict(width=64.0), TypeError, "width"),
+        (dict(progress=5), TypeError, "progress"),
+    ],
+)
+def test_bad_generation_arguments_name_the_argument(flux, kwargs, error, message):
+    args = dict(SMALL, **kwargs)
+    with pytest.raises(error, match=message):
+        flux.txt2img("a red cube", **args)
+
+
+def test_enums_come_from_the_core_name_tables():
+    assert [s.core_name for s in sdcpp_py.Sampler] == list(_core.NAME_TABLES["sample_method"])
+    assert sdcpp_py.Sampler.coerce("dpm++2m", "sampler") is sdcpp_py.Sampler.DPMPP2M
+    assert sdcpp_py.Scheduler.coerce("KARRAS", "scheduler") is sdcpp_py.Scheduler.KARRAS
+    assert sdcpp_py.WeightType.coerce("q8_0", "weight_type") == 8
+    assert str(sdcpp_py.Sampler.EULER_A) == "euler_a"
