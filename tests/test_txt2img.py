@@ -150,3 +150,43 @@ def test_flux_with_full_size_t5xxl(flux_parts_with_t5, flux_parts):
         without_t5 = ctx.txt2img("a red cube", seed=42, **SMALL)[0]
     assert with_t5.shape == (64, 64, 3) and with_t5.std() > 1.0
     assert np.abs(with_t5.astype(int) - without_t5.astype(int)).mean() > 1.0
+
+
+def test_quantized_gguf_diffusion_model_with_safetensors_parts(flux_parts):
+    from sdcpp_py import synthetic
+
+    gguf_parts = synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
+                                           diffusion_type="Q8_0")
+    assert gguf_parts["diffusion_model"].suffix == ".gguf"
+    with sdcpp_py.Context(**gguf_parts, n_threads=2) as ctx:
+        quantized = ctx.txt2img("a red cube", seed=42, **SMALL)[0]
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
+        full = ctx.txt2img("a red cube", seed=42, **SMALL)[0]
+    assert quantized.shape == full.shape
+    assert np.abs(quantized.astype(int) - full.astype(int)).mean() < 2.0  # q8_0 ~ f16
+
+
+def test_two_contexts_on_two_threads_get_only_their_own_progress(flux_parts):
+    contexts = [sdcpp_py.Context(**flux_parts, n_threads=1) for _ in range(2)]
+    seen = {0: [], 1: []}
+    errors = []
+
+    def work(index):
+        try:
+            for _ in range(2):
+                contexts[index].txt2img("a red cube", seed=index, width=64, height=64, steps=2 + index,
+                                        cfg_scale=1.0, progress=lambda s, n, t: seen[index].append(n))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ctx in contexts:
+        ctx.close()
+    assert not errors
+    # Sampling reports steps=2 on thread 0 and steps=3 on thread 1: neither sees the other's.
+    assert 2 in seen[0] and 3 not in seen[0]
+    assert 3 in seen[1] and 2 not in seen[1]
