@@ -3,6 +3,8 @@
 
 #include <vector>
 
+#include "ggml.h"
+
 namespace sdcpp {
 
 namespace {
@@ -46,6 +48,17 @@ void register_info(py::module_& m) {
     m.attr("NAME_TABLES") = tables;
     m.attr("WEIGHT_TYPES") = weight_types;
     m.attr("SD_TYPE_COUNT") = static_cast<int>(SD_TYPE_COUNT);
+
+    // (elements per block, bytes per block) of every ggml type this build knows: header checks
+    // use it to verify that a tensor's byte range matches its shape.
+    py::dict layouts;
+    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
+        const auto type = static_cast<ggml_type>(i);
+        if (ggml_blck_size(type) > 0 && ggml_type_size(type) > 0) {
+            layouts[py::int_(i)] = py::make_tuple(ggml_blck_size(type), ggml_type_size(type));
+        }
+    }
+    m.attr("GGML_TYPE_LAYOUTS") = layouts;
 }
 
 }  // namespace sdcpp

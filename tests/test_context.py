@@ -79,12 +79,17 @@ def test_directory_instead_of_file(tmp_path):
         sdcpp_py.Context(diffusion_model=tmp_path)
 
 
-def test_core_failure_carries_the_core_error_lines(tmp_path):
-    garbage = tmp_path / "garbage.safetensors"
-    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+def test_core_failure_carries_the_core_error_lines(flux_parts):
+    # A well-formed file the core cannot use as a diffusion model (a text encoder).
     with pytest.raises(sdcpp_py.SdcppError, match="get sd version from file failed") as info:
-        sdcpp_py.Context(diffusion_model=garbage)
+        sdcpp_py.Context(diffusion_model=flux_parts["clip_l"], clip_l=flux_parts["clip_l"])
     assert isinstance(info.value, RuntimeError)
+
+
+def test_diffusion_model_without_any_text_encoder_is_refused(flux_parts):
+    # Without this check the core loads, then segfaults at the first prompt.
+    with pytest.raises(ValueError, match="text encoder"):
+        sdcpp_py.Context(diffusion_model=flux_parts["diffusion_model"], vae=flux_parts["vae"])
 
 
 def test_incomplete_model_reports_missing_tensors(flux_parts):

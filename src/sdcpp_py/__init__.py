@@ -14,6 +14,7 @@ import logging
 from . import _core
 from ._context import COMPONENTS, Context, GenerationResult
 from ._core import SdcppError, core_commit, core_version, physical_cores, system_info
+from ._headers import InvalidComponentError
 from ._enums import HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "Context",
     "GenerationResult",
     "HiresUpscaler",
+    "InvalidComponentError",
     "LoraApplyMode",
     "Prediction",
     "Preview",

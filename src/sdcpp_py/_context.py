@@ -11,6 +11,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._headers import check_component
 from ._enums import (
     PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
     LoraApplyMode, Prediction, RngType, Sampler, Scheduler, WeightType,
@@ -82,7 +83,10 @@ def _embedding_pairs(embeddings) -> list:
         items = list(embeddings.items())
     else:
         items = [(Path(os.fspath(p)).stem, p) for p in embeddings]
-    return [(str(name), _resolve_path(f"embeddings[{name!r}]", path)) for name, path in items]
+    pairs = [(str(name), _resolve_path(f"embeddings[{name!r}]", path)) for name, path in items]
+    for name, path in pairs:
+        check_component(f"embeddings[{name!r}]", path)
+    return pairs
 
 
 class Context:
@@ -94,7 +98,8 @@ class Context:
 
     Raises:
         FileNotFoundError: a component path does not exist (the message names the argument).
-        ValueError: no model was given, or an option has an invalid value.
+        InvalidComponentError: a safetensors/GGUF header is malformed (a ValueError naming the argument).
+        ValueError: no model or no text encoder was given, or an option has an invalid value.
         SdcppError: the core could not build a context; the message carries the core's error lines.
     """
 
@@ -152,6 +157,13 @@ class Context:
         if model is None and diffusion_model is None:
             raise ValueError("no model given: pass model= (an all-in-one checkpoint) or diffusion_model=")
         self.components = {name: _resolve_path(name, path) for name, path in given.items() if path is not None}
+        for name, path in self.components.items():
+            check_component(name, path)
+        text_encoders = ("clip_l", "clip_g", "t5xxl", "llm")
+        if model is None and not any(name in self.components for name in text_encoders):
+            # The core loads such a model, then dereferences a missing encoder at the first prompt.
+            raise ValueError("diffusion_model needs at least one text encoder: pass clip_l=, clip_g=, t5xxl= or "
+                             "llm= (whichever the model was trained with)")
 
         params = _core.ContextParams()
         for name, path in self.components.items():

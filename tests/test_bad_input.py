@@ -1,0 +1,181 @@
+"""Malformed component files raise a clear Python exception and never take the interpreter down.
+
+Every load runs in a child process, so a crash in the core is reported as a test failure (with the
+signal) instead of killing pytest.
+"""
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sdcpp_py
+from sdcpp_py import _headers, synthetic
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def split_safetensors(path: Path):
+    raw = path.read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + size]), raw[8 + size:]
+
+
+def write_safetensors_header(path: Path, header: dict, data: bytes) -> Path:
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gguf_dit(flux_parts):
+    return synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
+                                     diffusion_type="Q8_0")["diffusion_model"]
+
+
+def make_cases(tmp: Path, dit: Path, gguf: Path) -> dict:
+    header, data = split_safetensors(dit)
+    first = next(name for name in header if name != "__metadata__")
+    cases = {}
+
+    def variant(name, change):
+        h = json.loads(json.dumps(header))
+        change(h)
+        cases[name] = write_safetensors_header(tmp / f"{name}.safetensors", h, data)
+
+    variant("shape_size_mismatch", lambda h: h[first].__setitem__("shape", [7] + h[first]["shape"][1:]))
+    variant("offset_past_end", lambda h: h[first].__setitem__("data_offsets", [10**12, 10**12 + 4]))
+    variant("unknown_dtype", lambda h: h[first].__setitem__("dtype", "Q9"))
+    variant("negative_dim", lambda h: h[first].__setitem__("shape", [-1, 4]))
+    variant("reversed_offsets", lambda h: h[first].__setitem__("data_offsets", [8, 4]))
+    variant("tensor_not_object", lambda h: h.__setitem__(first, 5))
+    variant("no_tensors", lambda h: [h.pop(k) for k in list(h) if k != "__metadata__"])
+    cases["truncated_safetensors"] = tmp / "truncated.safetensors"
+    cases["truncated_safetensors"].write_bytes(dit.read_bytes()[: dit.stat().st_size // 2])
+    cases["header_size_too_big"] = tmp / "huge_header.safetensors"
+    cases["header_size_too_big"].write_bytes(struct.pack("<Q", 2**63) + b"{}")
+    cases["header_not_json"] = tmp / "not_json.safetensors"
+    cases["header_not_json"].write_bytes(struct.pack("<Q", 10) + b"not json!!" + b"x" * 100)
+    cases["random_bytes"] = tmp / "random.safetensors"
+    cases["random_bytes"].write_bytes(random.Random(0).randbytes(4096))
+    cases["empty_file"] = tmp / "empty.safetensors"
+    cases["empty_file"].write_bytes(b"")
+    raw = gguf.read_bytes()
+    cases["truncated_gguf"] = tmp / "truncated.gguf"
+    cases["truncated_gguf"].write_bytes(raw[: len(raw) // 2])
+    cases["gguf_bad_version"] = tmp / "version.gguf"
+    cases["gguf_bad_version"].write_bytes(b"GGUF" + struct.pack("<I", 99) + raw[8:])
+    cases["gguf_random"] = tmp / "random.gguf"
+    cases["gguf_random"].write_bytes(b"GGUF" + random.Random(1).randbytes(5000))
+    cases["gguf_huge_counts"] = tmp / "counts.gguf"
+    cases["gguf_huge_counts"].write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**62, 2**62))
+    return cases
+
+
+CHILD = textwrap.dedent("""
+    import json, sys
+    import sdcpp_py
+    cases, parts = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    for name, path in cases.items():
+        print("CASE", name, flush=True)
+        try:
+            sdcpp_py.Context(diffusion_model=path, clip_l=parts["clip_l"], vae=parts["vae"], n_threads=1)
+            print("RESULT", name, "loaded", flush=True)
+        except Exception as exc:
+            print("RESULT", name, type(exc).__name__, str(exc).replace("\\n", " | ")[:300], flush=True)
+""")
+
+
+def run_child(cases: dict, parts: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps({k: str(v) for k, v in cases.items()}),
+         json.dumps({k: str(v) for k, v in parts.items()})],
+        capture_output=True, text=True, timeout=900)
+    results = {}
+    last_case = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("CASE "):
+            last_case = line.split()[1]
+        elif line.startswith("RESULT "):
+            _, name, rest = line.split(" ", 2)
+            results[name] = rest
+    assert proc.returncode == 0, (f"the interpreter died (exit {proc.returncode}) on case {last_case!r}:\n"
+                                  f"{proc.stderr[-2000:]}")
+    return results
+
+
+def test_malformed_files_raise_named_errors_in_a_child_process(tmp_path, flux_parts, gguf_dit):
+    cases = make_cases(tmp_path, flux_parts["diffusion_model"], gguf_dit)
+    results = run_child(cases, flux_parts)
+    assert set(results) == set(cases)
+    for name, outcome in results.items():
+        assert outcome.startswith("InvalidComponentError diffusion_model:"), f"{name}: {outcome}"
+
+
+def test_every_case_is_caught_by_the_header_check_in_process(tmp_path, flux_parts, gguf_dit):
+    for name, path in make_cases(tmp_path, flux_parts["diffusion_model"], gguf_dit).items():
+        with pytest.raises(sdcpp_py.InvalidComponentError, match="vae"):
+            _headers.check_component("vae", str(path))
+
+
+def test_valid_synthetic_files_pass_the_check(flux_parts, gguf_dit, sd1_checkpoint):
+    for name, path in {**flux_parts, "gguf": gguf_dit, "sd1": sd1_checkpoint}.items():
+        header = _headers.check_component(name, str(path))
+        assert header is not None and header.tensors, name
+    assert _headers.read_header(str(gguf_dit)).format == "gguf"
+
+
+def _mutate(raw: bytes, rng: random.Random, header_end: int) -> bytes:
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 8)):
+        position = rng.randrange(0, header_end)
+        data[position] = rng.randrange(256)
+    if rng.random() < 0.2:
+        data = data[: rng.randrange(1, len(data))]
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_fuzzed_headers_only_ever_raise_invalid_component(seed, flux_parts, gguf_dit, tmp_path):
+    rng = random.Random(seed)
+    source = rng.choice([flux_parts["diffusion_model"], gguf_dit])
+    raw = source.read_bytes()
+    header_end = 8 + struct.unpack("<Q", raw[:8])[0] if source.suffix == ".safetensors" else min(len(raw), 4096)
+    target = tmp_path / f"fuzz{source.suffix}"
+    target.write_bytes(_mutate(raw, rng, header_end))
+    try:
+        _headers.check_component("diffusion_model", str(target))
+    except sdcpp_py.InvalidComponentError:
+        pass
+
+
+def test_fuzzed_headers_never_crash_the_core(tmp_path, flux_parts, gguf_dit):
+    """Mutants that pass our header check go to the core in a child process: it must not die."""
+    rng = random.Random(1234)
+    cases, tried = {}, 0
+    sources = [flux_parts["diffusion_model"], gguf_dit]
+    while len(cases) < 12 and tried < 400:
+        tried += 1
+        source = sources[tried % 2]
+        raw = source.read_bytes()
+        header_end = 8 + struct.unpack("<Q", raw[:8])[0] if source.suffix == ".safetensors" else 4096
+        target = tmp_path / f"mutant{tried}{source.suffix}"
+        target.write_bytes(_mutate(raw, rng, header_end))
+        try:
+            _headers.check_component("diffusion_model", str(target))
+        except sdcpp_py.InvalidComponentError:
+            target.unlink()
+            continue
+        cases[f"mutant{tried}"] = target
+    results = run_child(cases, flux_parts)
+    print(f"fuzz: {tried} mutants, {len(cases)} passed the header check and went to the core, 0 crashes")
+    assert set(results) == set(cases)
