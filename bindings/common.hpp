@@ -38,7 +38,20 @@ std::string recent_log_problems();
 // the core's global C callbacks route here, so nothing Python-side outlives the call.
 struct CallCallbacks {
     py::object progress;  // callable(step, steps, seconds) or None
+    py::object preview;   // callable(step, frames (F, H, W, C) uint8, is_noisy) or None
     std::exception_ptr error;
+};
+
+// Installs the core's (global) preview callback for one call; the core lock must be held.
+class PreviewScope {
+   public:
+    PreviewScope(bool enabled, int mode, int interval, bool noisy);
+    ~PreviewScope();
+    PreviewScope(const PreviewScope&)            = delete;
+    PreviewScope& operator=(const PreviewScope&) = delete;
+
+   private:
+    bool enabled_;
 };
 
 class CallbackScope {

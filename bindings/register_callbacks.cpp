@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 
 namespace sdcpp {
@@ -75,7 +76,40 @@ void progress_trampoline(int step, int steps, float seconds, void*) {
     }
 }
 
+void preview_trampoline(int step, int frame_count, sd_image_t* frames, bool is_noisy, void*) {
+    CallCallbacks* call = current_call;
+    if (call == nullptr || call->error || frame_count <= 0 || frames == nullptr || !python_alive.load()) {
+        return;
+    }
+    py::gil_scoped_acquire gil;
+    try {
+        // The core frees the frames when the callback returns: copy them into one (F, H, W, C) array.
+        const sd_image_t& first = frames[0];
+        py::array_t<uint8_t> stack({static_cast<py::ssize_t>(frame_count), static_cast<py::ssize_t>(first.height),
+                                    static_cast<py::ssize_t>(first.width), static_cast<py::ssize_t>(first.channel)});
+        const size_t frame_bytes = static_cast<size_t>(first.width) * first.height * first.channel;
+        for (int i = 0; i < frame_count; ++i) {
+            std::memcpy(stack.mutable_data(i), frames[i].data, frame_bytes);
+        }
+        call->preview(step, stack, is_noisy);
+    } catch (py::error_already_set&) {
+        call->error = std::current_exception();
+    }
+}
+
 }  // namespace
+
+PreviewScope::PreviewScope(bool enabled, int mode, int interval, bool noisy) : enabled_(enabled) {
+    if (enabled_) {
+        sd_set_preview_callback(preview_trampoline, static_cast<preview_t>(mode), interval, !noisy, noisy, nullptr);
+    }
+}
+
+PreviewScope::~PreviewScope() {
+    if (enabled_) {
+        sd_set_preview_callback(nullptr, PREVIEW_NONE, 1, false, false, nullptr);
+    }
+}
 
 std::mutex& core_mutex() {
     static std::mutex mutex;

@@ -83,7 +83,8 @@ class NativeContext {
         ctx_.reset(raw);
     }
 
-    py::list generate_image(const ImageGenParams& request, py::object progress) {
+    py::list generate_image(const ImageGenParams& request, py::object progress, py::object preview,
+                            int preview_mode, int preview_interval, bool preview_noisy) {
         require_open();
         sd_img_gen_params_t c = request.plain;
         c.prompt          = request.prompt.c_str();
@@ -102,7 +103,8 @@ class NativeContext {
             c.mask_image = {static_cast<uint32_t>(c.width), static_cast<uint32_t>(c.height), 1, full_mask.data()};
         }
 
-        CallCallbacks callbacks{std::move(progress), nullptr};
+        const bool wants_preview = !preview.is_none();
+        CallCallbacks callbacks{std::move(progress), std::move(preview), nullptr};
         sd_image_t* results = nullptr;
         bool was_closed     = false;
         {
@@ -113,6 +115,7 @@ class NativeContext {
             } else {
                 std::lock_guard<std::mutex> core_lock(core_mutex());
                 CallbackScope scope(callbacks);
+                PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
                 clear_recent_log();
                 results = ::generate_image(ctx_.get(), &c);
             }
@@ -286,6 +289,8 @@ void register_context(py::module_& m) {
     py::class_<NativeContext>(m, "NativeContext", "One loaded sd_ctx_t. Use sdcpp_py.Context.")
         .def(py::init<const ContextParams&>(), py::arg("params"))
         .def("generate_image", &NativeContext::generate_image, py::arg("params"), py::arg("progress") = py::none(),
+             py::arg("preview") = py::none(), py::arg("preview_mode") = static_cast<int>(PREVIEW_PROJ),
+             py::arg("preview_interval") = 1, py::arg("preview_noisy") = false,
              "Run generate_image with the GIL released; returns a list of (H, W, C) uint8 arrays that own the "
              "core's buffers.\n\nRaises:\n    SdcppError: the core failed, with its error lines.")
         .def("default_sample_method", &NativeContext::default_sample_method)

@@ -190,3 +190,26 @@ def test_two_contexts_on_two_threads_get_only_their_own_progress(flux_parts):
     # Sampling reports steps=2 on thread 0 and steps=3 on thread 1: neither sees the other's.
     assert 2 in seen[0] and 3 not in seen[0]
     assert 3 in seen[1] and 2 not in seen[1]
+
+
+@pytest.mark.parametrize("mode", ["proj", "vae"])
+def test_preview_frames_arrive_as_arrays_and_do_not_change_the_result(flux, mode):
+    frames = []
+    result = flux.txt2img("a red cube", seed=9, width=64, height=64, steps=3, cfg_scale=1.0, preview_mode=mode,
+                          preview=lambda step, images, noisy: frames.append((step, images.copy(), noisy)))
+    plain = flux.txt2img("a red cube", seed=9, width=64, height=64, steps=3, cfg_scale=1.0)
+    np.testing.assert_array_equal(result[0], plain[0])
+    assert len(frames) == 3
+    step, images, noisy = frames[-1]
+    assert images.ndim == 4 and images.shape[0] == 1 and images.shape[-1] == 3 and images.dtype == np.uint8
+    assert noisy is False
+    if mode == "vae":
+        assert images.shape[1:] == (64, 64, 3)
+
+
+def test_preview_exception_reaches_the_caller(flux):
+    def preview(step, images, noisy):
+        raise LookupError("stop")
+
+    with pytest.raises(LookupError):
+        flux.txt2img("a red cube", seed=1, preview=preview, **SMALL)

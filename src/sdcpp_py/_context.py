@@ -13,12 +13,13 @@ import numpy as np
 from . import _core
 from ._headers import check_component
 from ._enums import (
-    PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
+    Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
     LoraApplyMode, Prediction, RngType, Sampler, Scheduler, WeightType,
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
 ProgressCallback = Callable[[int, int, float], object]
+PreviewCallback = Callable[[int, np.ndarray, bool], object]
 
 # Component slots, in the order of sd_ctx_params_t.
 COMPONENTS = (
@@ -267,6 +268,10 @@ class Context:
         custom_sigmas: Optional[Sequence[float]] = None,
         vae_tiling: bool = False,
         progress: Optional[ProgressCallback] = None,
+        preview: Optional[PreviewCallback] = None,
+        preview_mode: Union[Preview, str, int] = Preview.PROJ,
+        preview_interval: int = 1,
+        preview_noisy: bool = False,
     ) -> GenerationResult:
         """Generate images from a text prompt.
 
@@ -276,6 +281,10 @@ class Context:
 
         Arguments:
             progress: called as ``progress(step, steps, seconds_per_step)`` on the calling thread.
+            preview: called as ``preview(step, frames, is_noisy)`` every ``preview_interval`` steps with a
+                (F, H, W, 3) uint8 copy of the current latent rendered by ``preview_mode`` ("proj": a cheap
+                linear projection; "vae": the loaded VAE; "tae": a TAESD given as ``taesd=``).
+                ``preview_noisy`` shows the noisy input instead of the denoised estimate.
 
         Returns:
             A ``GenerationResult``: a list of ``batch_count`` (height, width, 3) uint8 arrays that own the
@@ -291,6 +300,11 @@ class Context:
             raise TypeError(f"negative_prompt must be a str, not {type(negative_prompt).__name__}")
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable as progress(step, steps, seconds)")
+        if preview is not None and not callable(preview):
+            raise TypeError("preview must be callable as preview(step, frames, is_noisy)")
+        mode = Preview.coerce(preview_mode, "preview_mode")
+        if preview is not None and mode == Preview.NONE:
+            raise ValueError("preview_mode='none' with a preview callable: choose 'proj', 'vae' or 'tae'")
         request = _core.ImageGenParams()
         request.prompt = prompt
         request.negative_prompt = negative_prompt
@@ -320,5 +334,7 @@ class Context:
         if custom_sigmas is not None:
             request.custom_sigmas = [_check_float("custom_sigmas[]", s, 0.0) for s in custom_sigmas]
         request.vae_tiling = bool(vae_tiling)
-        images = self._require_native().generate_image(request, progress)
+        images = self._require_native().generate_image(
+            request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
+            bool(preview_noisy))
         return GenerationResult(images, seed)
