@@ -181,7 +181,7 @@ class NativeContext {
         return ctx_.get();
     }
 
-    ContextParams params_;
+    ContextParams params_;  // owns the strings handed to new_sd_ctx for as long as the context lives
     std::unique_ptr<sd_ctx_t, CtxDeleter> ctx_;
     std::mutex mutex_;
 };

@@ -5,7 +5,6 @@ signal) instead of killing pytest.
 """
 
 import json
-import os
 import random
 import struct
 import subprocess

@@ -1,8 +1,6 @@
 import inspect
-import os
 import pathlib
 
-import numpy as np
 import pytest
 
 import sdcpp_py

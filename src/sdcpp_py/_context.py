@@ -6,7 +6,7 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
