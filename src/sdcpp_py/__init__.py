@@ -15,6 +15,7 @@ from . import _core
 from ._context import COMPONENTS, Context, GenerationResult
 from ._core import SdcppError, core_commit, core_version, physical_cores, system_info
 from ._headers import InvalidComponentError
+from ._inspect import ComponentInfo, inspect
 from ._enums import HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ atexit.register(_core._shutdown)
 __all__ = [
     "BACKEND",
     "COMPONENTS",
+    "ComponentInfo",
     "Context",
     "GenerationResult",
     "HiresUpscaler",
@@ -42,6 +44,7 @@ __all__ = [
     "__version__",
     "core_commit",
     "core_version",
+    "inspect",
     "physical_cores",
     "system_info",
 ]

@@ -1,0 +1,87 @@
+"""`inspect(path)`: what a component file is, from its header alone (no weight reads)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from ._headers import FileHeader, TensorInfo, check_component
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    path: str
+    format: str  # "safetensors", "gguf" or "other"
+    role: str  # a Context argument name, "all_in_one", "lora" or "unknown"
+    architecture: Optional[str]
+    tensor_count: int
+    parameter_count: int
+    file_size: int
+    weight_types: Dict[str, float] = field(default_factory=dict)  # type -> share of tensor bytes
+    reason: str = ""  # why the role is "unknown"
+
+
+def _find(tensors: Dict[str, TensorInfo], suffix: str) -> Optional[TensorInfo]:
+    for name, info in tensors.items():
+        if name.endswith(suffix):
+            return info
+    return None
+
+
+def _classify(tensors: Dict[str, TensorInfo]):
+    names = tensors.keys()
+    has = lambda part: any(part in name for name in names)  # noqa: E731
+    if any(k in name for name in names for k in ("lora_up", "lora_down", "lora_A.", "lora_B.")):
+        return "lora", None
+    has_unet_or_dit = has("model.diffusion_model.")
+    if has_unet_or_dit and (has("cond_stage_model.") or has("conditioner.")) and has("first_stage_model."):
+        if has("conditioner.embedders.1."):
+            return "all_in_one", "SDXL"
+        if has("cond_stage_model.model.token_embedding"):
+            return "all_in_one", "SD2"
+        return "all_in_one", "SD1"
+    if has("double_blocks.0.img_attn.qkv.weight"):
+        return "diffusion_model", "Flux.1"
+    if has("joint_blocks.0."):
+        return "diffusion_model", "SD3"
+    if has("encoder.block.0.layer.0.SelfAttention.q.weight"):
+        return "t5xxl", "T5-XXL"
+    q_proj = _find(tensors, "encoder.layers.0.self_attn.q_proj.weight")
+    if q_proj is not None and has("text_model."):
+        width = max(q_proj.shape)
+        return ("clip_l", "CLIP-L") if width == 768 else ("clip_g", "CLIP-G") if width == 1280 else ("unknown", None)
+    conv_in = _find(tensors, "decoder.conv_in.weight")
+    if conv_in is not None and not has_unet_or_dit:
+        latent_channels = conv_in.shape[1] if len(conv_in.shape) == 4 else None
+        return "vae", {16: "Flux/SD3 VAE", 4: "SD VAE"}.get(latent_channels, "KL VAE")
+    return "unknown", None
+
+
+def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
+    """Describe a model file from its header: role, architecture, sizes and weight types.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InvalidComponentError: a safetensors/GGUF header is malformed.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no such file: {path!r}")
+    header: Optional[FileHeader] = check_component("path", path)
+    if header is None:
+        return ComponentInfo(path, "other", "unknown", None, 0, 0, os.path.getsize(path),
+                             reason="not safetensors or GGUF: only the core can read it")
+    role, architecture = _classify(header.tensors)
+    total_bytes = sum(t.nbytes for t in header.tensors.values()) or 1
+    shares: Dict[str, float] = {}
+    for tensor in header.tensors.values():
+        shares[tensor.dtype] = shares.get(tensor.dtype, 0.0) + tensor.nbytes / total_bytes
+    return ComponentInfo(
+        path=path, format=header.format, role=role, architecture=architecture,
+        tensor_count=len(header.tensors),
+        parameter_count=sum(math.prod(t.shape) for t in header.tensors.values()),
+        file_size=header.file_size, weight_types=dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+        reason="" if role != "unknown" else "no tensor names of a known component",
+    )

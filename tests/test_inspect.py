@@ -1,0 +1,35 @@
+import pytest
+
+import sdcpp_py
+from sdcpp_py import synthetic
+
+
+def test_synthetic_components_are_recognised(flux_parts, sd1_checkpoint):
+    expected = {"diffusion_model": ("diffusion_model", "Flux.1"), "clip_l": ("clip_l", "CLIP-L"),
+                "vae": ("vae", "Flux/SD3 VAE")}
+    for name, path in flux_parts.items():
+        info = sdcpp_py.inspect(path)
+        assert (info.role, info.architecture) == expected[name], name
+        assert info.format == "safetensors" and info.tensor_count > 0 and info.parameter_count > 0
+        assert info.file_size == path.stat().st_size
+        assert abs(sum(info.weight_types.values()) - 1.0) < 1e-9
+    whole = sdcpp_py.inspect(sd1_checkpoint)
+    assert (whole.role, whole.architecture) == ("all_in_one", "SD1")
+    assert whole.parameter_count > 800_000_000  # full-size UNet + CLIP-L + VAE, though small on disk
+
+
+def test_gguf_weight_types_are_reported(flux_parts):
+    gguf = synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
+                                     diffusion_type="Q8_0")["diffusion_model"]
+    info = sdcpp_py.inspect(gguf)
+    assert info.format == "gguf" and info.role == "diffusion_model"
+    assert "q8_0" in info.weight_types and info.weight_types["q8_0"] > 0.5
+
+
+def test_unknown_and_missing_files(tmp_path):
+    other = tmp_path / "model.ckpt"
+    other.write_bytes(b"PK\x03\x04 not ours")
+    info = sdcpp_py.inspect(other)
+    assert info.role == "unknown" and info.reason
+    with pytest.raises(FileNotFoundError, match="path"):
+        sdcpp_py.inspect(tmp_path / "missing.gguf")
