@@ -29,6 +29,13 @@ def flux_parts() -> dict:
 
 
 @pytest.fixture(scope="session")
+def flux_gguf_dit(flux_parts) -> Path:
+    """The same tiny Flux DiT as a Q8_0 GGUF file (a differently quantized part)."""
+    return synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
+                                     diffusion_type="Q8_0")["diffusion_model"]
+
+
+@pytest.fixture(scope="session")
 def flux_parts_with_t5() -> dict:
     return synthetic.flux_components(_synthetic_dir() / "flux", t5xxl=True)
 

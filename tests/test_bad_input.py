@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdcpp_py
-from sdcpp_py import _headers, synthetic
+from sdcpp_py import _headers
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -35,9 +35,8 @@ def write_safetensors_header(path: Path, header: dict, data: bytes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gguf_dit(flux_parts):
-    return synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
-                                     diffusion_type="Q8_0")["diffusion_model"]
+def gguf_dit(flux_gguf_dit):
+    return flux_gguf_dit
 
 
 def make_cases(tmp: Path, dit: Path, gguf: Path) -> dict:
@@ -132,6 +131,14 @@ def test_valid_synthetic_files_pass_the_check(flux_parts, gguf_dit, sd1_checkpoi
     assert _headers.read_header(str(gguf_dit)).format == "gguf"
 
 
+def _write_mutant(source: Path, target: Path, rng: random.Random) -> Path:
+    """Copy source to target with a few random bytes of its header changed, sometimes truncated."""
+    raw = source.read_bytes()
+    header_end = 8 + struct.unpack("<Q", raw[:8])[0] if source.suffix == ".safetensors" else min(len(raw), 4096)
+    target.write_bytes(_mutate(raw, rng, header_end))
+    return target
+
+
 def _mutate(raw: bytes, rng: random.Random, header_end: int) -> bytes:
     data = bytearray(raw)
     for _ in range(rng.randint(1, 8)):
@@ -147,10 +154,7 @@ def _mutate(raw: bytes, rng: random.Random, header_end: int) -> bytes:
 def test_fuzzed_headers_only_ever_raise_invalid_component(seed, flux_parts, gguf_dit, tmp_path):
     rng = random.Random(seed)
     source = rng.choice([flux_parts["diffusion_model"], gguf_dit])
-    raw = source.read_bytes()
-    header_end = 8 + struct.unpack("<Q", raw[:8])[0] if source.suffix == ".safetensors" else min(len(raw), 4096)
-    target = tmp_path / f"fuzz{source.suffix}"
-    target.write_bytes(_mutate(raw, rng, header_end))
+    target = _write_mutant(source, tmp_path / f"fuzz{source.suffix}", rng)
     try:
         _headers.check_component("diffusion_model", str(target))
     except sdcpp_py.InvalidComponentError:
@@ -165,10 +169,7 @@ def test_fuzzed_headers_never_crash_the_core(tmp_path, flux_parts, gguf_dit):
     while len(cases) < 12 and tried < 400:
         tried += 1
         source = sources[tried % 2]
-        raw = source.read_bytes()
-        header_end = 8 + struct.unpack("<Q", raw[:8])[0] if source.suffix == ".safetensors" else 4096
-        target = tmp_path / f"mutant{tried}{source.suffix}"
-        target.write_bytes(_mutate(raw, rng, header_end))
+        target = _write_mutant(source, tmp_path / f"mutant{tried}{source.suffix}", rng)
         try:
             _headers.check_component("diffusion_model", str(target))
         except sdcpp_py.InvalidComponentError:

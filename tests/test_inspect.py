@@ -1,7 +1,6 @@
 import pytest
 
 import sdcpp_py
-from sdcpp_py import synthetic
 
 
 def test_synthetic_components_are_recognised(flux_parts, sd1_checkpoint):
@@ -18,10 +17,8 @@ def test_synthetic_components_are_recognised(flux_parts, sd1_checkpoint):
     assert whole.parameter_count > 800_000_000  # full-size UNet + CLIP-L + VAE, though small on disk
 
 
-def test_gguf_weight_types_are_reported(flux_parts):
-    gguf = synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
-                                     diffusion_type="Q8_0")["diffusion_model"]
-    info = sdcpp_py.inspect(gguf)
+def test_gguf_weight_types_are_reported(flux_gguf_dit):
+    info = sdcpp_py.inspect(flux_gguf_dit)
     assert info.format == "gguf" and info.role == "diffusion_model"
     assert "q8_0" in info.weight_types and info.weight_types["q8_0"] > 0.5
 

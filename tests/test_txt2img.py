@@ -152,12 +152,9 @@ def test_flux_with_full_size_t5xxl(flux_parts_with_t5, flux_parts):
     assert np.abs(with_t5.astype(int) - without_t5.astype(int)).mean() > 1.0
 
 
-def test_quantized_gguf_diffusion_model_with_safetensors_parts(flux_parts):
-    from sdcpp_py import synthetic
-
-    gguf_parts = synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
-                                           diffusion_type="Q8_0")
-    assert gguf_parts["diffusion_model"].suffix == ".gguf"
+def test_quantized_gguf_diffusion_model_with_safetensors_parts(flux_parts, flux_gguf_dit):
+    gguf_parts = dict(flux_parts, diffusion_model=flux_gguf_dit)
+    assert flux_gguf_dit.suffix == ".gguf"
     with sdcpp_py.Context(**gguf_parts, n_threads=2) as ctx:
         quantized = ctx.txt2img("a red cube", seed=42, **SMALL)[0]
     with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
