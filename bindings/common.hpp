@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <stdexcept>
@@ -20,6 +22,12 @@ namespace sdcpp {
 class CoreError : public std::runtime_error {
    public:
     using std::runtime_error::runtime_error;
+};
+
+// Raised as sdcpp_py.Cancelled (a subclass of SdcppError) when Context.cancel() stopped a call.
+class CancelledError : public CoreError {
+   public:
+    using CoreError::CoreError;
 };
 
 void register_errors(py::module_& m);
@@ -39,7 +47,33 @@ std::string recent_log_problems();
 struct CallCallbacks {
     py::object progress;  // callable(step, steps, seconds) or None
     py::object preview;   // callable(step, frames (F, H, W, C) uint8, is_noisy) or None
-    std::exception_ptr error;
+    std::exception_ptr error;  // what a callable raised; the generation is then aborted
+
+    // Cancellation: the call is cancelled once the context's epoch moves past the value it started with.
+    const std::atomic<uint64_t>* cancel_epoch = nullptr;
+    uint64_t start_epoch                      = 0;
+    std::atomic<bool> failed{false};    // error is set (readable from any thread)
+    std::atomic<bool> aborting{false};  // the core was told to abort this call
+
+    bool cancelled() const { return cancel_epoch != nullptr && cancel_epoch->load() != start_epoch; }
+};
+
+// Asked by the (patched) core before and during each diffusion-model compute.
+bool abort_requested_for_active_call();
+
+// For the length of one generate call on the main thread: Ctrl-C (SIGINT) aborts the core's compute,
+// then Python's own handler raises KeyboardInterrupt. Only engaged while Python's default SIGINT
+// handler is in place; a no-op elsewhere.
+class InterruptScope {
+   public:
+    InterruptScope();  // needs the GIL
+    ~InterruptScope();
+    InterruptScope(const InterruptScope&)            = delete;
+    InterruptScope& operator=(const InterruptScope&) = delete;
+    bool interrupted() const;  // SIGINT arrived while engaged
+
+   private:
+    bool engaged_ = false;
 };
 
 // Installs the core's (global) preview callback for one call; the core lock must be held.

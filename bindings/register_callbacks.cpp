@@ -2,6 +2,7 @@
 #include "common.hpp"
 
 #include <atomic>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -15,6 +16,29 @@ std::atomic<bool> python_alive{true};
 
 thread_local std::deque<std::string> recent_problems;
 thread_local CallCallbacks* current_call = nullptr;
+// The one generation in the core (the core lock serializes them), for the abort check, which ggml may
+// run on a thread of its own.
+std::atomic<CallCallbacks*> active_call{nullptr};
+
+std::atomic<bool> sigint_arrived{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the SIGINT flag is set from a signal handler");
+#ifndef _WIN32
+struct sigaction python_sigint_action;
+
+void chained_sigint_handler(int signal_number, siginfo_t* info, void* context) {
+    sigint_arrived.store(true);
+    const struct sigaction& python = python_sigint_action;  // Python's C handler: it queues KeyboardInterrupt
+    if (python.sa_flags & SA_SIGINFO) {
+        if (python.sa_sigaction != nullptr) {
+            python.sa_sigaction(signal_number, info, context);
+        }
+    } else if (python.sa_handler != SIG_DFL && python.sa_handler != SIG_IGN && python.sa_handler != nullptr) {
+        python.sa_handler(signal_number);
+    }
+}
+#endif
+
+bool core_abort_callback(void*) { return abort_requested_for_active_call(); }
 
 std::atomic<size_t> image_buffers{0};
 
@@ -34,6 +58,10 @@ int python_log_level(sd_log_level_t level) {
 }
 
 void log_trampoline(sd_log_level_t level, const char* text, void*) {
+    CallCallbacks* call = active_call.load();
+    if (call != nullptr && call->aborting.load() && level > SD_LOG_INFO) {
+        level = SD_LOG_DEBUG;  // "compute failed" and the like are the expected echo of our own abort
+    }
     std::string message = text ? text : "";
     while (!message.empty() && (message.back() == '\n' || message.back() == '\r')) {
         message.pop_back();
@@ -59,20 +87,28 @@ void log_trampoline(sd_log_level_t level, const char* text, void*) {
     }
 }
 
+void record_failure(CallCallbacks* call) {
+    // Rethrown in the caller once the core returns; the next diffusion compute aborts.
+    call->error = std::current_exception();
+    call->failed.store(true);
+}
+
 void progress_trampoline(int step, int steps, float seconds, void*) {
     CallCallbacks* call = current_call;
     if (call == nullptr || call->error || !python_alive.load()) {
         return;
     }
     py::gil_scoped_acquire gil;
-    if (call->progress.is_none()) {
-        return;
-    }
     try {
-        call->progress(step, steps, seconds);
+        // Let Python signal handlers run on the main thread at every step (a no-op on other threads).
+        if (PyErr_CheckSignals() != 0) {
+            throw py::error_already_set();
+        }
+        if (!call->progress.is_none()) {
+            call->progress(step, steps, seconds);
+        }
     } catch (py::error_already_set&) {
-        // Rethrown in the caller once the core returns; later steps stop calling back.
-        call->error = std::current_exception();
+        record_failure(call);
     }
 }
 
@@ -93,7 +129,7 @@ void preview_trampoline(int step, int frame_count, sd_image_t* frames, bool is_n
         }
         call->preview(step, stack, is_noisy);
     } catch (py::error_already_set&) {
-        call->error = std::current_exception();
+        record_failure(call);
     }
 }
 
@@ -129,9 +165,57 @@ std::string recent_log_problems() {
     return joined;
 }
 
-CallbackScope::CallbackScope(CallCallbacks& callbacks) { current_call = &callbacks; }
+CallbackScope::CallbackScope(CallCallbacks& callbacks) {
+    current_call = &callbacks;
+    active_call.store(&callbacks);
+}
 
-CallbackScope::~CallbackScope() { current_call = nullptr; }
+CallbackScope::~CallbackScope() {
+    active_call.store(nullptr);
+    current_call = nullptr;
+}
+
+bool abort_requested_for_active_call() {
+    CallCallbacks* call = active_call.load();
+    if (call == nullptr) {
+        return false;
+    }
+    const bool stop = call->failed.load() || sigint_arrived.load() || call->cancelled();
+    if (stop) {
+        call->aborting.store(true);
+    }
+    return stop;
+}
+
+InterruptScope::InterruptScope() {
+#ifndef _WIN32
+    py::module_ threading = py::module_::import("threading");
+    if (!threading.attr("current_thread")().is(threading.attr("main_thread")())) {
+        return;  // signals reach Python's handlers on the main thread only
+    }
+    py::module_ signal_module = py::module_::import("signal");
+    if (!signal_module.attr("getsignal")(SIGINT).is(signal_module.attr("default_int_handler"))) {
+        return;  // a custom handler may not want Ctrl-C to stop the generation
+    }
+    struct sigaction chained {};
+    chained.sa_sigaction = chained_sigint_handler;
+    chained.sa_flags     = SA_SIGINFO;
+    sigemptyset(&chained.sa_mask);
+    sigint_arrived.store(false);
+    engaged_ = sigaction(SIGINT, &chained, &python_sigint_action) == 0;
+#endif
+}
+
+InterruptScope::~InterruptScope() {
+#ifndef _WIN32
+    if (engaged_) {
+        sigaction(SIGINT, &python_sigint_action, nullptr);
+        sigint_arrived.store(false);
+    }
+#endif
+}
+
+bool InterruptScope::interrupted() const { return engaged_ && sigint_arrived.load(); }
 
 py::array_t<uint8_t> adopt_image(sd_image_t image) {
     ++image_buffers;
@@ -146,7 +230,8 @@ py::array_t<uint8_t> adopt_image(sd_image_t image) {
 size_t live_image_buffers() { return image_buffers.load(); }
 
 void register_errors(py::module_& m) {
-    py::register_exception<CoreError>(m, "SdcppError", PyExc_RuntimeError);
+    auto base = py::register_exception<CoreError>(m, "SdcppError", PyExc_RuntimeError);
+    py::register_exception<CancelledError>(m, "Cancelled", base);
 }
 
 void register_logging(py::module_& m) {
@@ -154,6 +239,7 @@ void register_logging(py::module_& m) {
     // Installed for good: with no callback the core prints progress bars on stdout. Calls without a
     // progress callable get nothing.
     sd_set_progress_callback(progress_trampoline, nullptr);
+    sd_set_abort_callback(core_abort_callback, nullptr);
     m.def("_shutdown", [] { python_alive.store(false); },
           "Stop routing core callbacks into Python (registered with atexit).");
     m.def("_live_image_buffers", &live_image_buffers,

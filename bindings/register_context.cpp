@@ -104,7 +104,12 @@ class NativeContext {
         }
 
         const bool wants_preview = !preview.is_none();
-        CallCallbacks callbacks{std::move(progress), std::move(preview), nullptr};
+        CallCallbacks callbacks;
+        callbacks.progress     = std::move(progress);
+        callbacks.preview      = std::move(preview);
+        callbacks.cancel_epoch = &cancel_epoch_;
+        callbacks.start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call
+        InterruptScope interrupt;
         sd_image_t* results = nullptr;
         bool was_closed     = false;
         {
@@ -134,7 +139,16 @@ class NativeContext {
             std::free(results);
         }
         if (callbacks.error) {
-            std::rethrow_exception(callbacks.error);
+            std::rethrow_exception(callbacks.error);  // unchanged, traceback included
+        }
+        if (interrupt.interrupted()) {
+            if (PyErr_CheckSignals() == 0) {  // normally raises KeyboardInterrupt itself
+                PyErr_SetNone(PyExc_KeyboardInterrupt);
+            }
+            throw py::error_already_set();
+        }
+        if (callbacks.cancelled()) {
+            throw CancelledError("the generation was cancelled by Context.cancel()");
         }
         if (results == nullptr || images.size() == 0) {
             throw CoreError(with_core_log("generation failed"));
@@ -164,6 +178,9 @@ class NativeContext {
 
     bool closed() const { return ctx_ == nullptr; }
 
+    // Any thread, no lock: calls in flight or waiting on this context stop; later calls are unaffected.
+    void cancel() { cancel_epoch_.fetch_add(1); }
+
     ~NativeContext() {
         if (ctx_ != nullptr) {
             // Release the GIL: a generation on another thread may hold the core lock and want the GIL.
@@ -184,6 +201,7 @@ class NativeContext {
     ContextParams params_;  // owns the strings handed to new_sd_ctx for as long as the context lives
     std::unique_ptr<sd_ctx_t, CtxDeleter> ctx_;
     std::mutex mutex_;
+    std::atomic<uint64_t> cancel_epoch_{0};
 };
 
 }  // namespace
@@ -297,6 +315,8 @@ void register_context(py::module_& m) {
         .def("default_scheduler", &NativeContext::default_scheduler, py::arg("sample_method"))
         .def("supports_image_generation", &NativeContext::supports_image_generation)
         .def("supports_video_generation", &NativeContext::supports_video_generation)
+        .def("cancel", &NativeContext::cancel,
+             "Stop the calls in flight or waiting on this context (they raise Cancelled); thread-safe.")
         .def("close", &NativeContext::close, "Free the core context (idempotent).")
         .def_property_readonly("closed", &NativeContext::closed);
 }

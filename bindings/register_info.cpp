@@ -26,6 +26,19 @@ void register_info(py::module_& m) {
     m.def("system_info", [] { return std::string(sd_get_system_info()); }, "The core's CPU/backend feature report.");
     m.def("physical_cores", &sd_get_num_physical_cores, "Physical CPU cores, the core's default thread count.");
     m.attr("BACKEND") = SDCPP_BACKEND;
+    m.def("core_patches", [] {
+        std::vector<std::string> names;
+        std::string all = SDCPP_CORE_PATCHES, name;  // comma-separated
+        for (char c : all + ",") {
+            if (c == ',') {
+                if (!name.empty()) names.push_back(name);
+                name.clear();
+            } else {
+                name += c;
+            }
+        }
+        return names;
+    }, "Our patches (patches/*.patch) compiled into this build's core, in the order applied.");
 
     // The core's own name tables, in enum order: the Python enums are generated from these.
     py::dict tables;

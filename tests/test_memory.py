@@ -47,3 +47,28 @@ def test_generations_and_contexts_do_not_leak(flux_parts):
     # Generous bounds: a leaked 64x64 result alone would be 12 KB per call, a leaked context tens of MB.
     assert after_generations - before < 20, f"50 generations grew RSS by {after_generations - before:.1f} MB"
     assert after_contexts - before_contexts < 40, f"10 contexts grew RSS by {after_contexts - before_contexts:.1f} MB"
+
+
+def test_cancelled_generations_do_not_leak(flux_parts):
+    ctx = sdcpp_py.Context(**flux_parts, n_threads=2)
+
+    def cancel_at_step_one(step, steps, seconds):
+        if step == 1:
+            ctx.cancel()
+
+    def cancelled_call(seed):
+        with pytest.raises(sdcpp_py.Cancelled):
+            ctx.txt2img("a red cube", seed=seed, width=64, height=64, steps=4, cfg_scale=1.0,
+                        progress=cancel_at_step_one)
+
+    for seed in range(3):  # warm-up, as above
+        ctx.txt2img("a red cube", seed=seed, **SMALL)
+        cancelled_call(seed)
+    gc.collect()
+    after_one = rss_mb()
+    for seed in range(20):
+        cancelled_call(seed)
+    gc.collect()
+    after_twenty = rss_mb()
+    ctx.close()
+    assert after_twenty - after_one < 20, f"20 cancels grew RSS by {after_twenty - after_one:.1f} MB"

@@ -210,3 +210,27 @@ def test_preview_exception_reaches_the_caller(flux):
 
     with pytest.raises(LookupError):
         flux.txt2img("a red cube", seed=1, preview=preview, **SMALL)
+
+
+def test_threads_sharing_one_context_get_the_serial_results(flux):
+    seeds = list(range(20, 28))
+    serial = {seed: flux.txt2img("a red cube", seed=seed, **SMALL)[0] for seed in seeds}
+    shared = {}
+    errors = []
+
+    def work(my_seeds):
+        try:
+            for seed in my_seeds:
+                shared[seed] = flux.txt2img("a red cube", seed=seed, **SMALL)[0]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seeds[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(shared) == seeds
+    for seed in seeds:
+        np.testing.assert_array_equal(shared[seed], serial[seed])

@@ -13,7 +13,7 @@ import logging
 
 from . import _core
 from ._context import COMPONENTS, Context, GenerationResult
-from ._core import SdcppError, core_commit, core_version, physical_cores, system_info
+from ._core import Cancelled, SdcppError, core_commit, core_patches, core_version, physical_cores, system_info
 from ._headers import InvalidComponentError
 from ._inspect import ComponentInfo, inspect
 from ._enums import HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType
@@ -28,6 +28,7 @@ atexit.register(_core._shutdown)
 __all__ = [
     "BACKEND",
     "COMPONENTS",
+    "Cancelled",
     "ComponentInfo",
     "Context",
     "GenerationResult",
@@ -43,6 +44,7 @@ __all__ = [
     "WeightType",
     "__version__",
     "core_commit",
+    "core_patches",
     "core_version",
     "inspect",
     "physical_cores",

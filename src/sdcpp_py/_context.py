@@ -204,6 +204,18 @@ class Context:
         if native is not None:
             native.close()
 
+    def cancel(self) -> None:
+        """Stop this context's generation in flight, from any thread; it raises ``Cancelled``.
+
+        Calls waiting for this context at that moment are cancelled too; later calls are not. Sampling stops
+        within the current step (on the CPU, within one graph operation); a cancel during text encoding
+        takes effect when sampling starts, one during VAE decoding when the decode ends. The context stays
+        usable and gives the same pixels as before.
+        """
+        native = self._native
+        if native is not None:
+            native.cancel()
+
     @property
     def closed(self) -> bool:
         return self._native is None
@@ -292,6 +304,9 @@ class Context:
 
         Raises:
             ValueError / TypeError: an argument is invalid (the message names it).
+            Cancelled: ``cancel()`` was called while this call ran or waited.
+            KeyboardInterrupt: Ctrl-C (on the main thread) stopped the generation.
+            Exception: whatever ``progress`` or ``preview`` raised, unchanged; it stops the generation.
             SdcppError: the core failed, with its error lines.
         """
         if not isinstance(prompt, str):
