@@ -84,7 +84,7 @@ def test_cancel_during_text_encoding_stops_before_any_sampling(flux):
     assert max(steps_seen, default=0) == 0, f"sampling steps ran after the cancel: {steps_seen}"
 
 
-def test_raising_progress_stops_the_generation_and_its_exception_arrives_unchanged(flux, flux_reference):
+def test_raising_progress_stops_the_generation_and_its_exception_arrives_unchanged(flux, flux_reference, caplog):
     class Stop(Exception):
         pass
 
@@ -98,9 +98,11 @@ def test_raising_progress_stops_the_generation_and_its_exception_arrives_unchang
                 raised.append(Stop("enough"))
                 raise raised[0]
 
+    caplog.set_level(logging.DEBUG, logger="sdcpp_py")
     with pytest.raises(Stop) as caught:
         flux.txt2img("a red cube", progress=progress, **FLUX_CALL)
     assert caught.value is raised[0]
+    assert not any("generate_image completed" in r.getMessage() for r in caplog.records), "the generation ran on"
     assert "raise raised[0]" in "".join(traceback.format_tb(caught.value.__traceback__))
     assert max(steps_seen) == 1, f"steps after the exception still ran: {steps_seen}"
     np.testing.assert_array_equal(flux.txt2img("a red cube", **FLUX_CALL)[0], flux_reference)
