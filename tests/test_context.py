@@ -90,10 +90,17 @@ def test_diffusion_model_without_any_text_encoder_is_refused(flux_parts):
         sdcpp_py.Context(diffusion_model=flux_parts["diffusion_model"], vae=flux_parts["vae"])
 
 
+def test_dit_model_without_its_separate_vae_is_refused_up_front(flux_parts):
+    parts = {name: path for name, path in flux_parts.items() if name != "vae"}
+    with pytest.raises(ValueError, match=r"Flux\.1 model, whose VAE is a separate file: pass vae="):
+        sdcpp_py.Context(**parts)
+
+
 def test_incomplete_model_reports_missing_tensors(flux_parts):
-    # A Flux DiT with no VAE: the core names the tensors it could not find.
+    # A CLIP file where the VAE belongs: the core names the decoder tensors it could not find.
     with pytest.raises(sdcpp_py.SdcppError, match="not in model file"):
-        sdcpp_py.Context(diffusion_model=flux_parts["diffusion_model"], clip_l=flux_parts["clip_l"])
+        sdcpp_py.Context(diffusion_model=flux_parts["diffusion_model"], clip_l=flux_parts["clip_l"],
+                         vae=flux_parts["clip_l"])
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _core
 from ._headers import check_component
+from ._inspect import classify_tensors
 from ._enums import (
     Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
     LoraApplyMode, Prediction, RngType, Sampler, Scheduler, WeightType,
@@ -28,6 +29,8 @@ COMPONENTS = (
 )
 
 MAX_SEED = 2**63 - 1
+# Diffusion-model architectures that never carry their VAE in the same file.
+VAE_IS_A_SEPARATE_FILE = ("Flux.1", "SD3")
 MAX_SIDE = 16384
 
 
@@ -158,13 +161,18 @@ class Context:
         if model is None and diffusion_model is None:
             raise ValueError("no model given: pass model= (an all-in-one checkpoint) or diffusion_model=")
         self.components = {name: _resolve_path(name, path) for name, path in given.items() if path is not None}
-        for name, path in self.components.items():
-            check_component(name, path)
+        headers = {name: check_component(name, path) for name, path in self.components.items()}
         text_encoders = ("clip_l", "clip_g", "t5xxl", "llm")
         if model is None and not any(name in self.components for name in text_encoders):
             # The core loads such a model, then dereferences a missing encoder at the first prompt.
             raise ValueError("diffusion_model needs at least one text encoder: pass clip_l=, clip_g=, t5xxl= or "
                              "llm= (whichever the model was trained with)")
+        dit_header = headers.get("diffusion_model")
+        if model is None and "vae" not in self.components and dit_header is not None:
+            role, architecture = classify_tensors(dit_header.tensors)
+            if architecture in VAE_IS_A_SEPARATE_FILE:
+                # The core would fail listing every missing decoder tensor.
+                raise ValueError(f"diffusion_model is a {architecture} model, whose VAE is a separate file: pass vae=")
 
         params = _core.ContextParams()
         for name, path in self.components.items():

@@ -30,7 +30,8 @@ def _find(tensors: Dict[str, TensorInfo], suffix: str) -> Optional[TensorInfo]:
     return None
 
 
-def _classify(tensors: Dict[str, TensorInfo]):
+def classify_tensors(tensors: Dict[str, TensorInfo]):
+    """(role, architecture) of a file from its tensor names and shapes."""
     names = tensors.keys()
     has = lambda part: any(part in name for name in names)  # noqa: E731
     if any(k in name for name in names for k in ("lora_up", "lora_down", "lora_A.", "lora_B.")):
@@ -73,7 +74,7 @@ def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
     if header is None:
         return ComponentInfo(path, "other", "unknown", None, 0, 0, os.path.getsize(path),
                              reason="not safetensors or GGUF: only the core can read it")
-    role, architecture = _classify(header.tensors)
+    role, architecture = classify_tensors(header.tensors)
     total_bytes = sum(t.nbytes for t in header.tensors.values()) or 1
     shares: Dict[str, float] = {}
     for tensor in header.tensors.values():
