@@ -34,6 +34,7 @@ void register_errors(py::module_& m);
 void register_logging(py::module_& m);
 void register_info(py::module_& m);
 void register_context(py::module_& m);
+void register_tools(py::module_& m);
 
 // The core keeps its callbacks and a log buffer in process globals, so one core call runs at a time.
 std::mutex& core_mutex();
@@ -41,6 +42,8 @@ std::mutex& core_mutex();
 // Warning and error lines the core logged on this thread since the last clear.
 void clear_recent_log();
 std::string recent_log_problems();
+// `what`, followed by the core's recent error lines.
+std::string with_core_log(const std::string& what);
 
 // The callables of the generation in flight on this thread. Installed for the length of one call;
 // the core's global C callbacks route here, so nothing Python-side outlives the call.

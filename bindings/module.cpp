@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
     sdcpp::register_logging(m);
     sdcpp::register_info(m);
     sdcpp::register_context(m);
+    sdcpp::register_tools(m);
 }

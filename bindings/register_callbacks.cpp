@@ -154,6 +154,11 @@ std::mutex& core_mutex() {
 
 void clear_recent_log() { recent_problems.clear(); }
 
+std::string with_core_log(const std::string& what) {
+    const std::string log = recent_log_problems();
+    return log.empty() ? what : what + ": " + log;
+}
+
 std::string recent_log_problems() {
     std::string joined;
     for (const auto& line : recent_problems) {

@@ -2,6 +2,7 @@
 #include "common.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -24,15 +25,89 @@ struct ContextParams {
     }
 };
 
+// Pixels copied from a (H, W, C) uint8 array: the core reads them with the GIL released.
+struct OwnedImage {
+    std::vector<uint8_t> pixels;
+    uint32_t width = 0, height = 0, channels = 0;
+
+    OwnedImage() = default;
+    explicit OwnedImage(const py::array_t<uint8_t, py::array::c_style>& array) {
+        if (array.ndim() != 3) {
+            throw std::invalid_argument("expected a (H, W, C) uint8 array");
+        }
+        height   = static_cast<uint32_t>(array.shape(0));
+        width    = static_cast<uint32_t>(array.shape(1));
+        channels = static_cast<uint32_t>(array.shape(2));
+        pixels.assign(array.data(), array.data() + array.size());
+    }
+    sd_image_t view() {
+        return {width, height, channels, pixels.empty() ? nullptr : pixels.data()};
+    }
+    bool empty() const { return pixels.empty(); }
+};
+
+std::vector<OwnedImage> owned_images(const std::vector<py::array_t<uint8_t, py::array::c_style>>& arrays) {
+    std::vector<OwnedImage> images;
+    for (const auto& array : arrays) {
+        images.emplace_back(array);
+    }
+    return images;
+}
+
+std::vector<sd_image_t> views_of(std::vector<OwnedImage>& images) {
+    std::vector<sd_image_t> views;
+    for (auto& image : images) {
+        views.push_back(image.view());
+    }
+    return views;
+}
+
+struct LoraSpec {
+    std::string path;
+    float multiplier  = 1.0f;
+    bool is_high_noise = false;
+};
+
+std::vector<sd_lora_t> lora_views(const std::vector<LoraSpec>& loras) {
+    std::vector<sd_lora_t> views;
+    for (const auto& lora : loras) {
+        views.push_back({lora.is_high_noise, lora.multiplier, lora.path.c_str()});
+    }
+    return views;
+}
+
 // The generation fields of sd_img_gen_params_t that own memory, plus the plain struct.
 struct ImageGenParams {
-    std::string prompt, negative_prompt;
+    std::string prompt, negative_prompt, pm_id_embed_path, hires_model_path, cache_scm_mask;
     std::vector<int> skip_layers;
     std::vector<float> custom_sigmas;
+    std::vector<LoraSpec> loras;
+    OwnedImage init_image, mask_image, control_image;
+    std::vector<OwnedImage> ref_images, pm_id_images;
     sd_img_gen_params_t plain{};
 
     ImageGenParams() { sd_img_gen_params_init(&plain); }
 };
+
+// The same for sd_vid_gen_params_t.
+struct VideoGenParams {
+    std::string prompt, negative_prompt, cache_scm_mask;
+    std::vector<int> skip_layers, high_noise_skip_layers;
+    std::vector<float> custom_sigmas, high_noise_custom_sigmas;
+    std::vector<LoraSpec> loras;
+    OwnedImage init_image, end_image;
+    std::vector<OwnedImage> control_frames;
+    sd_vid_gen_params_t plain{};
+
+    VideoGenParams() { sd_vid_gen_params_init(&plain); }
+};
+
+void point_sample_params(sd_sample_params_t& sample, std::vector<int>& skip_layers, std::vector<float>& sigmas) {
+    sample.guidance.slg.layers      = skip_layers.empty() ? nullptr : skip_layers.data();
+    sample.guidance.slg.layer_count = skip_layers.size();
+    sample.custom_sigmas            = sigmas.empty() ? nullptr : sigmas.data();
+    sample.custom_sigmas_count      = static_cast<int>(sigmas.size());
+}
 
 struct CtxDeleter {
     void operator()(sd_ctx_t* ctx) const { free_sd_ctx(ctx); }
@@ -40,10 +115,6 @@ struct CtxDeleter {
 
 const char* c_str_or_null(const std::string& s) { return s.empty() ? nullptr : s.c_str(); }
 
-std::string with_core_log(const std::string& what) {
-    const std::string log = recent_log_problems();
-    return log.empty() ? what : what + ": " + log;
-}
 
 class NativeContext {
    public:
@@ -83,77 +154,110 @@ class NativeContext {
         ctx_.reset(raw);
     }
 
-    py::list generate_image(const ImageGenParams& request, py::object progress, py::object preview,
+    py::list generate_image(ImageGenParams& request, py::object progress, py::object preview,
                             int preview_mode, int preview_interval, bool preview_noisy) {
         require_open();
         sd_img_gen_params_t c = request.plain;
         c.prompt          = request.prompt.c_str();
         c.negative_prompt = request.negative_prompt.c_str();
-        c.sample_params.guidance.slg.layers =
-            request.skip_layers.empty() ? nullptr : const_cast<int*>(request.skip_layers.data());
-        c.sample_params.guidance.slg.layer_count = request.skip_layers.size();
-        c.sample_params.custom_sigmas =
-            request.custom_sigmas.empty() ? nullptr : const_cast<float*>(request.custom_sigmas.data());
-        c.sample_params.custom_sigmas_count = static_cast<int>(request.custom_sigmas.size());
+        point_sample_params(c.sample_params, request.skip_layers, request.custom_sigmas);
+        const std::vector<sd_lora_t> loras = lora_views(request.loras);
+        c.loras      = loras.empty() ? nullptr : loras.data();
+        c.lora_count = static_cast<uint32_t>(loras.size());
+        c.init_image    = request.init_image.view();
+        c.control_image = request.control_image.view();
+        std::vector<sd_image_t> refs = views_of(request.ref_images);
+        c.ref_images       = refs.empty() ? nullptr : refs.data();
+        c.ref_images_count = static_cast<int>(refs.size());
+        std::vector<sd_image_t> ids = views_of(request.pm_id_images);
+        c.pm_params.id_images       = ids.empty() ? nullptr : ids.data();
+        c.pm_params.id_images_count = static_cast<int>(ids.size());
+        c.pm_params.id_embed_path   = c_str_or_null(request.pm_id_embed_path);
+        c.hires.model_path          = c_str_or_null(request.hires_model_path);
+        c.cache.scm_mask            = c_str_or_null(request.cache_scm_mask);
 
         // As sd-cli does: with no mask given, an all-white mask of the output size.
         std::vector<uint8_t> full_mask;
-        if (c.mask_image.data == nullptr) {
+        if (request.mask_image.empty()) {
             full_mask.assign(static_cast<size_t>(c.width) * c.height, 255);
             c.mask_image = {static_cast<uint32_t>(c.width), static_cast<uint32_t>(c.height), 1, full_mask.data()};
+        } else {
+            c.mask_image = request.mask_image.view();
         }
 
-        const bool wants_preview = !preview.is_none();
-        CallCallbacks callbacks;
-        callbacks.progress     = std::move(progress);
-        callbacks.preview      = std::move(preview);
-        callbacks.cancel_epoch = &cancel_epoch_;
-        callbacks.start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call
-        InterruptScope interrupt;
         sd_image_t* results = nullptr;
-        bool was_closed     = false;
-        {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> context_lock(mutex_);
-            if (ctx_ == nullptr) {
-                was_closed = true;  // closed by another thread while this call waited
-            } else {
-                std::lock_guard<std::mutex> core_lock(core_mutex());
-                CallbackScope scope(callbacks);
-                PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
-                clear_recent_log();
-                results = ::generate_image(ctx_.get(), &c);
-            }
-        }
-        if (was_closed) {
-            throw std::invalid_argument("this Context is closed");
-        }
-        // Own every buffer before anything can throw.
         py::list images;
-        if (results != nullptr) {
-            for (int i = 0; i < c.batch_count; ++i) {
-                if (results[i].data != nullptr) {
-                    images.append(adopt_image(results[i]));
+        run_in_core(
+            std::move(progress), std::move(preview), preview_mode, preview_interval, preview_noisy,
+            [&](sd_ctx_t* ctx) { results = ::generate_image(ctx, &c); },
+            [&] {
+                if (results == nullptr) {
+                    return false;
                 }
-            }
-            std::free(results);
-        }
-        if (callbacks.error) {
-            std::rethrow_exception(callbacks.error);  // unchanged, traceback included
-        }
-        if (interrupt.interrupted()) {
-            if (PyErr_CheckSignals() == 0) {  // normally raises KeyboardInterrupt itself
-                PyErr_SetNone(PyExc_KeyboardInterrupt);
-            }
-            throw py::error_already_set();
-        }
-        if (callbacks.cancelled()) {
-            throw CancelledError("the generation was cancelled by Context.cancel()");
-        }
-        if (results == nullptr || images.size() == 0) {
-            throw CoreError(with_core_log("generation failed"));
-        }
+                for (int i = 0; i < c.batch_count; ++i) {
+                    if (results[i].data != nullptr) {
+                        images.append(adopt_image(results[i]));
+                    }
+                }
+                std::free(results);
+                return images.size() > 0;
+            });
         return images;
+    }
+
+    // Frames of one video as a single (F, H, W, C) uint8 array.
+    py::array_t<uint8_t> generate_video(VideoGenParams& request, py::object progress, py::object preview,
+                                        int preview_mode, int preview_interval, bool preview_noisy) {
+        require_open();
+        sd_vid_gen_params_t c = request.plain;
+        c.prompt          = request.prompt.c_str();
+        c.negative_prompt = request.negative_prompt.c_str();
+        point_sample_params(c.sample_params, request.skip_layers, request.custom_sigmas);
+        point_sample_params(c.high_noise_sample_params, request.high_noise_skip_layers,
+                            request.high_noise_custom_sigmas);
+        const std::vector<sd_lora_t> loras = lora_views(request.loras);
+        c.loras      = loras.empty() ? nullptr : loras.data();
+        c.lora_count = static_cast<uint32_t>(loras.size());
+        c.init_image = request.init_image.view();
+        c.end_image  = request.end_image.view();
+        std::vector<sd_image_t> controls = views_of(request.control_frames);
+        c.control_frames      = controls.empty() ? nullptr : controls.data();
+        c.control_frames_size = static_cast<int>(controls.size());
+        c.cache.scm_mask      = c_str_or_null(request.cache_scm_mask);
+
+        sd_image_t* frames = nullptr;
+        int frame_count    = 0;
+        py::array_t<uint8_t> video;
+        run_in_core(
+            std::move(progress), std::move(preview), preview_mode, preview_interval, preview_noisy,
+            [&](sd_ctx_t* ctx) { frames = ::generate_video(ctx, &c, &frame_count); },
+            [&] {
+                if (frames == nullptr) {
+                    return false;
+                }
+                bool complete = frame_count > 0 && frames[0].data != nullptr;
+                if (complete) {
+                    const sd_image_t& first = frames[0];
+                    video = py::array_t<uint8_t>({static_cast<py::ssize_t>(frame_count),
+                                                  static_cast<py::ssize_t>(first.height),
+                                                  static_cast<py::ssize_t>(first.width),
+                                                  static_cast<py::ssize_t>(first.channel)});
+                    const size_t frame_bytes = static_cast<size_t>(first.width) * first.height * first.channel;
+                    for (int i = 0; i < frame_count; ++i) {
+                        complete = complete && frames[i].data != nullptr && frames[i].width == first.width &&
+                                   frames[i].height == first.height && frames[i].channel == first.channel;
+                        if (complete) {
+                            std::memcpy(video.mutable_data(i), frames[i].data, frame_bytes);
+                        }
+                    }
+                }
+                for (int i = 0; i < frame_count; ++i) {
+                    std::free(frames[i].data);
+                }
+                std::free(frames);
+                return complete;
+            });
+        return video;
     }
 
     int default_sample_method() { return static_cast<int>(sd_get_default_sample_method(require_open())); }
@@ -191,6 +295,54 @@ class NativeContext {
     }
 
    private:
+    // Runs `call` in the core with the GIL released under the context and core locks, this call's callbacks
+    // and cancellation installed; then, with the GIL, `own` takes the results (returning whether there are
+    // any) before any error is raised, so nothing leaks.
+    template <typename Call, typename Own>
+    void run_in_core(py::object progress, py::object preview, int preview_mode, int preview_interval,
+                     bool preview_noisy, Call call, Own own) {
+        const bool wants_preview = !preview.is_none();
+        CallCallbacks callbacks;
+        callbacks.progress     = std::move(progress);
+        callbacks.preview      = std::move(preview);
+        callbacks.cancel_epoch = &cancel_epoch_;
+        callbacks.start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call
+        InterruptScope interrupt;
+        bool was_closed = false;
+        {
+            py::gil_scoped_release release;
+            std::lock_guard<std::mutex> context_lock(mutex_);
+            if (ctx_ == nullptr) {
+                was_closed = true;  // closed by another thread while this call waited
+            } else {
+                std::lock_guard<std::mutex> core_lock(core_mutex());
+                CallbackScope scope(callbacks);
+                PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
+                clear_recent_log();
+                call(ctx_.get());
+            }
+        }
+        if (was_closed) {
+            throw std::invalid_argument("this Context is closed");
+        }
+        const bool produced = own();
+        if (callbacks.error) {
+            std::rethrow_exception(callbacks.error);  // unchanged, traceback included
+        }
+        if (interrupt.interrupted()) {
+            if (PyErr_CheckSignals() == 0) {  // normally raises KeyboardInterrupt itself
+                PyErr_SetNone(PyExc_KeyboardInterrupt);
+            }
+            throw py::error_already_set();
+        }
+        if (callbacks.cancelled()) {
+            throw CancelledError("the generation was cancelled by Context.cancel()");
+        }
+        if (!produced) {
+            throw CoreError(with_core_log("generation failed"));
+        }
+    }
+
     sd_ctx_t* require_open() {
         if (ctx_ == nullptr) {
             throw std::invalid_argument("this Context is closed");
@@ -264,6 +416,71 @@ void register_context(py::module_& m) {
 #undef SDCPP_SCALAR_FIELD
 #undef SDCPP_ENUM_FIELD
 
+    using ImageArray = py::array_t<uint8_t, py::array::c_style>;
+    py::class_<LoraSpec>(m, "LoraSpec", "One LoRA of a call: path, multiplier, high-noise model only.")
+        .def(py::init([](std::string path, float multiplier, bool is_high_noise) {
+                 return LoraSpec{std::move(path), multiplier, is_high_noise};
+             }),
+             py::arg("path"), py::arg("multiplier") = 1.0f, py::arg("is_high_noise") = false)
+        .def_readonly("path", &LoraSpec::path)
+        .def_readonly("multiplier", &LoraSpec::multiplier)
+        .def_readonly("is_high_noise", &LoraSpec::is_high_noise);
+
+// A plain field of `Params::plain` (a dotted path), or an enum field exposed as int.
+#define SDCPP_FIELD(cls, Params, py_name, expr)                                                    \
+    cls.def_property(                                                                              \
+        py_name, [](const Params& p) { return p.plain.expr; },                                     \
+        [](Params& p, decltype(Params{}.plain.expr) v) { p.plain.expr = v; })
+#define SDCPP_ENUM(cls, Params, py_name, expr, enum_type)                                          \
+    cls.def_property(                                                                              \
+        py_name, [](const Params& p) { return static_cast<int>(p.plain.expr); },                   \
+        [](Params& p, int v) { p.plain.expr = static_cast<enum_type>(v); })
+#define SDCPP_SAMPLE_FIELDS(cls, Params, prefix, sample)                                           \
+    SDCPP_FIELD(cls, Params, prefix "cfg_scale", sample.guidance.txt_cfg);                         \
+    SDCPP_FIELD(cls, Params, prefix "img_cfg_scale", sample.guidance.img_cfg);                     \
+    SDCPP_FIELD(cls, Params, prefix "guidance", sample.guidance.distilled_guidance);               \
+    SDCPP_FIELD(cls, Params, prefix "slg_start", sample.guidance.slg.layer_start);                 \
+    SDCPP_FIELD(cls, Params, prefix "slg_end", sample.guidance.slg.layer_end);                     \
+    SDCPP_FIELD(cls, Params, prefix "slg_scale", sample.guidance.slg.scale);                       \
+    SDCPP_ENUM(cls, Params, prefix "sampler", sample.sample_method, sample_method_t);              \
+    SDCPP_ENUM(cls, Params, prefix "scheduler", sample.scheduler, scheduler_t);                    \
+    SDCPP_FIELD(cls, Params, prefix "steps", sample.sample_steps);                                 \
+    SDCPP_FIELD(cls, Params, prefix "eta", sample.eta);                                            \
+    SDCPP_FIELD(cls, Params, prefix "shifted_timestep", sample.shifted_timestep);                  \
+    SDCPP_FIELD(cls, Params, prefix "flow_shift", sample.flow_shift)
+#define SDCPP_TILING_FIELDS(cls, Params)                                                           \
+    SDCPP_FIELD(cls, Params, "vae_tiling", vae_tiling_params.enabled);                             \
+    SDCPP_FIELD(cls, Params, "vae_tile_size_x", vae_tiling_params.tile_size_x);                    \
+    SDCPP_FIELD(cls, Params, "vae_tile_size_y", vae_tiling_params.tile_size_y);                    \
+    SDCPP_FIELD(cls, Params, "vae_tile_overlap", vae_tiling_params.target_overlap);                \
+    SDCPP_FIELD(cls, Params, "vae_tile_rel_size_x", vae_tiling_params.rel_size_x);                 \
+    SDCPP_FIELD(cls, Params, "vae_tile_rel_size_y", vae_tiling_params.rel_size_y)
+#define SDCPP_CACHE_FIELDS(cls, Params)                                                            \
+    SDCPP_ENUM(cls, Params, "cache_mode", cache.mode, sd_cache_mode_t);                            \
+    SDCPP_FIELD(cls, Params, "cache_reuse_threshold", cache.reuse_threshold);                      \
+    SDCPP_FIELD(cls, Params, "cache_start_percent", cache.start_percent);                          \
+    SDCPP_FIELD(cls, Params, "cache_end_percent", cache.end_percent);                              \
+    SDCPP_FIELD(cls, Params, "cache_error_decay_rate", cache.error_decay_rate);                    \
+    SDCPP_FIELD(cls, Params, "cache_use_relative_threshold", cache.use_relative_threshold);        \
+    SDCPP_FIELD(cls, Params, "cache_reset_error_on_compute", cache.reset_error_on_compute);        \
+    SDCPP_FIELD(cls, Params, "cache_Fn_compute_blocks", cache.Fn_compute_blocks);                  \
+    SDCPP_FIELD(cls, Params, "cache_Bn_compute_blocks", cache.Bn_compute_blocks);                  \
+    SDCPP_FIELD(cls, Params, "cache_residual_diff_threshold", cache.residual_diff_threshold);      \
+    SDCPP_FIELD(cls, Params, "cache_max_warmup_steps", cache.max_warmup_steps);                    \
+    SDCPP_FIELD(cls, Params, "cache_max_cached_steps", cache.max_cached_steps);                    \
+    SDCPP_FIELD(cls, Params, "cache_max_continuous_cached_steps", cache.max_continuous_cached_steps); \
+    SDCPP_FIELD(cls, Params, "cache_taylorseer_n_derivatives", cache.taylorseer_n_derivatives);    \
+    SDCPP_FIELD(cls, Params, "cache_taylorseer_skip_interval", cache.taylorseer_skip_interval);    \
+    SDCPP_FIELD(cls, Params, "cache_scm_policy_dynamic", cache.scm_policy_dynamic);               \
+    SDCPP_FIELD(cls, Params, "cache_spectrum_w", cache.spectrum_w);                                \
+    SDCPP_FIELD(cls, Params, "cache_spectrum_m", cache.spectrum_m);                                \
+    SDCPP_FIELD(cls, Params, "cache_spectrum_lam", cache.spectrum_lam);                            \
+    SDCPP_FIELD(cls, Params, "cache_spectrum_window_size", cache.spectrum_window_size);            \
+    SDCPP_FIELD(cls, Params, "cache_spectrum_flex_window", cache.spectrum_flex_window);            \
+    SDCPP_FIELD(cls, Params, "cache_spectrum_warmup_steps", cache.spectrum_warmup_steps);          \
+    SDCPP_FIELD(cls, Params, "cache_spectrum_stop_percent", cache.spectrum_stop_percent);          \
+    cls.def_readwrite("cache_scm_mask", &Params::cache_scm_mask)
+
     py::class_<ImageGenParams> gen(m, "ImageGenParams",
                                    "Fields of sd_img_gen_params_t, initialised by sd_img_gen_params_init.");
     gen.def(py::init<>());
@@ -271,38 +488,66 @@ void register_context(py::module_& m) {
     gen.def_readwrite("negative_prompt", &ImageGenParams::negative_prompt);
     gen.def_readwrite("skip_layers", &ImageGenParams::skip_layers);
     gen.def_readwrite("custom_sigmas", &ImageGenParams::custom_sigmas);
-#define SDCPP_GEN_FIELD(py_name, expr)                                                             \
-    gen.def_property(                                                                              \
-        py_name, [](const ImageGenParams& p) { return p.plain.expr; },                             \
-        [](ImageGenParams& p, decltype(sd_img_gen_params_t{}.expr) v) { p.plain.expr = v; })
-#define SDCPP_GEN_ENUM(py_name, expr, enum_type)                                                   \
-    gen.def_property(                                                                              \
-        py_name, [](const ImageGenParams& p) { return static_cast<int>(p.plain.expr); },           \
-        [](ImageGenParams& p, int v) { p.plain.expr = static_cast<enum_type>(v); })
-    SDCPP_GEN_FIELD("clip_skip", clip_skip);
-    SDCPP_GEN_FIELD("width", width);
-    SDCPP_GEN_FIELD("height", height);
-    SDCPP_GEN_FIELD("strength", strength);
-    SDCPP_GEN_FIELD("seed", seed);
-    SDCPP_GEN_FIELD("batch_count", batch_count);
-    SDCPP_GEN_FIELD("cfg_scale", sample_params.guidance.txt_cfg);
-    SDCPP_GEN_FIELD("img_cfg_scale", sample_params.guidance.img_cfg);
-    SDCPP_GEN_FIELD("guidance", sample_params.guidance.distilled_guidance);
-    SDCPP_GEN_FIELD("slg_start", sample_params.guidance.slg.layer_start);
-    SDCPP_GEN_FIELD("slg_end", sample_params.guidance.slg.layer_end);
-    SDCPP_GEN_FIELD("slg_scale", sample_params.guidance.slg.scale);
-    SDCPP_GEN_ENUM("sampler", sample_params.sample_method, sample_method_t);
-    SDCPP_GEN_ENUM("scheduler", sample_params.scheduler, scheduler_t);
-    SDCPP_GEN_FIELD("steps", sample_params.sample_steps);
-    SDCPP_GEN_FIELD("eta", sample_params.eta);
-    SDCPP_GEN_FIELD("shifted_timestep", sample_params.shifted_timestep);
-    SDCPP_GEN_FIELD("flow_shift", sample_params.flow_shift);
-    SDCPP_GEN_FIELD("vae_tiling", vae_tiling_params.enabled);
-    SDCPP_GEN_FIELD("vae_tile_size_x", vae_tiling_params.tile_size_x);
-    SDCPP_GEN_FIELD("vae_tile_size_y", vae_tiling_params.tile_size_y);
-    SDCPP_GEN_FIELD("vae_tile_overlap", vae_tiling_params.target_overlap);
-#undef SDCPP_GEN_FIELD
-#undef SDCPP_GEN_ENUM
+    gen.def_readwrite("loras", &ImageGenParams::loras);
+    gen.def_readwrite("pm_id_embed_path", &ImageGenParams::pm_id_embed_path);
+    gen.def_readwrite("hires_model_path", &ImageGenParams::hires_model_path);
+    gen.def("set_init_image", [](ImageGenParams& p, const ImageArray& a) { p.init_image = OwnedImage(a); });
+    gen.def("set_mask_image", [](ImageGenParams& p, const ImageArray& a) { p.mask_image = OwnedImage(a); });
+    gen.def("set_control_image", [](ImageGenParams& p, const ImageArray& a) { p.control_image = OwnedImage(a); });
+    gen.def("set_ref_images", [](ImageGenParams& p, const std::vector<ImageArray>& a) { p.ref_images = owned_images(a); });
+    gen.def("set_pm_id_images", [](ImageGenParams& p, const std::vector<ImageArray>& a) { p.pm_id_images = owned_images(a); });
+    SDCPP_FIELD(gen, ImageGenParams, "clip_skip", clip_skip);
+    SDCPP_FIELD(gen, ImageGenParams, "width", width);
+    SDCPP_FIELD(gen, ImageGenParams, "height", height);
+    SDCPP_FIELD(gen, ImageGenParams, "strength", strength);
+    SDCPP_FIELD(gen, ImageGenParams, "seed", seed);
+    SDCPP_FIELD(gen, ImageGenParams, "batch_count", batch_count);
+    SDCPP_FIELD(gen, ImageGenParams, "auto_resize_ref_image", auto_resize_ref_image);
+    SDCPP_FIELD(gen, ImageGenParams, "increase_ref_index", increase_ref_index);
+    SDCPP_FIELD(gen, ImageGenParams, "control_strength", control_strength);
+    SDCPP_FIELD(gen, ImageGenParams, "pm_style_strength", pm_params.style_strength);
+    SDCPP_SAMPLE_FIELDS(gen, ImageGenParams, "", sample_params);
+    SDCPP_TILING_FIELDS(gen, ImageGenParams);
+    SDCPP_CACHE_FIELDS(gen, ImageGenParams);
+    SDCPP_FIELD(gen, ImageGenParams, "hires_enabled", hires.enabled);
+    SDCPP_ENUM(gen, ImageGenParams, "hires_upscaler", hires.upscaler, sd_hires_upscaler_t);
+    SDCPP_FIELD(gen, ImageGenParams, "hires_scale", hires.scale);
+    SDCPP_FIELD(gen, ImageGenParams, "hires_target_width", hires.target_width);
+    SDCPP_FIELD(gen, ImageGenParams, "hires_target_height", hires.target_height);
+    SDCPP_FIELD(gen, ImageGenParams, "hires_steps", hires.steps);
+    SDCPP_FIELD(gen, ImageGenParams, "hires_denoising_strength", hires.denoising_strength);
+    SDCPP_FIELD(gen, ImageGenParams, "hires_upscale_tile_size", hires.upscale_tile_size);
+
+    py::class_<VideoGenParams> vid(m, "VideoGenParams",
+                                   "Fields of sd_vid_gen_params_t, initialised by sd_vid_gen_params_init.");
+    vid.def(py::init<>());
+    vid.def_readwrite("prompt", &VideoGenParams::prompt);
+    vid.def_readwrite("negative_prompt", &VideoGenParams::negative_prompt);
+    vid.def_readwrite("skip_layers", &VideoGenParams::skip_layers);
+    vid.def_readwrite("custom_sigmas", &VideoGenParams::custom_sigmas);
+    vid.def_readwrite("high_noise_skip_layers", &VideoGenParams::high_noise_skip_layers);
+    vid.def_readwrite("high_noise_custom_sigmas", &VideoGenParams::high_noise_custom_sigmas);
+    vid.def_readwrite("loras", &VideoGenParams::loras);
+    vid.def("set_init_image", [](VideoGenParams& p, const ImageArray& a) { p.init_image = OwnedImage(a); });
+    vid.def("set_end_image", [](VideoGenParams& p, const ImageArray& a) { p.end_image = OwnedImage(a); });
+    vid.def("set_control_frames", [](VideoGenParams& p, const std::vector<ImageArray>& a) { p.control_frames = owned_images(a); });
+    SDCPP_FIELD(vid, VideoGenParams, "clip_skip", clip_skip);
+    SDCPP_FIELD(vid, VideoGenParams, "width", width);
+    SDCPP_FIELD(vid, VideoGenParams, "height", height);
+    SDCPP_FIELD(vid, VideoGenParams, "strength", strength);
+    SDCPP_FIELD(vid, VideoGenParams, "seed", seed);
+    SDCPP_FIELD(vid, VideoGenParams, "video_frames", video_frames);
+    SDCPP_FIELD(vid, VideoGenParams, "moe_boundary", moe_boundary);
+    SDCPP_FIELD(vid, VideoGenParams, "vace_strength", vace_strength);
+    SDCPP_SAMPLE_FIELDS(vid, VideoGenParams, "", sample_params);
+    SDCPP_SAMPLE_FIELDS(vid, VideoGenParams, "high_noise_", high_noise_sample_params);
+    SDCPP_TILING_FIELDS(vid, VideoGenParams);
+    SDCPP_CACHE_FIELDS(vid, VideoGenParams);
+#undef SDCPP_FIELD
+#undef SDCPP_ENUM
+#undef SDCPP_SAMPLE_FIELDS
+#undef SDCPP_TILING_FIELDS
+#undef SDCPP_CACHE_FIELDS
 
     py::class_<NativeContext>(m, "NativeContext", "One loaded sd_ctx_t. Use sdcpp_py.Context.")
         .def(py::init<const ContextParams&>(), py::arg("params"))
@@ -311,6 +556,10 @@ void register_context(py::module_& m) {
              py::arg("preview_interval") = 1, py::arg("preview_noisy") = false,
              "Run generate_image with the GIL released; returns a list of (H, W, C) uint8 arrays that own the "
              "core's buffers.\n\nRaises:\n    SdcppError: the core failed, with its error lines.")
+        .def("generate_video", &NativeContext::generate_video, py::arg("params"), py::arg("progress") = py::none(),
+             py::arg("preview") = py::none(), py::arg("preview_mode") = static_cast<int>(PREVIEW_PROJ),
+             py::arg("preview_interval") = 1, py::arg("preview_noisy") = false,
+             "Run generate_video with the GIL released; returns the frames as one (F, H, W, C) uint8 array.")
         .def("default_sample_method", &NativeContext::default_sample_method)
         .def("default_scheduler", &NativeContext::default_scheduler, py::arg("sample_method"))
         .def("supports_image_generation", &NativeContext::supports_image_generation)

@@ -21,7 +21,7 @@ def test_constructor_defaults_match_sd_ctx_params_init():
     core = _core.ContextParams()  # filled by the core's sd_ctx_params_init
     signature = inspect.signature(sdcpp_py.Context)
     for name in ("offload_params_to_cpu", "mmap", "keep_clip_on_cpu", "keep_vae_on_cpu", "keep_control_net_on_cpu",
-                 "flash_attn", "diffusion_flash_attn", "diffusion_conv_direct", "vae_conv_direct", "vae_decode_only",
+                 "flash_attn", "diffusion_flash_attn", "diffusion_conv_direct", "vae_conv_direct",
                  "tae_preview_only", "circular_x", "circular_y", "force_sdxl_vae_conv_scale",
                  "chroma_use_dit_mask", "chroma_use_t5_mask", "chroma_t5_mask_pad", "qwen_image_zero_cond_t",
                  "max_vram"):
@@ -29,6 +29,8 @@ def test_constructor_defaults_match_sd_ctx_params_init():
     assert int(signature.parameters["rng"].default) == core.rng
     assert int(signature.parameters["lora_apply_mode"].default) == core.lora_apply_mode
     assert core.n_threads == sdcpp_py.physical_cores()
+    # The one deliberate difference: by default the VAE encoder is loaded when the file has one.
+    assert core.vae_decode_only is True and signature.parameters["vae_decode_only"].default is None
 
 
 def test_every_sd_ctx_params_field_has_a_keyword():

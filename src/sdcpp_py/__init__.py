@@ -16,7 +16,11 @@ from ._context import COMPONENTS, Context, GenerationResult
 from ._core import Cancelled, SdcppError, core_commit, core_patches, core_version, physical_cores, system_info
 from ._headers import InvalidComponentError
 from ._inspect import ComponentInfo, inspect
-from ._enums import HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType
+from ._enums import (
+    CacheMode, HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType,
+)
+from ._options import Cache, Hires, Lora, PhotoMaker
+from ._tools import Upscaler, convert, preprocess_canny
 
 __version__ = "0.1.0"
 BACKEND: str = _core.BACKEND
@@ -28,25 +32,33 @@ atexit.register(_core._shutdown)
 __all__ = [
     "BACKEND",
     "COMPONENTS",
+    "Cache",
+    "CacheMode",
     "Cancelled",
     "ComponentInfo",
     "Context",
     "GenerationResult",
+    "Hires",
     "HiresUpscaler",
     "InvalidComponentError",
+    "Lora",
     "LoraApplyMode",
+    "PhotoMaker",
     "Prediction",
     "Preview",
     "RngType",
     "Sampler",
     "Scheduler",
     "SdcppError",
+    "Upscaler",
     "WeightType",
     "__version__",
     "core_commit",
     "core_patches",
+    "convert",
     "core_version",
     "inspect",
     "physical_cores",
+    "preprocess_canny",
     "system_info",
 ]

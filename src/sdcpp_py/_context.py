@@ -6,15 +6,17 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
 from ._headers import check_component
+from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size
 from ._inspect import classify_tensors
+from ._options import Cache, Hires, Lora, PhotoMaker, prompt_loras
 from ._enums import (
-    Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
+    HiresUpscaler, Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
     LoraApplyMode, Prediction, RngType, Sampler, Scheduler, WeightType,
 )
 
@@ -29,6 +31,8 @@ COMPONENTS = (
 )
 
 MAX_SEED = 2**63 - 1
+_CORE_DEFAULTS = _core.ImageGenParams()  # sd_img_gen_params_init
+_VIDEO_DEFAULTS = _core.VideoGenParams()  # sd_vid_gen_params_init
 # Diffusion-model architectures that never carry their VAE in the same file.
 VAE_IS_A_SEPARATE_FILE = ("Flux.1", "SD3")
 MAX_SIDE = 16384
@@ -98,7 +102,10 @@ class Context:
 
     Give either ``model`` (an all-in-one checkpoint) or ``diffusion_model`` plus the parts it needs
     (text encoders, VAE). Every argument is keyword-only; scalar defaults are those of the core's
-    ``sd_ctx_params_init``. The weights are loaded with the GIL released.
+    ``sd_ctx_params_init``, except ``vae_decode_only``: by default the VAE encoder is loaded when the VAE
+    file has one, so img2img and edits work (True skips its weights for a txt2img-only service). The
+    weights are loaded with the GIL released. ``lora_dir`` makes the prompt's ``<lora:name:weight>`` tags load
+    ``name`` from that folder, as sd-cli's ``--lora-model-dir``.
 
     Raises:
         FileNotFoundError: a component path does not exist (the message names the argument).
@@ -124,6 +131,7 @@ class Context:
         control_net: Optional[PathLike] = None,
         photo_maker: Optional[PathLike] = None,
         embeddings: Union[Mapping[str, PathLike], Sequence[PathLike], None] = None,
+        lora_dir: Optional[PathLike] = None,
         tensor_type_rules: str = "",
         n_threads: Optional[int] = None,
         weight_type: Union[WeightType, str, int, None] = None,
@@ -140,7 +148,7 @@ class Context:
         diffusion_flash_attn: bool = False,
         diffusion_conv_direct: bool = False,
         vae_conv_direct: bool = False,
-        vae_decode_only: bool = True,
+        vae_decode_only: Optional[bool] = None,
         tae_preview_only: bool = False,
         circular_x: bool = False,
         circular_y: bool = False,
@@ -160,8 +168,15 @@ class Context:
         }
         if model is None and diffusion_model is None:
             raise ValueError("no model given: pass model= (an all-in-one checkpoint) or diffusion_model=")
+        self.lora_dir = None
+        if lora_dir is not None:
+            self.lora_dir = os.fspath(lora_dir)
+            if not os.path.isdir(self.lora_dir):
+                raise NotADirectoryError(f"lora_dir: no such directory: {self.lora_dir!r}")
         self.components = {name: _resolve_path(name, path) for name, path in given.items() if path is not None}
         headers = {name: check_component(name, path) for name, path in self.components.items()}
+        if vae_decode_only is None:
+            vae_decode_only = not _has_vae_encoder(headers.get("vae") or headers.get("model"))
         text_encoders = ("clip_l", "clip_g", "t5xxl", "llm")
         if model is None and not any(name in self.components for name in text_encoders):
             # The core loads such a model, then dereferences a missing encoder at the first prompt.
@@ -203,6 +218,7 @@ class Context:
         params.chroma_t5_mask_pad = _check_int("chroma_t5_mask_pad", chroma_t5_mask_pad, 0, 4096)
         params.max_vram = _check_float("max_vram", max_vram, 0.0)
         self.n_threads = params.n_threads
+        self.vae_decode_only = bool(vae_decode_only)
         self._native = _core.NativeContext(params)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -262,13 +278,25 @@ class Context:
         return Scheduler(self._require_native().default_scheduler(int(chosen)))
 
     # -- generation ----------------------------------------------------------------------------------
-    def txt2img(
+    def generate(
         self,
         prompt: str,
         *,
         negative_prompt: str = "",
-        width: int = 512,
-        height: int = 512,
+        init_image: Optional[ImageLike] = None,
+        mask: Optional[ImageLike] = None,
+        strength: float = _CORE_DEFAULTS.strength,
+        ref_images: Optional[Sequence[ImageLike]] = None,
+        auto_resize_ref_images: bool = True,
+        increase_ref_index: bool = False,
+        control_image: Optional[ImageLike] = None,
+        control_strength: float = _CORE_DEFAULTS.control_strength,
+        photo_maker: Optional[PhotoMaker] = None,
+        loras: Optional[Sequence[Union[Lora, PathLike]]] = None,
+        hires: Optional[Hires] = None,
+        cache: Optional[Cache] = None,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
         steps: int = 20,
         cfg_scale: float = 7.0,
         img_cfg_scale: Optional[float] = None,
@@ -287,24 +315,40 @@ class Context:
         slg_end: float = 0.2,
         custom_sigmas: Optional[Sequence[float]] = None,
         vae_tiling: bool = False,
+        vae_tile_size: Union[int, Tuple[int, int]] = 0,
+        vae_tile_overlap: float = 0.5,
         progress: Optional[ProgressCallback] = None,
         preview: Optional[PreviewCallback] = None,
         preview_mode: Union[Preview, str, int] = Preview.PROJ,
         preview_interval: int = 1,
         preview_noisy: bool = False,
     ) -> GenerationResult:
-        """Generate images from a text prompt.
+        """Generate images; every feature of the core's ``generate_image`` in one call.
 
-        Defaults are those of the vendored ``sd-cli``. ``sampler``/``scheduler`` of None let the core pick
-        the model's default (see ``default_sampler``). ``seed=-1`` draws a random 63-bit seed; the seed
-        used is ``result.seed``. The core rounds width and height up to the model's spatial multiple.
+        ``txt2img``, ``img2img``, ``inpaint`` and ``edit`` are this method with their main input named.
+        Defaults are those of the vendored ``sd-cli``. Images are numpy (H, W, C) uint8 arrays (C of 1, 3
+        or 4; grey is repeated, alpha dropped), PIL images or file paths; a mask is (H, W) or (H, W, 1).
 
         Arguments:
+            init_image / strength: start from this image (img2img); strength 1.0 ignores it entirely.
+            mask: inpainting mask over ``init_image``, 255 where the image may change.
+            ref_images: reference images for edit models (Flux Kontext, Qwen-Image-Edit, Flux.2);
+                ``auto_resize_ref_images`` and ``increase_ref_index`` as sd-cli's options.
+            control_image / control_strength: ControlNet input (needs ``control_net=`` on the Context).
+            photo_maker: a ``PhotoMaker`` record (needs ``photo_maker=`` on the Context).
+            loras: ``Lora`` records or paths (multiplier 1.0), applied for this call only; the prompt's
+                ``<lora:name:weight>`` syntax works as well.
+            hires: a ``Hires`` record: upscale then refine (hires fix).
+            cache: a ``Cache`` record: skip diffusion computes by reuse (easycache, ucache, ...).
+            width / height: default to the init image's size, else 512. The core rounds them up to the
+                model's spatial multiple.
+            sampler / scheduler: None lets the core pick the model's default (``default_sampler``).
+            seed: -1 draws a random 63-bit seed; the seed used is ``result.seed``.
+            vae_tiling / vae_tile_size / vae_tile_overlap: decode the VAE in tiles (size 0: the core's).
             progress: called as ``progress(step, steps, seconds_per_step)`` on the calling thread.
             preview: called as ``preview(step, frames, is_noisy)`` every ``preview_interval`` steps with a
-                (F, H, W, 3) uint8 copy of the current latent rendered by ``preview_mode`` ("proj": a cheap
-                linear projection; "vae": the loaded VAE; "tae": a TAESD given as ``taesd=``).
-                ``preview_noisy`` shows the noisy input instead of the denoised estimate.
+                (F, H, W, 3) uint8 copy of the current latent rendered by ``preview_mode`` ("proj", "vae",
+                "tae"); ``preview_noisy`` shows the noisy input instead of the denoised estimate.
 
         Returns:
             A ``GenerationResult``: a list of ``batch_count`` (height, width, 3) uint8 arrays that own the
@@ -312,11 +356,199 @@ class Context:
 
         Raises:
             ValueError / TypeError: an argument is invalid (the message names it).
+            FileNotFoundError: an image, LoRA or model path does not exist.
             Cancelled: ``cancel()`` was called while this call ran or waited.
             KeyboardInterrupt: Ctrl-C (on the main thread) stopped the generation.
             Exception: whatever ``progress`` or ``preview`` raised, unchanged; it stops the generation.
             SdcppError: the core failed, with its error lines.
         """
+        request = _core.ImageGenParams()
+        self._common_request(request, prompt, negative_prompt, progress, preview)
+        init = None if init_image is None else as_rgb(init_image, "init_image")
+        if width is None and height is None and init is not None:
+            width, height = init.shape[1], init.shape[0]
+        width = 512 if width is None else width
+        height = 512 if height is None else height
+        request.width = _check_int("width", width, 1, MAX_SIDE)
+        request.height = _check_int("height", height, 1, MAX_SIDE)
+        needs_encoder = []
+        if init is not None:
+            check_size(init, "init_image", request.width, request.height)
+            request.set_init_image(init)
+            needs_encoder.append("init_image")
+        if mask is not None:
+            if init is None:
+                raise ValueError("mask needs init_image: the mask says which pixels of init_image may change")
+            mask_array = as_mask(mask, "mask")
+            check_size(mask_array, "mask", request.width, request.height)
+            request.set_mask_image(mask_array)
+        request.strength = _check_float("strength", strength, 0.0, 1.0)
+        if ref_images is not None:
+            request.set_ref_images(as_rgb_list(ref_images, "ref_images"))
+            needs_encoder.append("ref_images")
+        request.auto_resize_ref_image = _check_bool("auto_resize_ref_images", auto_resize_ref_images)
+        request.increase_ref_index = _check_bool("increase_ref_index", increase_ref_index)
+        if control_image is not None:
+            if "control_net" not in self.components:
+                raise ValueError("control_image needs a ControlNet: create the Context with control_net=")
+            control = as_rgb(control_image, "control_image")
+            check_size(control, "control_image", request.width, request.height)
+            request.set_control_image(control)
+        request.control_strength = _check_float("control_strength", control_strength, 0.0)
+        if photo_maker is not None:
+            self._apply_photo_maker(request, photo_maker)
+        if hires is not None:
+            if self._apply_hires(request, hires):
+                needs_encoder.append("hires (pixel-space upscaler)")
+        if cache is not None:
+            if not isinstance(cache, Cache):
+                raise TypeError(f"cache must be an sdcpp_py.Cache, not {type(cache).__name__}")
+            cache.apply(request)
+        if needs_encoder and self.vae_decode_only:
+            raise ValueError(f"{needs_encoder[0]} needs the VAE encoder, which this Context did not load "
+                             "(vae_decode_only=True)")
+        request.loras = self._lora_specs(request, loras)
+        self._sample_request(request, steps=steps, cfg_scale=cfg_scale, img_cfg_scale=img_cfg_scale,
+                             guidance=guidance, sampler=sampler, scheduler=scheduler, eta=eta,
+                             flow_shift=flow_shift, shifted_timestep=shifted_timestep, skip_layers=skip_layers,
+                             slg_scale=slg_scale, slg_start=slg_start, slg_end=slg_end, custom_sigmas=custom_sigmas)
+        seed = _resolve_seed(seed)
+        request.seed = seed
+        request.batch_count = _check_int("batch_count", batch_count, 1, 64)
+        request.clip_skip = _check_int("clip_skip", clip_skip, -1, 64)
+        _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap)
+        mode = _preview_mode(preview, preview_mode)
+        images = self._require_native().generate_image(
+            request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
+            bool(preview_noisy))
+        return GenerationResult(images, seed)
+
+    def txt2img(self, prompt: str, **options) -> GenerationResult:
+        """Generate images from a text prompt. Takes every keyword of ``generate``."""
+        return self.generate(prompt, **options)
+
+    def img2img(self, prompt: str, image: ImageLike, *, strength: float = _CORE_DEFAULTS.strength,
+                **options) -> GenerationResult:
+        """Generate from ``image`` (``strength`` 0..1: how far to move from it). Keywords as ``generate``."""
+        return self.generate(prompt, init_image=image, strength=strength, **options)
+
+    def inpaint(self, prompt: str, image: ImageLike, mask: ImageLike, *, strength: float = 1.0,
+                **options) -> GenerationResult:
+        """Repaint the part of ``image`` where ``mask`` is white (255). Keywords as ``generate``."""
+        return self.generate(prompt, init_image=image, mask=mask, strength=strength, **options)
+
+    def edit(self, prompt: str, ref_images: Sequence[ImageLike], **options) -> GenerationResult:
+        """Edit with reference images (Flux Kontext, Qwen-Image-Edit, Flux.2). Keywords as ``generate``."""
+        return self.generate(prompt, ref_images=ref_images, **options)
+
+    def generate_video(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str = "",
+        init_image: Optional[ImageLike] = None,
+        end_image: Optional[ImageLike] = None,
+        control_frames: Optional[Sequence[ImageLike]] = None,
+        frames: int = _VIDEO_DEFAULTS.video_frames,
+        strength: float = _VIDEO_DEFAULTS.strength,
+        vace_strength: float = _VIDEO_DEFAULTS.vace_strength,
+        moe_boundary: float = _VIDEO_DEFAULTS.moe_boundary,
+        loras: Optional[Sequence[Union[Lora, PathLike]]] = None,
+        cache: Optional[Cache] = None,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        steps: int = 20,
+        cfg_scale: float = 7.0,
+        guidance: float = 3.5,
+        sampler: Union[Sampler, str, int, None] = None,
+        scheduler: Union[Scheduler, str, int, None] = None,
+        eta: Optional[float] = None,
+        flow_shift: Optional[float] = None,
+        high_noise_steps: Optional[int] = None,
+        high_noise_cfg_scale: float = 7.0,
+        high_noise_sampler: Union[Sampler, str, int, None] = None,
+        high_noise_scheduler: Union[Scheduler, str, int, None] = None,
+        seed: int = 42,
+        clip_skip: int = -1,
+        vae_tiling: bool = False,
+        vae_tile_size: Union[int, Tuple[int, int]] = 0,
+        vae_tile_overlap: float = 0.5,
+        progress: Optional[ProgressCallback] = None,
+        preview: Optional[PreviewCallback] = None,
+        preview_mode: Union[Preview, str, int] = Preview.PROJ,
+        preview_interval: int = 1,
+        preview_noisy: bool = False,
+    ) -> np.ndarray:
+        """Generate a video (Wan 2.x and the core's other video models) as one (F, H, W, 3) uint8 array.
+
+        ``init_image`` (image-to-video), ``end_image`` (first-last-frame), ``control_frames`` (VACE, with
+        ``vace_strength``); a ``high_noise_diffusion_model`` on the Context is used for the first steps up to
+        ``moe_boundary``, with the ``high_noise_*`` sampling options (``high_noise_steps`` None: the core's
+        choice). Other keywords as ``generate``.
+        """
+        native = self._require_native()
+        if not native.supports_video_generation():
+            raise ValueError("this Context's model does not generate video (load a video model such as Wan)")
+        request = _core.VideoGenParams()
+        self._common_request(request, prompt, negative_prompt, progress, preview)
+        init = None if init_image is None else as_rgb(init_image, "init_image")
+        if width is None and height is None and init is not None:
+            width, height = init.shape[1], init.shape[0]
+        request.width = _check_int("width", 512 if width is None else width, 1, MAX_SIDE)
+        request.height = _check_int("height", 512 if height is None else height, 1, MAX_SIDE)
+        for name, image in (("init_image", init_image), ("end_image", end_image)):
+            if image is not None:
+                array = as_rgb(image, name)
+                check_size(array, name, request.width, request.height)
+                getattr(request, f"set_{name}")(array)
+        if control_frames is not None:
+            arrays = as_rgb_list(control_frames, "control_frames")
+            for index, array in enumerate(arrays):
+                check_size(array, f"control_frames[{index}]", request.width, request.height)
+            request.set_control_frames(arrays)
+        if (init_image is not None or end_image is not None or control_frames) and self.vae_decode_only:
+            raise ValueError("video inputs need the VAE encoder, which this Context did not load "
+                             "(vae_decode_only=True)")
+        request.video_frames = _check_int("frames", frames, 1, 4096)
+        request.strength = _check_float("strength", strength, 0.0, 1.0)
+        request.vace_strength = _check_float("vace_strength", vace_strength, 0.0)
+        request.moe_boundary = _check_float("moe_boundary", moe_boundary, 0.0, 1.0)
+        request.loras = self._lora_specs(request, loras)
+        if cache is not None:
+            if not isinstance(cache, Cache):
+                raise TypeError(f"cache must be an sdcpp_py.Cache, not {type(cache).__name__}")
+            cache.apply(request)
+        self._sample_request(request, steps=steps, cfg_scale=cfg_scale, img_cfg_scale=None, guidance=guidance,
+                             sampler=sampler, scheduler=scheduler, eta=eta, flow_shift=flow_shift,
+                             shifted_timestep=0, skip_layers=(7, 8, 9), slg_scale=0.0, slg_start=0.01,
+                             slg_end=0.2, custom_sigmas=None)
+        if high_noise_steps is not None:
+            request.high_noise_steps = _check_int("high_noise_steps", high_noise_steps, 1, 10000)
+        request.high_noise_cfg_scale = _check_float("high_noise_cfg_scale", high_noise_cfg_scale, 0.0)
+        request.high_noise_sampler = (SAMPLER_AUTO if high_noise_sampler is None
+                                      else int(Sampler.coerce(high_noise_sampler, "high_noise_sampler")))
+        request.high_noise_scheduler = (SCHEDULER_AUTO if high_noise_scheduler is None
+                                        else int(Scheduler.coerce(high_noise_scheduler, "high_noise_scheduler")))
+        request.seed = _resolve_seed(seed)
+        request.clip_skip = _check_int("clip_skip", clip_skip, -1, 64)
+        _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap)
+        mode = _preview_mode(preview, preview_mode)
+        return native.generate_video(
+            request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
+            bool(preview_noisy))
+
+    # -- request building ---------------------------------------------------------------------------
+    def _lora_specs(self, request, loras) -> list:
+        """The explicit ``loras``, then those named in the prompt when the Context has a ``lora_dir`` (their
+        tags are removed from the prompt, as sd-cli does)."""
+        specs = _lora_specs(loras)
+        if self.lora_dir is not None:
+            request.prompt, from_prompt = prompt_loras(request.prompt, self.lora_dir)
+            specs += _lora_specs(from_prompt)
+        return specs
+
+    @staticmethod
+    def _common_request(request, prompt, negative_prompt, progress, preview) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
         if not isinstance(negative_prompt, str):
@@ -325,28 +557,18 @@ class Context:
             raise TypeError("progress must be callable as progress(step, steps, seconds)")
         if preview is not None and not callable(preview):
             raise TypeError("preview must be callable as preview(step, frames, is_noisy)")
-        mode = Preview.coerce(preview_mode, "preview_mode")
-        if preview is not None and mode == Preview.NONE:
-            raise ValueError("preview_mode='none' with a preview callable: choose 'proj', 'vae' or 'tae'")
-        request = _core.ImageGenParams()
         request.prompt = prompt
         request.negative_prompt = negative_prompt
-        request.width = _check_int("width", width, 1, MAX_SIDE)
-        request.height = _check_int("height", height, 1, MAX_SIDE)
+
+    @staticmethod
+    def _sample_request(request, *, steps, cfg_scale, img_cfg_scale, guidance, sampler, scheduler, eta, flow_shift,
+                        shifted_timestep, skip_layers, slg_scale, slg_start, slg_end, custom_sigmas) -> None:
         request.steps = _check_int("steps", steps, 1, 10000)
         request.cfg_scale = _check_float("cfg_scale", cfg_scale, 0.0)
         request.img_cfg_scale = math.inf if img_cfg_scale is None else _check_float("img_cfg_scale", img_cfg_scale, 0.0)
         request.guidance = _check_float("guidance", guidance, 0.0)
         request.sampler = SAMPLER_AUTO if sampler is None else int(Sampler.coerce(sampler, "sampler"))
         request.scheduler = SCHEDULER_AUTO if scheduler is None else int(Scheduler.coerce(scheduler, "scheduler"))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
-        seed = int(seed)
-        if seed == -1:
-            seed = secrets.randbits(63)
-        request.seed = _check_int("seed", seed, 0, MAX_SEED)
-        request.batch_count = _check_int("batch_count", batch_count, 1, 64)
-        request.clip_skip = _check_int("clip_skip", clip_skip, -1, 64)
         request.eta = math.inf if eta is None else _check_float("eta", eta, 0.0)
         request.flow_shift = math.inf if flow_shift is None else _check_float("flow_shift", flow_shift, 0.0)
         request.shifted_timestep = _check_int("shifted_timestep", shifted_timestep, 0, 1000)
@@ -356,8 +578,104 @@ class Context:
         request.slg_end = _check_float("slg_end", slg_end, 0.0, 1.0)
         if custom_sigmas is not None:
             request.custom_sigmas = [_check_float("custom_sigmas[]", s, 0.0) for s in custom_sigmas]
-        request.vae_tiling = bool(vae_tiling)
-        images = self._require_native().generate_image(
-            request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
-            bool(preview_noisy))
-        return GenerationResult(images, seed)
+
+    def _apply_photo_maker(self, request, photo_maker) -> None:
+        if not isinstance(photo_maker, PhotoMaker):
+            raise TypeError(f"photo_maker must be an sdcpp_py.PhotoMaker, not {type(photo_maker).__name__}")
+        if "photo_maker" not in self.components:
+            raise ValueError("photo_maker needs the PhotoMaker model: create the Context with photo_maker=")
+        if not photo_maker.id_images and photo_maker.id_embed_path is None:
+            raise ValueError("photo_maker needs id_images or id_embed_path")
+        if photo_maker.id_images:
+            request.set_pm_id_images(as_rgb_list(photo_maker.id_images, "photo_maker.id_images"))
+        if photo_maker.id_embed_path is not None:
+            request.pm_id_embed_path = _resolve_path("photo_maker.id_embed_path", photo_maker.id_embed_path)
+        request.pm_style_strength = _check_float("photo_maker.style_strength", photo_maker.style_strength, 0.0, 100.0)
+
+    def _apply_hires(self, request, hires) -> bool:
+        """Fill the hires fields; True when the upscaler works on pixels (and so needs the VAE encoder)."""
+        if not isinstance(hires, Hires):
+            raise TypeError(f"hires must be an sdcpp_py.Hires, not {type(hires).__name__}")
+        upscaler = HiresUpscaler.coerce(hires.upscaler, "hires.upscaler")
+        if upscaler == HiresUpscaler.NONE:
+            raise ValueError("hires.upscaler='none' disables the hires fix: pass hires=None instead")
+        request.hires_enabled = True
+        request.hires_upscaler = int(upscaler)
+        request.hires_scale = _check_float("hires.scale", hires.scale, 0.0, 16.0)
+        request.hires_target_width = _check_int("hires.width", hires.width, 0, MAX_SIDE)
+        request.hires_target_height = _check_int("hires.height", hires.height, 0, MAX_SIDE)
+        request.hires_steps = _check_int("hires.steps", hires.steps, 0, 10000)
+        strength = _check_float("hires.denoising_strength", hires.denoising_strength, 0.0, 1.0)
+        if strength == 0.0:
+            raise ValueError("hires.denoising_strength=0.0 refines nothing: use a value in (0, 1]")
+        request.hires_denoising_strength = strength
+        request.hires_upscale_tile_size = _check_int("hires.tile_size", hires.tile_size, 1, 16384)
+        if upscaler == HiresUpscaler.MODEL:
+            if hires.model_path is None:
+                raise ValueError("hires.upscaler='model' needs hires.model_path (an ESRGAN model)")
+            path = _resolve_path("hires.model_path", hires.model_path)
+            check_component("hires.model_path", path)
+            request.hires_model_path = path
+        elif hires.model_path is not None:
+            raise ValueError(f"hires.model_path is only used with upscaler='model', not {upscaler.core_name!r}")
+        return upscaler in (HiresUpscaler.MODEL, HiresUpscaler.LANCZOS, HiresUpscaler.NEAREST)
+
+
+def _has_vae_encoder(header) -> bool:
+    """Whether a VAE (or all-in-one) file carries the encoder; unknown formats are assumed to."""
+    if header is None:
+        return True
+    return any(name.endswith("encoder.conv_in.weight") and "decoder" not in name for name in header.tensors)
+
+
+def _check_bool(argument: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{argument} must be a bool, not {type(value).__name__}")
+    return bool(value)
+
+
+def _resolve_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+    seed = int(seed)
+    if seed == -1:
+        seed = secrets.randbits(63)
+    return _check_int("seed", seed, 0, MAX_SEED)
+
+
+def _preview_mode(preview, preview_mode) -> Preview:
+    mode = Preview.coerce(preview_mode, "preview_mode")
+    if preview is not None and mode == Preview.NONE:
+        raise ValueError("preview_mode='none' with a preview callable: choose 'proj', 'vae' or 'tae'")
+    return mode
+
+
+def _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap) -> None:
+    request.vae_tiling = _check_bool("vae_tiling", vae_tiling)
+    if isinstance(vae_tile_size, (tuple, list)):
+        if len(vae_tile_size) != 2:
+            raise ValueError(f"vae_tile_size={vae_tile_size!r} must be an int or (x, y)")
+        size_x, size_y = vae_tile_size
+    else:
+        size_x = size_y = vae_tile_size
+    request.vae_tile_size_x = _check_int("vae_tile_size", size_x, 0, MAX_SIDE)
+    request.vae_tile_size_y = _check_int("vae_tile_size", size_y, 0, MAX_SIDE)
+    request.vae_tile_overlap = _check_float("vae_tile_overlap", vae_tile_overlap, 0.0, 0.9)
+
+
+def _lora_specs(loras) -> list:
+    if loras is None:
+        return []
+    if isinstance(loras, (str, os.PathLike, Lora)) or not isinstance(loras, Sequence):
+        raise TypeError("loras must be a list of sdcpp_py.Lora or paths")
+    loras = list(loras)
+    specs = []
+    for index, lora in enumerate(loras):
+        if not isinstance(lora, Lora):
+            lora = Lora(lora)
+        argument = f"loras[{index}]"
+        path = _resolve_path(f"{argument}.path", lora.path)
+        check_component(f"{argument}.path", path)
+        multiplier = _check_float(f"{argument}.multiplier", lora.multiplier)
+        specs.append(_core.LoraSpec(path, multiplier, _check_bool(f"{argument}.high_noise", lora.high_noise)))
+    return specs

@@ -63,6 +63,8 @@ Prediction = _make("Prediction", _tables["prediction"], doc="Model prediction ty
 Preview = _make("Preview", _tables["preview"], doc="Preview modes.")
 LoraApplyMode = _make("LoraApplyMode", _tables["lora_apply_mode"], doc="How LoRAs are applied.")
 HiresUpscaler = _make("HiresUpscaler", _tables["hires_upscaler"], doc="Hires-fix upscalers.")
+CacheMode = _make("CacheMode", list(_core.CACHE_MODES.keys()), list(_core.CACHE_MODES.values()),
+                  doc="Step/block caches that skip diffusion computes (sd-cli --cache-mode; no core name table).")
 WeightType = _make(
     "WeightType", list(_core.WEIGHT_TYPES.keys()), list(_core.WEIGHT_TYPES.values()),
     doc="Weight types (ggml types) for loading or converting weights (sd-cli --type).",

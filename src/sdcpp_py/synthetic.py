@@ -608,3 +608,55 @@ def sd1_checkpoint(path_or_dir: str | os.PathLike, *, seed: int = 0, vae_ch: int
         _vae(s.sub("first_stage_model."), 4, vae_ch, vae_encoder, quant=True)
 
     return _component(p, params, build, alias=True)
+
+
+def flux_lora(diffusion_model: str | os.PathLike, out_path: str | os.PathLike, *, rank: int = 4,
+              seed: int = 0, std: float = 0.5) -> pathlib.Path:
+    """A LoRA for a (synthetic) Flux.1 DiT: low-rank up/down pairs for every attention and MLP matrix of its
+    double and single blocks, kohya-style names (``diffusion_model.<layer>.lora_up.weight``) with an alpha.
+    Shapes come from the DiT file's header; ``std`` is large so the LoRA visibly changes the image."""
+    from ._headers import read_header
+
+    header = read_header(os.fspath(diffusion_model), "diffusion_model")
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, np.ndarray] = {}
+    for name, info in sorted(header.tensors.items()):
+        bare = name[len("model.diffusion_model."):] if name.startswith("model.diffusion_model.") else name
+        if not (bare.startswith(("double_blocks.", "single_blocks.")) and bare.endswith(".weight")
+                and len(info.shape) == 2 and ("attn" in bare or "mlp" in bare or "linear" in bare)):
+            continue
+        layer = bare[: -len(".weight")]
+        n_out, n_in = info.shape  # header shapes are (rows, cols) as in the file
+        tensors[f"diffusion_model.{layer}.lora_down.weight"] = (
+            rng.standard_normal((rank, n_in), dtype=np.float32) * std).astype(np.float16)
+        tensors[f"diffusion_model.{layer}.lora_up.weight"] = (
+            rng.standard_normal((n_out, rank), dtype=np.float32) * std).astype(np.float16)
+        tensors[f"diffusion_model.{layer}.alpha"] = np.array(float(rank), dtype=np.float32)
+    if not tensors:
+        raise ValueError(f"{diffusion_model}: no Flux block matrices found")
+    return write_safetensors(out_path, tensors)
+
+
+def esrgan_upscaler(out_path: str | os.PathLike, *, scale: int = 2, blocks: int = 1, seed: int = 0) -> pathlib.Path:
+    """A small RRDBNet upscaler in the core's "original" ESRGAN names (``conv_first``, ``body.N.rdbM.convK``,
+    ``conv_body``, ``conv_up1``/``conv_up2``, ``conv_hr``, ``conv_last``): 64 features, growth 32, as the core
+    assumes; ``blocks`` RRDB blocks; ``scale`` 2 or 4."""
+    if scale not in (2, 4):
+        raise ValueError("scale must be 2 or 4")
+    params = dict(kind="esrgan", seed=seed, scale=scale, blocks=blocks)
+    feat, grow = 64, 32
+
+    def build(s: _Spec) -> None:
+        s.conv("conv_first", 3, feat)
+        for i in range(blocks):
+            for j in (1, 2, 3):
+                for k in range(1, 6):
+                    s.conv(f"body.{i}.rdb{j}.conv{k}", feat + (k - 1) * grow, grow if k < 5 else feat)
+        s.conv("conv_body", feat, feat)
+        s.conv("conv_up1", feat, feat)
+        if scale == 4:
+            s.conv("conv_up2", feat, feat)
+        s.conv("conv_hr", feat, feat)
+        s.conv("conv_last", feat, 3)
+
+    return _component(pathlib.Path(out_path), params, build, dtype=np.float32, alias=False, std=None)

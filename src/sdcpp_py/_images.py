@@ -1,0 +1,81 @@
+"""Image inputs: numpy arrays, PIL images or paths, checked and brought to the layout the core reads."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence, Union
+
+import numpy as np
+
+ImageLike = Union[np.ndarray, "os.PathLike[str]", str, "PIL.Image.Image"]  # noqa: F821
+
+
+def _open_path(value, argument: str):
+    from PIL import Image
+
+    path = os.fspath(value)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{argument}: no such image file: {path!r}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except OSError as error:
+        raise ValueError(f"{argument}: {path!r} is not a readable image ({error})") from None
+
+
+def _to_array(value, argument: str, pil_mode: str) -> np.ndarray:
+    if isinstance(value, (str, os.PathLike)):
+        value = _open_path(value, argument)
+    if not isinstance(value, np.ndarray):
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - pillow is a dependency
+            Image = None
+        if Image is not None and isinstance(value, Image.Image):
+            return np.asarray(value.convert(pil_mode))
+        raise TypeError(f"{argument} must be a numpy array, a PIL image or a path, not {type(value).__name__}")
+    if value.dtype != np.uint8:
+        raise ValueError(f"{argument} must be uint8 pixels (0-255), got dtype {value.dtype}")
+    return value
+
+
+def as_rgb(value: ImageLike, argument: str) -> np.ndarray:
+    """A C-contiguous (H, W, 3) uint8 array. Accepts (H, W), (H, W, 1) (grey), (H, W, 3), (H, W, 4) (alpha
+    dropped), a PIL image (converted to RGB) or an image file path."""
+    array = _to_array(value, argument, "RGB")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{argument} must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"{argument} is empty: shape {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array)
+
+
+def as_mask(value: ImageLike, argument: str) -> np.ndarray:
+    """A C-contiguous (H, W, 1) uint8 array: 255 where the image may change, 0 where it is kept."""
+    array = _to_array(value, argument, "L")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim != 2:
+        raise ValueError(f"{argument} must have shape (H, W) or (H, W, 1), got {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"{argument} is empty: shape {array.shape}")
+    return np.ascontiguousarray(array[:, :, None])
+
+
+def as_rgb_list(values: Sequence[ImageLike], argument: str) -> list:
+    if isinstance(values, (str, os.PathLike, np.ndarray)) or not isinstance(values, Sequence):
+        raise TypeError(f"{argument} must be a list of images")
+    return [as_rgb(value, f"{argument}[{index}]") for index, value in enumerate(values)]
+
+
+def check_size(array: np.ndarray, argument: str, width: int, height: int) -> None:
+    if array.shape[:2] != (height, width):
+        raise ValueError(f"{argument} is {array.shape[1]}x{array.shape[0]} (WxH) but the output is {width}x{height}; "
+                         "resize it or pass width=/height= to match")

@@ -1,0 +1,152 @@
+"""Option records of a generation call: LoRAs, hires fix, step caches, PhotoMaker.
+
+Defaults are read from the core's own initialisers (sd_img_gen_params_init and friends), never restated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from . import _core
+from ._enums import CacheMode, HiresUpscaler
+
+PathLike = Union[str, "os.PathLike[str]"]
+_CORE = _core.ImageGenParams()  # the core's defaults
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA applied for one call: ``Lora("style.safetensors", 0.8)``. ``high_noise`` applies it to the
+    high-noise diffusion model of a two-model video setup only."""
+
+    path: PathLike
+    multiplier: float = 1.0
+    high_noise: bool = False
+
+
+@dataclass(frozen=True)
+class Hires:
+    """Hires fix: generate, upscale (latent or pixel, or an ESRGAN model), then refine at the larger size.
+
+    ``width``/``height`` of 0 mean ``scale`` times the first pass; ``steps`` of 0 means the call's steps.
+    """
+
+    upscaler: Union[HiresUpscaler, str] = HiresUpscaler(_CORE.hires_upscaler)
+    scale: float = _CORE.hires_scale
+    width: int = _CORE.hires_target_width
+    height: int = _CORE.hires_target_height
+    steps: int = _CORE.hires_steps
+    denoising_strength: float = _CORE.hires_denoising_strength
+    model_path: Optional[PathLike] = None
+    tile_size: int = _CORE.hires_upscale_tile_size
+
+
+def _cache_default(name: str):
+    return field(default=getattr(_CORE, f"cache_{name}"))
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A step or block cache (sd-cli ``--cache-mode``): reuses diffusion outputs to skip computes.
+
+    Field names follow ``sd_cache_params_t``; ``reuse_threshold`` of inf means the mode's own default.
+    """
+
+    mode: Union[CacheMode, str] = CacheMode.EASYCACHE
+    reuse_threshold: float = _cache_default("reuse_threshold")
+    start_percent: float = _cache_default("start_percent")
+    end_percent: float = _cache_default("end_percent")
+    error_decay_rate: float = _cache_default("error_decay_rate")
+    use_relative_threshold: bool = _cache_default("use_relative_threshold")
+    reset_error_on_compute: bool = _cache_default("reset_error_on_compute")
+    Fn_compute_blocks: int = _cache_default("Fn_compute_blocks")
+    Bn_compute_blocks: int = _cache_default("Bn_compute_blocks")
+    residual_diff_threshold: float = _cache_default("residual_diff_threshold")
+    max_warmup_steps: int = _cache_default("max_warmup_steps")
+    max_cached_steps: int = _cache_default("max_cached_steps")
+    max_continuous_cached_steps: int = _cache_default("max_continuous_cached_steps")
+    taylorseer_n_derivatives: int = _cache_default("taylorseer_n_derivatives")
+    taylorseer_skip_interval: int = _cache_default("taylorseer_skip_interval")
+    scm_mask: str = ""
+    scm_policy_dynamic: bool = _cache_default("scm_policy_dynamic")
+    spectrum_w: float = _cache_default("spectrum_w")
+    spectrum_m: int = _cache_default("spectrum_m")
+    spectrum_lam: float = _cache_default("spectrum_lam")
+    spectrum_window_size: int = _cache_default("spectrum_window_size")
+    spectrum_flex_window: float = _cache_default("spectrum_flex_window")
+    spectrum_warmup_steps: int = _cache_default("spectrum_warmup_steps")
+    spectrum_stop_percent: float = _cache_default("spectrum_stop_percent")
+
+    def apply(self, request) -> None:
+        """Write these fields into an ImageGenParams/VideoGenParams, checking them."""
+        request.cache_mode = int(CacheMode.coerce(self.mode, "cache.mode"))
+        for spec in fields(self):
+            if spec.name in ("mode", "scm_mask"):
+                continue
+            value = getattr(self, spec.name)
+            argument = f"cache.{spec.name}"
+            if spec.type == "bool":
+                if not isinstance(value, bool):
+                    raise TypeError(f"{argument} must be a bool, not {type(value).__name__}")
+            elif spec.type == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"{argument} must be an int, not {type(value).__name__}")
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                    raise ValueError(f"{argument}={value!r} must be a number")
+            setattr(request, f"cache_{spec.name}", value)
+        if not isinstance(self.scm_mask, str) or any(part.strip() not in ("0", "1")
+                                                     for part in self.scm_mask.split(",") if self.scm_mask):
+            raise ValueError(f"cache.scm_mask={self.scm_mask!r} must be comma-separated 0/1 flags")
+        request.cache_scm_mask = self.scm_mask
+
+
+@dataclass(frozen=True)
+class PhotoMaker:
+    """PhotoMaker identity conditioning (needs ``photo_maker=`` on the Context): the face images, or a
+    precomputed id embedding file (PhotoMaker v2), and the style strength in percent."""
+
+    id_images: Sequence = ()
+    id_embed_path: Optional[PathLike] = None
+    style_strength: float = _CORE.pm_style_strength
+
+
+_PROMPT_LORA = re.compile(r"<lora:([^:>]+):([^>]+)>")
+_LORA_EXTENSIONS = (".gguf", ".safetensors", ".pt")
+_HIGH_NOISE_PREFIX = "|high_noise|"
+
+
+def prompt_loras(prompt: str, lora_dir: PathLike) -> Tuple[str, List[Lora]]:
+    """Take sd-cli's ``<lora:name:multiplier>`` tags out of ``prompt``; ``name`` is a file in ``lora_dir``
+    (extension optional: .gguf, .safetensors, .pt) or an absolute path; ``|high_noise|name`` targets the
+    high-noise model. Repeated names add their multipliers; the LoRAs come sorted by path, as sd-cli's.
+
+    Raises ValueError for a multiplier that is not a number and FileNotFoundError for a missing file, where
+    sd-cli would drop the tag with a warning.
+    """
+    totals: Dict[Tuple[str, bool], float] = {}
+    for match in _PROMPT_LORA.finditer(prompt):
+        raw_name, raw_multiplier = match.group(1), match.group(2)
+        try:
+            multiplier = float(raw_multiplier)
+        except ValueError:
+            raise ValueError(f"prompt: {match.group(0)!r} has a multiplier that is not a number") from None
+        high_noise = raw_name.startswith(_HIGH_NOISE_PREFIX)
+        if high_noise:
+            raw_name = raw_name[len(_HIGH_NOISE_PREFIX):]
+        path = raw_name if os.path.isabs(raw_name) else os.path.join(os.fspath(lora_dir), raw_name)
+        if not os.path.exists(path):
+            found = [path + ext for ext in _LORA_EXTENSIONS if os.path.exists(path + ext)]
+            if not found:
+                raise FileNotFoundError(f"prompt: {match.group(0)!r}: no LoRA file {path!r} "
+                                        f"(tried {', '.join(_LORA_EXTENSIONS)})")
+            path = found[0]
+        key = (os.path.normpath(path), high_noise)
+        totals[key] = totals.get(key, 0.0) + multiplier
+    cleaned = _PROMPT_LORA.sub("", prompt)
+    loras = [Lora(path, multiplier, high_noise) for (path, high_noise), multiplier in sorted(totals.items())]
+    return cleaned, loras

@@ -1,0 +1,111 @@
+"""The core's context-free tools: ESRGAN upscaling, the Canny preprocessor, conversion to GGUF."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._context import _check_float, _check_int, _resolve_path
+from ._enums import WeightType
+from ._headers import check_component
+from ._images import ImageLike, as_rgb
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Upscaler:
+    """An ESRGAN-family upscaler (sd-cli ``--upscale-model``)::
+
+        with sdcpp_py.Upscaler("RealESRGAN_x4plus.pth") as up:
+            big = up.upscale(image)          # (H*4, W*4, 3) uint8
+
+    ``tile_size`` is the core's tile edge in pixels; ``direct`` uses direct convolution.
+    """
+
+    def __init__(self, path: PathLike, *, n_threads: Optional[int] = None, tile_size: int = 128,
+                 offload_params_to_cpu: bool = False, direct: bool = False) -> None:
+        self._native = None
+        self.path = _resolve_path("path", path)
+        check_component("path", self.path)
+        threads = _core.physical_cores() if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
+        self._native = _core.NativeUpscaler(self.path, bool(offload_params_to_cpu), bool(direct), threads,
+                                            _check_int("tile_size", tile_size, 1, 16384))
+
+    @property
+    def factor(self) -> int:
+        """The model's own scale factor (e.g. 4)."""
+        return self._require_native().factor()
+
+    def upscale(self, image: ImageLike, factor: Optional[int] = None) -> np.ndarray:
+        """Upscale an image (numpy, PIL or path) by ``factor`` (default: the model's); returns (H', W', 3)."""
+        native = self._require_native()
+        pixels = as_rgb(image, "image")
+        wanted = native.factor() if factor is None else _check_int("factor", factor, 1, 16)
+        return native.upscale(pixels, wanted)
+
+    def close(self) -> None:
+        native, self._native = self._native, None
+        if native is not None:
+            native.close()
+
+    def __enter__(self) -> "Upscaler":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        native = getattr(self, "_native", None)
+        if native is not None:
+            native.close()
+
+    def __repr__(self) -> str:
+        return f"<sdcpp_py.Upscaler {os.path.basename(self.path)!r}{' closed' if self._native is None else ''}>"
+
+    def _require_native(self):
+        if self._native is None:
+            raise ValueError("this Upscaler is closed")
+        return self._native
+
+
+def preprocess_canny(image: ImageLike, *, high_threshold: float = 0.08, low_threshold: float = 0.08,
+                     weak: float = 0.8, strong: float = 1.0, inverse: bool = False) -> np.ndarray:
+    """The core's Canny edge detector, as sd-cli ``--canny`` applies it to a control image (sd-cli's values are
+    the defaults). Returns a new (H, W, 3) uint8 array; the input is not changed."""
+    pixels = as_rgb(image, "image")
+    return _core.preprocess_canny(pixels, _check_float("high_threshold", high_threshold, 0.0),
+                                  _check_float("low_threshold", low_threshold, 0.0),
+                                  _check_float("weak", weak, 0.0), _check_float("strong", strong, 0.0),
+                                  bool(inverse))
+
+
+def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str, int, None] = None,
+            tensor_type_rules: str = "", vae: Optional[PathLike] = None, convert_name: bool = False) -> None:
+    """Convert a model file to GGUF with the core's converter (sd-cli ``-M convert``).
+
+    ``weight_type`` (e.g. "q8_0", "f16"; None keeps each tensor's type) and ``tensor_type_rules``
+    ("pattern=type,...") choose the output types; ``vae`` merges a separate VAE into the output.
+
+    Raises:
+        FileNotFoundError / InvalidComponentError: ``src`` or ``vae`` is missing or malformed.
+        SdcppError: the core could not convert (its error lines are in the message).
+    """
+    source = _resolve_path("src", src)
+    check_component("src", source)
+    vae_path = ""
+    if vae is not None:
+        vae_path = _resolve_path("vae", vae)
+        check_component("vae", vae_path)
+    target = os.fspath(dst)
+    if not target or os.path.isdir(target):
+        raise ValueError(f"dst must be a file path, got {target!r}")
+    parent = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"dst: no such directory: {parent!r}")
+    type_value = _core.SD_TYPE_COUNT if weight_type is None else int(WeightType.coerce(weight_type, "weight_type"))
+    if not isinstance(tensor_type_rules, str):
+        raise TypeError("tensor_type_rules must be a str like 'attn=q8_0,mlp=q4_0'")
+    _core.convert(source, vae_path, target, type_value, tensor_type_rules, bool(convert_name))

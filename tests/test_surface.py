@@ -1,0 +1,218 @@
+"""The generation surface beyond txt2img: img2img, inpainting, reference images, hires fix, caches, LoRAs,
+the upscaler, Canny and conversion; pixel parity with the vendored sd-cli wherever it has the feature."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sdcpp_py
+from sdcpp_py import synthetic
+
+from conftest import _synthetic_dir, run_sd_cli
+
+PROMPT = "a red cube"
+BASE = dict(width=64, height=64, cfg_scale=1.0, seed=5)
+CLI_BASE = ["-p", PROMPT, "-W", "64", "-H", "64", "--cfg-scale", "1", "-s", "5"]
+
+
+@pytest.fixture(scope="module")
+def parts():
+    """Tiny Flux.1 parts whose VAE has its encoder (img2img and friends encode images)."""
+    return synthetic.flux_components(_synthetic_dir() / "flux", vae_encoder=True)
+
+
+@pytest.fixture(scope="module")
+def ctx(parts):
+    with sdcpp_py.Context(**parts, n_threads=2) as context:
+        yield context
+
+
+def picture(seed: int, size: int = 64) -> np.ndarray:
+    """A smooth colour gradient plus noise: content a VAE can encode."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([x, y, 1 - x * y], axis=-1) * 200
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def save(array: np.ndarray, path) -> str:
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def test_img2img_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+    init = picture(1)
+    ours = ctx.img2img(PROMPT, init, strength=0.6, steps=8, **BASE)[0]
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "8",
+                        "-i", save(init, tmp_path / "init.png"), "--strength", "0.6")
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_init_image_steers_the_result(ctx):
+    # Enough steps and a low enough strength for the init image to matter.
+    first = ctx.img2img(PROMPT, picture(1), strength=0.5, steps=10, **BASE)[0]
+    second = ctx.img2img(PROMPT, picture(2), strength=0.5, steps=10, **BASE)[0]
+    plain = ctx.txt2img(PROMPT, steps=10, **BASE)[0]
+    assert np.abs(first.astype(int) - second.astype(int)).mean() > 2
+    assert np.abs(first.astype(int) - plain.astype(int)).mean() > 2
+
+
+def test_image_inputs_accept_numpy_pil_and_paths(ctx, tmp_path):
+    init = picture(3)
+    path = save(init, tmp_path / "init.png")
+    results = [ctx.img2img(PROMPT, source, strength=0.6, steps=4, **BASE)[0]
+               for source in (init, Image.open(path), path, init[:, :, ::-1][:, :, ::-1].copy())]
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])
+
+
+def test_inpaint_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+    init = picture(4)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    ours = ctx.inpaint(PROMPT, init, mask, strength=0.8, steps=6, **BASE)[0]
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "6", "--strength", "0.8",
+                        "-i", save(init, tmp_path / "init.png"), "--mask", save(mask, tmp_path / "mask.png"))
+    np.testing.assert_array_equal(ours, theirs)
+    unmasked = ctx.img2img(PROMPT, init, strength=0.8, steps=6, **BASE)[0]
+    assert not np.array_equal(ours, unmasked), "the mask changed nothing"
+
+
+def test_reference_images_match_sd_cli(ctx, parts, sd_cli, tmp_path):
+    ref = picture(5, size=48)
+    ours = ctx.edit(PROMPT, [ref], steps=4, **BASE)[0]
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "4",
+                        "-r", save(ref, tmp_path / "ref.png"))
+    np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(ours, ctx.txt2img(PROMPT, steps=4, **BASE)[0])
+
+
+@pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
+def test_hires_fix_matches_sd_cli(ctx, parts, sd_cli, tmp_path, upscaler):
+    hires = sdcpp_py.Hires(upscaler=upscaler, scale=2.0, steps=3, denoising_strength=0.5)
+    ours = ctx.txt2img(PROMPT, steps=3, hires=hires, **BASE)[0]
+    assert ours.shape == (128, 128, 3)
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "3", "--hires",
+                        "--hires-upscaler", sdcpp_py.HiresUpscaler.coerce(upscaler, "upscaler").core_name,
+                        "--hires-scale", "2", "--hires-steps", "3",
+                        "--hires-denoising-strength", "0.5")
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_cache_mode_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+    ours = ctx.txt2img(PROMPT, steps=10, cache=sdcpp_py.Cache("easycache"), **BASE)[0]
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "10",
+                        "--cache-mode", "easycache")
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_vae_tiling_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+    ours = ctx.txt2img(PROMPT, steps=2, vae_tiling=True, vae_tile_size=32, **{**BASE, "width": 96, "height": 96})[0]
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, "-p", PROMPT, "-W", "96", "-H", "96", "--cfg-scale",
+                        "1", "-s", "5", "--steps", "2", "--vae-tiling", "--vae-tile-size", "32x32")
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(parts, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("loras")
+    synthetic.flux_lora(parts["diffusion_model"], directory / "style.safetensors")
+    return directory
+
+
+def test_lora_list_matches_sd_cli_prompt_syntax(ctx, parts, sd_cli, lora_dir, tmp_path):
+    lora = sdcpp_py.Lora(lora_dir / "style.safetensors", 0.8)
+    ours = ctx.txt2img(PROMPT, steps=3, loras=[lora], **BASE)[0]
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, "-p", PROMPT + "<lora:style:0.8>", "-W", "64", "-H",
+                        "64", "--cfg-scale", "1", "-s", "5", "--steps", "3", "--lora-model-dir", str(lora_dir))
+    np.testing.assert_array_equal(ours, theirs)
+    plain = ctx.txt2img(PROMPT, steps=3, **BASE)[0]
+    assert np.abs(ours.astype(int) - plain.astype(int)).mean() > 1, "the LoRA changed nothing"
+    # Applied for that call only: the next call without it is the plain image again.
+    np.testing.assert_array_equal(ctx.txt2img(PROMPT, steps=3, **BASE)[0], plain)
+
+
+def test_prompt_lora_syntax_with_a_lora_dir(parts, lora_dir):
+    with sdcpp_py.Context(**parts, n_threads=2, lora_dir=lora_dir) as context:
+        tagged = context.txt2img(PROMPT + "<lora:style:0.8>", steps=3, **BASE)[0]
+        listed = context.txt2img(PROMPT, steps=3, loras=[sdcpp_py.Lora(lora_dir / "style.safetensors", 0.8)],
+                                 **BASE)[0]
+        np.testing.assert_array_equal(tagged, listed)
+        with pytest.raises(FileNotFoundError, match="nothere"):
+            context.txt2img(PROMPT + "<lora:nothere:1>", steps=1, **BASE)
+
+
+@pytest.fixture(scope="module")
+def esrgan():
+    return synthetic.esrgan_upscaler(_synthetic_dir() / "esrgan" / "esrgan-x2.safetensors", scale=2)
+
+
+def test_upscaler_matches_sd_cli(esrgan, sd_cli, tmp_path):
+    image = picture(6, size=32)
+    with sdcpp_py.Upscaler(esrgan, n_threads=2) as upscaler:
+        assert upscaler.factor == 2
+        ours = upscaler.upscale(image)
+    assert ours.shape == (64, 64, 3) and ours.dtype == np.uint8
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", {}, "-M", "upscale", "--upscale-model", str(esrgan),
+                        "-i", save(image, tmp_path / "in.png"))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_canny_gives_edges_and_leaves_the_input_alone():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = 255
+    before = image.copy()
+    edges = sdcpp_py.preprocess_canny(image)
+    np.testing.assert_array_equal(image, before)
+    assert edges.shape == image.shape and edges.dtype == np.uint8
+    assert edges[32, 32].max() == 0 and edges[0, 0].max() == 0, "flat regions have no edges"
+    assert edges[14:19, 14:50].max() > 0, "the square's border is an edge"
+
+
+def test_convert_to_gguf_q8_0_loads_and_stays_close(ctx, parts, tmp_path):
+    target = tmp_path / "dit-q8_0.gguf"
+    sdcpp_py.convert(parts["diffusion_model"], target, weight_type="q8_0")
+    info = sdcpp_py.inspect(target)
+    assert info.format == "gguf" and "q8_0" in {t.lower() for t in info.weight_types}
+    with sdcpp_py.Context(**{**parts, "diffusion_model": target}, n_threads=2) as quantized:
+        converted = quantized.txt2img(PROMPT, steps=2, **BASE)[0]
+    original = ctx.txt2img(PROMPT, steps=2, **BASE)[0]
+    assert np.abs(converted.astype(int) - original.astype(int)).mean() < 3
+
+
+def test_convert_failure_raises():
+    with pytest.raises(FileNotFoundError, match="src"):
+        sdcpp_py.convert("/nonexistent.safetensors", "/tmp/x.gguf")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda c: c.img2img(PROMPT, np.zeros((64, 64, 3), np.float32), **BASE), "init_image must be uint8"),
+        (lambda c: c.img2img(PROMPT, np.zeros((64, 64, 2), np.uint8), **BASE), r"init_image must have shape"),
+        (lambda c: c.img2img(PROMPT, np.zeros((32, 64, 3), np.uint8), **BASE), r"init_image is 64x32"),
+        (lambda c: c.inpaint(PROMPT, picture(1), np.zeros((64, 64, 3), np.uint8), **BASE), r"mask must have shape"),
+        (lambda c: c.generate(PROMPT, mask=np.zeros((64, 64), np.uint8), **BASE), "mask needs init_image"),
+        (lambda c: c.img2img(PROMPT, picture(1), strength=1.5, **BASE), r"strength=1.5"),
+        (lambda c: c.txt2img(PROMPT, control_image=picture(1), **BASE), "control_net="),
+        (lambda c: c.txt2img(PROMPT, hires=sdcpp_py.Hires(upscaler="bogus"), **BASE), "hires.upscaler='bogus'"),
+        (lambda c: c.txt2img(PROMPT, hires=sdcpp_py.Hires(upscaler="model"), **BASE), "hires.model_path"),
+        (lambda c: c.txt2img(PROMPT, cache=sdcpp_py.Cache("warp"), **BASE), "cache.mode='warp'"),
+        (lambda c: c.txt2img(PROMPT, loras=["/no/such.safetensors"], **BASE), r"loras\[0\].path"),
+        (lambda c: c.txt2img(PROMPT, photo_maker=sdcpp_py.PhotoMaker(id_images=[picture(1)]), **BASE),
+         "photo_maker="),
+        (lambda c: c.generate_video(PROMPT, **BASE), "does not generate video"),
+        (lambda c: c.img2img(PROMPT, "/no/such.png", **BASE), "init_image: no such image file"),
+    ],
+)
+def test_bad_surface_arguments_name_the_argument(ctx, call, message):
+    with pytest.raises((ValueError, TypeError, FileNotFoundError), match=message):
+        call(ctx)
+
+
+def test_decoder_only_vae_refuses_img2img_up_front(tmp_path):
+    decode_only = synthetic.flux_components(_synthetic_dir() / "flux")  # VAE without encoder
+    with sdcpp_py.Context(**decode_only, n_threads=2) as context:
+        assert context.vae_decode_only
+        with pytest.raises(ValueError, match="needs the VAE encoder"):
+            context.img2img(PROMPT, picture(1), **BASE)
