@@ -216,3 +216,48 @@ def test_decoder_only_vae_refuses_img2img_up_front(tmp_path):
         assert context.vae_decode_only
         with pytest.raises(ValueError, match="needs the VAE encoder"):
             context.img2img(PROMPT, picture(1), **BASE)
+
+
+@pytest.mark.parametrize(
+    "options, flags",
+    [
+        (dict(sampler="dpm++2m", scheduler="karras"), ["--sampling-method", "dpm++2m", "--scheduler", "karras"]),
+        (dict(sampler="euler_a", eta=0.5), ["--sampling-method", "euler_a", "--eta", "0.5"]),
+        (dict(flow_shift=2.0), ["--flow-shift", "2"]),
+        (dict(guidance=5.0), ["--guidance", "5"]),
+        (dict(custom_sigmas=[1.0, 0.7, 0.4, 0.0]), ["--sigmas", "1.0,0.7,0.4,0.0"]),
+        (dict(skip_layers=[0], slg_scale=2.5, slg_start=0.0, slg_end=1.0),
+         ["--skip-layers", "[0]", "--slg-scale", "2.5", "--skip-layer-start", "0", "--skip-layer-end", "1"]),
+    ],
+    ids=["scheduler", "eta", "flow_shift", "guidance", "sigmas", "slg"],
+)
+def test_sampling_options_match_sd_cli(ctx, parts, sd_cli, tmp_path, options, flags):
+    ours = ctx.txt2img(PROMPT, steps=3, **{**BASE, **options})
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "3", *flags)
+    np.testing.assert_array_equal(ours[0], theirs)
+
+
+def test_batch_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+    import subprocess
+
+    ours = ctx.txt2img(PROMPT, steps=2, batch_count=2, **BASE)
+    command = [str(sd_cli), "-o", str(tmp_path / "out.png"), *CLI_BASE, "--steps", "2", "--batch-count", "2",
+               "--diffusion-model", str(parts["diffusion_model"]), "--clip_l", str(parts["clip_l"]),
+               "--vae", str(parts["vae"])]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for index in range(2):  # sd-cli writes image i of a batch as out_i.png
+        with Image.open(tmp_path / f"out_{index}.png") as theirs:
+            np.testing.assert_array_equal(ours[index], np.asarray(theirs.convert("RGB")))
+
+
+def test_convert_matches_sd_cli_byte_for_byte(parts, sd_cli, tmp_path):
+    import subprocess
+
+    ours = tmp_path / "ours.gguf"
+    sdcpp_py.convert(parts["diffusion_model"], ours, weight_type="q8_0")
+    theirs = tmp_path / "theirs.gguf"
+    result = subprocess.run([str(sd_cli), "-M", "convert", "-m", str(parts["diffusion_model"]), "-o", str(theirs),
+                             "--type", "q8_0"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ours.read_bytes() == theirs.read_bytes()
