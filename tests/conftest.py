@@ -47,6 +47,12 @@ def sd1_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sd1_controlnet(sd1_checkpoint) -> Path:
+    """A full-size SD1 ControlNet for sd1_checkpoint (random zero convs, so the control image matters)."""
+    return synthetic.sd1_controlnet(_synthetic_dir() / "sd1" / "sd1-controlnet.safetensors")
+
+
+@pytest.fixture(scope="session")
 def sd_cli() -> Path:
     """The vendored sd-cli, built from the same core sources and flags as the extension."""
     override = os.environ.get("SDCPP_PY_SD_CLI")
@@ -69,7 +75,7 @@ def run_sd_cli(sd_cli: Path, out_png: Path, components: dict, *args: str) -> np.
     from PIL import Image
 
     flags = {"model": "-m", "diffusion_model": "--diffusion-model", "clip_l": "--clip_l", "t5xxl": "--t5xxl",
-             "vae": "--vae", "clip_g": "--clip_g", "llm": "--llm", "taesd": "--taesd"}
+             "vae": "--vae", "clip_g": "--clip_g", "llm": "--llm", "taesd": "--taesd", "control_net": "--control-net"}
     command = [str(sd_cli), "-o", str(out_png), *args]
     for name, path in components.items():
         command += [flags[name], str(path)]

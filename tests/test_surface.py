@@ -261,3 +261,19 @@ def test_convert_matches_sd_cli_byte_for_byte(parts, sd_cli, tmp_path):
                              "--type", "q8_0"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_controlnet_with_canny_matches_sd_cli(sd1_checkpoint, sd1_controlnet, sd_cli, tmp_path):
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = 255
+    options = dict(width=64, height=64, steps=1, cfg_scale=1.0, seed=5)
+    with sdcpp_py.Context(model=sd1_checkpoint, control_net=sd1_controlnet, n_threads=2) as context:
+        ours = context.txt2img(PROMPT, control_image=sdcpp_py.preprocess_canny(square), control_strength=0.8,
+                               **options)[0]
+        uncontrolled = context.txt2img(PROMPT, **options)[0]
+    assert np.abs(ours.astype(int) - uncontrolled.astype(int)).mean() > 1, "the control image changed nothing"
+    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", {"model": sd1_checkpoint, "control_net": sd1_controlnet},
+                        "-p", PROMPT, "-W", "64", "-H", "64", "--steps", "1", "--cfg-scale", "1", "-s", "5",
+                        "--control-image", save(square, tmp_path / "control.png"), "--canny",
+                        "--control-strength", "0.8")
+    np.testing.assert_array_equal(ours, theirs)

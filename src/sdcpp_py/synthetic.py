@@ -426,9 +426,11 @@ def _vae(s: _Spec, z: int, dec_ch: int, encoder: bool, quant: bool) -> None:
             s.conv("quant_conv", 2 * z, 2 * z, 1)
 
 
-def _unet_sd1(s: _Spec) -> None:
+def _unet_sd1(s: _Spec, *, controlnet: bool = False) -> None:
     """Original LDM SD1.x UNet (unet.hpp): fixed 320 channels, mult 1,2,4,4,
-    attention at ds 1,2,4, 8 heads, context 768."""
+    attention at ds 1,2,4, 8 heads, context 768. ``controlnet``: its ControlNet instead (control.hpp): the
+    encoder half plus the hint encoder and one 1x1 "zero" conv per input block (random here, so the control
+    image visibly steers the result)."""
     mc, temb, ctx, mult, attn_ds, n_res = 320, 1280, 768, (1, 2, 4, 4), (1, 2, 4), 2
 
     def res(p, c_in, c_out):
@@ -458,6 +460,11 @@ def _unet_sd1(s: _Spec) -> None:
     s.linear("time_embed.0", mc, temb)
     s.linear("time_embed.2", temb, temb)
     s.conv("input_blocks.0.0", 4, mc)
+    if controlnet:
+        hint = [(3, 16), (16, 16), (16, 32), (32, 32), (32, 96), (96, 96), (96, 256), (256, mc)]
+        for i, (c_in, c_out) in enumerate(hint):
+            s.conv(f"input_hint_block.{2 * i}", c_in, c_out)
+        s.conv("zero_convs.0.0", mc, mc, 1)
     chans, c, idx, ds = [mc], mc, 0, 1
     for i, m in enumerate(mult):
         for _ in range(n_res):
@@ -467,14 +474,21 @@ def _unet_sd1(s: _Spec) -> None:
             if ds in attn_ds:
                 transformer(f"input_blocks.{idx}.1.", c)
             chans.append(c)
+            if controlnet:
+                s.conv(f"zero_convs.{idx}.0", c, c, 1)
         if i != len(mult) - 1:
             idx += 1
             s.conv(f"input_blocks.{idx}.0.op", c, c)
             chans.append(c)
+            if controlnet:
+                s.conv(f"zero_convs.{idx}.0", c, c, 1)
             ds *= 2
     res("middle_block.0.", c, c)
     transformer("middle_block.1.", c)  # its presence marks full SD1 (not tiny)
     res("middle_block.2.", c, c)
+    if controlnet:
+        s.conv("middle_block_out.0", c, c, 1)
+        return
     out = 0
     for i in reversed(range(len(mult))):
         for j in range(n_res + 1):
@@ -660,3 +674,11 @@ def esrgan_upscaler(out_path: str | os.PathLike, *, scale: int = 2, blocks: int 
         s.conv("conv_last", feat, 3)
 
     return _component(pathlib.Path(out_path), params, build, dtype=np.float32, alias=False, std=None)
+
+
+def sd1_controlnet(out_path: str | os.PathLike, *, seed: int = 0, prefix: str = "control_model.") -> pathlib.Path:
+    """A full-size SD1.x ControlNet (control.hpp names under ``prefix``, as the original ControlNet files have
+    them), aliased/sparse on disk; use with ``sd1_checkpoint``."""
+    params = dict(kind="sd1-controlnet", seed=seed, prefix=prefix)
+    return _component(pathlib.Path(out_path), params, lambda s: _unet_sd1(s.sub(prefix), controlnet=True),
+                      alias=True)
