@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "ggml-backend.h"
 #include "ggml.h"
 
 namespace sdcpp {
@@ -26,6 +27,33 @@ void register_info(py::module_& m) {
     m.def("system_info", [] { return std::string(sd_get_system_info()); }, "The core's CPU/backend feature report.");
     m.def("physical_cores", &sd_get_num_physical_cores, "Physical CPU cores, the core's default thread count.");
     m.attr("BACKEND") = SDCPP_BACKEND;
+    m.def("devices", [] {
+        if (ggml_backend_dev_count() == 0) {
+            ggml_backend_load_all();  // a GGML_BACKEND_DL build registers its backends on demand
+        }
+        py::list devices;
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t device = ggml_backend_dev_get(i);
+            size_t free = 0, total = 0;
+            ggml_backend_dev_memory(device, &free, &total);
+            const char* type = "unknown";
+            switch (ggml_backend_dev_type(device)) {
+                case GGML_BACKEND_DEVICE_TYPE_CPU: type = "cpu"; break;
+                case GGML_BACKEND_DEVICE_TYPE_GPU: type = "gpu"; break;
+                case GGML_BACKEND_DEVICE_TYPE_IGPU: type = "igpu"; break;
+                case GGML_BACKEND_DEVICE_TYPE_ACCEL: type = "accel"; break;
+            }
+            py::dict entry;
+            entry["name"]         = ggml_backend_dev_name(device);
+            entry["description"]  = ggml_backend_dev_description(device);
+            entry["type"]         = type;
+            entry["backend"]      = ggml_backend_reg_name(ggml_backend_dev_backend_reg(device));
+            entry["memory_free"]  = free;
+            entry["memory_total"] = total;
+            devices.append(entry);
+        }
+        return devices;
+    }, "ggml's device registry: name, description, type (cpu/gpu/igpu/accel), backend, memory in bytes.");
     m.def("core_patches", [] {
         std::vector<std::string> names;
         std::string all = SDCPP_CORE_PATCHES, name;  // comma-separated

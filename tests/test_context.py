@@ -47,7 +47,7 @@ def test_paths_accept_pathlike_and_repr_names_components(flux_parts):
     text = repr(ctx)
     for path in parts.values():
         assert path.name in text
-    assert "backend='cpu'" in text or "backend=" in text
+    assert f"device={sdcpp_py.default_device().name!r}" in text
     ctx.close()
     ctx.close()  # idempotent
     assert ctx.closed and "closed" in repr(ctx)
@@ -159,3 +159,16 @@ def test_enums_come_from_the_core_name_tables():
     assert sdcpp_py.Scheduler.coerce("KARRAS", "scheduler") is sdcpp_py.Scheduler.KARRAS
     assert sdcpp_py.WeightType.coerce("q8_0", "weight_type") == 8
     assert str(sdcpp_py.Sampler.EULER_A) == "euler_a"
+
+
+def test_devices_come_from_ggml_and_the_default_is_the_cores_pick():
+    found = sdcpp_py.devices()
+    assert any(device.type == "cpu" for device in found), found
+    assert all(device.name and device.description and device.backend for device in found)
+    report = sdcpp_py.backends()
+    assert report["built_with"] == sdcpp_py.BACKEND
+    default = report["default_device"]
+    if sdcpp_py.BACKEND == "cpu":
+        assert default.type == "cpu"
+    else:  # a GPU build picks its GPU when one is there, as the core does
+        assert default.type in ("gpu", "igpu") or not any(d.type in ("gpu", "igpu") for d in found)

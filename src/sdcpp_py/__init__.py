@@ -13,6 +13,7 @@ import logging
 
 from . import _core
 from ._context import COMPONENTS, Context, GenerationResult
+from ._devices import Device, backends, default_device, devices
 from ._core import Cancelled, SdcppError, core_commit, core_patches, core_version, physical_cores, system_info
 from ._headers import InvalidComponentError
 from ._inspect import ComponentInfo, inspect
@@ -37,6 +38,7 @@ __all__ = [
     "Cancelled",
     "ComponentInfo",
     "Context",
+    "Device",
     "GenerationResult",
     "Hires",
     "HiresUpscaler",
@@ -53,10 +55,13 @@ __all__ = [
     "Upscaler",
     "WeightType",
     "__version__",
+    "backends",
     "core_commit",
     "core_patches",
     "convert",
     "core_version",
+    "default_device",
+    "devices",
     "inspect",
     "physical_cores",
     "preprocess_canny",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
+from ._devices import accelerator_missing, default_device
 from ._headers import check_component
 from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size
 from ._inspect import classify_tensors
@@ -219,6 +221,10 @@ class Context:
         params.max_vram = _check_float("max_vram", max_vram, 0.0)
         self.n_threads = params.n_threads
         self.vae_decode_only = bool(vae_decode_only)
+        if accelerator_missing():
+            warnings.warn(f"sdcpp_py was built for {_core.BACKEND} but ggml found no {_core.BACKEND} device: this "
+                          "Context runs on the CPU", RuntimeWarning, stacklevel=2)
+        self.device = default_device()
         self._native = _core.NativeContext(params)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -257,7 +263,7 @@ class Context:
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={os.path.basename(path)!r}" for name, path in self.components.items())
-        state = "closed" if self.closed else f"backend={_core.BACKEND!r}"
+        state = "closed" if self.closed else f"device={self.device.name!r} ({self.device.description})"
         return f"<sdcpp_py.Context {parts}, {state}>"
 
     def _require_native(self):

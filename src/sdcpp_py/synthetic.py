@@ -261,8 +261,9 @@ class _Spec:
         if bias:
             self.add(f"{name}.bias", (n_out,), "zero")
 
-    def conv(self, name: str, c_in: int, c_out: int, k: int = 3) -> None:
-        self.add(f"{name}.weight", (c_out, c_in, k, k))
+    def conv(self, name: str, c_in: int, c_out: int, k: int | tuple[int, ...] = 3) -> None:
+        """k: square 2-D kernel size, or the kernel's full shape ((kt, kh, kw) for a 3-D conv)."""
+        self.add(f"{name}.weight", (c_out, c_in, *((k, k) if isinstance(k, int) else k)))
         self.add(f"{name}.bias", (c_out,), "zero")
 
     def norm(self, name: str, n: int, bias: bool = True) -> None:
@@ -358,15 +359,16 @@ def _clip_l(s: _Spec) -> None:
     s.norm("final_layer_norm", d)
 
 
-def _t5_xxl(s: _Spec) -> None:
-    """T5-XXL encoder, fixed size in t5.hpp (24 layers, 4096, ff 10240, 64 heads)."""
+def _t5_xxl(s: _Spec, umt5: bool = False) -> None:
+    """T5-XXL encoder, fixed size in t5.hpp (24 layers, 4096, ff 10240, 64 heads).  ``umt5``: the
+    umt5-xxl encoder of Wan (T5Runner is_umt5): vocab 256384 and a relative attention bias in every block."""
     d, ff = 4096, 10240
-    s.add("shared.weight", (32128, d))
+    s.add("shared.weight", (256384 if umt5 else 32128, d))
     for i in range(24):
         p = f"encoder.block.{i}.layer."
         for proj in "qkvo":
             s.linear(f"{p}0.SelfAttention.{proj}", d, d, bias=False)
-        if i == 0:  # relative position buckets x heads, only in block 0
+        if umt5 or i == 0:  # relative position buckets x heads; T5: only in block 0
             s.add(p + "0.SelfAttention.relative_attention_bias.weight", (32, 64))
         s.add(p + "0.layer_norm.weight", (d,), "one")
         s.linear(p + "1.DenseReluDense.wi_0", d, ff, bias=False)
@@ -424,6 +426,93 @@ def _vae(s: _Spec, z: int, dec_ch: int, encoder: bool, quant: bool) -> None:
         s.conv("encoder.conv_out", c, 2 * z)
         if quant:
             s.conv("quant_conv", 2 * z, 2 * z, 1)
+
+
+def _wan_dit(s: _Spec) -> None:
+    """Wan 2.1 T2V DiT, Comfy/original names (wan.hpp Wan).  WanRunner reads only the depth from the file
+    (highest ``blocks.N`` + 1) and accepts 30 or 40 (anything else aborts); the rest is hard-coded per depth,
+    so the smallest is the full 1.3B: dim 1536, 12 heads, ffn 8960, text 4096, 16 latent channels in
+    1x2x2 patches.  Detected as VERSION_WAN2 by ``blocks.0.cross_attn.norm_k.weight``."""
+    depth, d, ffn, freq_dim, text_dim, z, patch = 30, 1536, 8960, 256, 4096, 16, (1, 2, 2)
+    s.conv("patch_embedding", z, d, patch)  # 5-D; the core reads the version from its in*out (T2V: 16)
+    s.linear("text_embedding.0", text_dim, d)
+    s.linear("text_embedding.2", d, d)
+    s.linear("time_embedding.0", freq_dim, d)
+    s.linear("time_embedding.2", d, d)
+    s.linear("time_projection.1", d, 6 * d)
+    for i in range(depth):
+        p = f"blocks.{i}."
+        s.add(p + "modulation", (1, 6, d), "zero")  # F32 in the core
+        for attn in ("self_attn", "cross_attn"):
+            for proj in "qkvo":
+                s.linear(f"{p}{attn}.{proj}", d, d)
+            s.norm(f"{p}{attn}.norm_q", d, bias=False)  # RMSNorm
+            s.norm(f"{p}{attn}.norm_k", d, bias=False)
+        s.norm(p + "norm3", d)  # cross_attn_norm; norm1/norm2 have no weights
+        s.linear(p + "ffn.0", d, ffn)
+        s.linear(p + "ffn.2", ffn, d)
+    s.add("head.modulation", (1, 2, d), "zero")
+    s.linear("head.head", d, z * patch[0] * patch[1] * patch[2])
+
+
+def _wan_vae(s: _Spec, encoder: bool) -> None:
+    """Wan 2.1 VAE (wan.hpp WanVAE), fixed size: dim 96, z 16, mult 1,2,4,4, 2 res blocks.  Causal 3-D
+    convs are 5-D (out, in, t, h, w); RMS_norm gammas (c, 1, 1, 1), in the attention block (c, 1, 1)."""
+    dim, z, mult, n_res, k3 = 96, 16, (1, 2, 4, 4), 2, (3, 3, 3)
+
+    def res(p, c_in, c_out):
+        s.add(p + "residual.0.gamma", (c_in, 1, 1, 1), "one")
+        s.conv(p + "residual.2", c_in, c_out, k3)
+        s.add(p + "residual.3.gamma", (c_out, 1, 1, 1), "one")
+        s.conv(p + "residual.6", c_out, c_out, k3)
+        if c_in != c_out:
+            s.conv(p + "shortcut", c_in, c_out, (1, 1, 1))
+
+    def middle(p, c):
+        res(p + "middle.0.", c, c)
+        s.add(p + "middle.1.norm.gamma", (c, 1, 1), "one")
+        s.conv(p + "middle.1.to_qkv", c, 3 * c, 1)
+        s.conv(p + "middle.1.proj", c, c, 1)
+        res(p + "middle.2.", c, c)
+
+    def resample(p, c, up, temporal):  # Wan 2.1: upsampling convs halve the channels
+        s.conv(p + "resample.1", c, c // 2 if up else c)
+        if temporal:
+            s.conv(p + "time_conv", c, 2 * c if up else c, (3, 1, 1))
+
+    def head(p, c, c_out):
+        s.add(p + "head.0.gamma", (c, 1, 1, 1), "one")
+        s.conv(p + "head.2", c, c_out, k3)
+
+    dims = [dim * mult[-1]] + [dim * m for m in reversed(mult)]
+    s.conv("decoder.conv1", z, dims[0], k3)
+    middle("decoder.", dims[0])
+    idx = 0
+    for i, temporal in enumerate((True, True, False, None)):
+        c_in, c_out = dims[i] // (2 if i else 1), dims[i + 1]  # after an upsample: half the channels
+        for _ in range(n_res + 1):
+            res(f"decoder.upsamples.{idx}.", c_in, c_out)
+            c_in, idx = c_out, idx + 1
+        if temporal is not None:
+            resample(f"decoder.upsamples.{idx}.", c_out, True, temporal)
+            idx += 1
+    head("decoder.", c_out, 3)
+    s.conv("conv2", z, z, (1, 1, 1))
+    if encoder:
+        dims = [dim] + [dim * m for m in mult]
+        s.conv("encoder.conv1", 3, dim, k3)
+        idx = 0
+        for i, temporal in enumerate((False, True, True, None)):
+            c_in, c_out = dims[i], dims[i + 1]
+            for _ in range(n_res):
+                res(f"encoder.downsamples.{idx}.", c_in, c_out)
+                c_in, idx = c_out, idx + 1
+            if temporal is not None:
+                resample(f"encoder.downsamples.{idx}.", c_out, False, temporal)
+                idx += 1
+        middle("encoder.", c_out)
+        head("encoder.", c_out, 2 * z)
+        s.conv("conv1", 2 * z, 2 * z, (1, 1, 1))
 
 
 def _unet_sd1(s: _Spec, *, controlnet: bool = False) -> None:
@@ -523,6 +612,11 @@ def _st_metadata(path: pathlib.Path) -> dict[str, str]:
         return {}
 
 
+def _cached_path(out_dir: pathlib.Path, params: Mapping[str, object], ext: str = "safetensors") -> pathlib.Path:
+    """``out_dir/<kind>-<parameter hash>.<ext>``."""
+    return out_dir / f"{params['kind']}-{_params_hash(params)[0]}.{ext}"
+
+
 def _component(path: pathlib.Path, params: dict, build, *, dtype=np.float16, alias: bool,
                std: float | None = 0.02, fmt: str = "safetensors",
                gguf_type: str | None = None) -> pathlib.Path:
@@ -580,22 +674,46 @@ def flux_components(
     vae = dict(kind="flux-vae", seed=seed, ch=vae_ch, encoder=vae_encoder)
     t5 = dict(kind="t5xxl", seed=seed)
 
-    def name(params, ext="safetensors"):
-        return out_dir / f"{params['kind']}-{_params_hash(params)[0]}.{ext}"
-
     ext = "gguf" if diffusion_format == "gguf" else "safetensors"
     paths = {
         "diffusion_model": _component(
-            name(dit, ext), dit,
+            _cached_path(out_dir, dit, ext), dit,
             lambda s: _flux_dit(s, depth, depth_single_blocks, hidden_size, guidance_embed),
             alias=False, std=None, fmt=diffusion_format, gguf_type=diffusion_type),
-        "clip_l": _component(name(clip), clip, lambda s: _clip_l(s.sub("text_model.")), alias=True),
-        "vae": _component(name(vae), vae, lambda s: _vae(s, 16, vae_ch, vae_encoder, quant=False),
-                          alias=True),
+        "clip_l": _component(_cached_path(out_dir, clip), clip, lambda s: _clip_l(s.sub("text_model.")),
+                             alias=True),
+        "vae": _component(_cached_path(out_dir, vae), vae,
+                          lambda s: _vae(s, 16, vae_ch, vae_encoder, quant=False), alias=True),
     }
     if t5xxl:
-        paths["t5xxl"] = _component(name(t5), t5, _t5_xxl, alias=True)
+        paths["t5xxl"] = _component(_cached_path(out_dir, t5), t5, _t5_xxl, alias=True)
     return paths
+
+
+def wan_components(out_dir: str | os.PathLike, *, seed: int = 0,
+                   vae_encoder: bool = False) -> dict[str, pathlib.Path]:
+    """Synthetic Wan 2.1 text-to-video component files, keyed by Context argument name, for
+    ``Context(**parts).generate_video(...)``.  Every part is aliased/sparse on disk (a few MB each), but
+    nothing can be made small: the core hard-codes all three sizes.
+
+    - "diffusion_model": Wan 2.1 T2V DiT at its smallest, the full 1.3B (30 blocks of width 1536; the
+      core accepts only depths 30 and 40 and derives every width from the depth): ~2.8 GB RAM as F16.
+    - "t5xxl": full-size umt5-xxl encoder (5.7B params with its 256384-token vocabulary; ~11.4 GB RAM as
+      F16, minutes of CPU per prompt: the core always encodes 512 tokens).
+    - "vae": Wan 2.1 VAE (dim 96, z 16; 127M params with the encoder, ~0.15 GB RAM for the decoder).
+      The encoder is only needed for video inputs (init/end image, control frames); add it with
+      ``vae_encoder`` and pass ``vae_decode_only=False`` to the Context (its auto-detection looks for
+      the KL VAE's ``encoder.conv_in``).
+    """
+    out_dir = pathlib.Path(out_dir)
+    dit = dict(kind="wan2.1-t2v-dit", seed=seed)
+    t5 = dict(kind="umt5xxl", seed=seed)
+    vae = dict(kind="wan2.1-vae", seed=seed, encoder=vae_encoder)
+    return {
+        "diffusion_model": _component(_cached_path(out_dir, dit), dit, _wan_dit, alias=True),
+        "t5xxl": _component(_cached_path(out_dir, t5), t5, lambda s: _t5_xxl(s, umt5=True), alias=True),
+        "vae": _component(_cached_path(out_dir, vae), vae, lambda s: _wan_vae(s, vae_encoder), alias=True),
+    }
 
 
 def sd1_checkpoint(path_or_dir: str | os.PathLike, *, seed: int = 0, vae_ch: int = 32,
