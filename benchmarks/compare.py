@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""sdcpp-py against the vendored sd-cli and stable-diffusion-cpp-python 0.4.7, side by side in one run.
+
+Every run is a fresh process doing one job end to end: the same synthetic component files, prompt, size,
+steps, seed, sampler and thread count for all three. Runs are interleaved (A B C A B C ...) and each figure
+is the median over ``--runs``. Figures per tool:
+
+- load: building the context (for sd-cli, which prints no load time: total - generation - PNG write);
+- generation: the txt2img call as the caller sees it (sd-cli: the core's own "generate_image" time);
+- core generation: the core's "generate_image completed in" figure, so that generation - core is what the
+  binding adds (result conversion included);
+- total: the process's wall time, interpreter start and imports included; peak RSS of the process.
+
+The peer is installed from PyPI into its own virtual environment (``--peer-venv``, built once; building it
+compiles the core: minutes). sd-cli is built from the same sources by our CMake into build/sd-cli.
+
+    python benchmarks/compare.py --runs 3 --json benchmarks/results.json --markdown benchmarks/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("SDCPP_PY_CACHE_DIR", Path.home() / ".cache" / "sdcpp-py"))
+PEER_SPEC = "stable-diffusion-cpp-python==0.4.7"
+CORE_TIME = re.compile(r"generate_image completed in ([0-9.]+)s")
+TOOLS = ("sdcpp-py", "sd-cli", "peer")
+
+# Our runner and the peer's: one job, one JSON line of figures on stdout; core logs on stderr.
+SDCPP_RUNNER = r"""
+import json, logging, resource, sys, time
+job = json.loads(sys.argv[1])
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+import numpy as np
+import sdcpp_py
+start = time.perf_counter()
+ctx = sdcpp_py.Context(**job["components"], n_threads=job["threads"], vae_decode_only=True)
+loaded = time.perf_counter()
+image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"],
+                    cfg_scale=job["cfg"], seed=job["seed"], sampler=job["sampler"])[0]
+pixels = np.asarray(image)
+done = time.perf_counter()
+np.save(job["out"], pixels)
+print(json.dumps({"load_s": loaded - start, "gen_s": done - loaded,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+PEER_RUNNER = r"""
+import json, resource, sys, time
+job = json.loads(sys.argv[1])
+import numpy as np
+from stable_diffusion_cpp import StableDiffusion
+names = {"model": "model_path", "diffusion_model": "diffusion_model_path", "clip_l": "clip_l_path",
+         "t5xxl": "t5xxl_path", "vae": "vae_path"}
+start = time.perf_counter()
+sd = StableDiffusion(**{names[k]: v for k, v in job["components"].items()}, n_threads=job["threads"],
+                     vae_decode_only=True, verbose=True)
+loaded = time.perf_counter()
+image = sd.generate_image(prompt=job["prompt"], width=job["size"], height=job["size"], sample_steps=job["steps"],
+                          cfg_scale=job["cfg"], seed=job["seed"], sample_method=job["sampler"])[0]
+pixels = np.asarray(image.convert("RGB"))
+done = time.perf_counter()
+np.save(job["out"], pixels)
+print(json.dumps({"load_s": loaded - start, "gen_s": done - loaded,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_peer(venv: Path) -> Path:
+    """The peer's interpreter, installing it into its own venv on first use (with ccache when present)."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import stable_diffusion_cpp, numpy"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    say(f"installing {PEER_SPEC} into {venv} (compiles the core: several minutes)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = dict(os.environ)
+    if shutil.which("ccache"):
+        env["CMAKE_ARGS"] = "-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", PEER_SPEC, "numpy"], check=True, env=env)
+    return python
+
+
+def ensure_sd_cli() -> Path:
+    build = REPO / "build" / "sd-cli"
+    configure = ["cmake", "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                 "-DSDCPP_PY_BUILD_SD_CLI=ON", f"-DPython_EXECUTABLE={sys.executable}"]
+    if shutil.which("ninja") and not (build / "CMakeCache.txt").exists():
+        configure += ["-G", "Ninja"]
+    for command in (configure, ["cmake", "--build", str(build), "--target", "sd-cli"]):
+        subprocess.run(command, check=True, capture_output=True)
+    return build / "bin" / "sd-cli"
+
+
+def run_measured(command: list, env=None) -> tuple[float, float, str, str]:
+    """(wall seconds, peak RSS MiB, stdout, stderr) of one child process."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({child.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, stdout, stderr
+
+
+def core_seconds(text: str) -> float:
+    found = CORE_TIME.findall(text)
+    return float(found[-1]) if found else float("nan")
+
+
+def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Path) -> dict:
+    out = workdir / f"{tool}.npy"
+    spec = dict(job, out=str(out))
+    if tool == "sd-cli":
+        flags = {"model": "-m", "diffusion_model": "--diffusion-model", "clip_l": "--clip_l", "t5xxl": "--t5xxl",
+                 "vae": "--vae"}
+        png = workdir / "sd-cli.png"
+        command = [str(sd_cli), "-o", str(png), "-p", job["prompt"], "-W", str(job["size"]), "-H", str(job["size"]),
+                   "--steps", str(job["steps"]), "--cfg-scale", str(job["cfg"]), "-s", str(job["seed"]),
+                   "-t", str(job["threads"]), "--sampling-method", job["sampler"]]
+        for name, path in job["components"].items():
+            command += [flags[name], path]
+        wall, rss, stdout, stderr = run_measured(command)
+        core = core_seconds(stdout + stderr)
+        from PIL import Image  # only the harness needs pillow
+
+        with Image.open(png) as image:
+            import numpy as np
+
+            np.save(out, np.asarray(image.convert("RGB")))
+        return {"total_s": wall, "rss_mib": rss, "gen_s": core, "core_gen_s": core, "load_s": wall - core}
+    python = sys.executable if tool == "sdcpp-py" else str(peer_python)
+    runner = SDCPP_RUNNER if tool == "sdcpp-py" else PEER_RUNNER
+    env = dict(os.environ)
+    if tool == "peer":
+        env.pop("PYTHONPATH", None)
+    wall, rss, stdout, stderr = run_measured([python, "-c", runner, json.dumps(spec)], env=env)
+    figures = json.loads(stdout.strip().splitlines()[-1])
+    return {"total_s": wall, "rss_mib": rss, "gen_s": figures["gen_s"], "load_s": figures["load_s"],
+            "core_gen_s": core_seconds(stdout + stderr)}
+
+
+def jobs(selected: list[str]) -> dict:
+    from sdcpp_py import synthetic
+
+    base = CACHE / "synthetic"
+    made = {}
+    if "tiny-flux" in selected:
+        parts = synthetic.flux_components(base / "flux")
+        made["tiny-flux"] = dict(components={k: str(v) for k, v in parts.items()}, size=256, steps=4, cfg=1.0,
+                                 sampler="euler")
+    if "sd1-256" in selected:
+        made["sd1-256"] = dict(components={"model": str(synthetic.sd1_checkpoint(base / "sd1"))}, size=256,
+                               steps=2, cfg=7.0, sampler="euler")
+    if "flux-t5" in selected:
+        parts = synthetic.flux_components(base / "flux", t5xxl=True)
+        made["flux-t5"] = dict(components={k: str(v) for k, v in parts.items()}, size=64, steps=1, cfg=1.0,
+                               sampler="euler")
+    if "flux-1024" in selected:  # what result conversion costs on a large image
+        parts = synthetic.flux_components(base / "flux")
+        made["flux-1024"] = dict(components={k: str(v) for k, v in parts.items()}, size=1024, steps=1, cfg=1.0,
+                                 sampler="euler")
+    for job in made.values():
+        job.update(prompt="a lighthouse at dusk", seed=7, threads=2)
+    return made
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", default="tiny-flux,sd1-256,flux-1024",
+                        help="comma-separated: tiny-flux, sd1-256, flux-1024, flux-t5 (full-size T5-XXL, ~10 GB)")
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--peer-venv", type=Path, default=CACHE / "peer-venv")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+
+    tools = [t for t in args.tools.split(",") if t]
+    peer_python = ensure_peer(args.peer_venv) if "peer" in tools else None
+    sd_cli = ensure_sd_cli() if "sd-cli" in tools else None
+    import numpy as np
+
+    results = {}
+    for name, job in jobs(args.jobs.split(",")).items():
+        samples = {tool: [] for tool in tools}
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            identical = True
+            for run in range(args.runs):
+                for tool in tools:
+                    say(f"{name}: run {run + 1}/{args.runs}, {tool}")
+                    samples[tool].append(run_tool(tool, job, sd_cli, peer_python, workdir))
+                pixels = [np.load(workdir / f"{tool}.npy") for tool in tools]
+                identical = identical and all(np.array_equal(pixels[0], p) for p in pixels[1:])
+        medians = {tool: {key: statistics.median(s[key] for s in samples[tool]) for key in samples[tool][0]}
+                   for tool in tools}
+        results[name] = {"job": {k: v for k, v in job.items() if k != "components"}, "runs": args.runs,
+                         "identical_pixels": identical, "median": medians, "samples": samples}
+
+    lines = []
+    for name, result in results.items():
+        job = result["job"]
+        lines.append(f"\n**{name}** ({job['size']}x{job['size']}, {job['steps']} steps, cfg {job['cfg']}, "
+                     f"{job['threads']} threads; median of {result['runs']}; identical pixels: "
+                     f"{'yes' if result['identical_pixels'] else 'NO'})\n")
+        lines.append("| figure | sdcpp-py | sd-cli | peer | sdcpp-py / sd-cli | sdcpp-py / peer |")
+        lines.append("|---|---|---|---|---|---|")
+        med = result["median"]
+        for key, label, unit in (("load_s", "load", "s"), ("gen_s", "generation", "s"),
+                                 ("core_gen_s", "core generation", "s"), ("total_s", "end to end", "s"),
+                                 ("rss_mib", "peak RSS", "MiB")):
+            values = [med.get(tool, {}).get(key, float("nan")) for tool in TOOLS]
+            ours, cli, peer = values
+            lines.append(f"| {label} ({unit}) | " + " | ".join(f"{v:.3f}" if unit == "s" else f"{v:.0f}"
+                                                               for v in values)
+                         + f" | {ratio(ours, cli):.3f} | {ratio(ours, peer):.3f} |")
+        ours, peer = med.get("sdcpp-py", {}), med.get("peer", {})
+        if ours and peer:
+            lines.append(f"| binding overhead: generation - core (s) | {ours['gen_s'] - ours['core_gen_s']:.3f} | "
+                         f"- | {peer['gen_s'] - peer['core_gen_s']:.3f} | | |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
