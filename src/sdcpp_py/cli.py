@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 
 COMPONENT_FLAGS = {  # sd-cli spelling -> Context argument
     "--model": "model", "--diffusion-model": "diffusion_model", "--high-noise-diffusion-model":
