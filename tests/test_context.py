@@ -1,9 +1,12 @@
 import inspect
+import re
 import pathlib
 
+import numpy as np
 import pytest
 
 import sdcpp_py
+from sdcpp_py import synthetic
 from sdcpp_py import _core
 
 SMALL = dict(width=64, height=64, steps=2, cfg_scale=1.0)
@@ -79,10 +82,12 @@ def test_directory_instead_of_file(tmp_path):
         sdcpp_py.Context(diffusion_model=tmp_path)
 
 
-def test_core_failure_carries_the_core_error_lines(flux_parts):
-    # A well-formed file the core cannot use as a diffusion model (a text encoder).
+def test_core_failure_carries_the_core_error_lines(flux_parts, tmp_path):
+    # A well-formed file of no known component: our checks let it through, the core cannot use it.
+    unknown = synthetic.write_safetensors(tmp_path / "unknown.safetensors",
+                                          {"some.layer.weight": np.zeros((4, 4), np.float16)})
     with pytest.raises(sdcpp_py.SdcppError, match="get sd version from file failed") as info:
-        sdcpp_py.Context(diffusion_model=flux_parts["clip_l"], clip_l=flux_parts["clip_l"])
+        sdcpp_py.Context(diffusion_model=unknown, clip_l=flux_parts["clip_l"])
     assert isinstance(info.value, RuntimeError)
 
 
@@ -98,11 +103,31 @@ def test_dit_model_without_its_separate_vae_is_refused_up_front(flux_parts):
         sdcpp_py.Context(**parts)
 
 
-def test_incomplete_model_reports_missing_tensors(flux_parts):
-    # A CLIP file where the VAE belongs: the core names the decoder tensors it could not find.
-    with pytest.raises(sdcpp_py.SdcppError, match="not in model file"):
-        sdcpp_py.Context(diffusion_model=flux_parts["diffusion_model"], clip_l=flux_parts["clip_l"],
-                         vae=flux_parts["clip_l"])
+@pytest.mark.parametrize(
+    "swap, message",
+    [
+        (dict(t5xxl="vae"), "t5xxl: this file looks like a Flux/SD3 VAE vae component; pass it as vae="),
+        (dict(vae="clip_l"), "vae: this file looks like a CLIP-L clip_l component; pass it as clip_l="),
+        (dict(clip_l="diffusion_model"), "clip_l: this file is a Flux.1 diffusion model; pass it as diffusion_model="),
+        (dict(clip_g="clip_l"), "clip_g: this file looks like a CLIP-L clip_l component; pass it as clip_l="),
+    ],
+)
+def test_a_file_in_the_wrong_slot_is_refused_saying_where_it_belongs(flux_parts, swap, message):
+    parts = dict(flux_parts)
+    for slot, source in swap.items():
+        parts[slot] = flux_parts[source]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sdcpp_py.Context(**parts)
+
+
+def test_lora_all_in_one_and_bare_dit_slots(flux_parts, sd1_checkpoint, tmp_path):
+    lora = synthetic.flux_lora(flux_parts["diffusion_model"], tmp_path / "lora.safetensors")
+    with pytest.raises(ValueError, match="diffusion_model: this file is a LoRA; pass it in loras="):
+        sdcpp_py.Context(**{**flux_parts, "diffusion_model": lora})
+    with pytest.raises(ValueError, match="all-in-one SD1 checkpoint; pass it as model="):
+        sdcpp_py.Context(**{**flux_parts, "diffusion_model": sd1_checkpoint})
+    with pytest.raises(ValueError, match="model: this file is a bare Flux.1 diffusion model"):
+        sdcpp_py.Context(model=flux_parts["diffusion_model"], clip_l=flux_parts["clip_l"])
 
 
 @pytest.mark.parametrize(

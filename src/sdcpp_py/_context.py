@@ -15,7 +15,7 @@ from . import _core
 from ._devices import accelerator_missing, default_device
 from ._headers import check_component
 from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size
-from ._inspect import classify_tensors
+from ._inspect import classify_tensors, slot_mismatch
 from ._options import Cache, Hires, Lora, PhotoMaker, prompt_loras
 from ._enums import (
     HiresUpscaler, Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
@@ -177,6 +177,10 @@ class Context:
                 raise NotADirectoryError(f"lora_dir: no such directory: {self.lora_dir!r}")
         self.components = {name: _resolve_path(name, path) for name, path in given.items() if path is not None}
         headers = {name: check_component(name, path) for name, path in self.components.items()}
+        for name, header in headers.items():
+            problem = None if header is None else slot_mismatch(name, header)
+            if problem:
+                raise ValueError(problem)
         if vae_decode_only is None:
             vae_decode_only = not _has_vae_encoder(headers.get("vae") or headers.get("model"))
         text_encoders = ("clip_l", "clip_g", "t5xxl", "llm")

@@ -86,3 +86,30 @@ def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
         file_size=header.file_size, weight_types=dict(sorted(shares.items(), key=lambda kv: -kv[1])),
         reason="" if role != "unknown" else "no tensor names of a known component",
     )
+
+
+_TEXT_ENCODERS = ("clip_l", "clip_g", "t5xxl")
+_BUNDLED_PARTS = ("vae.", "first_stage_model.", "text_encoders.", "cond_stage_model.", "conditioner.")
+
+
+def slot_mismatch(slot: str, header: FileHeader) -> Optional[str]:
+    """Why a file must not go into Context argument ``slot`` (None when it may, or when we cannot tell).
+
+    Only clear cases are refused: a file whose tensor names say it is a different component.
+    """
+    role, architecture = classify_tensors(header.tensors)
+    what = f"{architecture} " if architecture else ""
+    if role == "lora":
+        return f"{slot}: this file is a LoRA; pass it in loras= (or name it in the prompt with lora_dir=)"
+    if role == "all_in_one" and slot != "model":
+        return f"{slot}: this file is an all-in-one {what}checkpoint; pass it as model="
+    if role in _TEXT_ENCODERS + ("vae",) and slot != role and not (role == "vae" and slot == "taesd"):
+        return f"{slot}: this file looks like a {what}{role} component; pass it as {role}="
+    if role == "diffusion_model" and slot not in ("diffusion_model", "high_noise_diffusion_model", "model"):
+        return f"{slot}: this file is a {what}diffusion model; pass it as diffusion_model="
+    if role == "diffusion_model" and slot == "model":
+        bundled = any(name.startswith(_BUNDLED_PARTS) for name in header.tensors)
+        if not bundled:
+            return (f"model: this file is a bare {what}diffusion model (no text encoder or VAE inside); pass it as "
+                    "diffusion_model= with its parts")
+    return None
