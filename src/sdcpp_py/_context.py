@@ -36,7 +36,7 @@ MAX_SEED = 2**63 - 1
 _CORE_DEFAULTS = _core.ImageGenParams()  # sd_img_gen_params_init
 _VIDEO_DEFAULTS = _core.VideoGenParams()  # sd_vid_gen_params_init
 # Diffusion-model architectures that never carry their VAE in the same file.
-VAE_IS_A_SEPARATE_FILE = ("Flux.1", "SD3")
+VAE_IS_A_SEPARATE_FILE = ("Flux.1", "Flux.2", "SD3")
 MAX_SIDE = 16384
 
 
@@ -635,7 +635,9 @@ def _has_vae_encoder(header) -> bool:
     """Whether a VAE (or all-in-one) file carries the encoder; unknown formats are assumed to."""
     if header is None:
         return True
-    return any(name.endswith("encoder.conv_in.weight") and "decoder" not in name for name in header.tensors)
+    # conv_in: the LDM KL VAE; conv1: the Wan VAE.
+    return any(name.endswith(("encoder.conv_in.weight", "encoder.conv1.weight")) and "decoder" not in name
+               for name in header.tensors)
 
 
 def _check_bool(argument: str, value: object) -> bool:

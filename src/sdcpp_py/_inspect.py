@@ -43,6 +43,8 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
         if has("cond_stage_model.model.token_embedding"):
             return "all_in_one", "SD2"
         return "all_in_one", "SD1"
+    if has("double_stream_modulation_img.lin.weight"):  # the core's own Flux.2 marker
+        return "diffusion_model", "Flux.2"
     if has("double_blocks.0.img_attn.qkv.weight"):
         return "diffusion_model", "Flux.1"
     if has("joint_blocks.0."):
@@ -53,10 +55,13 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
     if q_proj is not None and has("text_model."):
         width = max(q_proj.shape)
         return ("clip_l", "CLIP-L") if width == 768 else ("clip_g", "CLIP-G") if width == 1280 else ("unknown", None)
+    q_norm = _find(tensors, "layers.0.self_attn.q_norm.weight")
+    if q_norm is not None and has("embed_tokens.weight"):
+        return "llm", "Qwen3"  # per-head q/k norms: Qwen3 (Qwen2.5 has none)
     conv_in = _find(tensors, "decoder.conv_in.weight")
     if conv_in is not None and not has_unet_or_dit:
         latent_channels = conv_in.shape[1] if len(conv_in.shape) == 4 else None
-        return "vae", {16: "Flux/SD3 VAE", 4: "SD VAE"}.get(latent_channels, "KL VAE")
+        return "vae", {32: "Flux.2 VAE", 16: "Flux/SD3 VAE", 4: "SD VAE"}.get(latent_channels, "KL VAE")
     return "unknown", None
 
 
@@ -88,7 +93,7 @@ def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
     )
 
 
-_TEXT_ENCODERS = ("clip_l", "clip_g", "t5xxl")
+_TEXT_ENCODERS = ("clip_l", "clip_g", "t5xxl", "llm")
 _BUNDLED_PARTS = ("vae.", "first_stage_model.", "text_encoders.", "cond_stage_model.", "conditioner.")
 
 
