@@ -30,3 +30,13 @@ def test_unknown_and_missing_files(tmp_path):
     assert info.role == "unknown" and info.reason
     with pytest.raises(FileNotFoundError, match="path"):
         sdcpp_py.inspect(tmp_path / "missing.gguf")
+
+
+def test_wan_parts_are_recognised_from_headers_alone():
+    from conftest import _synthetic_dir
+    from sdcpp_py import synthetic
+
+    parts = synthetic.wan_components(_synthetic_dir() / "wan")  # sparse files: written in a second
+    found = {name: (sdcpp_py.inspect(path).role, sdcpp_py.inspect(path).architecture) for name, path in parts.items()}
+    assert found == {"diffusion_model": ("diffusion_model", "Wan"), "t5xxl": ("t5xxl", "UMT5-XXL"),
+                     "vae": ("vae", "Wan VAE")}

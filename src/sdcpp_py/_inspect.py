@@ -43,6 +43,8 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
         if has("cond_stage_model.model.token_embedding"):
             return "all_in_one", "SD2"
         return "all_in_one", "SD1"
+    if has("blocks.0.cross_attn.norm_k.weight"):  # the core's own Wan marker
+        return "diffusion_model", "Wan"
     if has("double_stream_modulation_img.lin.weight"):  # the core's own Flux.2 marker
         return "diffusion_model", "Flux.2"
     if has("double_blocks.0.img_attn.qkv.weight"):
@@ -50,7 +52,8 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
     if has("joint_blocks.0."):
         return "diffusion_model", "SD3"
     if has("encoder.block.0.layer.0.SelfAttention.q.weight"):
-        return "t5xxl", "T5-XXL"
+        shared = _find(tensors, "shared.weight")
+        return "t5xxl", "UMT5-XXL" if shared is not None and max(shared.shape) > 200_000 else "T5-XXL"
     q_proj = _find(tensors, "encoder.layers.0.self_attn.q_proj.weight")
     if q_proj is not None and has("text_model."):
         width = max(q_proj.shape)
@@ -58,6 +61,8 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
     q_norm = _find(tensors, "layers.0.self_attn.q_norm.weight")
     if q_norm is not None and has("embed_tokens.weight"):
         return "llm", "Qwen3"  # per-head q/k norms: Qwen3 (Qwen2.5 has none)
+    if has("decoder.conv1.weight") and has("decoder.head.0.gamma"):
+        return "vae", "Wan VAE"
     conv_in = _find(tensors, "decoder.conv_in.weight")
     if conv_in is not None and not has_unet_or_dit:
         latent_channels = conv_in.shape[1] if len(conv_in.shape) == 4 else None
