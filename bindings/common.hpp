@@ -57,6 +57,7 @@ struct CallCallbacks {
     uint64_t start_epoch                      = 0;
     std::atomic<bool> failed{false};    // error is set (readable from any thread)
     std::atomic<bool> aborting{false};  // the core was told to abort this call
+    bool watches_sigint = false;        // Ctrl-C stops this call (it runs on the main thread)
 
     bool cancelled() const { return cancel_epoch != nullptr && cancel_epoch->load() != start_epoch; }
 };
@@ -74,6 +75,7 @@ class InterruptScope {
     InterruptScope(const InterruptScope&)            = delete;
     InterruptScope& operator=(const InterruptScope&) = delete;
     bool interrupted() const;  // SIGINT arrived while engaged
+    bool engaged() const { return engaged_; }
 
    private:
     bool engaged_ = false;

@@ -185,7 +185,8 @@ bool abort_requested_for_active_call() {
     if (call == nullptr) {
         return false;
     }
-    const bool stop = call->failed.load() || sigint_arrived.load() || call->cancelled();
+    // Ctrl-C only stops the main thread's call, not one another thread runs while main waits for the lock.
+    const bool stop = call->failed.load() || (call->watches_sigint && sigint_arrived.load()) || call->cancelled();
     if (stop) {
         call->aborting.store(true);
     }

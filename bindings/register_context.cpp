@@ -308,6 +308,7 @@ class NativeContext {
         callbacks.cancel_epoch = &cancel_epoch_;
         callbacks.start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call
         InterruptScope interrupt;
+        callbacks.watches_sigint = interrupt.engaged();
         bool was_closed = false;
         {
             py::gil_scoped_release release;

@@ -194,3 +194,43 @@ def test_calls_waiting_on_the_context_are_cancelled_too(flux):
     first.join()
     second.join()
     assert outcomes == {"first": "cancelled", "second": "cancelled"}
+
+
+CTRL_C_WHILE_WAITING_CHILD = textwrap.dedent("""
+    import json, os, signal, sys, threading
+    import sdcpp_py
+    parts = json.loads(sys.argv[1])
+    ctx = sdcpp_py.Context(**parts, n_threads=2)
+    started, worker_steps, outcome = threading.Event(), [], {}
+    def progress(step, steps, seconds):
+        worker_steps.append(step)
+        started.set()
+    def worker():
+        try:
+            ctx.txt2img("a red cube", width=64, height=64, steps=30, cfg_scale=1.0, progress=progress)
+            outcome["worker"] = "finished"
+        except BaseException as error:
+            outcome["worker"] = type(error).__name__
+    thread = threading.Thread(target=worker)
+    thread.start()
+    started.wait(120)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        ctx.txt2img("a red cube", width=64, height=64, steps=2, cfg_scale=1.0)  # waits for the worker's call
+        outcome["main"] = "finished"
+    except KeyboardInterrupt:
+        outcome["main"] = "KeyboardInterrupt"
+    thread.join()
+    outcome["worker_last_step"] = max(worker_steps)
+    print(json.dumps(outcome), flush=True)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+def test_ctrl_c_stops_the_main_threads_call_not_another_threads(flux_parts):
+    parts = {name: str(path) for name, path in flux_parts.items()}
+    result = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_WAITING_CHILD, json.dumps(parts)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"worker": "finished", "main": "KeyboardInterrupt", "worker_last_step": 30}, report
