@@ -30,7 +30,9 @@ def test_constructor_defaults_match_sd_ctx_params_init():
                  "max_vram"):
         assert signature.parameters[name].default == getattr(core, name), name
     assert int(signature.parameters["rng"].default) == core.rng
-    assert int(signature.parameters["lora_apply_mode"].default) == core.lora_apply_mode
+    # Per-call LoRAs must not drift the weights: applied at runtime, not merged (the core's "auto").
+    assert core.lora_apply_mode == int(sdcpp_py.LoraApplyMode.AUTO)
+    assert signature.parameters["lora_apply_mode"].default == sdcpp_py.LoraApplyMode.AT_RUNTIME
     assert core.n_threads == sdcpp_py.physical_cores()
     # The one deliberate difference: by default the VAE encoder is loaded when the file has one.
     assert core.vae_decode_only is True and signature.parameters["vae_decode_only"].default is None

@@ -124,12 +124,15 @@ def test_lora_list_matches_sd_cli_prompt_syntax(ctx, parts, sd_cli, lora_dir, tm
     lora = sdcpp_py.Lora(lora_dir / "style.safetensors", 0.8)
     ours = ctx.txt2img(PROMPT, steps=3, loras=[lora], **BASE)[0]
     theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, "-p", PROMPT + "<lora:style:0.8>", "-W", "64", "-H",
-                        "64", "--cfg-scale", "1", "-s", "5", "--steps", "3", "--lora-model-dir", str(lora_dir))
+                        "64", "--cfg-scale", "1", "-s", "5", "--steps", "3", "--lora-model-dir", str(lora_dir),
+                        "--lora-apply-mode", "at_runtime")
     np.testing.assert_array_equal(ours, theirs)
-    plain = ctx.txt2img(PROMPT, steps=3, **BASE)[0]
-    assert np.abs(ours.astype(int) - plain.astype(int)).mean() > 1, "the LoRA changed nothing"
-    # Applied for that call only: the next call without it is the plain image again.
-    np.testing.assert_array_equal(ctx.txt2img(PROMPT, steps=3, **BASE)[0], plain)
+    after = ctx.txt2img(PROMPT, steps=3, **BASE)[0]
+    with sdcpp_py.Context(**parts, n_threads=2) as fresh:
+        never_had_it = fresh.txt2img(PROMPT, steps=3, **BASE)[0]
+    assert np.abs(ours.astype(int) - never_had_it.astype(int)).mean() > 1, "the LoRA changed nothing"
+    # Applied for that call only: the next call is exactly what a context that never saw the LoRA makes.
+    np.testing.assert_array_equal(after, never_had_it)
 
 
 def test_prompt_lora_syntax_with_a_lora_dir(parts, lora_dir):

@@ -107,7 +107,9 @@ class Context:
     ``sd_ctx_params_init``, except ``vae_decode_only``: by default the VAE encoder is loaded when the VAE
     file has one, so img2img and edits work (True skips its weights for a txt2img-only service). The
     weights are loaded with the GIL released. ``lora_dir`` makes the prompt's ``<lora:name:weight>`` tags load
-    ``name`` from that folder, as sd-cli's ``--lora-model-dir``.
+    ``name`` from that folder, as sd-cli's ``--lora-model-dir``. ``lora_apply_mode`` defaults to "at_runtime":
+    the core's "auto" merges a LoRA into f16 weights and subtracts it after the call, which leaves rounding
+    residue, so later calls would drift from what a fresh context makes.
 
     Raises:
         FileNotFoundError: a component path does not exist (the message names the argument).
@@ -140,7 +142,7 @@ class Context:
         rng: Union[RngType, str, int] = RngType.CUDA,
         sampler_rng: Union[RngType, str, int, None] = None,
         prediction: Union[Prediction, str, int, None] = None,
-        lora_apply_mode: Union[LoraApplyMode, str, int] = LoraApplyMode.AUTO,
+        lora_apply_mode: Union[LoraApplyMode, str, int] = LoraApplyMode.AT_RUNTIME,
         offload_params_to_cpu: bool = False,
         mmap: bool = False,
         keep_clip_on_cpu: bool = False,
