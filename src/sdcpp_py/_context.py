@@ -16,7 +16,7 @@ from ._devices import accelerator_missing, default_device
 from ._headers import check_component
 from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size
 from ._inspect import classify_tensors, slot_mismatch
-from ._options import Cache, Hires, Lora, PhotoMaker, prompt_loras
+from ._options import _CORE as _OPTION_DEFAULTS, Cache, Hires, Lora, PhotoMaker, prompt_loras
 from ._enums import (
     HiresUpscaler, Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
     LoraApplyMode, Prediction, RngType, Sampler, Scheduler, WeightType,
@@ -33,7 +33,7 @@ COMPONENTS = (
 )
 
 MAX_SEED = 2**63 - 1
-_CORE_DEFAULTS = _core.ImageGenParams()  # sd_img_gen_params_init
+_CORE_DEFAULTS = _OPTION_DEFAULTS  # sd_img_gen_params_init, read once in _options
 _VIDEO_DEFAULTS = _core.VideoGenParams()  # sd_vid_gen_params_init
 # Diffusion-model architectures that never carry their VAE in the same file.
 VAE_IS_A_SEPARATE_FILE = ("Flux.1", "Flux.2", "SD3")
