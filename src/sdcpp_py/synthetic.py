@@ -524,7 +524,21 @@ def _unet_sd1(s: _Spec, *, controlnet: bool = False) -> None:
     attention at ds 1,2,4, 8 heads, context 768. ``controlnet``: its ControlNet instead (control.hpp): the
     encoder half plus the hint encoder and one 1x1 "zero" conv per input block (random here, so the control
     image visibly steers the result)."""
-    mc, temb, ctx, mult, attn_ds, n_res = 320, 1280, 768, (1, 2, 4, 4), (1, 2, 4), 2
+    _unet(s, mult=(1, 2, 4, 4), depth=(1, 1, 1, 0), mid_depth=1, ctx=768, controlnet=controlnet)
+
+
+def _unet_sdxl(s: _Spec) -> None:
+    """Original SGM SDXL UNet (unet.hpp, all hard-coded for sd_version_is_sdxl): 320 channels, mult 1,2,4,
+    transformer depth 0,2,10 (middle 10), head dim 64 (heads do not change shapes), context 2048, linear
+    proj_in/proj_out, and the ``label_emb`` of the 2816-wide pooled-text + size vector."""
+    _unet(s, mult=(1, 2, 4), depth=(0, 2, 10), mid_depth=10, ctx=2048, adm=2816, linear_proj=True)
+
+
+def _unet(s: _Spec, *, mult: tuple, depth: tuple, mid_depth: int, ctx: int, adm: int = 0,
+          linear_proj: bool = False, controlnet: bool = False) -> None:
+    """LDM UNet with 320 base channels and 2 res blocks per level; ``depth[i]`` transformer blocks at level
+    i (0: no attention there)."""
+    mc, temb, n_res = 320, 1280, 2
 
     def res(p, c_in, c_out):
         s.norm(p + "in_layers.0", c_in)
@@ -535,37 +549,47 @@ def _unet_sd1(s: _Spec, *, controlnet: bool = False) -> None:
         if c_in != c_out:
             s.conv(p + "skip_connection", c_in, c_out, 1)
 
-    def transformer(p, c):
+    def proj(name, c):  # the core picks Linear or 1x1 Conv2d from the weight's rank
+        if linear_proj:
+            s.linear(name, c, c)
+        else:
+            s.conv(name, c, c, 1)
+
+    def transformer(p, c, n):
         s.norm(p + "norm", c)
-        s.conv(p + "proj_in", c, c, 1)
-        b = p + "transformer_blocks.0."
-        for attn, c_kv in (("attn1", c), ("attn2", ctx)):
-            s.linear(f"{b}{attn}.to_q", c, c, bias=False)
-            s.linear(f"{b}{attn}.to_k", c_kv, c, bias=False)
-            s.linear(f"{b}{attn}.to_v", c_kv, c, bias=False)
-            s.linear(f"{b}{attn}.to_out.0", c, c)
-        s.linear(b + "ff.net.0.proj", c, 8 * c)  # GEGLU: 2 x 4c
-        s.linear(b + "ff.net.2", 4 * c, c)
-        for n in ("norm1", "norm2", "norm3"):
-            s.norm(b + n, c)
-        s.conv(p + "proj_out", c, c, 1)
+        proj(p + "proj_in", c)
+        for k in range(n):
+            b = f"{p}transformer_blocks.{k}."
+            for attn, c_kv in (("attn1", c), ("attn2", ctx)):
+                s.linear(f"{b}{attn}.to_q", c, c, bias=False)
+                s.linear(f"{b}{attn}.to_k", c_kv, c, bias=False)
+                s.linear(f"{b}{attn}.to_v", c_kv, c, bias=False)
+                s.linear(f"{b}{attn}.to_out.0", c, c)
+            s.linear(b + "ff.net.0.proj", c, 8 * c)  # GEGLU: 2 x 4c
+            s.linear(b + "ff.net.2", 4 * c, c)
+            for n_ in ("norm1", "norm2", "norm3"):
+                s.norm(b + n_, c)
+        proj(p + "proj_out", c)
 
     s.linear("time_embed.0", mc, temb)
     s.linear("time_embed.2", temb, temb)
+    if adm:
+        s.linear("label_emb.0.0", adm, temb)
+        s.linear("label_emb.0.2", temb, temb)
     s.conv("input_blocks.0.0", 4, mc)
     if controlnet:
         hint = [(3, 16), (16, 16), (16, 32), (32, 32), (32, 96), (96, 96), (96, 256), (256, mc)]
         for i, (c_in, c_out) in enumerate(hint):
             s.conv(f"input_hint_block.{2 * i}", c_in, c_out)
         s.conv("zero_convs.0.0", mc, mc, 1)
-    chans, c, idx, ds = [mc], mc, 0, 1
+    chans, c, idx = [mc], mc, 0
     for i, m in enumerate(mult):
         for _ in range(n_res):
             idx += 1
             res(f"input_blocks.{idx}.0.", c, m * mc)
             c = m * mc
-            if ds in attn_ds:
-                transformer(f"input_blocks.{idx}.1.", c)
+            if depth[i]:
+                transformer(f"input_blocks.{idx}.1.", c, depth[i])
             chans.append(c)
             if controlnet:
                 s.conv(f"zero_convs.{idx}.0", c, c, 1)
@@ -575,9 +599,8 @@ def _unet_sd1(s: _Spec, *, controlnet: bool = False) -> None:
             chans.append(c)
             if controlnet:
                 s.conv(f"zero_convs.{idx}.0", c, c, 1)
-            ds *= 2
     res("middle_block.0.", c, c)
-    transformer("middle_block.1.", c)  # its presence marks full SD1 (not tiny)
+    transformer("middle_block.1.", c, mid_depth)  # its presence marks full SD1/SDXL (not tiny, SSD-1B, Vega)
     res("middle_block.2.", c, c)
     if controlnet:
         s.conv("middle_block_out.0", c, c, 1)
@@ -587,12 +610,11 @@ def _unet_sd1(s: _Spec, *, controlnet: bool = False) -> None:
         for j in range(n_res + 1):
             res(f"output_blocks.{out}.0.", c + chans.pop(), mult[i] * mc)
             c, up = mult[i] * mc, 1
-            if ds in attn_ds:
-                transformer(f"output_blocks.{out}.1.", c)
+            if depth[i]:
+                transformer(f"output_blocks.{out}.1.", c, depth[i])
                 up = 2
             if i and j == n_res:
                 s.conv(f"output_blocks.{out}.{up}.conv", c, c)
-                ds //= 2
             out += 1
     s.norm("out.0", mc)
     s.conv("out.2", mc, 4)
@@ -924,3 +946,101 @@ def sd1_controlnet(out_path: str | os.PathLike, *, seed: int = 0, prefix: str = 
     params = dict(kind="sd1-controlnet", seed=seed, prefix=prefix)
     return _component(pathlib.Path(out_path), params, lambda s: _unet_sd1(s.sub(prefix), controlnet=True),
                       alias=True)
+
+
+# --------------------------------------------------------------------------- SDXL and PhotoMaker
+
+
+def _open_clip_bigg(s: _Spec) -> None:
+    """OpenCLIP ViT-bigG/14 text tower in OpenCLIP names, as SDXL checkpoints store it (clip.hpp, fixed
+    size: width 1280, 32 layers, ffn 5120, 77 positions; name_conversion.cpp maps the names, and the fused
+    ``attn.in_proj_weight`` makes the core build its attention with one qkv matrix)."""
+    d, ffn = 1280, 5120
+    s.add("token_embedding.weight", (49408, d))
+    s.add("positional_embedding", (77, d))
+    for i in range(32):
+        p = f"transformer.resblocks.{i}."
+        s.norm(p + "ln_1", d)
+        s.add(p + "attn.in_proj_weight", (3 * d, d))
+        s.add(p + "attn.in_proj_bias", (3 * d,), "zero")
+        s.linear(p + "attn.out_proj", d, d)
+        s.norm(p + "ln_2", d)
+        s.linear(p + "mlp.c_fc", d, ffn)
+        s.linear(p + "mlp.c_proj", ffn, d)
+    s.norm("ln_final", d)
+    s.add("text_projection", (d, 1280))  # pooled output -> the 1280 of SDXL's 2816-wide label vector
+
+
+def _clip_vision(s: _Spec, d: int, ffn: int, layers: int, projection: int) -> None:
+    """A CLIP vision tower with its projection, HF names as the core keeps them (clip.hpp
+    CLIPVisionModelProjection: 224 px in 14 px patches; the sizes are fixed per CLIP version)."""
+    patches = (224 // 14) ** 2 + 1
+    s.add("vision_model.embeddings.patch_embedding.weight", (d, 3, 14, 14))
+    s.add("vision_model.embeddings.class_embedding", (d,))
+    s.add("vision_model.embeddings.position_embedding.weight", (patches, d))
+    s.norm("vision_model.pre_layernorm", d)
+    for i in range(layers):
+        p = f"vision_model.encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            s.linear(p + "self_attn." + proj, d, d)
+        s.norm(p + "layer_norm1", d)
+        s.norm(p + "layer_norm2", d)
+        s.linear(p + "mlp.fc1", d, ffn)
+        s.linear(p + "mlp.fc2", ffn, d)
+    s.norm("vision_model.post_layernorm", d)
+    s.add("visual_projection.weight", (projection, d))
+
+
+def _photomaker_v1(s: _Spec) -> None:
+    """PhotoMaker v1 ID encoder (pmid.hpp PhotoMakerIDEncoderBlock; the core adds the ``pmid.`` prefix):
+    OpenAI CLIP ViT-L/14 vision tower (width 1024, 24 layers, projection 768), ``visual_projection_2``
+    (1024 -> 1280) and the fuse MLPs that mix the 2048-wide id embedding into the class word's prompt
+    embedding.  All fixed size."""
+    _clip_vision(s, 1024, 4096, 24, 768)
+    s.linear("visual_projection_2", 1024, 1280, bias=False)
+    e = 2048
+    for name, n_in in (("mlp1", 2 * e), ("mlp2", e)):  # FuseBlock: layernorm(in) -> fc1 -> gelu -> fc2
+        s.linear(f"fuse_module.{name}.fc1", n_in, e)
+        s.linear(f"fuse_module.{name}.fc2", e, e)
+        s.norm(f"fuse_module.{name}.layernorm", n_in)
+    s.norm("fuse_module.layer_norm", e)
+
+
+def sdxl_checkpoint(path_or_dir: str | os.PathLike, *, seed: int = 0, vae_ch: int = 32,
+                    vae_encoder: bool = True) -> pathlib.Path:
+    """All-in-one SDXL checkpoint (original SGM names): full-size UNet (2.57B params, ~5.1 GB RAM as F16),
+    CLIP-L and OpenCLIP bigG text towers (0.82B params, ~1.6 GB RAM) and a KL VAE with decoder width
+    ``vae_ch``; aliased/sparse on disk (~16 MB used).
+
+    Detected as SDXL by the core: a UNet plus ``conditioner.embedders.1``, with ``middle_block.1`` (else it
+    would be SSD-1B or Vega).  A path ending in ``.safetensors`` is used as is; otherwise it is a
+    directory and the file name carries the parameter hash.
+    """
+    if vae_ch % 32:
+        raise ValueError("vae_ch must be a multiple of 32")
+    params = dict(kind="sdxl", seed=seed, vae_ch=vae_ch, vae_encoder=vae_encoder)
+    p = pathlib.Path(path_or_dir)
+    if p.suffix != ".safetensors":
+        p = p / f"sdxl-{_params_hash(params)[0]}.safetensors"
+
+    def build(s: _Spec) -> None:
+        _unet_sdxl(s.sub("model.diffusion_model."))
+        _clip_l(s.sub("conditioner.embedders.0.transformer.text_model."))
+        _open_clip_bigg(s.sub("conditioner.embedders.1.model."))
+        _vae(s.sub("first_stage_model."), 4, vae_ch, vae_encoder, quant=True)
+
+    return _component(p, params, build, alias=True)
+
+
+def photomaker_v1(path_or_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    """A PhotoMaker v1 ID encoder file for an SDXL model (``Context(photo_maker=...)``, sd-cli
+    ``--photo-maker``): 0.33B params, ~0.65 GB RAM as F16, aliased/sparse on disk.  Random fuse weights, so
+    the id images visibly change the result.  No LoRA for the UNet (the real file's is optional to the
+    core).  The core takes any path containing "v2" for PhotoMaker v2, so such a path is refused."""
+    params = dict(kind="photomaker-v1", seed=seed)
+    p = pathlib.Path(path_or_dir)
+    if p.suffix != ".safetensors":
+        p = p / f"photomaker-v1-{_params_hash(params)[0]}.safetensors"
+    if "v2" in str(p):
+        raise ValueError(f"{p}: the core would read a path containing 'v2' as PhotoMaker v2")
+    return _component(p, params, _photomaker_v1, alias=True)
