@@ -16,7 +16,9 @@ from ._devices import accelerator_missing, default_device
 from ._headers import check_component
 from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size
 from ._inspect import classify_tensors, slot_mismatch
-from ._options import _CORE as _OPTION_DEFAULTS, Cache, Hires, Lora, PhotoMaker, prompt_loras
+from ._options import (
+    _CORE as _OPTION_DEFAULTS, Cache, Hires, Lora, PhotoMaker, photo_maker_prompt_problem, prompt_loras,
+)
 from ._enums import (
     HiresUpscaler, Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
     LoraApplyMode, Prediction, RngType, Sampler, Scheduler, WeightType,
@@ -347,7 +349,9 @@ class Context:
             ref_images: reference images for edit models (Flux Kontext, Qwen-Image-Edit, Flux.2);
                 ``auto_resize_ref_images`` and ``increase_ref_index`` as sd-cli's options.
             control_image / control_strength: ControlNet input (needs ``control_net=`` on the Context).
-            photo_maker: a ``PhotoMaker`` record (needs ``photo_maker=`` on the Context).
+            photo_maker: a ``PhotoMaker`` record (needs ``photo_maker=`` on the Context, which then needs it
+                on every call); the prompt must hold the trigger word "img" once, right after a class word
+                ("a photo of a man img").
             loras: ``Lora`` records or paths (multiplier 1.0), applied for this call only; the prompt's
                 ``<lora:name:weight>`` syntax works as well.
             hires: a ``Hires`` record: upscale then refine (hires fix).
@@ -420,6 +424,7 @@ class Context:
             raise ValueError(f"{needs_encoder[0]} needs the VAE encoder, which this Context did not load "
                              "(vae_decode_only=True)")
         request.loras = self._lora_specs(request, loras)
+        self._check_photo_maker_prompt(request.prompt, photo_maker)
         self._sample_request(request, steps=steps, cfg_scale=cfg_scale, img_cfg_scale=img_cfg_scale,
                              guidance=guidance, sampler=sampler, scheduler=scheduler, eta=eta,
                              flow_shift=flow_shift, shifted_timestep=shifted_timestep, skip_layers=skip_layers,
@@ -596,13 +601,26 @@ class Context:
             raise TypeError(f"photo_maker must be an sdcpp_py.PhotoMaker, not {type(photo_maker).__name__}")
         if "photo_maker" not in self.components:
             raise ValueError("photo_maker needs the PhotoMaker model: create the Context with photo_maker=")
-        if not photo_maker.id_images and photo_maker.id_embed_path is None:
-            raise ValueError("photo_maker needs id_images or id_embed_path")
-        if photo_maker.id_images:
-            request.set_pm_id_images(as_rgb_list(photo_maker.id_images, "photo_maker.id_images"))
+        if not photo_maker.id_images:
+            # Without them the core switches PhotoMaker off after planning the merge step, then aborts.
+            raise ValueError("photo_maker.id_images is empty: PhotoMaker needs at least one id image")
+        request.set_pm_id_images(as_rgb_list(photo_maker.id_images, "photo_maker.id_images"))
         if photo_maker.id_embed_path is not None:
             request.pm_id_embed_path = _resolve_path("photo_maker.id_embed_path", photo_maker.id_embed_path)
         request.pm_style_strength = _check_float("photo_maker.style_strength", photo_maker.style_strength, 0.0, 100.0)
+
+    def _check_photo_maker_prompt(self, prompt: str, photo_maker) -> None:
+        """Refuse what would abort the process inside the core's PhotoMaker path."""
+        if photo_maker is None:
+            if "photo_maker" in self.components:
+                # The core plans the id-conditioned steps before it sees there are no id images.
+                raise ValueError("this Context has a PhotoMaker model, so every call needs "
+                                 "photo_maker=sdcpp_py.PhotoMaker(id_images=[...]) (the core aborts without it); "
+                                 "use a Context without photo_maker= for plain generation")
+            return
+        problem = photo_maker_prompt_problem(prompt)
+        if problem:
+            raise ValueError(f"photo_maker: {problem}")
 
     def _apply_hires(self, request, hires) -> bool:
         """Fill the hires fields; True when the upscaler works on pixels (and so needs the VAE encoder)."""

@@ -107,12 +107,51 @@ class Cache:
 
 @dataclass(frozen=True)
 class PhotoMaker:
-    """PhotoMaker identity conditioning (needs ``photo_maker=`` on the Context): the face images, or a
-    precomputed id embedding file (PhotoMaker v2), and the style strength in percent."""
+    """PhotoMaker identity conditioning (needs ``photo_maker=`` on the Context): the face images (at least
+    one), the precomputed id embedding file PhotoMaker v2 also needs, and the style strength in percent
+    (the steps before that share of the sampling use the prompt without the id)."""
 
     id_images: Sequence = ()
     id_embed_path: Optional[PathLike] = None
     style_strength: float = _CORE.pm_style_strength
+
+
+PHOTO_MAKER_TRIGGER = "img"  # conditioner.hpp: the core's hard-coded trigger word
+# What ends a stretch of prompt text the core tokenizes on its own (util.cpp parse_prompt_attention):
+# escapes stay text; "(", ")", "[", "]", ":weight)" and BREAK start a new stretch.
+_ATTENTION = re.compile(r"\\[()\[\]\\]|:[+-]?[.\d]+\)|[()\[\]]|\bBREAK\b")
+# The core's CLIP word split (clip_tokenizer.cpp token_split, ASCII classes as std::regex has them).
+_CLIP_WORDS = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+", re.ASCII | re.IGNORECASE)
+
+
+def photo_maker_prompt_problem(prompt: str) -> Optional[str]:
+    """Why the core cannot run PhotoMaker on ``prompt``, or None.  The core needs the trigger word "img"
+    exactly once, as a word of its own, right after the class word it stacks the id embeddings on
+    ("a photo of a man img"); otherwise it aborts the process (GGML_ASSERT, or indexes before the
+    token list).  Conservative: a weighted stretch that the core would merge with its neighbour is
+    still read on its own."""
+    stretches, current, end = [], [], 0
+    for m in _ATTENTION.finditer(prompt):
+        current.append(prompt[end:m.start()])
+        if m.group().startswith("\\"):
+            current.append(m.group()[1:])  # an escaped bracket is text
+        else:
+            stretches.append("".join(current))
+            current = []
+        end = m.end()
+    current.append(prompt[end:])
+    stretches.append("".join(current))
+    found = [(stretch, k) for stretch in stretches
+             for k, word in enumerate(_CLIP_WORDS.findall(stretch)) if word.lower() == PHOTO_MAKER_TRIGGER]
+    hint = f'put it once right after a class word, as in "a photo of a man {PHOTO_MAKER_TRIGGER}"'
+    if not found:
+        return f"the prompt {prompt!r} lacks the trigger word {PHOTO_MAKER_TRIGGER!r}: {hint}"
+    if len(found) > 1:
+        return f"the prompt {prompt!r} has the trigger word {PHOTO_MAKER_TRIGGER!r} {len(found)} times: {hint}"
+    if found[0][1] == 0:
+        return (f"the trigger word {PHOTO_MAKER_TRIGGER!r} in {prompt!r} has no class word before it in its "
+                f"stretch of text: {hint}")
+    return None
 
 
 _PROMPT_LORA = re.compile(r"<lora:([^:>]+):([^>]+)>")
