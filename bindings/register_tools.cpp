@@ -128,22 +128,30 @@ void register_tools(py::module_& m) {
     m.def(
         "convert",
         [](const std::string& input, const std::string& vae, const std::string& output, int weight_type,
-           const std::string& tensor_type_rules, bool convert_name) {
+           const std::string& tensor_type_rules, bool convert_name, py::object progress) {
+            // The core reports tensors loaded through its progress callback; it has no way to stop a
+            // conversion, so a callback's exception (or Ctrl-C) is raised once the conversion returns.
+            CallCallbacks callbacks;
+            callbacks.progress = std::move(progress);
             bool ok;
             {
                 py::gil_scoped_release release;
                 std::lock_guard<std::mutex> core_lock(core_mutex());
+                CallbackScope scope(callbacks);
                 clear_recent_log();
                 ok = ::convert(input.c_str(), vae.empty() ? nullptr : vae.c_str(), output.c_str(),
                                static_cast<sd_type_t>(weight_type),
                                tensor_type_rules.c_str(), convert_name);  // the core builds a std::string from it
+            }
+            if (callbacks.error) {
+                std::rethrow_exception(callbacks.error);
             }
             if (!ok) {
                 throw CoreError(with_core_log("conversion failed"));
             }
         },
         py::arg("input"), py::arg("vae"), py::arg("output"), py::arg("weight_type"), py::arg("tensor_type_rules"),
-        py::arg("convert_name"));
+        py::arg("convert_name"), py::arg("progress") = py::none());
 
     // sd_cache_mode_t has no name function in the core; these are sd-cli's --cache-mode spellings.
     py::dict cache_modes;

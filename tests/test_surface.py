@@ -266,6 +266,26 @@ def test_convert_matches_sd_cli_byte_for_byte(parts, sd_cli, tmp_path):
     assert ours.read_bytes() == theirs.read_bytes()
 
 
+def test_convert_reports_progress_and_raises_what_the_callback_raised(parts, tmp_path):
+    seen = []
+    sdcpp_py.convert(parts["diffusion_model"], tmp_path / "a.gguf", weight_type="q8_0",
+                     progress=lambda done, total, seconds: seen.append((done, total)))
+    total = sdcpp_py.inspect(parts["diffusion_model"]).tensor_count
+    assert seen and seen[-1] == (total, total)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total, seconds):
+        raise Stop("enough")
+
+    with pytest.raises(Stop, match="enough"):
+        sdcpp_py.convert(parts["diffusion_model"], tmp_path / "b.gguf", weight_type="q8_0", progress=stop)
+    with pytest.raises(TypeError, match="progress must be callable"):
+        sdcpp_py.convert(parts["diffusion_model"], tmp_path / "c.gguf", progress="yes")
+
+
 def test_controlnet_with_canny_matches_sd_cli(sd1_checkpoint, sd1_controlnet, sd_cli, tmp_path):
     square = np.zeros((64, 64, 3), np.uint8)
     square[16:48, 16:48] = 255

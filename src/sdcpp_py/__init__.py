@@ -21,6 +21,7 @@ from ._enums import (
     CacheMode, HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType,
 )
 from ._options import Cache, Hires, Lora, PhotoMaker
+from ._split import SplitResult, split
 from ._tools import Upscaler, convert, preprocess_canny
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "Sampler",
     "Scheduler",
     "SdcppError",
+    "SplitResult",
     "Upscaler",
     "WeightType",
     "__version__",
@@ -65,5 +67,6 @@ __all__ = [
     "inspect",
     "physical_cores",
     "preprocess_canny",
+    "split",
     "system_info",
 ]

@@ -38,6 +38,7 @@ class TensorInfo:
     dtype: str
     shape: Tuple[int, ...]
     nbytes: int
+    offset: int = -1  # where the tensor's data starts in the file
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _read_safetensors(handle: BinaryIO, path: str, file_size: int, argument: str
         if nbytes != offsets[1] - offsets[0]:
             raise _fail(argument, path, f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, "
                                         f"data_offsets give {offsets[1] - offsets[0]}")
-        result.tensors[name] = TensorInfo(name, dtype, tuple(shape), nbytes)
+        result.tensors[name] = TensorInfo(name, dtype, tuple(shape), nbytes, 8 + header_size + offsets[0])
     return result
 
 
@@ -204,6 +205,7 @@ def _read_gguf(handle: BinaryIO, path: str, file_size: int, argument: str) -> Fi
         if data_start + offset + nbytes > file_size:
             raise fail(f"tensor {name!r}: data ends at byte {data_start + offset + nbytes} of a "
                        f"{file_size}-byte file (truncated?)")
+        result.tensors[name].offset = data_start + offset
     return result
 
 

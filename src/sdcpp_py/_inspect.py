@@ -43,10 +43,29 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
         if has("cond_stage_model.model.token_embedding"):
             return "all_in_one", "SD2"
         return "all_in_one", "SD1"
+    if has("fuse_module."):  # pmid.hpp
+        return "photo_maker", "PhotoMaker v2" if has("qformer_perceiver.") else "PhotoMaker v1"
+    if has("input_hint_block."):  # control.hpp; the width its cross attention expects names the family
+        return "control_net", _unet_family(tensors, suffix=" ControlNet")
+    if (has("conv_first.weight") and has("conv_last.weight")) or (has("model.0.weight") and has("model.1.sub.")):
+        return "upscaler", "ESRGAN"  # the core's RRDBNet names, or the original ESRGAN ones it converts
+    if any(name.endswith(("emb_params", "string_to_param.*")) or name in ("clip_l", "clip_g")
+           for name in names) and len(tensors) <= 2:
+        return "embedding", "textual inversion"
+    if not has_unet_or_dit and has("input_blocks.0.0.weight") and has("middle_block."):
+        return "diffusion_model", _unet_family(tensors)  # a bare LDM UNet (what split writes)
     if has("blocks.0.cross_attn.norm_k.weight"):  # the core's own Wan marker
-        return "diffusion_model", "Wan"
+        return "diffusion_model", wan_variant(tensors) or "Wan"
     if has("double_stream_modulation_img.lin.weight"):  # the core's own Flux.2 marker
         return "diffusion_model", "Flux.2"
+    # DiT families by the markers of the core's get_sd_version (model.cpp), Flux.1 derivatives first.
+    for marker, family in (("nerf_final_layer_conv.", "Chroma Radiance"), ("distilled_guidance_layer.", "Chroma"),
+                           ("double_blocks.0.img_mlp.gate_proj.weight", "Ovis-Image"),
+                           ("transformer_blocks.0.img_mod.1.weight", "Qwen-Image"),
+                           ("cap_embedder.0.weight", "Z-Image"), ("layers.0.adaLN_sa_ln.weight", "Ernie-Image"),
+                           ("llm_adapter.blocks.0.cross_attn.q_proj.weight", "Anima")):
+        if has(marker):
+            return "diffusion_model", family
     if has("double_blocks.0.img_attn.qkv.weight"):
         return "diffusion_model", "Flux.1"
     if has("joint_blocks.0."):
@@ -54,9 +73,15 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
     if has("encoder.block.0.layer.0.SelfAttention.q.weight"):
         shared = _find(tensors, "shared.weight")
         return "t5xxl", "UMT5-XXL" if shared is not None and max(shared.shape) > 200_000 else "T5-XXL"
-    q_proj = _find(tensors, "encoder.layers.0.self_attn.q_proj.weight")
+    vision_q = _find(tensors, "vision_model.encoder.layers.0.self_attn.q_proj.weight")
+    if vision_q is not None and not has("text_model.") and not has("fuse_module."):
+        width = max(vision_q.shape)
+        return "clip_vision", {1024: "CLIP-ViT-L/14", 1280: "CLIP-ViT-H/14", 1664: "CLIP-ViT-bigG/14"}.get(width)
+    # q_proj is (d, d); a fused in_proj (OpenCLIP layout, e.g. a clip_g written by split) is (3d, d).
+    q_proj = (_find(tensors, "encoder.layers.0.self_attn.q_proj.weight")
+              or _find(tensors, "encoder.layers.0.self_attn.in_proj.weight"))
     if q_proj is not None and has("text_model."):
-        width = max(q_proj.shape)
+        width = min(q_proj.shape)
         return ("clip_l", "CLIP-L") if width == 768 else ("clip_g", "CLIP-G") if width == 1280 else ("unknown", None)
     q_norm = _find(tensors, "layers.0.self_attn.q_norm.weight")
     if q_norm is not None and has("embed_tokens.weight"):
@@ -68,6 +93,72 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
         latent_channels = conv_in.shape[1] if len(conv_in.shape) == 4 else None
         return "vae", {32: "Flux.2 VAE", 16: "Flux/SD3 VAE", 4: "SD VAE"}.get(latent_channels, "KL VAE")
     return "unknown", None
+
+
+def _unet_family(tensors: Dict[str, TensorInfo], suffix: str = "") -> Optional[str]:
+    """SD1/SD2/SDXL from the text width a UNet's cross attention expects (768/1024/2048: never one of its
+    channel counts, 320/640/1280, so the axis order of the file does not matter)."""
+    to_k = _find(tensors, "attn2.to_k.weight")
+    widths = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
+    family = next((widths[d] for d in (to_k.shape if to_k else ()) if d in widths), None)
+    return family + suffix if family else None
+
+
+def _max_block(tensors: Dict[str, TensorInfo], marker: str) -> int:
+    """1 + the highest N in ``<marker>N.`` among the tensor names (0 if none)."""
+    highest = -1
+    for name in tensors:
+        at = name.find(marker)
+        if at >= 0 and (at == 0 or name[at - 1] in "._"):
+            index = name[at + len(marker):].split(".", 1)[0]
+            if index.isdigit():
+                highest = max(highest, int(index))
+    return highest + 1
+
+
+def wan_variant(tensors: Dict[str, TensorInfo]) -> Optional[str]:
+    """The core's name for a Wan DiT (WanRunner's ``desc``, e.g. "Wan2.1-VACE-1.3B"), decided as the core
+    decides: depth 30 or 40, VACE blocks, an image embedder, and the patch embedding's input channels
+    (the product in*out is format-independent: GGUF folds the 5-D kernel into 4 dims)."""
+    depth = _max_block({k: v for k, v in tensors.items() if "vace_blocks." not in k}, "blocks.")
+    q = _find(tensors, "blocks.0.self_attn.q.weight")
+    patch = _find(tensors, "patch_embedding.weight")
+    if depth not in (30, 40) or q is None or patch is None:
+        return None
+    in_channels = math.prod(patch.shape) // 4 // max(q.shape)  # kernel 1x2x2
+    vace = _max_block(tensors, "vace_blocks.") > 0
+    image_embedder = any("img_emb." in name for name in tensors)
+    if depth == 30:
+        if in_channels == 48:
+            return "Wan2.2-TI2V-5B"
+        return "Wan2.1-VACE-1.3B" if vace else "Wan2.1-I2V-1.3B" if image_embedder else "Wan2.1-T2V-1.3B"
+    if image_embedder:
+        return "Wan2.1-FLF2V-14B" if any("img_emb.emb_pos" in name for name in tensors) else "Wan2.1-I2V-14B"
+    if in_channels == 36:
+        return "Wan2.2-I2V-14B"
+    return "Wan2.x-VACE-14B" if vace else "Wan2.x-T2V-14B"
+
+
+@dataclass(frozen=True)
+class VideoInputs:
+    """Which video inputs a Wan DiT uses (per the core's generate_video), and what it needs to load."""
+    init_image: bool
+    end_image: bool
+    control_frames: bool
+    always_encodes: bool  # runs the VAE encoder on every call, inputs or not
+    needs_clip_vision: bool
+
+
+def wan_video_inputs(variant: str) -> VideoInputs:
+    image_to_video = variant in ("Wan2.1-I2V-14B", "Wan2.2-I2V-14B", "Wan2.1-I2V-1.3B", "Wan2.1-FLF2V-14B")
+    vace = "VACE" in variant
+    return VideoInputs(
+        init_image=image_to_video or vace or variant == "Wan2.2-TI2V-5B",  # VACE: as the reference image
+        end_image=image_to_video,
+        control_frames=vace,
+        always_encodes=image_to_video or vace,
+        needs_clip_vision=variant in ("Wan2.1-I2V-14B", "Wan2.1-I2V-1.3B", "Wan2.1-FLF2V-14B"),
+    )
 
 
 def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
@@ -113,7 +204,7 @@ def slot_mismatch(slot: str, header: FileHeader) -> Optional[str]:
         return f"{slot}: this file is a LoRA; pass it in loras= (or name it in the prompt with lora_dir=)"
     if role == "all_in_one" and slot != "model":
         return f"{slot}: this file is an all-in-one {what}checkpoint; pass it as model="
-    if role in _TEXT_ENCODERS + ("vae",) and slot != role and not (role == "vae" and slot == "taesd"):
+    if role in _TEXT_ENCODERS + ("vae", "clip_vision") and slot != role and not (role == "vae" and slot == "taesd"):
         return f"{slot}: this file looks like a {what}{role} component; pass it as {role}="
     if role == "diffusion_model" and slot not in ("diffusion_model", "high_noise_diffusion_model", "model"):
         return f"{slot}: this file is a {what}diffusion model; pass it as diffusion_model="

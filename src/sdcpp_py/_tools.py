@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -83,11 +83,15 @@ def preprocess_canny(image: ImageLike, *, high_threshold: float = 0.08, low_thre
 
 
 def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str, int, None] = None,
-            tensor_type_rules: str = "", vae: Optional[PathLike] = None, convert_name: bool = False) -> None:
+            tensor_type_rules: str = "", vae: Optional[PathLike] = None, convert_name: bool = False,
+            progress: Optional[Callable[[int, int, float], object]] = None) -> None:
     """Convert a model file to GGUF with the core's converter (sd-cli ``-M convert``).
 
     ``weight_type`` (e.g. "q8_0", "f16"; None keeps each tensor's type) and ``tensor_type_rules``
     ("pattern=type,...") choose the output types; ``vae`` merges a separate VAE into the output.
+    ``progress(tensors_done, tensors_total, seconds_per_tensor)`` is called on this thread about every 0.2 s.
+    The core cannot stop a conversion part-way: an exception from ``progress`` (or Ctrl-C) is raised when
+    it returns.
 
     Raises:
         FileNotFoundError / InvalidComponentError: ``src`` or ``vae`` is missing or malformed.
@@ -108,4 +112,6 @@ def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str,
     type_value = _core.SD_TYPE_COUNT if weight_type is None else int(WeightType.coerce(weight_type, "weight_type"))
     if not isinstance(tensor_type_rules, str):
         raise TypeError("tensor_type_rules must be a str like 'attn=q8_0,mlp=q4_0'")
-    _core.convert(source, vae_path, target, type_value, tensor_type_rules, bool(convert_name))
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+    _core.convert(source, vae_path, target, type_value, tensor_type_rules, bool(convert_name), progress)

@@ -30,6 +30,10 @@ COMPONENT_FLAGS = {  # sd-cli spelling -> Context argument
 }
 
 
+def _progress_enabled(choice: str) -> bool:
+    return choice == "on" or (choice == "auto" and sys.stderr.isatty())
+
+
 class ProgressBar:
     """A one-line text bar on stderr, redrawn per step (only when stderr is a terminal or forced)."""
 
@@ -139,7 +143,7 @@ def _generate(args) -> int:
                                  denoising_strength=args.hires_denoising_strength)
     if args.cache_mode:
         options["cache"] = Cache(args.cache_mode)
-    show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    show = _progress_enabled(args.progress)
     started = time.perf_counter()
     with Context(**components, **context_options) as ctx:
         loaded = time.perf_counter()
@@ -178,10 +182,29 @@ def _convert(args) -> int:
 
     started = time.perf_counter()
     convert(args.src, args.dst, weight_type=args.weight_type, tensor_type_rules=args.tensor_type_rules or "",
-            vae=args.vae)
+            vae=args.vae, progress=ProgressBar(_progress_enabled(args.progress)))
     before, after = os.path.getsize(args.src), os.path.getsize(args.dst)
     print(f"wrote {args.dst}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
           f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _split(args) -> int:
+    from . import split
+
+    types = {}
+    for item in args.type or []:
+        part, sep, kind = item.partition("=")
+        if not sep:
+            raise ValueError(f"--type: expected PART=TYPE (e.g. diffusion_model=q8_0), got {item!r}")
+        types[part] = kind
+    result = split(args.checkpoint, args.out_dir, weight_types=types)
+    for part, path in result.parts.items():
+        note = " (already there: shared)" if part in result.reused else ""
+        print(f"{part}: {path} ({result.part_bytes[part] / 2**20:.1f} MiB){note}")
+    print(f"{result.architecture}: {result.bytes_before / 2**20:.1f} MiB -> {result.bytes_after / 2**20:.1f} MiB; "
+          f"{args.models} such models sharing these encoders and VAE save "
+          f"{result.bytes_saved(args.models) / 2**20:.1f} MiB")
     return 0
 
 
@@ -220,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", dest="weight_type", help="e.g. q8_0, q4_0, f16; default keeps each tensor's type")
     p.add_argument("--tensor-type-rules", help="pattern=type,... e.g. '^vae\\.=f16'")
     p.add_argument("--vae", help="merge this separate VAE into the output")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    p = sub.add_parser("split", help="an all-in-one SD1/SDXL checkpoint as separate, shareable part files")
+    p.add_argument("checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--type", action="append", metavar="PART=TYPE",
+                   help="convert a part to GGUF of this weight type, e.g. diffusion_model=q8_0 (repeatable)")
+    p.add_argument("--models", type=int, default=1, help="report the saving for this many models sharing the parts")
     sub.add_parser("info", help="version, backend, devices, CPU features")
     p = sub.add_parser("check", help="the install check (synthetic components)")
     p.add_argument("--out", type=Path, default=Path("selfcheck.png"))
@@ -232,7 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-    handler = {"generate": _generate, "inspect": _inspect, "convert": _convert, "info": _info,
+    handler = {"generate": _generate, "inspect": _inspect, "convert": _convert, "split": _split, "info": _info,
                "check": _check}[args.command]
     try:
         return handler(args)
