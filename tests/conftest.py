@@ -74,12 +74,35 @@ def sd_cli() -> Path:
 def run_sd_cli(sd_cli: Path, out_png: Path, components: dict, *args: str) -> np.ndarray:
     from PIL import Image
 
-    flags = {"model": "-m", "diffusion_model": "--diffusion-model", "clip_l": "--clip_l", "t5xxl": "--t5xxl",
-             "vae": "--vae", "clip_g": "--clip_g", "llm": "--llm", "taesd": "--taesd", "control_net": "--control-net"}
-    command = [str(sd_cli), "-o", str(out_png), *args]
-    for name, path in components.items():
-        command += [flags[name], str(path)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, f"sd-cli failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    _run_sd_cli(sd_cli, out_png, components, *args)
     with Image.open(out_png) as image:
         return np.asarray(image.convert("RGB"))
+
+
+SD_CLI_COMPONENT_FLAGS = {
+    "model": "-m", "diffusion_model": "--diffusion-model", "clip_l": "--clip_l", "t5xxl": "--t5xxl", "vae": "--vae",
+    "clip_g": "--clip_g", "llm": "--llm", "taesd": "--taesd", "control_net": "--control-net",
+    "clip_vision": "--clip_vision", "high_noise_diffusion_model": "--high-noise-diffusion-model",
+}
+
+
+def _run_sd_cli(sd_cli: Path, output: Path, components: dict, *args: str) -> None:
+    command = [str(sd_cli), "-o", str(output), *args]
+    for name, path in components.items():
+        command += [SD_CLI_COMPONENT_FLAGS[name], str(path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, f"sd-cli failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+
+
+def run_sd_cli_video(sd_cli: Path, out_dir: Path, components: dict, *args: str) -> np.ndarray:
+    """sd-cli in video mode, frames written as numbered PNGs (its .avi/.webm outputs are lossy): (F, H, W, 3)."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _run_sd_cli(sd_cli, out_dir / "frame_%03d.png", components, "-M", "vid_gen", *args)
+    frames = []
+    for path in sorted(out_dir.glob("frame_*.png")):
+        with Image.open(path) as image:
+            frames.append(np.asarray(image.convert("RGB")))
+    assert frames, f"sd-cli wrote no frames to {out_dir}"
+    return np.stack(frames)

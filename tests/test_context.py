@@ -9,6 +9,8 @@ import sdcpp_py
 from sdcpp_py import synthetic
 from sdcpp_py import _core
 
+from conftest import _synthetic_dir
+
 SMALL = dict(width=64, height=64, steps=2, cfg_scale=1.0)
 
 
@@ -120,6 +122,27 @@ def test_a_file_in_the_wrong_slot_is_refused_saying_where_it_belongs(flux_parts,
         parts[slot] = flux_parts[source]
     with pytest.raises(ValueError, match=re.escape(message)):
         sdcpp_py.Context(**parts)
+
+
+@pytest.fixture(scope="module")
+def wan_dir():
+    return _synthetic_dir() / "wan"  # sparse files, a second to write; nothing here loads them
+
+
+def test_wan_video_models_refuse_missing_parts_before_loading(wan_dir):
+    vace = synthetic.wan_components(wan_dir, variant="vace")
+    decoder_only = synthetic.wan_components(wan_dir)["vae"]
+    with pytest.raises(ValueError, match="Wan2.1-VACE-1.3B model, which runs the VAE encoder on every call, but "
+                                         "the VAE file has no encoder"):
+        sdcpp_py.Context(**{**vace, "vae": decoder_only})
+    with pytest.raises(ValueError, match=r"but vae_decode_only=True"):
+        sdcpp_py.Context(**vace, vae_decode_only=True)
+    i2v = synthetic.wan_components(wan_dir, variant="i2v")
+    without_vision = {name: path for name, path in i2v.items() if name != "clip_vision"}
+    with pytest.raises(ValueError, match="Wan2.1-I2V-1.3B model, which needs the CLIP vision encoder: pass clip_vision="):
+        sdcpp_py.Context(**without_vision)
+    with pytest.raises(ValueError, match="clip_l: this file looks like a CLIP-ViT-H/14 clip_vision component"):
+        sdcpp_py.Context(**{**i2v, "clip_l": i2v["clip_vision"]})
 
 
 def test_lora_all_in_one_and_bare_dit_slots(flux_parts, sd1_checkpoint, tmp_path):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 import sdcpp_py
@@ -38,5 +39,30 @@ def test_wan_parts_are_recognised_from_headers_alone():
 
     parts = synthetic.wan_components(_synthetic_dir() / "wan")  # sparse files: written in a second
     found = {name: (sdcpp_py.inspect(path).role, sdcpp_py.inspect(path).architecture) for name, path in parts.items()}
-    assert found == {"diffusion_model": ("diffusion_model", "Wan"), "t5xxl": ("t5xxl", "UMT5-XXL"),
+    assert found == {"diffusion_model": ("diffusion_model", "Wan2.1-T2V-1.3B"), "t5xxl": ("t5xxl", "UMT5-XXL"),
                      "vae": ("vae", "Wan VAE")}
+    # The variants the core tells apart by the same tensors (wan.hpp WanRunner).
+    for variant, name in (("i2v", "Wan2.1-I2V-1.3B"), ("vace", "Wan2.1-VACE-1.3B")):
+        assert sdcpp_py.inspect(synthetic.wan_components(_synthetic_dir() / "wan", variant=variant)
+                                ["diffusion_model"]).architecture == name
+    vision = synthetic.wan_components(_synthetic_dir() / "wan", variant="i2v")["clip_vision"]
+    assert (sdcpp_py.inspect(vision).role, sdcpp_py.inspect(vision).architecture) == ("clip_vision", "CLIP-ViT-H/14")
+
+
+def test_every_other_synthetic_part_is_recognised(sd1_controlnet, tmp_path):
+    from conftest import _synthetic_dir
+    from sdcpp_py import synthetic
+
+    embedding = synthetic.write_safetensors(tmp_path / "style.safetensors",
+                                            {"emb_params": np.zeros((2, 768), np.float16)})
+    cases = {
+        sd1_controlnet: ("control_net", "SD1 ControlNet"),
+        synthetic.esrgan_upscaler(_synthetic_dir() / "esrgan" / "esrgan-x2.safetensors", scale=2):
+            ("upscaler", "ESRGAN"),
+        synthetic.photomaker_v1(_synthetic_dir() / "sdxl"): ("photo_maker", "PhotoMaker v1"),
+        synthetic.sdxl_checkpoint(_synthetic_dir() / "sdxl"): ("all_in_one", "SDXL"),
+        embedding: ("embedding", "textual inversion"),
+    }
+    for path, expected in cases.items():
+        info = sdcpp_py.inspect(path)
+        assert (info.role, info.architecture) == expected, path

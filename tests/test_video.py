@@ -48,3 +48,10 @@ def test_text_to_video_gives_uint8_frames(wan, first_video):
 def test_same_seed_gives_identical_frames(wan, first_video):
     again = wan.generate_video("a cat", seed=1, **TINY)
     np.testing.assert_array_equal(again, first_video)
+
+
+def test_video_inputs_the_t2v_model_ignores_are_refused(wan):
+    frame = np.zeros((TINY["height"], TINY["width"], 3), np.uint8)
+    for name, value in (("init_image", frame), ("end_image", frame), ("control_frames", [frame])):
+        with pytest.raises(ValueError, match=f"{name}: the Wan2.1-T2V-1.3B model does not use it"):
+            wan.generate_video("a cat", **{name: value}, **TINY)

@@ -15,7 +15,7 @@ from . import _core
 from ._devices import accelerator_missing, default_device
 from ._headers import check_component
 from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size
-from ._inspect import classify_tensors, slot_mismatch
+from ._inspect import classify_tensors, slot_mismatch, wan_video_inputs
 from ._options import (
     _CORE as _OPTION_DEFAULTS, Cache, Hires, Lora, PhotoMaker, photo_maker_prompt_problem, prompt_loras,
 )
@@ -111,12 +111,15 @@ class Context:
     weights are loaded with the GIL released. ``lora_dir`` makes the prompt's ``<lora:name:weight>`` tags load
     ``name`` from that folder, as sd-cli's ``--lora-model-dir``. ``lora_apply_mode`` defaults to "at_runtime":
     the core's "auto" merges a LoRA into f16 weights and subtracts it after the call, which leaves rounding
-    residue, so later calls would drift from what a fresh context makes.
+    residue, so later calls would drift from what a fresh context makes. ``architecture`` is what
+    ``inspect()`` calls the model file ("Flux.1", "SD1", "Wan2.1-VACE-1.3B", ...).
 
     Raises:
         FileNotFoundError: a component path does not exist (the message names the argument).
         InvalidComponentError: a safetensors/GGUF header is malformed (a ValueError naming the argument).
-        ValueError: no model or no text encoder was given, or an option has an invalid value.
+        ValueError: no model or no text encoder was given, a part the model needs is missing (a VAE for
+            a DiT, CLIP vision or the VAE encoder for a Wan image-to-video or VACE model), or an option has
+            an invalid value.
         SdcppError: the core could not build a context; the message carries the core's error lines.
     """
 
@@ -185,6 +188,7 @@ class Context:
             problem = None if header is None else slot_mismatch(name, header)
             if problem:
                 raise ValueError(problem)
+        vae_decode_only_asked = vae_decode_only is not None
         if vae_decode_only is None:
             vae_decode_only = not _has_vae_encoder(headers.get("vae") or headers.get("model"))
         text_encoders = ("clip_l", "clip_g", "t5xxl", "llm")
@@ -198,6 +202,20 @@ class Context:
             if architecture in VAE_IS_A_SEPARATE_FILE:
                 # The core would fail listing every missing decoder tensor.
                 raise ValueError(f"diffusion_model is a {architecture} model, whose VAE is a separate file: pass vae=")
+        model_header = dit_header or headers.get("model")
+        # What inspect() calls the model ("Flux.1", "SD1", "Wan2.1-VACE-1.3B", ...); None if unknown.
+        self.architecture = None if model_header is None else classify_tensors(model_header.tensors)[1]
+        self._video_inputs = (wan_video_inputs(self.architecture)
+                              if self.architecture and self.architecture.startswith("Wan2") else None)
+        if self._video_inputs is not None:
+            if self._video_inputs.needs_clip_vision and "clip_vision" not in self.components:
+                # The core would load it with an empty vision tower and fail at the first call.
+                raise ValueError(f"diffusion_model is a {self.architecture} model, which needs the CLIP vision "
+                                 "encoder: pass clip_vision=")
+            if self._video_inputs.always_encodes and vae_decode_only:
+                why = "vae_decode_only=True" if vae_decode_only_asked else "the VAE file has no encoder"
+                raise ValueError(f"diffusion_model is a {self.architecture} model, which runs the VAE encoder on "
+                                 f"every call, but {why}")
 
         params = _core.ContextParams()
         for name, path in self.components.items():
@@ -500,8 +518,10 @@ class Context:
 
         ``init_image`` (image-to-video), ``end_image`` (first-last-frame), ``control_frames`` (VACE, with
         ``vace_strength``); a ``high_noise_diffusion_model`` on the Context is used for the first steps up to
-        ``moe_boundary``, with the ``high_noise_*`` sampling options (``high_noise_steps`` None: the core's
-        choice). Other keywords as ``generate``.
+        ``moe_boundary``, with the ``high_noise_*`` sampling options. ``high_noise_steps`` None: of the
+        ``steps``, those whose sigma is at or above ``moe_boundary`` go to the high-noise model (the core's
+        default); a number runs that many high-noise steps before the ``steps`` (sd-cli's default is 20).
+        Other keywords as ``generate``.
         """
         native = self._require_native()
         if not native.supports_video_generation():
@@ -513,6 +533,7 @@ class Context:
             width, height = init.shape[1], init.shape[0]
         request.width = _check_int("width", 512 if width is None else width, 1, MAX_SIDE)
         request.height = _check_int("height", 512 if height is None else height, 1, MAX_SIDE)
+        self._check_video_inputs(init_image=init_image, end_image=end_image, control_frames=control_frames)
         for name, image in (("init_image", init_image), ("end_image", end_image)):
             if image is not None:
                 array = as_rgb(image, name)
@@ -555,6 +576,21 @@ class Context:
             bool(preview_noisy))
 
     # -- request building ---------------------------------------------------------------------------
+    _VIDEO_INPUT_USERS = {
+        "init_image": "image-to-video (Wan I2V, FLF2V, TI2V) and VACE models",
+        "end_image": "image-to-video models (Wan I2V, FLF2V)",
+        "control_frames": "VACE models",
+    }
+
+    def _check_video_inputs(self, **given) -> None:
+        """Refuse an input the loaded Wan model would silently ignore."""
+        if self._video_inputs is None:
+            return
+        for name, value in given.items():
+            if value is not None and not getattr(self._video_inputs, name):
+                raise ValueError(f"{name}: the {self.architecture} model does not use it (only "
+                                 f"{self._VIDEO_INPUT_USERS[name]} do)")
+
     def _lora_specs(self, request, loras) -> list:
         """The explicit ``loras``, then those named in the prompt when the Context has a ``lora_dir`` (their
         tags are removed from the prompt, as sd-cli does)."""
