@@ -19,6 +19,7 @@ def parts(sd1_checkpoint, tmp_path_factory):
 
 def test_split_writes_one_file_per_part_named_for_sharing(parts, sd1_checkpoint):
     assert parts.architecture == "SD1" and set(parts.parts) == {"diffusion_model", "clip_l", "vae"}
+    assert parts.options == {}
     found = {name: (sdcpp_py.inspect(path).role, sdcpp_py.inspect(path).architecture)
              for name, path in parts.parts.items()}
     assert found == {"diffusion_model": ("diffusion_model", "SD1"), "clip_l": ("clip_l", "CLIP-L"),
@@ -99,7 +100,10 @@ def test_sdxl_split_parts_give_the_checkpoints_pixels(tmp_path):
     assert found == {"diffusion_model": "SDXL", "clip_l": "CLIP-L", "clip_g": "CLIP-G", "vae": "SD VAE"}
     with sdcpp_py.Context(model=checkpoint, n_threads=2) as whole:
         expected = whole.txt2img("a lighthouse", **SMALL)[0]
-    with sdcpp_py.Context(**result.parts, n_threads=2) as split_ctx:
+    # The core scales a checkpoint's own SDXL VAE (fp16 overflow guard) but not a separate VAE file: options
+    # carries force_sdxl_vae_conv_scale=True (without it 3% of the pixels are one level off).
+    assert result.options == {"force_sdxl_vae_conv_scale": True}
+    with sdcpp_py.Context(**result.parts, **result.options, n_threads=2) as split_ctx:
         got = split_ctx.txt2img("a lighthouse", **SMALL)[0]
     assert expected.std() > 1.0
     np.testing.assert_array_equal(got, expected)

@@ -62,13 +62,17 @@ _RENAME = {("SDXL", "clip_g"): _open_clip_to_hf}
 
 @dataclass(frozen=True)
 class SplitResult:
-    """What ``split`` wrote. ``parts`` maps Context keywords to files, so ``Context(**result.parts)`` loads them."""
+    """What ``split`` wrote. ``parts`` maps Context keywords to files: ``Context(**result.parts, **result.options)``
+    loads them and gives the checkpoint's pixels."""
     parts: Dict[str, pathlib.Path]
     architecture: str
     bytes_before: int  # the checkpoint's size
     part_bytes: Dict[str, int]  # per Context keyword
     reused: Tuple[str, ...]  # parts an earlier split already wrote (same content, same file)
     dropped: Tuple[str, ...] = field(default=())  # tensors no part uses (EMA copies, training buffers)
+    # Context keywords that make the parts behave as the checkpoint did: the core scales an SDXL checkpoint's
+    # own VAE convolutions by 1/32 (fp16 overflow) but trusts a separate VAE file to be the fixed one.
+    options: Dict[str, object] = field(default_factory=dict)
 
     @property
     def bytes_after(self) -> int:
@@ -162,7 +166,8 @@ def split(checkpoint: PathLike, out_dir: PathLike, *,
                         plain.unlink()
             parts[slot] = final
             sizes[slot] = final.stat().st_size
-    return SplitResult(parts, architecture, header.file_size, sizes, tuple(reused), tuple(sorted(dropped)))
+    options = {"force_sdxl_vae_conv_scale": True} if architecture == "SDXL" else {}
+    return SplitResult(parts, architecture, header.file_size, sizes, tuple(reused), tuple(sorted(dropped)), options)
 
 
 def _ranges(handle, tensors: List[TensorInfo]):
