@@ -110,3 +110,13 @@ def test_photo_maker_context_refuses_a_call_without_id_images(pm_ctx, pm_image, 
     with pytest.raises(ValueError, match="photo_maker.id_images is empty"):
         pm_ctx.txt2img(PROMPT, photo_maker=sdcpp_py.PhotoMaker(id_images=[]), **ARGS)
     # (photo_maker= on a Context without a PhotoMaker model: test_surface.py)
+
+
+def test_style_strength_applies_to_its_own_call(pm_ctx, pm_image, id_dir):
+    """Needs patches/0003: the pinned core planned the merge step from the previous call's strength. At 100 the
+    id never merges within the 2 steps (start step 2), at the default 20 it merges from step 0."""
+    ids = id_images(id_dir)
+    default = pm_ctx.txt2img(PROMPT, photo_maker=sdcpp_py.PhotoMaker(id_images=ids), **ARGS)[0]
+    np.testing.assert_array_equal(default, pm_image)  # 20 again: same as the first call
+    late = pm_ctx.txt2img(PROMPT, photo_maker=sdcpp_py.PhotoMaker(id_images=ids, style_strength=100.0), **ARGS)[0]
+    assert (late != default).any(), "style_strength=100 gave the image of the previous call's 20"
