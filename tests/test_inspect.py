@@ -62,6 +62,14 @@ def test_every_other_synthetic_part_is_recognised(sd1_controlnet, tmp_path):
         synthetic.photomaker_v1(_synthetic_dir() / "sdxl"): ("photo_maker", "PhotoMaker v1"),
         synthetic.sdxl_checkpoint(_synthetic_dir() / "sdxl"): ("all_in_one", "SDXL"),
         embedding: ("embedding", "textual inversion"),
+        # Names only: the role comes from the header, so tiny stand-ins with the core's names are enough.
+        synthetic.write_safetensors(tmp_path / "taesd.safetensors", {
+            f"{side}.layers.{i}.conv.{k}.weight": np.zeros((4, 4, 3, 3), np.float16)
+            for side in ("encoder", "decoder") for i in (2, 3) for k in (0, 2, 4)}): ("taesd", "TAESD"),
+        synthetic.write_safetensors(tmp_path / "mmproj.safetensors", {
+            "visual.blocks.0.attn.qkv.weight": np.zeros((12, 4), np.float16),
+            "visual.patch_embed.proj.weight": np.zeros((4, 3, 2, 14, 14), np.float16)}):
+            ("llm_vision", "Qwen2.5-VL vision"),
     }
     for path, expected in cases.items():
         info = sdcpp_py.inspect(path)

@@ -86,6 +86,10 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
     q_norm = _find(tensors, "layers.0.self_attn.q_norm.weight")
     if q_norm is not None and has("embed_tokens.weight"):
         return "llm", "Qwen3"  # per-head q/k norms: Qwen3 (Qwen2.5 has none)
+    if has("decoder.layers.") and has(".conv.4.weight"):  # tae.hpp TinyDecoder blocks
+        return "taesd", "TAESD"
+    if has("visual.blocks.") or has("v.blk."):  # Qwen2.5-VL vision tower, HF or GGUF mmproj names
+        return "llm_vision", "Qwen2.5-VL vision"
     if has("decoder.conv1.weight") and has("decoder.head.0.gamma"):
         return "vae", "Wan VAE"
     conv_in = _find(tensors, "decoder.conv_in.weight")
