@@ -912,6 +912,17 @@ def wan_components(out_dir: str | os.PathLike, *, seed: int = 0, vae_encoder: bo
     return parts
 
 
+def _checkpoint_path(path_or_dir: str | os.PathLike, params: dict) -> pathlib.Path:
+    """An all-in-one checkpoint's file: the path itself if it ends in .safetensors, else a file in that
+    directory named by kind and parameter hash."""
+    if params["vae_ch"] % 32:
+        raise ValueError("vae_ch must be a multiple of 32")
+    p = pathlib.Path(path_or_dir)
+    if p.suffix != ".safetensors":
+        p = p / f"{params['kind']}-{_params_hash(params)[0]}.safetensors"
+    return p
+
+
 def sd1_checkpoint(path_or_dir: str | os.PathLike, *, seed: int = 0, vae_ch: int = 32,
                    vae_encoder: bool = True) -> pathlib.Path:
     """All-in-one SD1.x checkpoint (original LDM names): full-size UNet
@@ -923,12 +934,8 @@ def sd1_checkpoint(path_or_dir: str | os.PathLike, *, seed: int = 0, vae_ch: int
     ``.safetensors`` is used as is (cached via its metadata); otherwise it is
     a directory and the file name carries the parameter hash.
     """
-    if vae_ch % 32:
-        raise ValueError("vae_ch must be a multiple of 32")
     params = dict(kind="sd1", seed=seed, vae_ch=vae_ch, vae_encoder=vae_encoder)
-    p = pathlib.Path(path_or_dir)
-    if p.suffix != ".safetensors":
-        p = p / f"sd1-{_params_hash(params)[0]}.safetensors"
+    p = _checkpoint_path(path_or_dir, params)
 
     def build(s: _Spec) -> None:
         _unet_sd1(s.sub("model.diffusion_model."))
@@ -1066,12 +1073,8 @@ def sdxl_checkpoint(path_or_dir: str | os.PathLike, *, seed: int = 0, vae_ch: in
     would be SSD-1B or Vega).  A path ending in ``.safetensors`` is used as is; otherwise it is a
     directory and the file name carries the parameter hash.
     """
-    if vae_ch % 32:
-        raise ValueError("vae_ch must be a multiple of 32")
     params = dict(kind="sdxl", seed=seed, vae_ch=vae_ch, vae_encoder=vae_encoder)
-    p = pathlib.Path(path_or_dir)
-    if p.suffix != ".safetensors":
-        p = p / f"sdxl-{_params_hash(params)[0]}.safetensors"
+    p = _checkpoint_path(path_or_dir, params)
 
     def build(s: _Spec) -> None:
         _unet_sdxl(s.sub("model.diffusion_model."))
