@@ -197,14 +197,13 @@ class Context:
             raise ValueError("diffusion_model needs at least one text encoder: pass clip_l=, clip_g=, t5xxl= or "
                              "llm= (whichever the model was trained with)")
         dit_header = headers.get("diffusion_model")
-        if model is None and "vae" not in self.components and dit_header is not None:
-            role, architecture = classify_tensors(dit_header.tensors)
-            if architecture in VAE_IS_A_SEPARATE_FILE:
-                # The core would fail listing every missing decoder tensor.
-                raise ValueError(f"diffusion_model is a {architecture} model, whose VAE is a separate file: pass vae=")
         model_header = dit_header or headers.get("model")
         # What inspect() calls the model ("Flux.1", "SD1", "Wan2.1-VACE-1.3B", ...); None if unknown.
         self.architecture = None if model_header is None else classify_tensors(model_header.tensors)[1]
+        if model is None and "vae" not in self.components and self.architecture in VAE_IS_A_SEPARATE_FILE:
+            # The core would fail listing every missing decoder tensor.
+            raise ValueError(f"diffusion_model is a {self.architecture} model, whose VAE is a separate file: "
+                             "pass vae=")
         self._video_inputs = (wan_video_inputs(self.architecture)
                               if self.architecture and self.architecture.startswith("Wan2") else None)
         if self._video_inputs is not None:

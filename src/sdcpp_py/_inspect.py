@@ -113,7 +113,7 @@ def _max_block(tensors: Dict[str, TensorInfo], marker: str) -> int:
     highest = -1
     for name in tensors:
         at = name.find(marker)
-        if at >= 0 and (at == 0 or name[at - 1] in "._"):
+        if at >= 0 and (at == 0 or name[at - 1] == "."):  # so "blocks." never matches inside "vace_blocks."
             index = name[at + len(marker):].split(".", 1)[0]
             if index.isdigit():
                 highest = max(highest, int(index))
@@ -124,7 +124,7 @@ def wan_variant(tensors: Dict[str, TensorInfo]) -> Optional[str]:
     """The core's name for a Wan DiT (WanRunner's ``desc``, e.g. "Wan2.1-VACE-1.3B"), decided as the core
     decides: depth 30 or 40, VACE blocks, an image embedder, and the patch embedding's input channels
     (the product in*out is format-independent: GGUF folds the 5-D kernel into 4 dims)."""
-    depth = _max_block({k: v for k, v in tensors.items() if "vace_blocks." not in k}, "blocks.")
+    depth = _max_block(tensors, "blocks.")
     q = _find(tensors, "blocks.0.self_attn.q.weight")
     patch = _find(tensors, "patch_embedding.weight")
     if depth not in (30, 40) or q is None or patch is None:
