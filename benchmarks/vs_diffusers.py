@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Per-step time and peak RSS of an SD1.5 UNet: diffusers (PyTorch, CPU) against sdcpp-py, in one run.
+
+A harness, not a test. Every measurement is a fresh child process, so its peak RSS (``os.wait4``'s
+ru_maxrss) is that measurement's alone; tools are interleaved within each ``--runs`` round.
+
+- diffusers: ``UNet2DConditionModel`` with the SD1.5 config, random init (``torch.manual_seed``), float32,
+  ``torch.set_num_threads(threads)``, under ``torch.inference_mode()``. One step is one classifier-free
+  guidance step: a batch-2 forward (latents (2, 4, H/8, W/8), encoder states (2, 77, 768), a timestep), as
+  diffusers' pipeline does. One warm-up forward, then the median of ``--repeats`` timed forwards.
+- sdcpp-py: the project's synthetic SD1 all-in-one checkpoint (full-size UNet, F16 weights with F32
+  norms and biases, as a real SD1.5 checkpoint in half precision), txt2img with euler, cfg 7 and
+  ``--repeats`` + 1 steps. The core runs the conditional and the unconditional UNet pass of a step as two
+  batch-1 computes; their sum is the step. Step times are the gaps between consecutive progress
+  callbacks: the core calls ``progress(0, steps, 0)`` as step 1 starts (text encoding done) and
+  ``progress(k, steps, avg)`` when step k ends, before the VAE decode. Step 1 (graph allocation, first
+  touch of the weights) is the warm-up and is left out; the median of steps 2..S is reported. The core's
+  own figures go to the JSON: its average at the last callback (``(t_S - t_start) / S``, warm-up
+  included) and its "sampling completed" log line.
+
+sdcpp-py configurations (``--tools``): ``default`` (core defaults), ``fa`` (diffusion_flash_attn),
+``fa+conv`` (diffusion_flash_attn + diffusion_conv_direct), ``f32`` (weight_type="f32") and, not in the
+default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16").
+
+diffusers is installed on first use into its own virtual environment (``--diffusers-venv``), with
+torch pinned to the CPU build that lies on this machine's disk.
+
+    python benchmarks/vs_diffusers.py --sizes 256,512 --threads 2 --json /tmp/vs_diffusers.json \\
+        --markdown /tmp/vs_diffusers.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("SDCPP_PY_CACHE_DIR", Path.home() / ".cache" / "sdcpp-py"))
+DIFFUSERS_SPECS = ("torch==2.13.0", "diffusers==0.42.1")
+PROMPT = "a lighthouse at dusk"
+
+# sdcpp-py configurations: name -> Context keywords.
+SDCPP_CONFIGS = {
+    "default": {},
+    "fa": {"diffusion_flash_attn": True},
+    "fa+conv": {"diffusion_flash_attn": True, "diffusion_conv_direct": True},
+    "f32": {"weight_type": "f32"},
+    "fa+f16": {"diffusion_flash_attn": True, "weight_type": "f16"},
+}
+DEFAULT_TOOLS = ("diffusers", "default", "fa", "fa+conv", "f32")
+
+CORE_LINES = {
+    "core_sampling_s": re.compile(r"sampling completed, taking ([0-9.]+)s"),
+    "core_text_s": re.compile(r"get_learned_condition completed, taking ([0-9.]+)s"),
+    "core_vae_decode_s": re.compile(r"decode_first_stage completed, taking ([0-9.]+)s"),
+}
+
+DIFFUSERS_RUNNER = r"""
+import json, resource, statistics, sys, time
+job = json.loads(sys.argv[1])
+import torch
+torch.set_num_threads(job["threads"])
+import diffusers
+from diffusers import UNet2DConditionModel
+torch.manual_seed(0)
+start = time.perf_counter()
+unet = UNet2DConditionModel(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8,
+).to(torch.float32).eval()
+built = time.perf_counter()
+rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+side = job["size"] // 8
+latents = torch.randn(2, 4, side, side)
+states = torch.randn(2, 77, 768)
+timestep = torch.tensor(981)
+times = []
+with torch.inference_mode():
+    t0 = time.perf_counter()
+    unet(latents, timestep, encoder_hidden_states=states).sample
+    warmup = time.perf_counter() - t0
+    for _ in range(job["repeats"]):
+        t0 = time.perf_counter()
+        out = unet(latents, timestep, encoder_hidden_states=states).sample
+        times.append(time.perf_counter() - t0)
+assert out.shape == latents.shape and bool(torch.isfinite(out).all())
+print(json.dumps({
+    "step_times": times, "warmup_s": warmup, "load_s": built - start, "rss_model_mib": rss_model,
+    "params_m": sum(p.numel() for p in unet.parameters()) / 1e6, "threads_used": torch.get_num_threads(),
+    "torch": torch.__version__, "diffusers": diffusers.__version__,
+    "attn_processor": type(next(iter(unet.attn_processors.values()))).__name__,
+}))
+"""
+
+SDCPP_RUNNER = r"""
+import json, logging, resource, sys, time
+from pathlib import Path
+job = json.loads(sys.argv[1])
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+import sdcpp_py
+from sdcpp_py import synthetic
+path = synthetic.sd1_checkpoint(Path(job["model_dir"]))
+events = []
+def progress(step, steps, seconds):
+    events.append((time.perf_counter(), step, steps, seconds))
+start = time.perf_counter()
+ctx = sdcpp_py.Context(model=str(path), n_threads=job["threads"], vae_decode_only=True, **job["options"])
+loaded = time.perf_counter()
+rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"], cfg_scale=7.0,
+                    seed=7, sampler="euler", progress=progress)[0]
+done = time.perf_counter()
+steps = job["steps"]
+stamps = {}
+for stamp, step, total, seconds in events:
+    # Only the sampling loop's callbacks (a tiled VAE decode would report with its own count); first wins.
+    if total == steps and abs(step) not in stamps:
+        stamps[abs(step)] = (stamp, seconds)
+missing = [k for k in range(steps + 1) if k not in stamps]
+if missing:
+    raise SystemExit(f"no progress callback for steps {missing}: {events}")
+gaps = [stamps[k][0] - stamps[k - 1][0] for k in range(1, steps + 1)]
+print(json.dumps({
+    "step_times": gaps[1:], "warmup_s": gaps[0], "load_s": loaded - start, "rss_model_mib": rss_loaded,
+    "gen_s": done - loaded, "pre_sampling_s": stamps[0][0] - loaded, "post_sampling_s": done - stamps[steps][0],
+    "core_avg_s_per_step": stamps[steps][1], "image_shape": list(image.shape),
+    "sdcpp_py": getattr(sdcpp_py, "__version__", None), "architecture": ctx.architecture,
+}))
+"""
+
+
+def say(message: str) -> None:
+    print(f"[vs_diffusers] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_diffusers(venv: Path) -> Path:
+    """The venv's interpreter, creating the venv and installing torch + diffusers on first use."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import torch, diffusers; from diffusers import UNet2DConditionModel"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    say(f"installing {' '.join(DIFFUSERS_SPECS)} into {venv}")
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *DIFFUSERS_SPECS], check=True)
+    probe_run = subprocess.run(probe, capture_output=True, text=True)
+    if probe_run.returncode != 0:
+        raise RuntimeError(f"diffusers does not import in {venv}:\n{probe_run.stderr[-2000:]}")
+    return python
+
+
+def run_child(python: str, runner: str, job: dict) -> dict:
+    """Run one measurement in a fresh process: its JSON figures plus wall time and peak RSS."""
+    command = [python, "-c", runner, json.dumps(job)]
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        raise RuntimeError(f"measurement failed ({code}):\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    figures = json.loads(stdout.strip().splitlines()[-1])
+    figures["wall_s"] = wall
+    figures["peak_rss_mib"] = usage.ru_maxrss / 1024
+    for key, pattern in CORE_LINES.items():
+        found = pattern.findall(stderr)
+        if found:
+            figures[key] = float(found[-1])
+    return figures
+
+
+def measure(tool: str, size: int, args, diffusers_python: str | None) -> dict:
+    if tool == "diffusers":
+        job = {"size": size, "threads": args.threads, "repeats": args.repeats}
+        return run_child(diffusers_python, DIFFUSERS_RUNNER, job)
+    job = {"size": size, "threads": args.threads, "steps": args.repeats + 1, "prompt": PROMPT,
+           "model_dir": str(args.model_dir), "options": SDCPP_CONFIGS[tool]}
+    return run_child(sys.executable, SDCPP_RUNNER, job)
+
+
+def summarize(results: dict, sizes, tools) -> list:
+    rows = []
+    for size in sizes:
+        base = results.get((size, "diffusers"))
+        base_step = statistics.median(t for r in base for t in r["step_times"]) if base else None
+        base_rss = statistics.median(r["peak_rss_mib"] for r in base) if base else None
+        for tool in tools:
+            runs = results.get((size, tool))
+            if not runs:
+                continue
+            steps = [t for r in runs for t in r["step_times"]]
+            step = statistics.median(steps)
+            rss = statistics.median(r["peak_rss_mib"] for r in runs)
+            row = {"size": size, "tool": tool, "s_per_step": step, "timed_steps": len(steps),
+                   "min_s": min(steps), "max_s": max(steps), "warmup_s": statistics.median(r["warmup_s"] for r in runs),
+                   "peak_rss_mib": rss, "load_rss_mib": statistics.median(r["rss_model_mib"] for r in runs)}
+            if tool != "diffusers":
+                row["core_avg_s_per_step"] = statistics.median(r["core_avg_s_per_step"] for r in runs)
+            if base_step and tool != "diffusers":
+                row["time_ratio"] = step / base_step
+                row["rss_ratio"] = rss / base_rss
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list, args, meta: dict) -> str:
+    lines = [
+        f"SD1.5 UNet, one CFG step (batch 2), {args.threads} threads, {args.runs} run(s) x {args.repeats} timed "
+        f"steps; {meta['cpu']}; torch {meta.get('torch', '?')}, diffusers {meta.get('diffusers', '?')}.",
+        "Ratios: sdcpp-py config / diffusers at the same resolution (above 1: slower / larger).",
+        "",
+        "| resolution | tool / config | s/step (median) | min-max | 1st step s | core avg s/step | peak RSS MiB "
+        "| RSS after load MiB | time ratio | RSS ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        tool = row["tool"] if row["tool"] == "diffusers" else f"sdcpp-py {row['tool']}"
+        core = f"{row['core_avg_s_per_step']:.2f}" if "core_avg_s_per_step" in row else ""
+        ratio = f"{row['time_ratio']:.2f}" if "time_ratio" in row else ""
+        rss_ratio = f"{row['rss_ratio']:.2f}" if "rss_ratio" in row else ""
+        lines.append(
+            f"| {row['size']}x{row['size']} | {tool} | {row['s_per_step']:.2f} | {row['min_s']:.2f}-{row['max_s']:.2f} "
+            f"| {row['warmup_s']:.2f} | {core} | {row['peak_rss_mib']:.0f} | {row['load_rss_mib']:.0f} | {ratio} "
+            f"| {rss_ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="256,512", help="comma-separated square resolutions (default 256,512)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed forwards (diffusers) / timed steps (sdcpp-py, which runs one more as warm-up)")
+    parser.add_argument("--runs", type=int, default=1, help="rounds of fresh processes, tools interleaved")
+    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                        help=f"comma-separated, from diffusers,{','.join(SDCPP_CONFIGS)}")
+    parser.add_argument("--diffusers-venv", type=Path, default=CACHE / "diffusers-venv")
+    parser.add_argument("--model-dir", type=Path, default=CACHE / "synthetic" / "sd1")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = [t for t in tools if t != "diffusers" and t not in SDCPP_CONFIGS]
+    if unknown:
+        parser.error(f"unknown tools: {unknown}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    diffusers_python = str(ensure_diffusers(args.diffusers_venv)) if "diffusers" in tools else None
+    if any(t != "diffusers" for t in tools):
+        # Build the cached synthetic checkpoint once, outside the timed children.
+        from sdcpp_py import synthetic
+        synthetic.sd1_checkpoint(args.model_dir)
+
+    meta = {"cpu": cpu_name(), "threads": args.threads, "repeats": args.repeats, "runs": args.runs,
+            "sizes": sizes, "tools": tools, "prompt": PROMPT, "sampler": "euler", "cfg_scale": 7.0}
+    results: dict = {}
+    raw = []
+    for run in range(args.runs):
+        for size in sizes:
+            for tool in tools:
+                say(f"run {run + 1}/{args.runs}: {tool} at {size}x{size}")
+                figures = measure(tool, size, args, diffusers_python)
+                say(f"  s/step {statistics.median(figures['step_times']):.2f} (steps {figures['step_times']}), "
+                    f"peak RSS {figures['peak_rss_mib']:.0f} MiB, wall {figures['wall_s']:.1f}s")
+                results.setdefault((size, tool), []).append(figures)
+                raw.append({"run": run, "size": size, "tool": tool, **figures})
+                for key in ("torch", "diffusers"):
+                    if key in figures:
+                        meta[key] = figures[key]
+    rows = summarize(results, sizes, tools)
+    table = markdown(rows, args, meta)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows, "raw": raw}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
