@@ -36,14 +36,16 @@ def test_constructor_defaults_match_sd_ctx_params_init():
     assert core.lora_apply_mode == int(sdcpp_py.LoraApplyMode.AUTO)
     assert signature.parameters["lora_apply_mode"].default == sdcpp_py.LoraApplyMode.AT_RUNTIME
     assert core.n_threads == sdcpp_py.physical_cores()
-    # The one deliberate difference: by default the VAE encoder is loaded when the file has one.
+    # Deliberate differences: by default the VAE encoder is loaded when the file has one, and a context keeps
+    # its weights for the next call.
     assert core.vae_decode_only is True and signature.parameters["vae_decode_only"].default is None
+    assert core.free_params_immediately is False  # set by our ContextParams, over the core's True
+    assert signature.parameters["free_params_immediately"].default is False
 
 
 def test_every_sd_ctx_params_field_has_a_keyword():
     params = set(inspect.signature(sdcpp_py.Context).parameters)
     exposed = {name for name in dir(_core.ContextParams) if not name.startswith("_")}
-    exposed -= {"free_params_immediately"}  # always False: a Python context generates many times
     assert exposed <= params, exposed - params
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in inspect.signature(sdcpp_py.Context).parameters.values())
 

@@ -111,7 +111,11 @@ class Context:
     weights are loaded with the GIL released. ``lora_dir`` makes the prompt's ``<lora:name:weight>`` tags load
     ``name`` from that folder, as sd-cli's ``--lora-model-dir``. ``lora_apply_mode`` defaults to "at_runtime":
     the core's "auto" merges a LoRA into f16 weights and subtracts it after the call, which leaves rounding
-    residue, so later calls would drift from what a fresh context makes. ``architecture`` is what
+    residue, so later calls would drift from what a fresh context makes. ``free_params_immediately``
+    defaults to False (the core's default is True, made for one-shot programs like sd-cli): a context keeps
+    its weights for the next call. True frees each part's weights once the first generation is done with it
+    (text encoders before sampling, ...), which lowers that call's peak memory by the text encoders' size; the
+    context then refuses a second generation. ``architecture`` is what
     ``inspect()`` calls the model file ("Flux.1", "SD1", "Wan2.1-VACE-1.3B", ...).
 
     Raises:
@@ -149,6 +153,7 @@ class Context:
         prediction: Union[Prediction, str, int, None] = None,
         lora_apply_mode: Union[LoraApplyMode, str, int] = LoraApplyMode.AT_RUNTIME,
         offload_params_to_cpu: bool = False,
+        free_params_immediately: bool = False,
         mmap: bool = False,
         keep_clip_on_cpu: bool = False,
         keep_vae_on_cpu: bool = False,
@@ -228,7 +233,8 @@ class Context:
         params.prediction = PREDICTION_AUTO if prediction is None else int(Prediction.coerce(prediction, "prediction"))
         params.lora_apply_mode = int(LoraApplyMode.coerce(lora_apply_mode, "lora_apply_mode"))
         flags = {
-            "offload_params_to_cpu": offload_params_to_cpu, "mmap": mmap, "keep_clip_on_cpu": keep_clip_on_cpu,
+            "offload_params_to_cpu": offload_params_to_cpu, "free_params_immediately": free_params_immediately,
+            "mmap": mmap, "keep_clip_on_cpu": keep_clip_on_cpu,
             "keep_vae_on_cpu": keep_vae_on_cpu, "keep_control_net_on_cpu": keep_control_net_on_cpu,
             "flash_attn": flash_attn, "diffusion_flash_attn": diffusion_flash_attn,
             "diffusion_conv_direct": diffusion_conv_direct, "vae_conv_direct": vae_conv_direct,
@@ -246,6 +252,8 @@ class Context:
         params.max_vram = _check_float("max_vram", max_vram, 0.0)
         self.n_threads = params.n_threads
         self.vae_decode_only = bool(vae_decode_only)
+        self.free_params_immediately = bool(free_params_immediately)
+        self._spent = False
         if accelerator_missing():
             warnings.warn(f"sdcpp_py was built for {_core.BACKEND} but ggml found no {_core.BACKEND} device: this "
                           "Context runs on the CPU", RuntimeWarning, stacklevel=2)
@@ -295,6 +303,16 @@ class Context:
         native = self._native
         if native is None:
             raise ValueError("this Context is closed")
+        return native
+
+    def _native_for_generation(self):
+        """The native context for one generation; with free_params_immediately, for the first one only."""
+        native = self._require_native()
+        if self._spent:
+            # The core freed the weights during the first call; a second one would read freed buffers.
+            raise RuntimeError("this Context was made with free_params_immediately=True and freed its weights "
+                               "during its first generation: make a new Context")
+        self._spent = self.free_params_immediately
         return native
 
     # -- model-dependent defaults ------------------------------------------------------------------
@@ -452,7 +470,7 @@ class Context:
         request.clip_skip = _check_int("clip_skip", clip_skip, -1, 64)
         _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap)
         mode = _preview_mode(preview, preview_mode)
-        images = self._require_native().generate_image(
+        images = self._native_for_generation().generate_image(
             request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
             bool(preview_noisy))
         return GenerationResult(images, seed)
@@ -570,7 +588,7 @@ class Context:
         request.clip_skip = _check_int("clip_skip", clip_skip, -1, 64)
         _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap)
         mode = _preview_mode(preview, preview_mode)
-        return native.generate_video(
+        return self._native_for_generation().generate_video(
             request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
             bool(preview_noisy))
 
