@@ -7,14 +7,15 @@ ru_maxrss) is that measurement's alone; tools are interleaved within each ``--ru
 - diffusers: ``UNet2DConditionModel`` with the SD1.5 config, random init (``torch.manual_seed``), float32,
   ``torch.set_num_threads(threads)``, under ``torch.inference_mode()``. One step is one classifier-free
   guidance step: a batch-2 forward (latents (2, 4, H/8, W/8), encoder states (2, 77, 768), a timestep), as
-  diffusers' pipeline does. One warm-up forward, then the median of ``--repeats`` timed forwards.
+  diffusers' pipeline does. One warm-up forward, then the median of ``--repeats`` timed forwards (default 3).
 - sdcpp-py: the project's synthetic SD1 all-in-one checkpoint (full-size UNet, F16 weights with F32
   norms and biases, as a real SD1.5 checkpoint in half precision), txt2img with euler, cfg 7 and
-  ``--repeats`` + 1 steps. The core runs the conditional and the unconditional UNet pass of a step as two
+  ``--sdcpp-repeats`` + 1 steps. The core runs the conditional and the unconditional UNet pass of a step as two
   batch-1 computes; their sum is the step. Step times are the gaps between consecutive progress
   callbacks: the core calls ``progress(0, steps, 0)`` as step 1 starts (text encoding done) and
   ``progress(k, steps, avg)`` when step k ends, before the VAE decode. Step 1 (graph allocation, first
-  touch of the weights) is the warm-up and is left out; the median of steps 2..S is reported. The core's
+  touch of the weights) is the warm-up and is left out; the median of steps 2..S is reported. The default
+  ``--sdcpp-repeats`` is 1 (S = 2): with 2 threads a 512 step of the core takes minutes. The core's
   own figures go to the JSON: its average at the last callback (``(t_S - t_start) / S``, warm-up
   included) and its "sampling completed" log line.
 
@@ -188,7 +189,7 @@ def measure(tool: str, size: int, args, diffusers_python: str | None) -> dict:
     if tool == "diffusers":
         job = {"size": size, "threads": args.threads, "repeats": args.repeats}
         return run_child(diffusers_python, DIFFUSERS_RUNNER, job)
-    job = {"size": size, "threads": args.threads, "steps": args.repeats + 1, "prompt": PROMPT,
+    job = {"size": size, "threads": args.threads, "steps": args.sdcpp_repeats + 1, "prompt": PROMPT,
            "model_dir": str(args.model_dir), "options": SDCPP_CONFIGS[tool]}
     return run_child(sys.executable, SDCPP_RUNNER, job)
 
@@ -221,7 +222,8 @@ def summarize(results: dict, sizes, tools) -> list:
 def markdown(rows: list, args, meta: dict) -> str:
     lines = [
         f"SD1.5 UNet, one CFG step (batch 2), {args.threads} threads, {args.runs} run(s) x {args.repeats} timed "
-        f"steps; {meta['cpu']}; torch {meta.get('torch', '?')}, diffusers {meta.get('diffusers', '?')}.",
+        f"forwards (diffusers) / {args.sdcpp_repeats} timed step(s) after a warm-up step (sdcpp-py); {meta['cpu']}; "
+        f"torch {meta.get('torch', '?')}, diffusers {meta.get('diffusers', '?')}.",
         "Ratios: sdcpp-py config / diffusers at the same resolution (above 1: slower / larger).",
         "",
         "| resolution | tool / config | s/step (median) | min-max | 1st step s | core avg s/step | peak RSS MiB "
@@ -255,7 +257,10 @@ def main() -> int:
     parser.add_argument("--sizes", default="256,512", help="comma-separated square resolutions (default 256,512)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3,
-                        help="timed forwards (diffusers) / timed steps (sdcpp-py, which runs one more as warm-up)")
+                        help="timed forwards (diffusers), after one warm-up forward")
+    parser.add_argument("--sdcpp-repeats", type=int, default=1,
+                        help="timed steps (sdcpp-py), after one warm-up step: txt2img runs this + 1 steps. Default "
+                             "1: a 512 step of the core takes minutes on 2 threads, and step times vary by <1%%")
     parser.add_argument("--runs", type=int, default=1, help="rounds of fresh processes, tools interleaved")
     parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
                         help=f"comma-separated, from diffusers,{','.join(SDCPP_CONFIGS)}")
@@ -269,8 +274,8 @@ def main() -> int:
     unknown = [t for t in tools if t != "diffusers" and t not in SDCPP_CONFIGS]
     if unknown:
         parser.error(f"unknown tools: {unknown}")
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats < 1 or args.sdcpp_repeats < 1:
+        parser.error("--repeats and --sdcpp-repeats must be at least 1")
 
     diffusers_python = str(ensure_diffusers(args.diffusers_venv)) if "diffusers" in tools else None
     if any(t != "diffusers" for t in tools):
@@ -278,7 +283,8 @@ def main() -> int:
         from sdcpp_py import synthetic
         synthetic.sd1_checkpoint(args.model_dir)
 
-    meta = {"cpu": cpu_name(), "threads": args.threads, "repeats": args.repeats, "runs": args.runs,
+    meta = {"cpu": cpu_name(), "threads": args.threads, "repeats": args.repeats,
+            "sdcpp_repeats": args.sdcpp_repeats, "runs": args.runs,
             "sizes": sizes, "tools": tools, "prompt": PROMPT, "sampler": "euler", "cfg_scale": 7.0}
     results: dict = {}
     raw = []
