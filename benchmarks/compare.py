@@ -2,10 +2,13 @@
 """sdcpp-py against the vendored sd-cli and stable-diffusion-cpp-python 0.4.7, side by side in one run.
 
 Every run is a fresh process doing one job end to end: the same synthetic component files, prompt, size,
-steps, seed, sampler and thread count for all three. Runs are interleaved (A B C A B C ...) and each figure
+steps, seed, sampler and thread count for all. sdcpp-py runs one-shot as sd-cli does
+(``free_params_immediately=True``: each part's weights are freed once the call is done with them);
+sdcpp-py-keep keeps them for a next call, as a service would and as the peer always does. Runs are interleaved (A B C A B C ...) and each figure
 is the median over ``--runs``. Figures per tool:
 
-- load: building the context (for sd-cli, which prints no load time: total - generation - PNG write);
+- load: building the context (for sd-cli, which prints no load time: from its start to its
+  "generate_image WxH" log line, stamped as it is written);
 - generation: the txt2img call as the caller sees it (sd-cli: the core's own "generate_image" time);
 - core generation: the core's "generate_image completed in" figure, so that generation - core is what the
   binding adds (result conversion included);
@@ -35,7 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SDCPP_PY_CACHE_DIR", Path.home() / ".cache" / "sdcpp-py"))
 PEER_SPEC = "stable-diffusion-cpp-python==0.4.7"
 CORE_TIME = re.compile(r"generate_image completed in ([0-9.]+)s")
-TOOLS = ("sdcpp-py", "sd-cli", "peer")
+# sdcpp-py runs one-shot like sd-cli (free_params_immediately=True); sdcpp-py-keep keeps its weights for a
+# next call, as a service would (the peer cannot free them).
+TOOLS = ("sdcpp-py", "sd-cli", "peer", "sdcpp-py-keep")
+SD_CLI_GENERATION_START = "generate_image "
 
 # Our runner and the peer's: one job, one JSON line of figures on stdout; core logs on stderr.
 SDCPP_RUNNER = r"""
@@ -45,7 +51,8 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 import numpy as np
 import sdcpp_py
 start = time.perf_counter()
-ctx = sdcpp_py.Context(**job["components"], n_threads=job["threads"], vae_decode_only=True)
+ctx = sdcpp_py.Context(**job["components"], n_threads=job["threads"], vae_decode_only=True,
+                       free_params_immediately=job["one_shot"])
 loaded = time.perf_counter()
 image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"],
                     cfg_scale=job["cfg"], seed=job["seed"], sampler=job["sampler"])[0]
@@ -107,20 +114,25 @@ def ensure_sd_cli() -> Path:
     return build / "bin" / "sd-cli"
 
 
-def run_measured(command: list, env=None) -> tuple[float, float, str, str]:
-    """(wall seconds, peak RSS MiB, stdout, stderr) of one child process."""
+def run_measured(command: list, env=None, marker: str | None = None) -> tuple[float, float, str, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, stderr, seconds until a stdout line holding ``marker``)."""
     started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+    marked = float("nan")
+    lines = []
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env=env, text=True, errors="replace")
+        for line in child.stdout:  # sd-cli flushes every log line, so the stamp is when it was written
+            if marker is not None and marked != marked and marker in line and "completed" not in line:
+                marked = time.perf_counter() - started
+            lines.append(line)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read(), err.read()
+        stdout, stderr = "".join(lines), err.read()
     if child.returncode != 0:
         raise RuntimeError(f"{command[0]} failed ({child.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, stdout, stderr
+    return wall, usage.ru_maxrss / 1024, stdout, stderr, marked
 
 
 def core_seconds(text: str) -> float:
@@ -140,7 +152,7 @@ def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Pat
                    "-t", str(job["threads"]), "--sampling-method", job["sampler"]]
         for name, path in job["components"].items():
             command += [flags[name], path]
-        wall, rss, stdout, stderr = run_measured(command)
+        wall, rss, stdout, stderr, load = run_measured(command, marker=SD_CLI_GENERATION_START)
         core = core_seconds(stdout + stderr)
         from PIL import Image  # only the harness needs pillow
 
@@ -148,13 +160,15 @@ def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Pat
             import numpy as np
 
             np.save(out, np.asarray(image.convert("RGB")))
-        return {"total_s": wall, "rss_mib": rss, "gen_s": core, "core_gen_s": core, "load_s": wall - core}
-    python = sys.executable if tool == "sdcpp-py" else str(peer_python)
-    runner = SDCPP_RUNNER if tool == "sdcpp-py" else PEER_RUNNER
+        return {"total_s": wall, "rss_mib": rss, "gen_s": core, "core_gen_s": core, "load_s": load}
+    ours = tool.startswith("sdcpp-py")
+    spec["one_shot"] = tool == "sdcpp-py"
+    python = sys.executable if ours else str(peer_python)
+    runner = SDCPP_RUNNER if ours else PEER_RUNNER
     env = dict(os.environ)
     if tool == "peer":
         env.pop("PYTHONPATH", None)
-    wall, rss, stdout, stderr = run_measured([python, "-c", runner, json.dumps(spec)], env=env)
+    wall, rss, stdout, stderr, _ = run_measured([python, "-c", runner, json.dumps(spec)], env=env)
     figures = json.loads(stdout.strip().splitlines()[-1])
     return {"total_s": wall, "rss_mib": rss, "gen_s": figures["gen_s"], "load_s": figures["load_s"],
             "core_gen_s": core_seconds(stdout + stderr)}
@@ -194,7 +208,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", default="tiny-flux,sd1-256,flux-1024",
                         help="comma-separated: tiny-flux, sd1-256, flux-1024, flux-t5 (full-size T5-XXL, ~10 GB)")
-    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of " + ", ".join(TOOLS))
     parser.add_argument("--peer-venv", type=Path, default=CACHE / "peer-venv")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -228,21 +242,22 @@ def main() -> int:
         lines.append(f"\n**{name}** ({job['size']}x{job['size']}, {job['steps']} steps, cfg {job['cfg']}, "
                      f"{job['threads']} threads; median of {result['runs']}; identical pixels: "
                      f"{'yes' if result['identical_pixels'] else 'NO'})\n")
-        lines.append("| figure | sdcpp-py | sd-cli | peer | sdcpp-py / sd-cli | sdcpp-py / peer |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| figure | sdcpp-py | sd-cli | peer | sdcpp-py-keep | sdcpp-py / sd-cli | sdcpp-py / peer "
+                     "| keep / peer |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         med = result["median"]
         for key, label, unit in (("load_s", "load", "s"), ("gen_s", "generation", "s"),
                                  ("core_gen_s", "core generation", "s"), ("total_s", "end to end", "s"),
                                  ("rss_mib", "peak RSS", "MiB")):
             values = [med.get(tool, {}).get(key, float("nan")) for tool in TOOLS]
-            ours, cli, peer = values
+            ours, cli, peer, keep = values
             lines.append(f"| {label} ({unit}) | " + " | ".join(f"{v:.3f}" if unit == "s" else f"{v:.0f}"
                                                                for v in values)
-                         + f" | {ratio(ours, cli):.3f} | {ratio(ours, peer):.3f} |")
+                         + f" | {ratio(ours, cli):.3f} | {ratio(ours, peer):.3f} | {ratio(keep, peer):.3f} |")
         ours, peer = med.get("sdcpp-py", {}), med.get("peer", {})
         if ours and peer:
             lines.append(f"| binding overhead: generation - core (s) | {ours['gen_s'] - ours['core_gen_s']:.3f} | "
-                         f"- | {peer['gen_s'] - peer['core_gen_s']:.3f} | | |")
+                         f"- | {peer['gen_s'] - peer['core_gen_s']:.3f} | | | | |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:
