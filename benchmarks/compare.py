@@ -52,7 +52,7 @@ import numpy as np
 import sdcpp_py
 start = time.perf_counter()
 ctx = sdcpp_py.Context(**job["components"], n_threads=job["threads"], vae_decode_only=True,
-                       free_params_immediately=job["one_shot"])
+                       free_params_immediately=job["one_shot"], diffusion_flash_attn=job["diffusion_fa"])
 loaded = time.perf_counter()
 image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"],
                     cfg_scale=job["cfg"], seed=job["seed"], sampler=job["sampler"])[0]
@@ -72,7 +72,7 @@ names = {"model": "model_path", "diffusion_model": "diffusion_model_path", "clip
          "t5xxl": "t5xxl_path", "vae": "vae_path"}
 start = time.perf_counter()
 sd = StableDiffusion(**{names[k]: v for k, v in job["components"].items()}, n_threads=job["threads"],
-                     vae_decode_only=True, verbose=True)
+                     vae_decode_only=True, diffusion_flash_attn=job["diffusion_fa"], verbose=True)
 loaded = time.perf_counter()
 image = sd.generate_image(prompt=job["prompt"], width=job["size"], height=job["size"], sample_steps=job["steps"],
                           cfg_scale=job["cfg"], seed=job["seed"], sample_method=job["sampler"])[0]
@@ -152,6 +152,8 @@ def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Pat
                    "-t", str(job["threads"]), "--sampling-method", job["sampler"]]
         for name, path in job["components"].items():
             command += [flags[name], path]
+        if job["diffusion_fa"]:
+            command.append("--diffusion-fa")
         wall, rss, stdout, stderr, load = run_measured(command, marker=SD_CLI_GENERATION_START)
         core = core_seconds(stdout + stderr)
         from PIL import Image  # only the harness needs pillow
@@ -174,7 +176,7 @@ def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Pat
             "core_gen_s": core_seconds(stdout + stderr)}
 
 
-def jobs(selected: list[str]) -> dict:
+def jobs(selected: list[str], diffusion_fa: bool) -> dict:
     from sdcpp_py import synthetic
 
     base = CACHE / "synthetic"
@@ -195,7 +197,7 @@ def jobs(selected: list[str]) -> dict:
         made["flux-1024"] = dict(components={k: str(v) for k, v in parts.items()}, size=1024, steps=1, cfg=1.0,
                                  sampler="euler")
     for job in made.values():
-        job.update(prompt="a lighthouse at dusk", seed=7, threads=2)
+        job.update(prompt="a lighthouse at dusk", seed=7, threads=2, diffusion_fa=diffusion_fa)
     return made
 
 
@@ -209,6 +211,8 @@ def main() -> int:
     parser.add_argument("--jobs", default="tiny-flux,sd1-256,flux-1024",
                         help="comma-separated: tiny-flux, sd1-256, flux-1024, flux-t5 (full-size T5-XXL, ~10 GB)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of " + ", ".join(TOOLS))
+    parser.add_argument("--diffusion-fa", action=argparse.BooleanOptionalAction, default=None,
+                        help="flash attention in the diffusion model, for all tools (default: sdcpp-py's default)")
     parser.add_argument("--peer-venv", type=Path, default=CACHE / "peer-venv")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -220,7 +224,13 @@ def main() -> int:
     import numpy as np
 
     results = {}
-    for name, job in jobs(args.jobs.split(",")).items():
+    if args.diffusion_fa is None:
+        import inspect
+
+        import sdcpp_py
+
+        args.diffusion_fa = inspect.signature(sdcpp_py.Context).parameters["diffusion_flash_attn"].default
+    for name, job in jobs(args.jobs.split(","), args.diffusion_fa).items():
         samples = {tool: [] for tool in tools}
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
@@ -240,7 +250,8 @@ def main() -> int:
     for name, result in results.items():
         job = result["job"]
         lines.append(f"\n**{name}** ({job['size']}x{job['size']}, {job['steps']} steps, cfg {job['cfg']}, "
-                     f"{job['threads']} threads; median of {result['runs']}; identical pixels: "
+                     f"{job['threads']} threads, diffusion flash attention {'on' if job['diffusion_fa'] else 'off'}; "
+                     f"median of {result['runs']}; identical pixels: "
                      f"{'yes' if result['identical_pixels'] else 'NO'})\n")
         lines.append("| figure | sdcpp-py | sd-cli | peer | sdcpp-py-keep | sdcpp-py / sd-cli | sdcpp-py / peer "
                      "| keep / peer |")
