@@ -257,8 +257,15 @@ class Context:
         if accelerator_missing():
             warnings.warn(f"sdcpp_py was built for {_core.BACKEND} but ggml found no {_core.BACKEND} device: this "
                           "Context runs on the CPU", RuntimeWarning, stacklevel=2)
-        self.device = default_device()
+        self._device = None
         self._native = _core.NativeContext(params)
+
+    @property
+    def device(self):
+        """The device this context computes on (``sdcpp_py.Device``), as the core picks it."""
+        if self._device is None:  # asked lazily: listing devices costs milliseconds of every load otherwise
+            self._device = default_device()
+        return self._device
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def close(self) -> None:
