@@ -54,6 +54,10 @@ start = time.perf_counter()
 ctx = sdcpp_py.Context(**job["components"], n_threads=job["threads"], vae_decode_only=True,
                        free_params_immediately=job["one_shot"], diffusion_flash_attn=job["diffusion_fa"])
 loaded = time.perf_counter()
+if job["load_only"]:
+    print(json.dumps({"load_s": loaded - start, "gen_s": float("nan"),
+                      "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    sys.exit(0)
 image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"],
                     cfg_scale=job["cfg"], seed=job["seed"], sampler=job["sampler"])[0]
 pixels = np.asarray(image)
@@ -74,6 +78,10 @@ start = time.perf_counter()
 sd = StableDiffusion(**{names[k]: v for k, v in job["components"].items()}, n_threads=job["threads"],
                      vae_decode_only=True, diffusion_flash_attn=job["diffusion_fa"], verbose=True)
 loaded = time.perf_counter()
+if job["load_only"]:
+    print(json.dumps({"load_s": loaded - start, "gen_s": float("nan"),
+                      "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    sys.exit(0)
 image = sd.generate_image(prompt=job["prompt"], width=job["size"], height=job["size"], sample_steps=job["steps"],
                           cfg_scale=job["cfg"], seed=job["seed"], sample_method=job["sampler"])[0]
 pixels = np.asarray(image.convert("RGB"))
@@ -114,8 +122,10 @@ def ensure_sd_cli() -> Path:
     return build / "bin" / "sd-cli"
 
 
-def run_measured(command: list, env=None, marker: str | None = None) -> tuple[float, float, str, str, float]:
-    """(wall seconds, peak RSS MiB, stdout, stderr, seconds until a stdout line holding ``marker``)."""
+def run_measured(command: list, env=None, marker: str | None = None,
+                 stop_at_marker: bool = False) -> tuple[float, float, str, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, stderr, seconds until a stdout line holding ``marker``); with
+    ``stop_at_marker`` the child is killed at that line."""
     started = time.perf_counter()
     marked = float("nan")
     lines = []
@@ -124,13 +134,15 @@ def run_measured(command: list, env=None, marker: str | None = None) -> tuple[fl
         for line in child.stdout:  # sd-cli flushes every log line, so the stamp is when it was written
             if marker is not None and marked != marked and marker in line and "completed" not in line:
                 marked = time.perf_counter() - started
+                if stop_at_marker:
+                    child.kill()
             lines.append(line)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stdout, stderr = "".join(lines), err.read()
-    if child.returncode != 0:
+    if child.returncode != 0 and not (stop_at_marker and marked == marked):
         raise RuntimeError(f"{command[0]} failed ({child.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
     return wall, usage.ru_maxrss / 1024, stdout, stderr, marked
 
@@ -154,7 +166,11 @@ def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Pat
             command += [flags[name], path]
         if job["diffusion_fa"]:
             command.append("--diffusion-fa")
-        wall, rss, stdout, stderr, load = run_measured(command, marker=SD_CLI_GENERATION_START)
+        wall, rss, stdout, stderr, load = run_measured(command, marker=SD_CLI_GENERATION_START,
+                                                       stop_at_marker=job["load_only"])
+        if job["load_only"]:
+            return {"total_s": wall, "rss_mib": rss, "gen_s": float("nan"), "core_gen_s": float("nan"),
+                    "load_s": load}
         core = core_seconds(stdout + stderr)
         from PIL import Image  # only the harness needs pillow
 
@@ -172,11 +188,14 @@ def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Pat
         env.pop("PYTHONPATH", None)
     wall, rss, stdout, stderr, _ = run_measured([python, "-c", runner, json.dumps(spec)], env=env)
     figures = json.loads(stdout.strip().splitlines()[-1])
+    if job["load_only"]:
+        return {"total_s": wall, "rss_mib": rss, "gen_s": float("nan"), "load_s": figures["load_s"],
+                "core_gen_s": float("nan")}
     return {"total_s": wall, "rss_mib": rss, "gen_s": figures["gen_s"], "load_s": figures["load_s"],
             "core_gen_s": core_seconds(stdout + stderr)}
 
 
-def jobs(selected: list[str], diffusion_fa: bool) -> dict:
+def jobs(selected: list[str], diffusion_fa: bool, load_only: bool = False) -> dict:
     from sdcpp_py import synthetic
 
     base = CACHE / "synthetic"
@@ -192,12 +211,16 @@ def jobs(selected: list[str], diffusion_fa: bool) -> dict:
         parts = synthetic.flux_components(base / "flux", t5xxl=True)
         made["flux-t5"] = dict(components={k: str(v) for k, v in parts.items()}, size=64, steps=1, cfg=1.0,
                                sampler="euler")
+    if "load" in selected:  # the tiny Flux parts with a trivial generation: many cheap runs for load times
+        parts = synthetic.flux_components(base / "flux")
+        made["load"] = dict(components={k: str(v) for k, v in parts.items()}, size=64, steps=1, cfg=1.0,
+                            sampler="euler")
     if "flux-1024" in selected:  # what result conversion costs on a large image
         parts = synthetic.flux_components(base / "flux")
         made["flux-1024"] = dict(components={k: str(v) for k, v in parts.items()}, size=1024, steps=1, cfg=1.0,
                                  sampler="euler")
     for job in made.values():
-        job.update(prompt="a lighthouse at dusk", seed=7, threads=2, diffusion_fa=diffusion_fa)
+        job.update(prompt="a lighthouse at dusk", seed=7, threads=2, diffusion_fa=diffusion_fa, load_only=load_only)
     return made
 
 
@@ -209,10 +232,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", default="tiny-flux,sd1-256,flux-1024",
-                        help="comma-separated: tiny-flux, sd1-256, flux-1024, flux-t5 (full-size T5-XXL, ~10 GB)")
+                        help="comma-separated: tiny-flux, sd1-256, flux-1024, load (64x64, 1 step), "
+                             "flux-t5 (full-size T5-XXL, ~10 GB)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of " + ", ".join(TOOLS))
     parser.add_argument("--diffusion-fa", action=argparse.BooleanOptionalAction, default=None,
                         help="flash attention in the diffusion model, for all tools (default: sdcpp-py's default)")
+    parser.add_argument("--load-only", action="store_true",
+                        help="stop each run once its context is built (sd-cli: at its generate_image line): "
+                             "load time and load-time RSS only, so that many runs are cheap")
     parser.add_argument("--peer-venv", type=Path, default=CACHE / "peer-venv")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -230,17 +257,21 @@ def main() -> int:
         import sdcpp_py
 
         args.diffusion_fa = inspect.signature(sdcpp_py.Context).parameters["diffusion_flash_attn"].default
-    for name, job in jobs(args.jobs.split(","), args.diffusion_fa).items():
+    for name, job in jobs(args.jobs.split(","), args.diffusion_fa, args.load_only).items():
         samples = {tool: [] for tool in tools}
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            identical = True
+            # Per tool: did every run give the first tool's pixels (sdcpp-py's, normally)?
+            identical = {tool: True for tool in tools}
             for run in range(args.runs):
                 for tool in tools:
                     say(f"{name}: run {run + 1}/{args.runs}, {tool}")
                     samples[tool].append(run_tool(tool, job, sd_cli, peer_python, workdir))
-                pixels = [np.load(workdir / f"{tool}.npy") for tool in tools]
-                identical = identical and all(np.array_equal(pixels[0], p) for p in pixels[1:])
+                if job["load_only"]:
+                    continue
+                pixels = {tool: np.load(workdir / f"{tool}.npy") for tool in tools}
+                for tool in tools:
+                    identical[tool] = identical[tool] and np.array_equal(pixels[tools[0]], pixels[tool])
         medians = {tool: {key: statistics.median(s[key] for s in samples[tool]) for key in samples[tool][0]}
                    for tool in tools}
         results[name] = {"job": {k: v for k, v in job.items() if k != "components"}, "runs": args.runs,
@@ -251,8 +282,11 @@ def main() -> int:
         job = result["job"]
         lines.append(f"\n**{name}** ({job['size']}x{job['size']}, {job['steps']} steps, cfg {job['cfg']}, "
                      f"{job['threads']} threads, diffusion flash attention {'on' if job['diffusion_fa'] else 'off'}; "
-                     f"median of {result['runs']}; identical pixels: "
-                     f"{'yes' if result['identical_pixels'] else 'NO'})\n")
+                     f"median of {result['runs']}; "
+                     + ("load only)\n" if job["load_only"] else
+                        f"pixels identical to {next(iter(result['identical_pixels']))}'s: "
+                        + ", ".join(f"{tool} {'yes' if same else 'NO'}"
+                                    for tool, same in list(result['identical_pixels'].items())[1:]) + ")\n"))
         lines.append("| figure | sdcpp-py | sd-cli | peer | sdcpp-py-keep | sdcpp-py / sd-cli | sdcpp-py / peer "
                      "| keep / peer |")
         lines.append("|---|---|---|---|---|---|---|---|")
