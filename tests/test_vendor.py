@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -79,3 +80,24 @@ def test_a_tampered_sdist_is_refused(tmp_path, monkeypatch):
     assert hashlib.sha256(fake.read_bytes()).hexdigest() != vendor_core.SDIST_SHA256
     with pytest.raises(vendor_core.VendorError, match="sha256"):
         vendor_core.ensure_vendor(tmp_path / "core", allow_git=False)
+
+
+def test_sdist_carries_what_compiles_and_leaves_out_docs_and_tests(tmp_path):
+    # scikit-build-core's own PEP 517 hook, as `pip`/`build` call it (the project's file selection).
+    script = "import sys; from scikit_build_core.build import build_sdist; print(build_sdist(sys.argv[1]))"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = result.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as sdist:
+        members = {member.name.split("/", 1)[1] for member in sdist.getmembers() if "/" in member.name}
+    core = "vendor/stable-diffusion.cpp/"
+    for needed in ("CMakeLists.txt", "pyproject.toml", "bindings/module.cpp", "tools/vendor_core.py",
+                   "tools/patch_core.py", "patches/0001-abort-diffusion-compute.patch", "src/sdcpp_py/__init__.py",
+                   core + "CMakeLists.txt", core + "src/stable-diffusion.cpp", core + "include/stable-diffusion.h",
+                   core + "ggml/CMakeLists.txt", core + "ggml/src/ggml-cpu/llamafile/sgemm.cpp",
+                   core + "thirdparty/zip.c", core + "examples/cli/main.cpp", core + "examples/common/common.cpp"):
+        assert needed in members, needed
+    for left_out in (core + "docs/", core + "ggml/tests/", core + "ggml/examples/", core + "thirdparty/libwebp/",
+                     core + "examples/server/", "build/"):
+        assert not any(m.startswith(left_out) for m in members), left_out
