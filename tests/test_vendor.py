@@ -99,5 +99,5 @@ def test_sdist_carries_what_compiles_and_leaves_out_docs_and_tests(tmp_path):
                    core + "thirdparty/zip.c", core + "examples/cli/main.cpp", core + "examples/common/common.cpp"):
         assert needed in members, needed
     for left_out in (core + "docs/", core + "ggml/tests/", core + "ggml/examples/", core + "thirdparty/libwebp/",
-                     core + "examples/server/", "build/"):
+                     core + "examples/server/", core + "Dockerfile", core + ".github/", "build/"):
         assert not any(m.startswith(left_out) for m in members), left_out
