@@ -5,7 +5,8 @@ Every run is a fresh process doing one job end to end: the same synthetic compon
 steps, seed, sampler and thread count for all. sdcpp-py runs one-shot as sd-cli does
 (``free_params_immediately=True``: each part's weights are freed once the call is done with them);
 sdcpp-py-keep keeps them for a next call, as a service would and as the peer always does. Runs are interleaved (A B C A B C ...) and each figure
-is the median over ``--runs``. Figures per tool:
+is the median over ``--runs``, after one untimed warm-up run; each round starts with the next tool.
+Figures per tool:
 
 - load: building the context (for sd-cli, which prints no load time: from its start to its
   "generate_image WxH" log line, stamped as it is written);
@@ -263,8 +264,14 @@ def main() -> int:
             workdir = Path(tmp)
             # Per tool: did every run give the first tool's pixels (sdcpp-py's, normally)?
             identical = {tool: True for tool in tools}
+            # One untimed run first: the first process of a job pays for the page cache and for memory the
+            # previous job's processes left to reclaim.
+            say(f"{name}: warm-up run, {tools[0]} (not counted)")
+            run_tool(tools[0], job, sd_cli, peer_python, workdir)
             for run in range(args.runs):
-                for tool in tools:
+                # Rotate the order each round: a run right after a big process exits pays for the kernel
+                # reclaiming its memory (seen: +3 s on a 9 GB load), so no tool may always go first.
+                for tool in tools[run % len(tools):] + tools[:run % len(tools)]:
                     say(f"{name}: run {run + 1}/{args.runs}, {tool}")
                     samples[tool].append(run_tool(tool, job, sd_cli, peer_python, workdir))
                 if job["load_only"]:
