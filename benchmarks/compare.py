@@ -225,6 +225,16 @@ def jobs(selected: list[str], diffusion_fa: bool, load_only: bool = False) -> di
     return made
 
 
+def write_report(lines: list, results: dict, markdown: Path | None, json_path: Path | None) -> None:
+    """Print the markdown table; also write it and the raw results where asked."""
+    table = "\n".join(lines)
+    print(table)
+    if markdown:
+        markdown.write_text(table + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -310,12 +320,7 @@ def main() -> int:
         if ours and peer:
             lines.append(f"| binding overhead: generation - core (s) | {ours['gen_s'] - ours['core_gen_s']:.3f} | "
                          f"- | {peer['gen_s'] - peer['core_gen_s']:.3f} | | | | |")
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_report(lines, results, args.markdown, args.json)
     return 0
 
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import CACHE, run_measured  # noqa: E402
+from compare import CACHE, run_measured, write_report  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -107,12 +107,7 @@ def main() -> int:
             rss_ratio = med["rss_mib"] / base["rss_mib"] if base else float("nan")
             lines.append(f"| {name} | {med['load_s']:.3f} | {med['gen_s']:.2f} | {med['rss_mib']:.0f} | "
                          f"{gen_ratio:.3f} | {rss_ratio:.3f} | {results[job_name]['max_pixel_diff'][name]} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_report(lines, results, args.markdown, args.json)
     return 0
 
 
