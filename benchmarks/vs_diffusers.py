@@ -40,9 +40,10 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import run_measured  # noqa: E402
 
 CACHE = Path(os.environ.get("SDCPP_PY_CACHE_DIR", Path.home() / ".cache" / "sdcpp-py"))
 DIFFUSERS_SPECS = ("torch==2.13.0", "diffusers==0.42.1")
@@ -163,21 +164,10 @@ def ensure_diffusers(venv: Path) -> Path:
 
 def run_child(python: str, runner: str, job: dict) -> dict:
     """Run one measurement in a fresh process: its JSON figures plus wall time and peak RSS."""
-    command = [python, "-c", runner, json.dumps(job)]
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, stdout=out, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if code != 0:
-        raise RuntimeError(f"measurement failed ({code}):\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    wall, rss, stdout, stderr, _ = run_measured([python, "-c", runner, json.dumps(job)])
     figures = json.loads(stdout.strip().splitlines()[-1])
     figures["wall_s"] = wall
-    figures["peak_rss_mib"] = usage.ru_maxrss / 1024
+    figures["peak_rss_mib"] = rss
     for key, pattern in CORE_LINES.items():
         found = pattern.findall(stderr)
         if found:
