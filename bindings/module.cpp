@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
     sdcpp::register_info(m);
     sdcpp::register_context(m);
     sdcpp::register_tools(m);
+    sdcpp::register_testing(m);
 }

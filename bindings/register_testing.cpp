@@ -1,0 +1,112 @@
+// Windows on ggml's CPU matrix product and convolution for the test suite: patches 0004 (our packed kernel)
+// and 0005 (im2col) are checked against numpy through them, on shapes the generation tests do not isolate.
+#include "common.hpp"
+
+#include <cstring>
+#include <memory>
+
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+namespace sdcpp {
+
+namespace {
+
+struct GgmlContextDeleter {
+    void operator()(ggml_context* ctx) const { ggml_free(ctx); }
+};
+
+void compute_on_cpu(ggml_context* ctx, ggml_tensor* result, int n_threads);
+
+ggml_type float_type_of(const py::array& array, const char* name) {
+    if (array.ndim() != 2) {
+        throw std::invalid_argument(std::string(name) + ": expected a 2-D array");
+    }
+    if (array.dtype().is(py::dtype::of<float>())) return GGML_TYPE_F32;
+    if (array.dtype().kind() == 'f' && array.dtype().itemsize() == 2) return GGML_TYPE_F16;
+    throw std::invalid_argument(std::string(name) + ": expected float32 or float16");
+}
+
+// ggml_mul_mat(a, b) on the CPU backend: for a (m, k) and b (n, k), the (n, m) float32 array b @ a.T.
+py::array_t<float> cpu_mul_mat(const py::array& a_in, const py::array& b_in, int n_threads) {
+    const ggml_type a_type = float_type_of(a_in, "a"), b_type = float_type_of(b_in, "b");
+    const auto a = py::array::ensure(a_in, py::array::c_style), b = py::array::ensure(b_in, py::array::c_style);
+    const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(0);
+    if (b.shape(1) != k) {
+        throw std::invalid_argument("b: expected " + std::to_string(k) + " columns like a, got " +
+                                    std::to_string(b.shape(1)));
+    }
+    if (n_threads < 1) {
+        throw std::invalid_argument("n_threads: expected at least 1, got " + std::to_string(n_threads));
+    }
+    // Tensors, the graph and ggml's work buffer (b converted to a's type, one cache line per thread).
+    const size_t bytes = a.nbytes() + b.nbytes() + 2 * static_cast<size_t>(n * k) * sizeof(float) +
+                         static_cast<size_t>(n * m) * sizeof(float) + ggml_graph_overhead() +
+                         8 * ggml_tensor_overhead() + (1u << 20);
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({bytes, nullptr, false}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    ggml_tensor* ta = ggml_new_tensor_2d(ctx.get(), a_type, k, m);
+    ggml_tensor* tb = ggml_new_tensor_2d(ctx.get(), b_type, k, n);
+    std::memcpy(ta->data, a.data(), a.nbytes());
+    std::memcpy(tb->data, b.data(), b.nbytes());
+    ggml_tensor* product = ggml_mul_mat(ctx.get(), ta, tb);
+    compute_on_cpu(ctx.get(), product, n_threads);
+    py::array_t<float> result({n, m});
+    std::memcpy(result.mutable_data(), product->data, static_cast<size_t>(n * m) * sizeof(float));
+    return result;
+}
+
+void compute_on_cpu(ggml_context* ctx, ggml_tensor* result, int n_threads) {
+    ggml_cgraph* graph = ggml_new_graph(ctx);
+    ggml_build_forward_expand(graph, result);
+    ggml_status status;
+    {
+        py::gil_scoped_release release;
+        status = ggml_graph_compute_with_ctx(ctx, graph, n_threads);
+    }
+    if (status != GGML_STATUS_SUCCESS) throw std::runtime_error("ggml_graph_compute failed");
+}
+
+// ggml_conv_2d (im2col, then a matrix product): f16 kernel (OC, IC, KH, KW), f32 image (N, IC, H, W).
+py::array_t<float> cpu_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
+                               const py::array_t<float, py::array::c_style>& image, int stride, int padding,
+                               int n_threads) {
+    if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
+    if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
+    const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
+                  KW = kernel_f16_bits.shape(3);
+    const int64_t N = image.shape(0), H = image.shape(2), W = image.shape(3);
+    if (image.shape(1) != IC) throw std::invalid_argument("image: channel count differs from the kernel's");
+    if (stride < 1 || padding < 0 || n_threads < 1) {
+        throw std::invalid_argument("stride, n_threads: expected at least 1; padding: at least 0");
+    }
+    const int64_t OH = (H + 2 * padding - KH) / stride + 1, OW = (W + 2 * padding - KW) / stride + 1;
+    if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    const size_t columns = static_cast<size_t>(N * OH * OW * IC * KH * KW) * 2;
+    const size_t output = static_cast<size_t>(N * OC * OH * OW) * sizeof(float);
+    const size_t bytes = kernel_f16_bits.nbytes() + image.nbytes() + columns + 3 * output + ggml_graph_overhead() +
+                         16 * ggml_tensor_overhead() + (1u << 20);
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({bytes, nullptr, false}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    ggml_tensor* tk = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
+    ggml_tensor* ti = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, W, H, IC, N);
+    std::memcpy(tk->data, kernel_f16_bits.data(), kernel_f16_bits.nbytes());
+    std::memcpy(ti->data, image.data(), image.nbytes());
+    ggml_tensor* out = ggml_conv_2d(ctx.get(), tk, ti, stride, stride, padding, padding, 1, 1);
+    compute_on_cpu(ctx.get(), out, n_threads);
+    py::array_t<float> result({N, OC, OH, OW});
+    std::memcpy(result.mutable_data(), out->data, output);
+    return result;
+}
+
+}  // namespace
+
+void register_testing(py::module_& m) {
+    m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1,
+          "Test hook: ggml_mul_mat on the CPU backend, b @ a.T for float16/float32 a (m, k) and b (n, k).");
+    m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
+          py::arg("padding") = 0, py::arg("n_threads") = 1,
+          "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");
+}
+
+}  // namespace sdcpp

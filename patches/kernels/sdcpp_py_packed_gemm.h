@@ -1,0 +1,249 @@
+// sdcpp-py: a cache-blocked matrix product for ggml's CPU backend on AVX2 + FMA + F16C (patch 0004).
+//
+// Computes C[j*ldc + i] = sum_l A[i*lda + l] * B[j*ldb + l] (llamafile_sgemm's contract) for f16 or f32
+// A and B, accumulating in f32. tinyBLAS streams whole rows of A and B per 4x3 tile, so a convolution's
+// 1280 x 11520 f16 weights are re-read from memory for every tile row; here both operands are packed into
+// f32 panels that stay in cache (the BLIS layout: KC-deep panels, a 16x6 register tile), and f32
+// activations are read as they are instead of being rounded to f16 first.
+// Each C element is summed by one thread in a fixed order, so results do not depend on the thread count.
+#pragma once
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__AVX512F__)
+#define SDCPP_PY_PACKED_GEMM 1
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace sdcpp_py_gemm {
+
+constexpr int64_t MR = 16;    // C rows per register tile: two ymm, contiguous in C
+constexpr int64_t NR = 6;     // C columns per register tile: broadcast
+constexpr int64_t KC = 256;   // depth of a packed panel: a 6-column B sliver (6 KiB) stays in L1
+constexpr int64_t MC = 144;   // rows of A packed at once: 144 KiB, in L2
+constexpr int64_t NC = 2040;  // columns of B packed at once: 2 MiB, in L3
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline float load1(const float* p) { return *p; }
+inline float load1(const uint16_t* p) { return _cvtsh_ss(*p); }
+
+inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r4, __m256& r5, __m256& r6,
+                       __m256& r7) {
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    // Lane inserts, not vperm2f128: that one is 8 micro-ops on Zen 1.
+    r0 = _mm256_insertf128_ps(s0, _mm256_castps256_ps128(s4), 1);
+    r1 = _mm256_insertf128_ps(s1, _mm256_castps256_ps128(s5), 1);
+    r2 = _mm256_insertf128_ps(s2, _mm256_castps256_ps128(s6), 1);
+    r3 = _mm256_insertf128_ps(s3, _mm256_castps256_ps128(s7), 1);
+    r4 = _mm256_insertf128_ps(s4, _mm256_extractf128_ps(s0, 1), 0);
+    r5 = _mm256_insertf128_ps(s5, _mm256_extractf128_ps(s1, 1), 0);
+    r6 = _mm256_insertf128_ps(s6, _mm256_extractf128_ps(s2, 1), 0);
+    r7 = _mm256_insertf128_ps(s7, _mm256_extractf128_ps(s3, 1), 0);
+}
+
+// MR rows of A (from row i0, `rows` of them real, the rest zero), depth kc from column pc, as
+// panel[l*MR + r]: one register tile's A operand per step l.
+template <typename T>
+void pack_rows_of_a(const T* A, int64_t lda, int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) {
+    int64_t l = 0;
+    if (rows == MR) {
+        for (; l + 8 <= kc; l += 8) {
+            for (int64_t half = 0; half < MR; half += 8) {
+                const T* src = A + (i0 + half) * lda + pc + l;
+                __m256 r0 = load8(src), r1 = load8(src + lda), r2 = load8(src + 2 * lda),
+                       r3 = load8(src + 3 * lda), r4 = load8(src + 4 * lda), r5 = load8(src + 5 * lda),
+                       r6 = load8(src + 6 * lda), r7 = load8(src + 7 * lda);
+                transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+                float* dst = panel + l * MR + half;
+                _mm256_storeu_ps(dst, r0);
+                _mm256_storeu_ps(dst + MR, r1);
+                _mm256_storeu_ps(dst + 2 * MR, r2);
+                _mm256_storeu_ps(dst + 3 * MR, r3);
+                _mm256_storeu_ps(dst + 4 * MR, r4);
+                _mm256_storeu_ps(dst + 5 * MR, r5);
+                _mm256_storeu_ps(dst + 6 * MR, r6);
+                _mm256_storeu_ps(dst + 7 * MR, r7);
+            }
+        }
+    }
+    for (; l < kc; ++l) {
+        for (int64_t r = 0; r < MR; ++r) {
+            panel[l * MR + r] = r < rows ? load1(A + (i0 + r) * lda + pc + l) : 0.0f;
+        }
+    }
+}
+
+// NR columns of B (rows of the B array, from j0, `cols` real, the rest zero) as panel[l*NR + c].
+// Full slivers store 8 floats per step l: the 2 beyond NR land where step l+1 (or the next sliver, packed
+// after this one, or the PANEL_SLACK) is written next.
+constexpr int64_t PANEL_SLACK = 8;
+template <typename T>
+void pack_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc, float* panel) {
+    int64_t l = 0;
+    if (cols == NR) {
+        const T* src = B + j0 * ldb + pc;
+        for (; l + 8 <= kc; l += 8) {
+            __m256 r0 = load8(src + l), r1 = load8(src + ldb + l), r2 = load8(src + 2 * ldb + l),
+                   r3 = load8(src + 3 * ldb + l), r4 = load8(src + 4 * ldb + l), r5 = load8(src + 5 * ldb + l),
+                   r6 = _mm256_setzero_ps(), r7 = _mm256_setzero_ps();
+            transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+            float* dst = panel + l * NR;
+            _mm256_storeu_ps(dst, r0);
+            _mm256_storeu_ps(dst + NR, r1);
+            _mm256_storeu_ps(dst + 2 * NR, r2);
+            _mm256_storeu_ps(dst + 3 * NR, r3);
+            _mm256_storeu_ps(dst + 4 * NR, r4);
+            _mm256_storeu_ps(dst + 5 * NR, r5);
+            _mm256_storeu_ps(dst + 6 * NR, r6);
+            _mm256_storeu_ps(dst + 7 * NR, r7);
+        }
+    }
+    for (; l < kc; ++l) {
+        for (int64_t c = 0; c < NR; ++c) {
+            panel[l * NR + c] = c < cols ? load1(B + (j0 + c) * ldb + pc + l) : 0.0f;
+        }
+    }
+}
+
+// One 16x6 register tile over depth kc: C (column stride ldc) = or += the product of two packed panels.
+inline void register_tile(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accumulate) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+           c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
+           c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(),
+           c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+    for (int64_t l = 0; l < kc; ++l, a += MR, b += NR) {
+        const __m256 a0 = _mm256_loadu_ps(a), a1 = _mm256_loadu_ps(a + 8);
+        __m256 bv = _mm256_broadcast_ss(b);
+        c00 = _mm256_fmadd_ps(a0, bv, c00);
+        c01 = _mm256_fmadd_ps(a1, bv, c01);
+        bv = _mm256_broadcast_ss(b + 1);
+        c10 = _mm256_fmadd_ps(a0, bv, c10);
+        c11 = _mm256_fmadd_ps(a1, bv, c11);
+        bv = _mm256_broadcast_ss(b + 2);
+        c20 = _mm256_fmadd_ps(a0, bv, c20);
+        c21 = _mm256_fmadd_ps(a1, bv, c21);
+        bv = _mm256_broadcast_ss(b + 3);
+        c30 = _mm256_fmadd_ps(a0, bv, c30);
+        c31 = _mm256_fmadd_ps(a1, bv, c31);
+        bv = _mm256_broadcast_ss(b + 4);
+        c40 = _mm256_fmadd_ps(a0, bv, c40);
+        c41 = _mm256_fmadd_ps(a1, bv, c41);
+        bv = _mm256_broadcast_ss(b + 5);
+        c50 = _mm256_fmadd_ps(a0, bv, c50);
+        c51 = _mm256_fmadd_ps(a1, bv, c51);
+    }
+    const __m256 lo[NR] = {c00, c10, c20, c30, c40, c50};
+    const __m256 hi[NR] = {c01, c11, c21, c31, c41, c51};
+    for (int64_t j = 0; j < NR; ++j) {
+        float* col = C + j * ldc;
+        if (accumulate) {
+            _mm256_storeu_ps(col, _mm256_add_ps(_mm256_loadu_ps(col), lo[j]));
+            _mm256_storeu_ps(col + 8, _mm256_add_ps(_mm256_loadu_ps(col + 8), hi[j]));
+        } else {
+            _mm256_storeu_ps(col, lo[j]);
+            _mm256_storeu_ps(col + 8, hi[j]);
+        }
+    }
+}
+
+// C rows [m0, m1) x columns [n0, n1), all of depth k.
+template <typename TA, typename TB>
+void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const TA* A, int64_t lda,
+                const TB* B, int64_t ldb, float* C, int64_t ldc) {
+    // Reused across calls on ggml's worker threads; freed when they end.
+    thread_local std::vector<float> a_panels, b_panels;
+    alignas(32) float edge[NR * MR];
+    for (int64_t jc = n0; jc < n1; jc += NC) {
+        const int64_t nc = std::min(NC, n1 - jc);
+        const int64_t n_slivers = (nc + NR - 1) / NR;
+        for (int64_t pc = 0; pc < k; pc += KC) {
+            const int64_t kc = std::min(KC, k - pc);
+            const bool accumulate = pc > 0;
+            b_panels.resize(n_slivers * NR * kc + PANEL_SLACK);
+            for (int64_t s = 0; s < n_slivers; ++s) {
+                pack_cols_of_b(B, ldb, jc + s * NR, std::min(NR, nc - s * NR), pc, kc, b_panels.data() + s * NR * kc);
+            }
+            for (int64_t ic = m0; ic < m1; ic += MC) {
+                const int64_t mc = std::min(MC, m1 - ic);
+                const int64_t m_slivers = (mc + MR - 1) / MR;
+                a_panels.resize(m_slivers * MR * kc);
+                for (int64_t s = 0; s < m_slivers; ++s) {
+                    pack_rows_of_a(A, lda, ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
+                }
+                for (int64_t sj = 0; sj < n_slivers; ++sj) {
+                    const int64_t j = jc + sj * NR, cols = std::min(NR, n1 - j);
+                    const float* b = b_panels.data() + sj * NR * kc;
+                    for (int64_t si = 0; si < m_slivers; ++si) {
+                        const int64_t i = ic + si * MR, rows = std::min(MR, m1 - i);
+                        const float* a = a_panels.data() + si * MR * kc;
+                        float* c = C + j * ldc + i;
+                        if (rows == MR && cols == NR) {
+                            register_tile(kc, a, b, c, ldc, accumulate);
+                            continue;
+                        }
+                        register_tile(kc, a, b, edge, MR, false);
+                        for (int64_t jj = 0; jj < cols; ++jj) {
+                            for (int64_t ii = 0; ii < rows; ++ii) {
+                                const float v = edge[jj * MR + ii];
+                                c[jj * ldc + ii] = accumulate ? c[jj * ldc + ii] + v : v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// This thread's share of C: whole register tiles along the longer side, so that each thread packs half of
+// the larger operand and all of the smaller one. No barrier: shares do not overlap.
+template <typename TA, typename TB>
+void gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const TA* A, int64_t lda, const TB* B,
+                int64_t ldb, float* C, int64_t ldc) {
+    const int64_t m_tiles = (m + MR - 1) / MR, n_tiles = (n + NR - 1) / NR;
+    if (m >= n && m_tiles >= nth) {
+        const int64_t t0 = m_tiles * ith / nth, t1 = m_tiles * (ith + 1) / nth;
+        if (t0 < t1) gemm_block(t0 * MR, std::min(m, t1 * MR), 0, n, k, A, lda, B, ldb, C, ldc);
+    } else {
+        const int64_t t0 = n_tiles * ith / nth, t1 = n_tiles * (ith + 1) / nth;
+        if (t0 < t1) gemm_block(0, m, t0 * NR, std::min(n, t1 * NR), k, A, lda, B, ldb, C, ldc);
+    }
+}
+
+// Types are ggml_type values (0 = F32, 1 = F16). False: not handled here, the caller falls back.
+inline bool packed_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
+                        const void* B, int64_t ldb, float* C, int64_t ldc, int Atype, int Btype) {
+    constexpr int F32 = 0, F16 = 1;
+    if ((Atype != F32 && Atype != F16) || (Btype != F32 && Btype != F16)) return false;
+    // Tiny products are not worth packing.
+    if (m < MR || n < NR || k < 8) return false;
+    const auto* a16 = static_cast<const uint16_t*>(A);
+    const auto* a32 = static_cast<const float*>(A);
+    const auto* b16 = static_cast<const uint16_t*>(B);
+    const auto* b32 = static_cast<const float*>(B);
+    if (Atype == F16 && Btype == F16) gemm_share(ith, nth, m, n, k, a16, lda, b16, ldb, C, ldc);
+    else if (Atype == F16) gemm_share(ith, nth, m, n, k, a16, lda, b32, ldb, C, ldc);
+    else if (Btype == F16) gemm_share(ith, nth, m, n, k, a32, lda, b16, ldb, C, ldc);
+    else gemm_share(ith, nth, m, n, k, a32, lda, b32, ldb, C, ldc);
+    return true;
+}
+
+}  // namespace sdcpp_py_gemm
+
+#endif

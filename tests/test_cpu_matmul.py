@@ -1,0 +1,89 @@
+"""ggml's CPU matrix product as our build compiles it (patch 0004 on AVX2), against numpy in float64.
+
+Every convolution and linear layer of every model runs through this product, so a wrong tile edge here would
+show up only as subtly wrong pixels: odd shapes are checked directly.
+"""
+
+import numpy as np
+import pytest
+
+from sdcpp_py import _core
+
+
+def reference(a, b):
+    return b.astype(np.float64) @ a.astype(np.float64).T
+
+
+def relative_error(result, expected):
+    return float(np.abs(result - expected).max() / np.sqrt(np.mean(expected**2)))
+
+
+@pytest.mark.parametrize("m, n, k", [(16, 6, 8), (17, 7, 9), (33, 130, 517), (1024, 13, 40), (77, 300, 64),
+                                     (300, 301, 1000), (5, 3, 7)])
+@pytest.mark.parametrize("a_dtype, b_dtype", [(np.float16, np.float16), (np.float16, np.float32),
+                                              (np.float32, np.float32)])
+def test_products_match_numpy_on_odd_shapes(m, n, k, a_dtype, b_dtype):
+    rng = np.random.default_rng(m * 1000 + n)
+    a = rng.standard_normal((m, k)).astype(a_dtype)
+    b = rng.standard_normal((n, k)).astype(b_dtype)
+    for threads in (1, 2, 3):
+        result = _core._cpu_mul_mat(a, b, threads)
+        assert result.shape == (n, m) and result.dtype == np.float32
+        # Same-type inputs: only f32 summation errs. Mixed: products too small for the packed kernel take
+        # ggml's path, which rounds b to f16 (see the next test).
+        tolerance = 1e-4 if a_dtype == b_dtype else 2e-3
+        assert relative_error(result, reference(a, b)) < tolerance, (threads, a_dtype, b_dtype)
+
+
+def test_f32_activations_keep_f32_precision_against_f16_weights():
+    # Linear layers: f16 weights (a) times f32 activations (b). ggml's own path rounds the activations to
+    # f16 first (relative error ~5e-4); the packed kernel reads them as they are.
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((320, 768)).astype(np.float16)
+    b = rng.standard_normal((64, 768)).astype(np.float32)
+    error = relative_error(_core._cpu_mul_mat(a, b, 2), reference(a, b))
+    assert error < 2e-5, f"relative error {error:.1e}: the activations were rounded to f16"
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((200, 2880)).astype(np.float16)
+    b = rng.standard_normal((96, 2880)).astype(np.float16)
+    one = _core._cpu_mul_mat(a, b, 1)
+    assert all(np.array_equal(one, _core._cpu_mul_mat(a, b, threads)) for threads in (2, 4))
+
+
+def test_bad_arguments_are_refused_by_name():
+    a = np.zeros((4, 8), np.float32)
+    with pytest.raises(ValueError, match="b: expected 8 columns"):
+        _core._cpu_mul_mat(a, np.zeros((4, 9), np.float32))
+    with pytest.raises(ValueError, match="a: expected float32 or float16"):
+        _core._cpu_mul_mat(a.astype(np.float64), a)
+    with pytest.raises(ValueError, match="n_threads"):
+        _core._cpu_mul_mat(a, a, 0)
+
+
+def conv_reference(kernel, image, stride, padding):
+    """Direct convolution in float64: (N, IC, H, W) x (OC, IC, KH, KW) -> (N, OC, OH, OW)."""
+    padded = np.pad(image.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oc, ic, kh, kw = kernel.shape
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    return np.einsum("nchwij,ocij->nohw", windows, kernel.astype(np.float64))
+
+
+@pytest.mark.parametrize("n, ic, oc, size, kernel_size, stride, padding", [
+    (1, 4, 320, 17, 3, 1, 1),     # SD1's conv_in on an odd latent
+    (2, 64, 96, 12, 3, 2, 1),     # a downsampler, batch 2
+    (1, 40, 24, 9, 1, 1, 0),      # a 1x1 shortcut
+    (1, 3, 8, 7, 3, 1, 1),        # fewer output rows than threads would like
+])
+def test_convolutions_match_numpy(n, ic, oc, size, kernel_size, stride, padding):
+    rng = np.random.default_rng(oc)
+    kernel = rng.standard_normal((oc, ic, kernel_size, kernel_size)).astype(np.float16)
+    image = rng.standard_normal((n, ic, size, size)).astype(np.float32)
+    # ggml's im2col rounds the image to f16 for f16 kernels: the reference does the same.
+    expected = conv_reference(kernel, image.astype(np.float16), stride, padding)
+    results = [_core._cpu_conv_2d(kernel.view(np.uint16), image, stride, padding, threads) for threads in (1, 2, 5)]
+    assert results[0].shape == expected.shape
+    assert relative_error(results[0], expected) < 1e-4
+    assert all(np.array_equal(results[0], other) for other in results[1:])
