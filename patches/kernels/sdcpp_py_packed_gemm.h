@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace sdcpp_py_gemm {
@@ -121,30 +122,37 @@ void pack_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t p
     }
 }
 
-// One 16x6 register tile over depth kc: C (column stride ldc) = or += the product of two packed panels.
-inline void register_tile(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accumulate) {
+// One 16x6 register tile over depth kc: C (column stride ldc) = or += a packed A panel times 6 columns of B:
+// a packed B panel, or (B_ROWS) 6 f32 rows of B in place, ldb apart.
+template <bool B_ROWS>
+inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ldb, float* C, int64_t ldc,
+                          bool accumulate) {
+    const int64_t b_col = B_ROWS ? ldb : 1, b_step = B_ROWS ? 1 : NR;
+    const float *b0 = b, *b1 = b + b_col, *b2 = b + 2 * b_col, *b3 = b + 3 * b_col, *b4 = b + 4 * b_col,
+                *b5 = b + 5 * b_col;
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
            c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
            c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(),
            c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    for (int64_t l = 0; l < kc; ++l, a += MR, b += NR) {
+    for (int64_t l = 0; l < kc; ++l, a += MR) {
+        const int64_t o = l * b_step;
         const __m256 a0 = _mm256_loadu_ps(a), a1 = _mm256_loadu_ps(a + 8);
-        __m256 bv = _mm256_broadcast_ss(b);
+        __m256 bv = _mm256_broadcast_ss(b0 + o);
         c00 = _mm256_fmadd_ps(a0, bv, c00);
         c01 = _mm256_fmadd_ps(a1, bv, c01);
-        bv = _mm256_broadcast_ss(b + 1);
+        bv = _mm256_broadcast_ss(b1 + o);
         c10 = _mm256_fmadd_ps(a0, bv, c10);
         c11 = _mm256_fmadd_ps(a1, bv, c11);
-        bv = _mm256_broadcast_ss(b + 2);
+        bv = _mm256_broadcast_ss(b2 + o);
         c20 = _mm256_fmadd_ps(a0, bv, c20);
         c21 = _mm256_fmadd_ps(a1, bv, c21);
-        bv = _mm256_broadcast_ss(b + 3);
+        bv = _mm256_broadcast_ss(b3 + o);
         c30 = _mm256_fmadd_ps(a0, bv, c30);
         c31 = _mm256_fmadd_ps(a1, bv, c31);
-        bv = _mm256_broadcast_ss(b + 4);
+        bv = _mm256_broadcast_ss(b4 + o);
         c40 = _mm256_fmadd_ps(a0, bv, c40);
         c41 = _mm256_fmadd_ps(a1, bv, c41);
-        bv = _mm256_broadcast_ss(b + 5);
+        bv = _mm256_broadcast_ss(b5 + o);
         c50 = _mm256_fmadd_ps(a0, bv, c50);
         c51 = _mm256_fmadd_ps(a1, bv, c51);
     }
@@ -175,9 +183,16 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
         for (int64_t pc = 0; pc < k; pc += KC) {
             const int64_t kc = std::min(KC, k - pc);
             const bool accumulate = pc > 0;
+            // Packing B pays off when many A slivers reuse it. Against few (attention's V x softmax: 40 rows
+            // by 4096 x 4096) f32 B is read in place, its rows being the broadcast streams; only a last sliver
+            // of fewer than NR columns is packed then.
+            const bool b_rows = std::is_same<TB, float>::value && m1 - m0 <= 4 * MR;
             b_panels.resize(n_slivers * NR * kc + PANEL_SLACK);
             for (int64_t s = 0; s < n_slivers; ++s) {
-                pack_cols_of_b(B, ldb, jc + s * NR, std::min(NR, nc - s * NR), pc, kc, b_panels.data() + s * NR * kc);
+                const int64_t cols = std::min(NR, nc - s * NR);
+                if (!b_rows || cols < NR) {
+                    pack_cols_of_b(B, ldb, jc + s * NR, cols, pc, kc, b_panels.data() + s * NR * kc);
+                }
             }
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
@@ -188,16 +203,20 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                 }
                 for (int64_t sj = 0; sj < n_slivers; ++sj) {
                     const int64_t j = jc + sj * NR, cols = std::min(NR, n1 - j);
-                    const float* b = b_panels.data() + sj * NR * kc;
+                    const bool in_place = b_rows && cols == NR;
+                    const float* b = in_place ? reinterpret_cast<const float*>(B) + j * ldb + pc
+                                              : b_panels.data() + sj * NR * kc;
                     for (int64_t si = 0; si < m_slivers; ++si) {
                         const int64_t i = ic + si * MR, rows = std::min(MR, m1 - i);
                         const float* a = a_panels.data() + si * MR * kc;
                         float* c = C + j * ldc + i;
                         if (rows == MR && cols == NR) {
-                            register_tile(kc, a, b, c, ldc, accumulate);
+                            if (in_place) register_tile<true>(kc, a, b, ldb, c, ldc, accumulate);
+                            else register_tile<false>(kc, a, b, ldb, c, ldc, accumulate);
                             continue;
                         }
-                        register_tile(kc, a, b, edge, MR, false);
+                        if (in_place) register_tile<true>(kc, a, b, ldb, edge, MR, false);
+                        else register_tile<false>(kc, a, b, ldb, edge, MR, false);
                         for (int64_t jj = 0; jj < cols; ++jj) {
                             for (int64_t ii = 0; ii < rows; ++ii) {
                                 const float v = edge[jj * MR + ii];
