@@ -73,3 +73,20 @@ def test_tiny_flux_on_vulkan_is_close_to_the_cpu_build(flux_parts, tmp_path):
     # Different kernels, different rounding: measured within a few levels (max 4 on a 256x256 run).
     assert difference.mean() < 2.0 and difference.max() <= 16, (difference.mean(), difference.max())
     print(f"vulkan vs cpu: mean {difference.mean():.2f}, max {difference.max()}", file=sys.stderr)
+
+
+def test_without_a_usable_device_a_warning_says_so_and_the_cpu_computes(flux_parts, tmp_path):
+    # llvmpipe left unnamed: the Vulkan build finds no Vulkan device. It must say so, not silently use the CPU.
+    env = {name: value for name, value in os.environ.items() if name != "GGML_VK_VISIBLE_DEVICES"}
+    parts = {name: str(path) for name, path in flux_parts.items()}
+    code = "import warnings; warnings.simplefilter('always')\n" + GENERATE
+    result = subprocess.run([str(VULKAN_PYTHON), "-c", code, json.dumps(parts), str(tmp_path / "cpu.npy")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "built for vulkan but ggml found no vulkan device: this Context runs on the CPU" in result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "device='CPU'" in report["repr"] and all(kind == "cpu" for _, kind in report["devices"])
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
+        cpu = ctx.txt2img("a red cube", width=64, height=64, steps=2, cfg_scale=1.0, seed=42)[0]
+    # The Vulkan build's CPU backend is the same code as the CPU build's.
+    np.testing.assert_array_equal(np.load(tmp_path / "cpu.npy"), cpu)
