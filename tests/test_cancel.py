@@ -128,7 +128,11 @@ def test_cancel_from_another_thread_stops_inside_a_long_step(sd1_checkpoint):
         np.testing.assert_array_equal(after, fresh.txt2img("a red cube", **SD1_SMALL)[0])
 
 
-CTRL_C_CHILD = textwrap.dedent("""
+# A runner started as a background job without job control (`cmd &` in a script) hands its children SIGINT
+# ignored; these children stand for an interactive program, so they put Python's default handler back.
+RESTORE_CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+CTRL_C_CHILD = RESTORE_CTRL_C + textwrap.dedent("""
     import json, sys
     import numpy as np
     import sdcpp_py
@@ -196,8 +200,8 @@ def test_calls_waiting_on_the_context_are_cancelled_too(flux):
     assert outcomes == {"first": "cancelled", "second": "cancelled"}
 
 
-CTRL_C_WHILE_WAITING_CHILD = textwrap.dedent("""
-    import json, os, signal, sys, threading
+CTRL_C_WHILE_WAITING_CHILD = RESTORE_CTRL_C + textwrap.dedent("""
+    import json, os, signal, sys, threading, time
     import sdcpp_py
     parts = json.loads(sys.argv[1])
     ctx = sdcpp_py.Context(**parts, n_threads=2)
@@ -205,6 +209,7 @@ CTRL_C_WHILE_WAITING_CHILD = textwrap.dedent("""
     def progress(step, steps, seconds):
         worker_steps.append(step)
         started.set()
+        time.sleep(0.1)  # the worker's call must outlast the 1 s timer however fast the steps are
     def worker():
         try:
             ctx.txt2img("a red cube", width=64, height=64, steps=30, cfg_scale=1.0, progress=progress)
