@@ -25,6 +25,7 @@ constexpr int64_t NR = 6;     // C columns per register tile: broadcast
 constexpr int64_t KC = 256;   // depth of a packed panel: a 6-column B sliver (6 KiB) stays in L1
 constexpr int64_t MC = 144;   // rows of A packed at once: 144 KiB, in L2
 constexpr int64_t NC = 2040;  // columns of B packed at once: 2 MiB, in L3
+static_assert(MC % MR == 0 && NC % NR == 0, "a block holds whole slivers: only the matrix's end has a short one");
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) {
