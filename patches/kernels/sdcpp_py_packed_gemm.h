@@ -59,6 +59,16 @@ inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r
     r7 = _mm256_insertf128_ps(s7, _mm256_extractf128_ps(s3, 1), 0);
 }
 
+// Steps l..l+7 of ROWS source rows (`stride` apart; rows past ROWS read as zero), transposed: dst gets
+// 8 vectors of 8 floats, `dst_stride` apart, vector t holding step l+t of each row.
+template <int ROWS, typename T>
+inline void transpose_8_steps(const T* src, int64_t stride, float* dst, int64_t dst_stride) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = i < ROWS ? load8(src + i * stride) : _mm256_setzero_ps();
+    transpose8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+    for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + t * dst_stride, r[t]);
+}
+
 // MR rows of A (from row i0, `rows` of them real, the rest zero), depth kc from column pc, as
 // panel[l*MR + r]: one register tile's A operand per step l.
 template <typename T>
@@ -67,20 +77,7 @@ void pack_rows_of_a(const T* A, int64_t lda, int64_t i0, int64_t rows, int64_t p
     if (rows == MR) {
         for (; l + 8 <= kc; l += 8) {
             for (int64_t half = 0; half < MR; half += 8) {
-                const T* src = A + (i0 + half) * lda + pc + l;
-                __m256 r0 = load8(src), r1 = load8(src + lda), r2 = load8(src + 2 * lda),
-                       r3 = load8(src + 3 * lda), r4 = load8(src + 4 * lda), r5 = load8(src + 5 * lda),
-                       r6 = load8(src + 6 * lda), r7 = load8(src + 7 * lda);
-                transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
-                float* dst = panel + l * MR + half;
-                _mm256_storeu_ps(dst, r0);
-                _mm256_storeu_ps(dst + MR, r1);
-                _mm256_storeu_ps(dst + 2 * MR, r2);
-                _mm256_storeu_ps(dst + 3 * MR, r3);
-                _mm256_storeu_ps(dst + 4 * MR, r4);
-                _mm256_storeu_ps(dst + 5 * MR, r5);
-                _mm256_storeu_ps(dst + 6 * MR, r6);
-                _mm256_storeu_ps(dst + 7 * MR, r7);
+                transpose_8_steps<8>(A + (i0 + half) * lda + pc + l, lda, panel + l * MR + half, MR);
             }
         }
     }
@@ -101,19 +98,7 @@ void pack_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t p
     if (cols == NR) {
         const T* src = B + j0 * ldb + pc;
         for (; l + 8 <= kc; l += 8) {
-            __m256 r0 = load8(src + l), r1 = load8(src + ldb + l), r2 = load8(src + 2 * ldb + l),
-                   r3 = load8(src + 3 * ldb + l), r4 = load8(src + 4 * ldb + l), r5 = load8(src + 5 * ldb + l),
-                   r6 = _mm256_setzero_ps(), r7 = _mm256_setzero_ps();
-            transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
-            float* dst = panel + l * NR;
-            _mm256_storeu_ps(dst, r0);
-            _mm256_storeu_ps(dst + NR, r1);
-            _mm256_storeu_ps(dst + 2 * NR, r2);
-            _mm256_storeu_ps(dst + 3 * NR, r3);
-            _mm256_storeu_ps(dst + 4 * NR, r4);
-            _mm256_storeu_ps(dst + 5 * NR, r5);
-            _mm256_storeu_ps(dst + 6 * NR, r6);
-            _mm256_storeu_ps(dst + 7 * NR, r7);
+            transpose_8_steps<NR>(src + l, ldb, panel + l * NR, NR);
         }
     }
     for (; l < kc; ++l) {
