@@ -156,13 +156,44 @@ inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ld
     }
 }
 
+// Register tiles over a rows x cols block of C (C points at its first element) at depth kc. A: packed
+// slivers, sliver si at a_panels + si*MR*kc. B: packed slivers at b_panels + sj*NR*kc or, where b_rows is
+// given, whole slivers read in place as f32 rows (b_rows + j*ldb); a last short sliver is always packed.
+inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_panels, const float* b_panels,
+                       const float* b_rows, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+    alignas(32) float edge[NR * MR];
+    const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
+    for (int64_t sj = 0; sj < n_slivers; ++sj) {
+        const int64_t j = sj * NR, sliver_cols = std::min(NR, cols - j);
+        const bool in_place = b_rows != nullptr && sliver_cols == NR;
+        const float* b = in_place ? b_rows + j * ldb : b_panels + sj * NR * kc;
+        for (int64_t si = 0; si < m_slivers; ++si) {
+            const int64_t i = si * MR, sliver_rows = std::min(MR, rows - i);
+            const float* a = a_panels + si * MR * kc;
+            float* c = C + j * ldc + i;
+            if (sliver_rows == MR && sliver_cols == NR) {
+                if (in_place) register_tile<true>(kc, a, b, ldb, c, ldc, accumulate);
+                else register_tile<false>(kc, a, b, ldb, c, ldc, accumulate);
+                continue;
+            }
+            if (in_place) register_tile<true>(kc, a, b, ldb, edge, MR, false);
+            else register_tile<false>(kc, a, b, ldb, edge, MR, false);
+            for (int64_t jj = 0; jj < sliver_cols; ++jj) {
+                for (int64_t ii = 0; ii < sliver_rows; ++ii) {
+                    const float v = edge[jj * MR + ii];
+                    c[jj * ldc + ii] = accumulate ? c[jj * ldc + ii] + v : v;
+                }
+            }
+        }
+    }
+}
+
 // C rows [m0, m1) x columns [n0, n1), all of depth k.
 template <typename TA, typename TB>
 void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const TA* A, int64_t lda,
                 const TB* B, int64_t ldb, float* C, int64_t ldc) {
     // Reused across calls on ggml's worker threads; freed when they end.
     thread_local std::vector<float> a_panels, b_panels;
-    alignas(32) float edge[NR * MR];
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);
         const int64_t n_slivers = (nc + NR - 1) / NR;
@@ -180,6 +211,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                     pack_cols_of_b(B, ldb, jc + s * NR, cols, pc, kc, b_panels.data() + s * NR * kc);
                 }
             }
+            const float* b_in_place = b_rows ? reinterpret_cast<const float*>(B) + jc * ldb + pc : nullptr;
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 const int64_t m_slivers = (mc + MR - 1) / MR;
@@ -187,30 +219,8 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                 for (int64_t s = 0; s < m_slivers; ++s) {
                     pack_rows_of_a(A, lda, ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
                 }
-                for (int64_t sj = 0; sj < n_slivers; ++sj) {
-                    const int64_t j = jc + sj * NR, cols = std::min(NR, n1 - j);
-                    const bool in_place = b_rows && cols == NR;
-                    const float* b = in_place ? reinterpret_cast<const float*>(B) + j * ldb + pc
-                                              : b_panels.data() + sj * NR * kc;
-                    for (int64_t si = 0; si < m_slivers; ++si) {
-                        const int64_t i = ic + si * MR, rows = std::min(MR, m1 - i);
-                        const float* a = a_panels.data() + si * MR * kc;
-                        float* c = C + j * ldc + i;
-                        if (rows == MR && cols == NR) {
-                            if (in_place) register_tile<true>(kc, a, b, ldb, c, ldc, accumulate);
-                            else register_tile<false>(kc, a, b, ldb, c, ldc, accumulate);
-                            continue;
-                        }
-                        if (in_place) register_tile<true>(kc, a, b, ldb, edge, MR, false);
-                        else register_tile<false>(kc, a, b, ldb, edge, MR, false);
-                        for (int64_t jj = 0; jj < cols; ++jj) {
-                            for (int64_t ii = 0; ii < rows; ++ii) {
-                                const float v = edge[jj * MR + ii];
-                                c[jj * ldc + ii] = accumulate ? c[jj * ldc + ii] + v : v;
-                            }
-                        }
-                    }
-                }
+                tile_block(mc, nc, kc, a_panels.data(), b_panels.data(), b_in_place, ldb, C + jc * ldc + ic, ldc,
+                           accumulate);
             }
         }
     }
