@@ -1,0 +1,135 @@
+// sdcpp-py patch 0006: the compute side of the fused CPU attention (see sdcpp_py_attention.h).
+//
+// Per head, K and V are packed once; then each block of QB queries gets its L_k x QB scores from the packed
+// kernel's register tiles, ggml's scale and softmax steps on each score row while it is in cache, and its
+// outputs from the tiles again with the scores read in place. Every score and output element is summed in
+// the order the unfused mul_mat nodes use (one tile's FMA chain per KC-deep block, blocks added in order),
+// and the softmax calls ggml's own vector functions, so the result is bitwise that of the four nodes.
+#include "sdcpp_py_attention.h"
+
+#include "ggml-cpu-impl.h"
+#include "sdcpp_py_packed_gemm.h"
+#include "vec.h"
+
+#include <cmath>
+
+#if defined(SDCPP_PY_PACKED_GEMM) && defined(GGML_USE_LLAMAFILE)
+#define SDCPP_PY_CPU_ATTENTION_COMPILED 1
+#endif
+
+extern "C" bool sdcpp_py_cpu_attention_available(void) {
+#if defined(SDCPP_PY_CPU_ATTENTION_COMPILED)
+    return true;
+#else
+    return false;
+#endif
+}
+
+#if defined(SDCPP_PY_CPU_ATTENTION_COMPILED)
+
+namespace sdcpp_py_gemm {
+namespace {
+
+constexpr int64_t QB = 4 * NR;  // queries per block: 4096 keys' scores for them (384 KiB) stay in L2
+
+// Every KC-deep block of an m x depth f32 matrix's rows as packed A slivers; block pc starts at
+// panels + m_padded * pc.
+void pack_all_rows(const float* A, int64_t lda, int64_t m, int64_t depth, std::vector<float>& panels) {
+    const int64_t m_slivers = (m + MR - 1) / MR;
+    panels.resize(m_slivers * MR * depth);
+    for (int64_t pc = 0; pc < depth; pc += KC) {
+        const int64_t kc = std::min(KC, depth - pc);
+        float* block = panels.data() + m_slivers * MR * pc;
+        for (int64_t s = 0; s < m_slivers; ++s) {
+            pack_rows_of_a(A, lda, s * MR, std::min(MR, m - s * MR), pc, kc, block + s * MR * kc);
+        }
+    }
+}
+
+// C (rows x cols, column stride ldc) = A B^T from A's packed blocks (pack_all_rows) over the given depth,
+// B's KC-deep blocks packed into b_panels or, with b_in_place, whole slivers read as f32 rows.
+void product(int64_t rows, int64_t cols, int64_t depth, const std::vector<float>& a_packed, const float* B,
+             int64_t ldb, bool b_in_place, std::vector<float>& b_panels, float* C, int64_t ldc) {
+    const int64_t m_padded = (rows + MR - 1) / MR * MR, n_slivers = (cols + NR - 1) / NR;
+    for (int64_t pc = 0; pc < depth; pc += KC) {
+        const int64_t kc = std::min(KC, depth - pc);
+        b_panels.resize(n_slivers * NR * kc + PANEL_SLACK);
+        for (int64_t s = 0; s < n_slivers; ++s) {
+            const int64_t sliver_cols = std::min(NR, cols - s * NR);
+            if (!b_in_place || sliver_cols < NR) {
+                pack_cols_of_b(B, ldb, s * NR, sliver_cols, pc, kc, b_panels.data() + s * NR * kc);
+            }
+        }
+        const float* a_block = a_packed.data() + m_padded * pc;
+        for (int64_t ic = 0; ic < rows; ic += MC) {
+            tile_block(std::min(MC, rows - ic), cols, kc, a_block + ic * kc, b_panels.data(),
+                       b_in_place ? B + pc : nullptr, ldb, C + ic, ldc, pc > 0);
+        }
+    }
+}
+
+// The graph's ggml_scale, then ggml_soft_max (scale 1, no mask) on one row of scores, in place.
+void scaled_softmax(float* row, int64_t n, float scale) {
+    // x * scale and the maximum are exact, so lanes in any order give ggml's values.
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(row + i), vscale);
+        _mm256_storeu_ps(row + i, x);
+        vmax = _mm256_max_ps(vmax, x);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
+    float max = -INFINITY;
+    for (float lane : lanes) max = std::max(max, lane);
+    for (; i < n; ++i) {
+        row[i] *= scale;
+        max = std::max(max, row[i]);
+    }
+    ggml_float sum = ggml_vec_soft_max_f32(static_cast<int>(n), row, row, max);
+    sum = 1.0 / sum;
+    ggml_vec_scale_f32(static_cast<int>(n), row, sum);
+}
+
+}  // namespace
+}  // namespace sdcpp_py_gemm
+
+extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
+    using namespace sdcpp_py_gemm;
+    const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];
+    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2] * q->ne[3];
+    float scale;
+    const uint32_t scale_bits = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(userdata));
+    std::memcpy(&scale, &scale_bits, sizeof scale);
+
+    // Units are (head, query block); each thread takes a contiguous run, so it packs each head's K and V
+    // once. No barrier: units write disjoint outputs.
+    const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = heads * blocks_per_head;
+    const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
+    std::vector<float> k_packed, v_packed, b_panels, scores(L_k * QB);
+    int64_t packed_head = -1;
+    for (int64_t u = u0; u < u1; ++u) {
+        const int64_t h = u / blocks_per_head, j0 = (u % blocks_per_head) * QB, nq = std::min(QB, L_q - j0);
+        const float* qh = static_cast<const float*>(q->data) + h * L_q * d_head;
+        float* out = static_cast<float*>(dst->data) + h * L_q * d_head;
+        if (h != packed_head) {
+            pack_all_rows(static_cast<const float*>(k->data) + h * L_k * d_head, d_head, L_k, d_head, k_packed);
+            pack_all_rows(static_cast<const float*>(v->data) + h * d_head * L_k, L_k, d_head, L_k, v_packed);
+            packed_head = h;
+        }
+        // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
+        product(L_k, nq, d_head, k_packed, qh + j0 * d_head, d_head, false, b_panels, scores.data(), L_k);
+        for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores.data() + j * L_k, L_k, scale);
+        // out[j * d_head + i] = V^T_i . P_j, as mul_mat(v, softmax) lays them out.
+        product(d_head, nq, L_k, v_packed, scores.data(), L_k, true, b_panels, out + j0 * d_head, d_head);
+    }
+}
+
+#else
+
+extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor*, int, int, void*) {
+    GGML_ABORT("sdcpp-py: the fused CPU attention was not compiled (sdcpp_py_cpu_attention_available is false)");
+}
+
+#endif
