@@ -36,7 +36,7 @@ void register_info(py::module_& m);
 void register_context(py::module_& m);
 void register_tools(py::module_& m);
 void register_testing(py::module_& m);
-void register_testing_attention(py::module_& m);
+void register_testing_core(py::module_& m);
 
 // The core keeps its callbacks and a log buffer in process globals, so one core call runs at a time.
 std::mutex& core_mutex();

@@ -1,6 +1,6 @@
 // Windows on ggml's CPU matrix product and convolution for the test suite: patches 0004 (our packed kernel)
 // and 0005 (im2col) are checked against numpy through them, on shapes the generation tests do not isolate.
-// The core's attention (patch 0006) has its window in register_testing_attention.cpp.
+// The core's attention and convolution (patches 0006, 0007) have theirs in register_testing_core.cpp.
 #include "common.hpp"
 
 #include <cstring>
@@ -108,7 +108,7 @@ void register_testing(py::module_& m) {
     m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("n_threads") = 1,
           "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");
-    register_testing_attention(m);
+    register_testing_core(m);
 }
 
 }  // namespace sdcpp

@@ -188,10 +188,21 @@ inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_pa
     }
 }
 
+// A as rows in memory, f16 or f32. An A operand is anything with this pack(): patch 0007's convolution
+// packs its rows straight from the image instead.
+template <typename T>
+struct RowsOfA {
+    const T* A;
+    int64_t lda;
+    void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
+        pack_rows_of_a(A, lda, i0, rows, pc, kc, panel);
+    }
+};
+
 // C rows [m0, m1) x columns [n0, n1), all of depth k.
-template <typename TA, typename TB>
-void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const TA* A, int64_t lda,
-                const TB* B, int64_t ldb, float* C, int64_t ldc) {
+template <typename APack, typename TB>
+void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const APack& A, const TB* B,
+                int64_t ldb, float* C, int64_t ldc) {
     // Reused across calls on ggml's worker threads; freed when they end.
     thread_local std::vector<float> a_panels, b_panels;
     for (int64_t jc = n0; jc < n1; jc += NC) {
@@ -217,7 +228,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                 const int64_t m_slivers = (mc + MR - 1) / MR;
                 a_panels.resize(m_slivers * MR * kc);
                 for (int64_t s = 0; s < m_slivers; ++s) {
-                    pack_rows_of_a(A, lda, ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
+                    A.pack(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
                 }
                 tile_block(mc, nc, kc, a_panels.data(), b_panels.data(), b_in_place, ldb, C + jc * ldc + ic, ldc,
                            accumulate);
@@ -228,16 +239,16 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
 
 // This thread's share of C: whole register tiles along the longer side, so that each thread packs half of
 // the larger operand and all of the smaller one. No barrier: shares do not overlap.
-template <typename TA, typename TB>
-void gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const TA* A, int64_t lda, const TB* B,
-                int64_t ldb, float* C, int64_t ldc) {
+template <typename APack, typename TB>
+void gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
+                float* C, int64_t ldc) {
     const int64_t m_tiles = (m + MR - 1) / MR, n_tiles = (n + NR - 1) / NR;
     if (m >= n && m_tiles >= nth) {
         const int64_t t0 = m_tiles * ith / nth, t1 = m_tiles * (ith + 1) / nth;
-        if (t0 < t1) gemm_block(t0 * MR, std::min(m, t1 * MR), 0, n, k, A, lda, B, ldb, C, ldc);
+        if (t0 < t1) gemm_block(t0 * MR, std::min(m, t1 * MR), 0, n, k, A, B, ldb, C, ldc);
     } else {
         const int64_t t0 = n_tiles * ith / nth, t1 = n_tiles * (ith + 1) / nth;
-        if (t0 < t1) gemm_block(0, m, t0 * NR, std::min(n, t1 * NR), k, A, lda, B, ldb, C, ldc);
+        if (t0 < t1) gemm_block(0, m, t0 * NR, std::min(n, t1 * NR), k, A, B, ldb, C, ldc);
     }
 }
 
@@ -248,14 +259,14 @@ inline bool packed_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const
     if ((Atype != F32 && Atype != F16) || (Btype != F32 && Btype != F16)) return false;
     // Tiny products are not worth packing.
     if (m < MR || n < NR || k < 8) return false;
-    const auto* a16 = static_cast<const uint16_t*>(A);
-    const auto* a32 = static_cast<const float*>(A);
+    const RowsOfA<uint16_t> a16{static_cast<const uint16_t*>(A), lda};
+    const RowsOfA<float> a32{static_cast<const float*>(A), lda};
     const auto* b16 = static_cast<const uint16_t*>(B);
     const auto* b32 = static_cast<const float*>(B);
-    if (Atype == F16 && Btype == F16) gemm_share(ith, nth, m, n, k, a16, lda, b16, ldb, C, ldc);
-    else if (Atype == F16) gemm_share(ith, nth, m, n, k, a16, lda, b32, ldb, C, ldc);
-    else if (Btype == F16) gemm_share(ith, nth, m, n, k, a32, lda, b16, ldb, C, ldc);
-    else gemm_share(ith, nth, m, n, k, a32, lda, b32, ldb, C, ldc);
+    if (Atype == F16 && Btype == F16) gemm_share(ith, nth, m, n, k, a16, b16, ldb, C, ldc);
+    else if (Atype == F16) gemm_share(ith, nth, m, n, k, a16, b32, ldb, C, ldc);
+    else if (Btype == F16) gemm_share(ith, nth, m, n, k, a32, b16, ldb, C, ldc);
+    else gemm_share(ith, nth, m, n, k, a32, b32, ldb, C, ldc);
     return true;
 }
 

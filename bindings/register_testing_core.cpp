@@ -1,0 +1,164 @@
+// Windows on the core's attention (ggml_ext_attention_ext) and convolution (ggml_ext_conv_2d) for the test
+// suite: patches 0006/0007's fused CPU nodes against the core's own graphs and numpy. Their own file:
+// ggml_extend.hpp brings the core's CPU-backend helpers, which clash with ggml-cpu.h.
+#include "common.hpp"
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "ggml_extend.hpp"
+
+namespace sdcpp {
+
+namespace {
+
+struct GgmlContextDeleter {
+    void operator()(ggml_context* ctx) const { ggml_free(ctx); }
+};
+struct GallocrDeleter {
+    void operator()(ggml_gallocr* galloc) const { ggml_gallocr_free(galloc); }
+};
+struct BackendDeleter {
+    void operator()(ggml_backend* backend) const { ggml_backend_free(backend); }
+};
+
+// Allocates the graph of `out` on the CPU backend, fills its inputs, computes it with n_threads and returns
+// (output, graph node ops, compute buffer bytes).
+py::tuple compute_core_graph(ggml_backend_t backend, ggml_context* ctx, ggml_tensor* out,
+                             const std::vector<std::pair<ggml_tensor*, const void*>>& inputs, int n_threads,
+                             std::vector<py::ssize_t> shape) {
+    ggml_set_output(out);
+    ggml_cgraph* graph = ggml_new_graph(ctx);
+    ggml_build_forward_expand(graph, out);
+    std::unique_ptr<ggml_gallocr, GallocrDeleter> galloc(ggml_gallocr_new(ggml_backend_cpu_buffer_type()));
+    if (!ggml_gallocr_alloc_graph(galloc.get(), graph)) throw std::runtime_error("ggml_gallocr_alloc_graph failed");
+    for (const auto& [tensor, data] : inputs) ggml_backend_tensor_set(tensor, data, 0, ggml_nbytes(tensor));
+    ggml_backend_cpu_set_n_threads(backend, n_threads);
+    ggml_status status;
+    {
+        py::gil_scoped_release release;
+        status = ggml_backend_graph_compute(backend, graph);
+    }
+    if (status != GGML_STATUS_SUCCESS) throw std::runtime_error("ggml_backend_graph_compute failed");
+    py::array_t<float> result(shape);
+    ggml_backend_tensor_get(out, result.mutable_data(), 0, ggml_nbytes(out));
+    std::vector<std::string> ops;
+    for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) ops.emplace_back(ggml_op_desc(ggml_graph_node(graph, i)));
+    return py::make_tuple(result, ops, ggml_gallocr_get_buffer_size(galloc.get(), 0));
+}
+
+// The core's ggml_ext_attention_ext (no mask, no flash attention) on q (L_q, C), k and v (L_k, C), C = n_head
+// heads of C / n_head, computed on ggml's CPU backend. With on_cpu_backend false the graph is built as for
+// another backend (the core's own four nodes), then computed on the CPU all the same. Returns the (L_q, C)
+// output, the graph's node ops and the compute buffer the allocator needed.
+py::tuple cpu_attention(const py::array_t<float, py::array::c_style>& q, const py::array_t<float, py::array::c_style>& k,
+                        const py::array_t<float, py::array::c_style>& v, int n_head, int n_threads,
+                        bool on_cpu_backend) {
+    if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2) {
+        throw std::invalid_argument("q, k, v: expected 2-D arrays (tokens, channels)");
+    }
+    const int64_t L_q = q.shape(0), C = q.shape(1), L_k = k.shape(0);
+    if (k.shape(1) != C || v.shape(0) != L_k || v.shape(1) != C) {
+        throw std::invalid_argument("k, v: expected (L_k, C) with q's C and the same L_k");
+    }
+    if (n_head < 1 || C % n_head != 0) {
+        throw std::invalid_argument("n_head: expected a divisor of C=" + std::to_string(C));
+    }
+    if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
+    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
+    if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
+    const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    ggml_tensor* tq = ggml_new_tensor_3d(ctx.get(), GGML_TYPE_F32, C, L_q, 1);
+    ggml_tensor* tk = ggml_new_tensor_3d(ctx.get(), GGML_TYPE_F32, C, L_k, 1);
+    ggml_tensor* tv = ggml_new_tensor_3d(ctx.get(), GGML_TYPE_F32, C, L_k, 1);
+    for (ggml_tensor* t : {tq, tk, tv}) ggml_set_input(t);
+    ggml_tensor* out = ggml_ext_attention_ext(ctx.get(), on_cpu_backend ? backend.get() : nullptr, tq, tk, tv,
+                                              n_head, nullptr, false, false);
+    return compute_core_graph(backend.get(), ctx.get(), out, {{tq, q.data()}, {tk, k.data()}, {tv, v.data()}},
+                              n_threads, {L_q, C});
+}
+
+// The core's ggml_ext_conv_2d (no bias, not direct) of an f32 image (N, IC, H, W) with an f16 kernel
+// (OC, IC, KH, KW), given as its bits, on the CPU backend; with on_cpu_backend false, the graph built for
+// other backends. Returns (output (N, OC, OH, OW), graph node ops, compute buffer bytes).
+py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
+                       const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
+                       int n_threads, bool on_cpu_backend) {
+    if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
+    if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
+    const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
+                  KW = kernel_f16_bits.shape(3);
+    const int64_t N = image.shape(0), H = image.shape(2), W = image.shape(3);
+    if (image.shape(1) != IC) throw std::invalid_argument("image: channel count differs from the kernel's");
+    if (stride < 1 || dilation < 1 || padding < 0 || n_threads < 1) {
+        throw std::invalid_argument("stride, dilation, n_threads: expected at least 1; padding: at least 0");
+    }
+    const int64_t OH = (H + 2 * padding - dilation * (KH - 1) - 1) / stride + 1,
+                  OW = (W + 2 * padding - dilation * (KW - 1) - 1) / stride + 1;
+    if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
+    if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
+    const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    ggml_tensor* tk = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
+    ggml_tensor* ti = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, W, H, IC, N);
+    for (ggml_tensor* t : {tk, ti}) ggml_set_input(t);
+    ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, nullptr, stride, stride, padding, padding, dilation,
+                                        dilation, false, false, false, 1.f, on_cpu_backend);
+    return compute_core_graph(backend.get(), ctx.get(), out, {{tk, kernel_f16_bits.data()}, {ti, image.data()}},
+                              n_threads, {N, OC, OH, OW});
+}
+
+}  // namespace
+
+void register_testing_core(py::module_& m) {
+    m.def("_cpu_attention", &cpu_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
+          py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
+          "Test hook: the core's attention on the CPU; returns (output, graph node ops, compute buffer bytes).");
+    m.def("_core_conv_2d", &core_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
+          py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
+          "Test hook: the core's Conv2d convolution on the CPU; returns (output, graph node ops, compute buffer bytes).");
+}
+
+// The core's ggml_ext_conv_2d (no bias, not direct) of an f32 image (N, IC, H, W) with an f16 kernel
+// (OC, IC, KH, KW), given as its bits, on the CPU backend; with on_cpu_backend false, the graph built for
+// other backends. Returns (output (N, OC, OH, OW), graph node ops, compute buffer bytes).
+py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
+                       const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
+                       int n_threads, bool on_cpu_backend) {
+    if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
+    if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
+    const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
+                  KW = kernel_f16_bits.shape(3);
+    const int64_t N = image.shape(0), H = image.shape(2), W = image.shape(3);
+    if (image.shape(1) != IC) throw std::invalid_argument("image: channel count differs from the kernel's");
+    if (stride < 1 || dilation < 1 || padding < 0 || n_threads < 1) {
+        throw std::invalid_argument("stride, dilation, n_threads: expected at least 1; padding: at least 0");
+    }
+    const int64_t OH = (H + 2 * padding - dilation * (KH - 1) - 1) / stride + 1,
+                  OW = (W + 2 * padding - dilation * (KW - 1) - 1) / stride + 1;
+    if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
+    if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
+    const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    ggml_tensor* tk = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
+    ggml_tensor* ti = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, W, H, IC, N);
+    for (ggml_tensor* t : {tk, ti}) ggml_set_input(t);
+    ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, nullptr, stride, stride, padding, padding, dilation,
+                                        dilation, false, false, false, 1.f, on_cpu_backend);
+    return compute_core_graph(backend.get(), ctx.get(), out, {{tk, kernel_f16_bits.data()}, {ti, image.data()}},
+                              n_threads, {N, OC, OH, OW});
+}
+
+}  // namespace sdcpp

@@ -1,0 +1,121 @@
+// sdcpp-py patch 0007: the compute side of the fused CPU convolution (see sdcpp_py_conv.h).
+//
+// The packed kernel's A operand is im2col's matrix without the matrix: an A sliver is 16 consecutive output
+// pixels, its step l one (input channel, kernel row, kernel column) in im2col's order, and its values the
+// input pixels under that kernel tap, rounded to f16 as im2col rounds them. Where the 16 pixels lie in one
+// output row and the stride is 1, that is two (masked at the image's edges) vector loads per step.
+#include "sdcpp_py_conv.h"
+
+#include "ggml-cpu-impl.h"
+#include "sdcpp_py_packed_gemm.h"
+
+#if defined(SDCPP_PY_PACKED_GEMM) && defined(GGML_USE_LLAMAFILE)
+#define SDCPP_PY_CPU_CONV_COMPILED 1
+#endif
+
+extern "C" bool sdcpp_py_cpu_conv_2d_available(void) {
+#if defined(SDCPP_PY_CPU_CONV_COMPILED)
+    return true;
+#else
+    return false;
+#endif
+}
+
+#if defined(SDCPP_PY_CPU_CONV_COMPILED)
+
+namespace sdcpp_py_gemm {
+namespace {
+
+// Round to f16 and back: the value im2col stores and the product reads.
+inline __m256 through_f16(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
+inline float through_f16(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
+
+// One image (IC, IH, IW) seen as im2col's (OH*OW) x (IC*KH*KW) matrix.
+struct ImageColumns {
+    const float* x;
+    int64_t IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1;
+
+    void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
+        const int64_t oh0 = i0 / OW, ow0 = i0 % OW;
+        const bool one_row = rows == MR && ow0 + MR <= OW && s0 == 1;
+        // Step pc as (channel, kernel row, kernel column), then counted up: no division per step.
+        int64_t ic = pc / (KH * KW), kh = pc / KW % KH, kw = pc % KW;
+        for (int64_t l = 0; l < kc; ++l, panel += MR) {
+            if (one_row) {
+                pack_run(ic, oh0 * s1 + kh * d1 - p1, ow0 + kw * d0 - p0, panel);
+            } else {
+                for (int64_t r = 0; r < MR; ++r) {
+                    const int64_t i = i0 + r, oh = i / OW, ow = i % OW;
+                    const int64_t ih = oh * s1 + kh * d1 - p1, iw = ow * s0 + kw * d0 - p0;
+                    const bool inside = r < rows && ih >= 0 && ih < IH && iw >= 0 && iw < IW;
+                    panel[r] = inside ? through_f16(x[(ic * IH + ih) * IW + iw]) : 0.0f;
+                }
+            }
+            if (++kw == KW) {
+                kw = 0;
+                if (++kh == KH) {
+                    kh = 0;
+                    ++ic;
+                }
+            }
+        }
+    }
+
+    // Input row ih of channel ic, columns iw..iw+15 (zero outside the image), into panel[0..15].
+    void pack_run(int64_t ic, int64_t ih, int64_t iw, float* panel) const {
+        if (ih < 0 || ih >= IH) {
+            _mm256_storeu_ps(panel, _mm256_setzero_ps());
+            _mm256_storeu_ps(panel + 8, _mm256_setzero_ps());
+            return;
+        }
+        const float* row = x + (ic * IH + ih) * IW;
+        if (iw >= 0 && iw + MR <= IW) {
+            _mm256_storeu_ps(panel, through_f16(_mm256_loadu_ps(row + iw)));
+            _mm256_storeu_ps(panel + 8, through_f16(_mm256_loadu_ps(row + iw + 8)));
+            return;
+        }
+        // At the image's edges: lanes outside the row are masked (never read) and come back zero.
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (int half = 0; half < 2; ++half) {
+            const int64_t start = iw + 8 * half;
+            const __m256i column = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(start)));
+            const __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
+                                                       _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(IW)), column));
+            const float* base = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + start * 4);
+            _mm256_storeu_ps(panel + 8 * half, through_f16(_mm256_maskload_ps(base, inside)));
+        }
+    }
+};
+
+}  // namespace
+}  // namespace sdcpp_py_gemm
+
+extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
+    using namespace sdcpp_py_gemm;
+    const ggml_tensor *w = dst->src[0], *x = dst->src[1];
+    uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
+    int64_t unpacked[6];
+    for (int i = 5; i >= 0; --i, params >>= 8) unpacked[i] = static_cast<int64_t>(params & 0xff);
+    const int64_t s0 = unpacked[0], s1 = unpacked[1], p0 = unpacked[2], p1 = unpacked[3], d0 = unpacked[4],
+                  d1 = unpacked[5];
+    const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
+    const int64_t IW = x->ne[0], IH = x->ne[1], N = x->ne[3];
+    const int64_t OW = dst->ne[0], OH = dst->ne[1];
+    const auto* kernel = static_cast<const uint16_t*>(w->data);
+    // Per image: C (OH*OW) x OC with column stride OH*OW is the image's (OC, OH, OW) output. The unfused
+    // product takes all images as one matrix; per element the sums are the same.
+    for (int64_t n = 0; n < N; ++n) {
+        const ImageColumns image{static_cast<const float*>(x->data) + n * IC * IH * IW, IW, IH, KW, KH, OW, s0, s1,
+                                 p0, p1, d0, d1};
+        float* out = static_cast<float*>(dst->data) + n * OC * OH * OW;
+        gemm_share(ith, nth, OH * OW, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, OH * OW);
+    }
+}
+
+#else
+
+extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor*, int, int, void*) {
+    GGML_ABORT("sdcpp-py: the fused CPU convolution was not compiled (sdcpp_py_cpu_conv_2d_available is false)");
+}
+
+#endif

@@ -1,0 +1,52 @@
+// sdcpp-py patch 0007: the graph side of a fused 2-D convolution for ggml's CPU backend.
+//
+// ggml_conv_2d is im2col (every input value copied KH*KW times, rounded to f16, into an
+// (N*OH*OW) x (IC*KH*KW) matrix), a matrix product, and a permuted copy of the result. On the CPU backend
+// sdcpp_py_cpu_conv_2d() returns one custom node instead (sdcpp_py_conv.cpp, compiled into ggml-cpu) whose
+// product packs its operand straight from the image, rounded to f16 the same way, and writes the result
+// in place: the same values in the same sums, so bitwise the same output. nullptr where it does not apply.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "ggml.h"
+
+extern "C" {
+// True when ggml-cpu was compiled with the packed kernel (patch 0004) the unfused product would use.
+bool sdcpp_py_cpu_conv_2d_available(void);
+// The custom op: dst (OW, OH, OC, N) = conv(src[0] kernel f16 (KW, KH, IC, OC), src[1] image f32
+// (IW, IH, IC, N)); op parameters stride, padding, dilation in userdata (see below).
+void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
+}
+
+// Stride, padding and dilation, 8 bits each (width then height), packed into the custom op's userdata.
+inline uintptr_t sdcpp_py_conv_2d_params(int s0, int s1, int p0, int p1, int d0, int d1) {
+    uintptr_t packed = 0;
+    for (int value : {s0, s1, p0, p1, d0, d1}) packed = (packed << 8) | static_cast<uintptr_t>(value);
+    return packed;
+}
+
+// The graph's ggml_conv_2d(w, x, ...) as one node, for sizes where its product would run on the packed
+// kernel (it declines m < 16, n < 6, k < 8: only there are the sums the same).
+inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu, ggml_tensor* w, ggml_tensor* x,
+                                         int s0, int s1, int p0, int p1, int d0, int d1) {
+    if (!backend_is_cpu || !sdcpp_py_cpu_conv_2d_available()) return nullptr;
+    if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
+        return nullptr;
+    }
+    for (int value : {s0, s1, d0, d1}) {
+        if (value < 1 || value > 255) return nullptr;
+    }
+    for (int value : {p0, p1}) {
+        if (value < 0 || value > 255) return nullptr;
+    }
+    const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
+    const int64_t IW = x->ne[0], IH = x->ne[1], N = x->ne[3];
+    if (x->ne[2] != IC) return nullptr;
+    const int64_t OW = (IW + 2 * p0 - d0 * (KW - 1) - 1) / s0 + 1, OH = (IH + 2 * p1 - d1 * (KH - 1) - 1) / s1 + 1;
+    if (OW < 1 || OH < 1 || N * OH * OW < 16 || OC < 6 || IC * KH * KW < 8) return nullptr;
+    ggml_tensor* args[2] = {w, x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, 2, sdcpp_py_cpu_conv_2d_compute,
+                          GGML_N_TASKS_MAX, reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1)));
+}

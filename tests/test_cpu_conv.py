@@ -1,0 +1,102 @@
+"""The core's Conv2d convolution on the CPU backend as our build compiles it (patch 0007: one fused node).
+
+Patch 0007 replaces ggml_conv_2d's im2col, matrix product and permuted copy with one node whose product
+reads the image directly. Its output must be bitwise the unfused graph's, so that pixels do not move; the
+shapes below cover what the fast path special-cases: 16 output pixels in one row, the image's edges,
+strides, dilation, 1x1 kernels, batches and rows narrower than 16 pixels.
+"""
+
+import numpy as np
+import pytest
+
+from sdcpp_py import _core
+from test_cpu_matmul import PACKED_KERNEL
+
+needs_fused_conv = pytest.mark.skipif(
+    not PACKED_KERNEL, reason="patch 0007 fuses convolutions where patch 0004's AVX2 kernel is compiled")
+
+
+def random_conv(n, ic, oc, h, w, k, seed):
+    rng = np.random.default_rng(seed)
+    kernel = rng.standard_normal((oc, ic, k, k)).astype(np.float16)
+    image = rng.standard_normal((n, ic, h, w), dtype=np.float32)
+    return kernel, image
+
+
+def reference(kernel, image, stride, padding, dilation):
+    """float64 convolution of the image rounded to f16 (as im2col stores it) with the f16 kernel."""
+    x = np.pad(image.astype(np.float16).astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    k = kernel.astype(np.float64)
+    oc, _, kh, kw = k.shape
+    oh = (x.shape[2] - dilation * (kh - 1) - 1) // stride + 1
+    ow = (x.shape[3] - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((x.shape[0], oc, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, :, i * dilation:i * dilation + stride * (oh - 1) + 1:stride,
+                      j * dilation:j * dilation + stride * (ow - 1) + 1:stride]
+            out += np.einsum("nchw,oc->nohw", patch, k[:, :, i, j])
+    return out
+
+
+# (N, IC, OC, H, W, kernel, stride, padding, dilation)
+SHAPES = [
+    (1, 32, 40, 20, 37, 3, 1, 1, 1),   # rows of 37: slivers straddle rows, edges masked
+    (1, 64, 64, 64, 64, 3, 1, 1, 1),   # SD1's level 1 in small: every sliver in one row
+    (2, 16, 24, 9, 9, 3, 2, 1, 1),     # batch 2, stride 2 (downsampling)
+    (1, 8, 16, 13, 5, 1, 1, 0, 1),     # 1x1, rows of 5
+    (1, 12, 20, 17, 19, 3, 1, 2, 2),   # dilation 2, padding 2
+    (1, 20, 8, 8, 8, 3, 1, 1, 1),      # rows of 8: two per sliver
+    (1, 30, 7, 6, 40, 5, 1, 2, 1),     # 5x5, wide rows, 7 output channels (a short register-tile edge)
+]
+
+
+@needs_fused_conv
+def test_core_conv_is_one_node_without_im2col():
+    kernel, image = random_conv(1, 64, 64, 64, 64, 3, seed=1)
+    im2col_bytes = 64 * 64 * 64 * 9 * 2
+    _, fused_ops, fused_buffer = _core._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, True)
+    _, core_ops, core_buffer = _core._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, False)
+    assert {"IM2COL", "MUL_MAT", "CONT"} <= set(core_ops) and core_buffer > im2col_bytes
+    assert fused_ops == ["CUSTOM"]
+    assert fused_buffer < core_buffer - im2col_bytes / 2, (fused_buffer, core_buffer)
+
+
+@needs_fused_conv
+@pytest.mark.parametrize("n, ic, oc, h, w, k, stride, padding, dilation", SHAPES)
+def test_fused_conv_is_bitwise_the_core_graph(n, ic, oc, h, w, k, stride, padding, dilation):
+    kernel, image = random_conv(n, ic, oc, h, w, k, seed=h * 100 + w)
+    bits = kernel.view(np.uint16)
+    unfused, core_ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, 2, False)
+    assert "IM2COL" in core_ops
+    for threads in (1, 2, 3):
+        fused, ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, threads, True)
+        assert ops == ["CUSTOM"]
+        assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
+
+
+@pytest.mark.parametrize("n, ic, oc, h, w, k, stride, padding, dilation", SHAPES + [(1, 2, 3, 4, 4, 3, 1, 1, 1)])
+def test_core_conv_matches_numpy(n, ic, oc, h, w, k, stride, padding, dilation):
+    kernel, image = random_conv(n, ic, oc, h, w, k, seed=ic)
+    expected = reference(kernel, image, stride, padding, dilation)
+    result, _, _ = _core._core_conv_2d(kernel.view(np.uint16), image, stride, padding, dilation, 2)
+    assert result.shape == expected.shape and result.dtype == np.float32
+    scale = np.sqrt(np.mean(expected**2))
+    assert np.abs(result - expected).max() < 1e-5 * scale * np.sqrt(ic * k * k)
+
+
+def test_sizes_the_packed_kernel_declines_keep_the_core_graph():
+    # 3 output channels: the unfused product would not run on the packed kernel, so the graph stays.
+    kernel, image = random_conv(1, 2, 3, 4, 4, 3, seed=0)
+    _, ops, _ = _core._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, True)
+    assert "IM2COL" in ops and "CUSTOM" not in ops
+
+
+def test_bad_arguments_are_refused_with_the_argument_named():
+    kernel, image = random_conv(1, 4, 8, 6, 6, 3, seed=0)
+    with pytest.raises(ValueError, match="image: channel count"):
+        _core._core_conv_2d(kernel.view(np.uint16), image[:, :2].copy())
+    with pytest.raises(ValueError, match="stride"):
+        _core._core_conv_2d(kernel.view(np.uint16), image, 0)
+    with pytest.raises(ValueError, match="image: smaller"):
+        _core._core_conv_2d(kernel.view(np.uint16), image[:, :, :2, :2].copy())
