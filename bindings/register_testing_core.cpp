@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -55,11 +56,12 @@ py::tuple compute_core_graph(ggml_backend_t backend, ggml_context* ctx, ggml_ten
 
 // The core's ggml_ext_attention_ext (no mask, no flash attention) on q (L_q, C), k and v (L_k, C), C = n_head
 // heads of C / n_head, computed on ggml's CPU backend. With on_cpu_backend false the graph is built as for
-// another backend (the core's own four nodes), then computed on the CPU all the same. Returns the (L_q, C)
-// output, the graph's node ops and the compute buffer the allocator needed.
+// another backend (the core's own four nodes), then computed on the CPU all the same. per_head_inputs hands
+// the core q, k and v already split into heads (its skip_reshape path). Returns the (L_q, C) output, the
+// graph's node ops and the compute buffer the allocator needed.
 py::tuple cpu_attention(const py::array_t<float, py::array::c_style>& q, const py::array_t<float, py::array::c_style>& k,
                         const py::array_t<float, py::array::c_style>& v, int n_head, int n_threads,
-                        bool on_cpu_backend) {
+                        bool on_cpu_backend, bool per_head_inputs) {
     if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2) {
         throw std::invalid_argument("q, k, v: expected 2-D arrays (tokens, channels)");
     }
@@ -80,18 +82,29 @@ py::tuple cpu_attention(const py::array_t<float, py::array::c_style>& q, const p
     ggml_tensor* tk = ggml_new_tensor_3d(ctx.get(), GGML_TYPE_F32, C, L_k, 1);
     ggml_tensor* tv = ggml_new_tensor_3d(ctx.get(), GGML_TYPE_F32, C, L_k, 1);
     for (ggml_tensor* t : {tq, tk, tv}) ggml_set_input(t);
-    ggml_tensor* out = ggml_ext_attention_ext(ctx.get(), on_cpu_backend ? backend.get() : nullptr, tq, tk, tv,
-                                              n_head, nullptr, false, false);
+    ggml_tensor *q_in = tq, *k_in = tk, *v_in = tv;
+    if (per_head_inputs) {  // the core's skip_reshape layouts: q, k (d, L, heads), v (d, heads, L_k, 1)
+        const int64_t d = C / n_head;
+        auto split_heads = [&](ggml_tensor* t) {
+            ggml_tensor* heads = ggml_permute(ctx.get(), ggml_reshape_4d(ctx.get(), t, d, n_head, t->ne[1], 1), 0, 2, 1, 3);
+            return ggml_reshape_3d(ctx.get(), ggml_cont(ctx.get(), heads), d, t->ne[1], n_head);
+        };
+        q_in = split_heads(tq);
+        k_in = split_heads(tk);
+        v_in = ggml_reshape_4d(ctx.get(), tv, d, n_head, L_k, 1);
+    }
+    ggml_tensor* out = ggml_ext_attention_ext(ctx.get(), on_cpu_backend ? backend.get() : nullptr, q_in, k_in,
+                                              v_in, n_head, nullptr, per_head_inputs, false);
     return compute_core_graph(backend.get(), ctx.get(), out, {{tq, q.data()}, {tk, k.data()}, {tv, v.data()}},
                               n_threads, {L_q, C});
 }
 
-// The core's ggml_ext_conv_2d (no bias, not direct) of an f32 image (N, IC, H, W) with an f16 kernel
+// The core's ggml_ext_conv_2d (not direct; f32 bias optional) of an f32 image (N, IC, H, W) with an f16 kernel
 // (OC, IC, KH, KW), given as its bits, on the CPU backend; with on_cpu_backend false, the graph built for
 // other backends. Returns (output (N, OC, OH, OW), graph node ops, compute buffer bytes).
 py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
                        const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
-                       int n_threads, bool on_cpu_backend) {
+                       int n_threads, bool on_cpu_backend, std::optional<py::array_t<float, py::array::c_style>> bias) {
     if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
     if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
     const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
@@ -104,6 +117,9 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
     const int64_t OH = (H + 2 * padding - dilation * (KH - 1) - 1) / stride + 1,
                   OW = (W + 2 * padding - dilation * (KW - 1) - 1) / stride + 1;
     if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    if (bias && (bias->ndim() != 1 || bias->shape(0) != OC)) {
+        throw std::invalid_argument("bias: expected (OC,) = (" + std::to_string(OC) + ",)");
+    }
     std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
     if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
     const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
@@ -111,30 +127,33 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
     if (!ctx) throw std::runtime_error("ggml_init failed");
     ggml_tensor* tk = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
     ggml_tensor* ti = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, W, H, IC, N);
-    for (ggml_tensor* t : {tk, ti}) ggml_set_input(t);
-    ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, nullptr, stride, stride, padding, padding, dilation,
-                                        dilation, false, false, false, 1.f, on_cpu_backend);
-    return compute_core_graph(backend.get(), ctx.get(), out, {{tk, kernel_f16_bits.data()}, {ti, image.data()}},
-                              n_threads, {N, OC, OH, OW});
+    ggml_tensor* tb = bias ? ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, OC) : nullptr;
+    std::vector<std::pair<ggml_tensor*, const void*>> inputs = {{tk, kernel_f16_bits.data()}, {ti, image.data()}};
+    if (tb != nullptr) inputs.emplace_back(tb, bias->data());
+    for (const auto& input : inputs) ggml_set_input(input.first);
+    ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, tb, stride, stride, padding, padding, dilation, dilation,
+                                        false, false, false, 1.f, on_cpu_backend);
+    return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, {N, OC, OH, OW});
 }
 
 }  // namespace
 
 void register_testing_core(py::module_& m) {
     m.def("_cpu_attention", &cpu_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
-          py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
+          py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true, py::arg("per_head_inputs") = false,
           "Test hook: the core's attention on the CPU; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_conv_2d", &core_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
+          py::arg("bias") = py::none(),
           "Test hook: the core's Conv2d convolution on the CPU; returns (output, graph node ops, compute buffer bytes).");
 }
 
-// The core's ggml_ext_conv_2d (no bias, not direct) of an f32 image (N, IC, H, W) with an f16 kernel
+// The core's ggml_ext_conv_2d (not direct; f32 bias optional) of an f32 image (N, IC, H, W) with an f16 kernel
 // (OC, IC, KH, KW), given as its bits, on the CPU backend; with on_cpu_backend false, the graph built for
 // other backends. Returns (output (N, OC, OH, OW), graph node ops, compute buffer bytes).
 py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
                        const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
-                       int n_threads, bool on_cpu_backend) {
+                       int n_threads, bool on_cpu_backend, std::optional<py::array_t<float, py::array::c_style>> bias) {
     if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
     if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
     const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
@@ -147,6 +166,9 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
     const int64_t OH = (H + 2 * padding - dilation * (KH - 1) - 1) / stride + 1,
                   OW = (W + 2 * padding - dilation * (KW - 1) - 1) / stride + 1;
     if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    if (bias && (bias->ndim() != 1 || bias->shape(0) != OC)) {
+        throw std::invalid_argument("bias: expected (OC,) = (" + std::to_string(OC) + ",)");
+    }
     std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
     if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
     const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
@@ -154,11 +176,13 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
     if (!ctx) throw std::runtime_error("ggml_init failed");
     ggml_tensor* tk = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
     ggml_tensor* ti = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, W, H, IC, N);
-    for (ggml_tensor* t : {tk, ti}) ggml_set_input(t);
-    ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, nullptr, stride, stride, padding, padding, dilation,
-                                        dilation, false, false, false, 1.f, on_cpu_backend);
-    return compute_core_graph(backend.get(), ctx.get(), out, {{tk, kernel_f16_bits.data()}, {ti, image.data()}},
-                              n_threads, {N, OC, OH, OW});
+    ggml_tensor* tb = bias ? ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, OC) : nullptr;
+    std::vector<std::pair<ggml_tensor*, const void*>> inputs = {{tk, kernel_f16_bits.data()}, {ti, image.data()}};
+    if (tb != nullptr) inputs.emplace_back(tb, bias->data());
+    for (const auto& input : inputs) ggml_set_input(input.first);
+    ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, tb, stride, stride, padding, padding, dilation, dilation,
+                                        false, false, false, 1.f, on_cpu_backend);
+    return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, {N, OC, OH, OW});
 }
 
 }  // namespace sdcpp

@@ -55,23 +55,35 @@ SHAPES = [(256, 256, 320, 8), (100, 77, 320, 8), (37, 300, 512, 1), (7, 17, 32, 
 
 
 @needs_fused_attention
+@pytest.mark.parametrize("per_head_inputs", [False, True], ids=["tokens-by-channels", "split-into-heads"])
 @pytest.mark.parametrize("l_q, l_k, channels, n_head", SHAPES)
-def test_fused_attention_is_bitwise_the_core_graph(l_q, l_k, channels, n_head):
+def test_fused_attention_is_bitwise_the_core_graph(l_q, l_k, channels, n_head, per_head_inputs):
     q, k, v = random_qkv(l_q, l_k, channels, seed=l_q * 1000 + l_k)
-    unfused, core_ops, _ = _core._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=False)
+    unfused, core_ops, _ = _core._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=False,
+                                                per_head_inputs=per_head_inputs)
     assert "SOFT_MAX" in core_ops
     for threads in (1, 2, 3):
-        fused, ops, _ = _core._cpu_attention(q, k, v, n_head, threads, on_cpu_backend=True)
-        assert "CUSTOM" in ops
+        fused, ops, _ = _core._cpu_attention(q, k, v, n_head, threads, on_cpu_backend=True,
+                                             per_head_inputs=per_head_inputs)
+        assert "CUSTOM" in ops and "SOFT_MAX" not in ops
         assert fused.shape == (l_q, channels) and fused.dtype == np.float32
         assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
 
 
+@needs_fused_attention
+def test_fused_attention_copies_no_heads():
+    # From (L, C) inputs the node reads each head in place and writes (L_q, C): no per-head copies.
+    q, k, v = random_qkv(64, 64, 128, seed=2)
+    _, ops, _ = _core._cpu_attention(q, k, v, 4, 2)
+    assert ops.count("CUSTOM") == 1 and "CONT" not in ops and "CPY" not in ops, ops
+
+
+@pytest.mark.parametrize("per_head_inputs", [False, True], ids=["tokens-by-channels", "split-into-heads"])
 @pytest.mark.parametrize("l_q, l_k, channels, n_head", SHAPES + [(9, 20, 64, 8), (30, 12, 64, 2)])
-def test_attention_matches_numpy(l_q, l_k, channels, n_head):
+def test_attention_matches_numpy(l_q, l_k, channels, n_head, per_head_inputs):
     q, k, v = random_qkv(l_q, l_k, channels, seed=l_k)
     expected = reference(q, k, v, n_head)
-    result, _, _ = _core._cpu_attention(q, k, v, n_head, 2)
+    result, _, _ = _core._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs)
     assert np.abs(result - expected).max() < 2e-6 * max(1.0, float(np.abs(expected).max()))
 
 

@@ -75,6 +75,22 @@ def test_fused_conv_is_bitwise_the_core_graph(n, ic, oc, h, w, k, stride, paddin
         assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
 
 
+@needs_fused_conv
+@pytest.mark.parametrize("n, ic, oc, h, w, k, stride, padding, dilation", SHAPES[:3])
+def test_fused_conv_adds_the_bias_bitwise_as_the_core_graph(n, ic, oc, h, w, k, stride, padding, dilation):
+    kernel, image = random_conv(n, ic, oc, h, w, k, seed=7)
+    bias = np.random.default_rng(8).standard_normal(oc, dtype=np.float32)
+    bits = kernel.view(np.uint16)
+    unfused, core_ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, 2, False, bias)
+    assert "ADD" in core_ops
+    without_bias, _, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, 2, True)
+    for threads in (1, 2, 3):
+        fused, ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, threads, True, bias)
+        assert ops == ["CUSTOM"]
+        assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
+    assert np.array_equal(fused, without_bias + bias[None, :, None, None])
+
+
 @pytest.mark.parametrize("n, ic, oc, h, w, k, stride, padding, dilation", SHAPES + [(1, 2, 3, 4, 4, 3, 1, 1, 1)])
 def test_core_conv_matches_numpy(n, ic, oc, h, w, k, stride, padding, dilation):
     kernel, image = random_conv(n, ic, oc, h, w, k, seed=ic)
@@ -100,3 +116,5 @@ def test_bad_arguments_are_refused_with_the_argument_named():
         _core._core_conv_2d(kernel.view(np.uint16), image, 0)
     with pytest.raises(ValueError, match="image: smaller"):
         _core._core_conv_2d(kernel.view(np.uint16), image[:, :, :2, :2].copy())
+    with pytest.raises(ValueError, match="bias"):
+        _core._core_conv_2d(kernel.view(np.uint16), image, bias=np.zeros(3, np.float32))

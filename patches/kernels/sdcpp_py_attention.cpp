@@ -33,7 +33,7 @@ namespace {
 constexpr int64_t QB = 4 * NR;  // queries per block: 4096 keys' scores for them (384 KiB) stay in L2
 
 // Every KC-deep block of an m x depth f32 matrix's rows as packed A slivers; block pc starts at
-// panels + m_padded * pc.
+// panels + m_padded * pc. Rows lda apart.
 void pack_all_rows(const float* A, int64_t lda, int64_t m, int64_t depth, std::vector<float>& panels) {
     const int64_t m_slivers = (m + MR - 1) / MR;
     panels.resize(m_slivers * MR * depth);
@@ -42,6 +42,25 @@ void pack_all_rows(const float* A, int64_t lda, int64_t m, int64_t depth, std::v
         float* block = panels.data() + m_slivers * MR * pc;
         for (int64_t s = 0; s < m_slivers; ++s) {
             pack_rows_of_a(A, lda, s * MR, std::min(MR, m - s * MR), pc, kc, block + s * MR * kc);
+        }
+    }
+}
+
+// The same panels from the matrix's transpose: element (i, l) at T[l * ldt + i], so a sliver's step is 16
+// contiguous floats.
+void pack_all_transposed(const float* T, int64_t ldt, int64_t m, int64_t depth, std::vector<float>& panels) {
+    const int64_t m_slivers = (m + MR - 1) / MR;
+    panels.resize(m_slivers * MR * depth);
+    for (int64_t pc = 0; pc < depth; pc += KC) {
+        const int64_t kc = std::min(KC, depth - pc);
+        float* block = panels.data() + m_slivers * MR * pc;
+        for (int64_t s = 0; s < m_slivers; ++s) {
+            const int64_t i0 = s * MR, rows = std::min(MR, m - i0);
+            float* panel = block + s * MR * kc;
+            for (int64_t l = 0; l < kc; ++l) {
+                const float* src = T + (pc + l) * ldt + i0;
+                for (int64_t r = 0; r < MR; ++r) panel[l * MR + r] = r < rows ? src[r] : 0.0f;
+            }
         }
     }
 }
@@ -95,34 +114,46 @@ void scaled_softmax(float* row, int64_t n, float scale) {
 }  // namespace
 }  // namespace sdcpp_py_gemm
 
+// Row j of head h of batch n of a (d_head, L, heads, N) view.
+inline const float* head_row(const ggml_tensor* t, int64_t j, int64_t h, int64_t n) {
+    return reinterpret_cast<const float*>(static_cast<const char*>(t->data) + j * t->nb[1] + h * t->nb[2] +
+                                          n * t->nb[3]);
+}
+
 extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];
-    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2] * q->ne[3];
+    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2], batches = q->ne[3];
+    const int64_t q_stride = q->nb[1] / sizeof(float), k_stride = k->nb[1] / sizeof(float);
+    const int64_t out_stride = heads * d_head;  // dst is (d_head, heads, L_q, N)
     float scale;
     const uint32_t scale_bits = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(userdata));
     std::memcpy(&scale, &scale_bits, sizeof scale);
 
-    // Units are (head, query block); each thread takes a contiguous run, so it packs each head's K and V
-    // once. No barrier: units write disjoint outputs.
-    const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = heads * blocks_per_head;
+    // Units are (batch, head, query block); each thread takes a contiguous run, so it packs each head's K
+    // and V once. No barrier: units write disjoint outputs.
+    const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = batches * heads * blocks_per_head;
     const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
     std::vector<float> k_packed, v_packed, b_panels, scores(L_k * QB);
     int64_t packed_head = -1;
     for (int64_t u = u0; u < u1; ++u) {
-        const int64_t h = u / blocks_per_head, j0 = (u % blocks_per_head) * QB, nq = std::min(QB, L_q - j0);
-        const float* qh = static_cast<const float*>(q->data) + h * L_q * d_head;
-        float* out = static_cast<float*>(dst->data) + h * L_q * d_head;
-        if (h != packed_head) {
-            pack_all_rows(static_cast<const float*>(k->data) + h * L_k * d_head, d_head, L_k, d_head, k_packed);
-            pack_all_rows(static_cast<const float*>(v->data) + h * d_head * L_k, L_k, d_head, L_k, v_packed);
-            packed_head = h;
+        const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
+        const int64_t j0 = (u % blocks_per_head) * QB, nq = std::min(QB, L_q - j0);
+        if (head_index != packed_head) {
+            pack_all_rows(head_row(k, 0, h, n), k_stride, L_k, d_head, k_packed);
+            if (v->nb[0] == sizeof(float)) {  // channels contiguous: V^T's columns
+                pack_all_transposed(head_row(v, 0, h, n), v->nb[1] / sizeof(float), d_head, L_k, v_packed);
+            } else {  // keys contiguous: V^T's rows
+                pack_all_rows(head_row(v, 0, h, n), v->nb[0] / sizeof(float), d_head, L_k, v_packed);
+            }
+            packed_head = head_index;
         }
         // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
-        product(L_k, nq, d_head, k_packed, qh + j0 * d_head, d_head, false, b_panels, scores.data(), L_k);
+        product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores.data(), L_k);
         for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores.data() + j * L_k, L_k, scale);
-        // out[j * d_head + i] = V^T_i . P_j, as mul_mat(v, softmax) lays them out.
-        product(d_head, nq, L_k, v_packed, scores.data(), L_k, true, b_panels, out + j0 * d_head, d_head);
+        // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
+        float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
+        product(d_head, nq, L_k, v_packed, scores.data(), L_k, true, b_panels, out, out_stride);
     }
 }
 

@@ -102,13 +102,21 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
     const int64_t IW = x->ne[0], IH = x->ne[1], N = x->ne[3];
     const int64_t OW = dst->ne[0], OH = dst->ne[1];
     const auto* kernel = static_cast<const uint16_t*>(w->data);
+    const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
     // Per image: C (OH*OW) x OC with column stride OH*OW is the image's (OC, OH, OW) output. The unfused
     // product takes all images as one matrix; per element the sums are the same.
+    const int64_t pixels = OH * OW;
     for (int64_t n = 0; n < N; ++n) {
         const ImageColumns image{static_cast<const float*>(x->data) + n * IC * IH * IW, IW, IH, KW, KH, OW, s0, s1,
                                  p0, p1, d0, d1};
-        float* out = static_cast<float*>(dst->data) + n * OC * OH * OW;
-        gemm_share(ith, nth, OH * OW, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, OH * OW);
+        float* out = static_cast<float*>(dst->data) + n * OC * pixels;
+        const Share share = gemm_share(ith, nth, pixels, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, pixels);
+        if (bias == nullptr) continue;
+        // The graph's ggml_add of the bias, on this thread's finished share.
+        for (int64_t j = share.n0; j < share.n1 && share.m0 < share.m1; ++j) {
+            float* channel = out + j * pixels;
+            for (int64_t i = share.m0; i < share.m1; ++i) channel[i] += bias[j];
+        }
     }
 }
 

@@ -16,7 +16,7 @@ extern "C" {
 // True when ggml-cpu was compiled with the packed kernel (patch 0004) the unfused product would use.
 bool sdcpp_py_cpu_conv_2d_available(void);
 // The custom op: dst (OW, OH, OC, N) = conv(src[0] kernel f16 (KW, KH, IC, OC), src[1] image f32
-// (IW, IH, IC, N)); op parameters stride, padding, dilation in userdata (see below).
+// (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in userdata (see below).
 void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
 
@@ -28,9 +28,10 @@ inline uintptr_t sdcpp_py_conv_2d_params(int s0, int s1, int p0, int p1, int d0,
 }
 
 // The graph's ggml_conv_2d(w, x, ...) as one node, for sizes where its product would run on the packed
-// kernel (it declines m < 16, n < 6, k < 8: only there are the sums the same).
+// kernel (it declines m < 16, n < 6, k < 8: only there are the sums the same). Given a bias the node can
+// add (f32, one per output channel: the same x + b as ggml_add), it takes it and sets *bias to nullptr.
 inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu, ggml_tensor* w, ggml_tensor* x,
-                                         int s0, int s1, int p0, int p1, int d0, int d1) {
+                                         ggml_tensor** bias, int s0, int s1, int p0, int p1, int d0, int d1) {
     if (!backend_is_cpu || !sdcpp_py_cpu_conv_2d_available()) return nullptr;
     if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
         return nullptr;
@@ -46,7 +47,13 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     if (x->ne[2] != IC) return nullptr;
     const int64_t OW = (IW + 2 * p0 - d0 * (KW - 1) - 1) / s0 + 1, OH = (IH + 2 * p1 - d1 * (KH - 1) - 1) / s1 + 1;
     if (OW < 1 || OH < 1 || N * OH * OW < 16 || OC < 6 || IC * KH * KW < 8) return nullptr;
-    ggml_tensor* args[2] = {w, x};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, 2, sdcpp_py_cpu_conv_2d_compute,
+    ggml_tensor* args[3] = {w, x, nullptr};
+    int n_args = 2;
+    if (bias != nullptr && *bias != nullptr && (*bias)->type == GGML_TYPE_F32 && ggml_is_contiguous(*bias) &&
+        ggml_nelements(*bias) == OC) {
+        args[n_args++] = *bias;
+        *bias = nullptr;
+    }
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, sdcpp_py_cpu_conv_2d_compute,
                           GGML_N_TASKS_MAX, reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1)));
 }

@@ -238,18 +238,26 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
 }
 
 // This thread's share of C: whole register tiles along the longer side, so that each thread packs half of
-// the larger operand and all of the smaller one. No barrier: shares do not overlap.
-template <typename APack, typename TB>
-void gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
-                float* C, int64_t ldc) {
+// the larger operand and all of the smaller one. No barrier: shares do not overlap. Empty: m0 == m1.
+struct Share {
+    int64_t m0, m1, n0, n1;
+};
+inline Share share_of(int ith, int nth, int64_t m, int64_t n) {
     const int64_t m_tiles = (m + MR - 1) / MR, n_tiles = (n + NR - 1) / NR;
     if (m >= n && m_tiles >= nth) {
         const int64_t t0 = m_tiles * ith / nth, t1 = m_tiles * (ith + 1) / nth;
-        if (t0 < t1) gemm_block(t0 * MR, std::min(m, t1 * MR), 0, n, k, A, B, ldb, C, ldc);
-    } else {
-        const int64_t t0 = n_tiles * ith / nth, t1 = n_tiles * (ith + 1) / nth;
-        if (t0 < t1) gemm_block(0, m, t0 * NR, std::min(n, t1 * NR), k, A, B, ldb, C, ldc);
+        return t0 < t1 ? Share{t0 * MR, std::min(m, t1 * MR), 0, n} : Share{0, 0, 0, 0};
     }
+    const int64_t t0 = n_tiles * ith / nth, t1 = n_tiles * (ith + 1) / nth;
+    return t0 < t1 ? Share{0, m, t0 * NR, std::min(n, t1 * NR)} : Share{0, 0, 0, 0};
+}
+
+template <typename APack, typename TB>
+Share gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
+                 float* C, int64_t ldc) {
+    const Share share = share_of(ith, nth, m, n);
+    if (share.m0 < share.m1) gemm_block(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
+    return share;
 }
 
 // Types are ggml_type values (0 = F32, 1 = F16). False: not handled here, the caller falls back.
