@@ -1,5 +1,5 @@
-// Windows on the core's attention (ggml_ext_attention_ext) and convolution (ggml_ext_conv_2d) for the test
-// suite: patches 0006/0007's fused CPU nodes against the core's own graphs and numpy. Their own file:
+// Windows on the core's attention (ggml_ext_attention_ext), convolution (ggml_ext_conv_2d) and GEGLU for the
+// test suite: patches 0006-0008's fused CPU nodes against the core's own graphs and numpy. Their own file:
 // ggml_extend.hpp brings the core's CPU-backend helpers, which clash with ggml-cpu.h.
 #include "common.hpp"
 
@@ -14,6 +14,7 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "ggml_extend.hpp"
+#include "sdcpp_py_geglu.h"
 
 namespace sdcpp {
 
@@ -136,6 +137,29 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
     return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, {N, OC, OH, OW});
 }
 
+// GEGLU on x (rows, 2D): the node patch 0008 builds on the CPU backend or, with on_cpu_backend false, the
+// core's GEGLU::forward graph (split, cont of the gate, ggml_gelu, ggml_mul). Returns ((rows, D) output,
+// graph node ops, compute buffer bytes).
+py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_threads, bool on_cpu_backend) {
+    if (x.ndim() != 2 || x.shape(1) % 2 != 0) throw std::invalid_argument("x: expected (rows, 2*D)");
+    if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
+    const int64_t rows = x.shape(0), width = x.shape(1);
+    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
+    if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
+    const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    ggml_tensor* tx = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, width, rows);
+    ggml_set_input(tx);
+    ggml_tensor* out = sdcpp_py_cpu_geglu(ctx.get(), on_cpu_backend, tx);
+    if (out == nullptr) {  // GEGLU::forward's own graph
+        auto halves = ggml_ext_chunk(ctx.get(), tx, 2, 0, false);
+        ggml_tensor* gate = ggml_ext_gelu(ctx.get(), ggml_cont(ctx.get(), halves[1]), true);
+        out = ggml_mul(ctx.get(), halves[0], gate);
+    }
+    return compute_core_graph(backend.get(), ctx.get(), out, {{tx, x.data()}}, n_threads, {rows, width / 2});
+}
+
 }  // namespace
 
 void register_testing_core(py::module_& m) {
@@ -146,43 +170,9 @@ void register_testing_core(py::module_& m) {
           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
           py::arg("bias") = py::none(),
           "Test hook: the core's Conv2d convolution on the CPU; returns (output, graph node ops, compute buffer bytes).");
-}
-
-// The core's ggml_ext_conv_2d (not direct; f32 bias optional) of an f32 image (N, IC, H, W) with an f16 kernel
-// (OC, IC, KH, KW), given as its bits, on the CPU backend; with on_cpu_backend false, the graph built for
-// other backends. Returns (output (N, OC, OH, OW), graph node ops, compute buffer bytes).
-py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
-                       const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
-                       int n_threads, bool on_cpu_backend, std::optional<py::array_t<float, py::array::c_style>> bias) {
-    if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
-    if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
-    const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
-                  KW = kernel_f16_bits.shape(3);
-    const int64_t N = image.shape(0), H = image.shape(2), W = image.shape(3);
-    if (image.shape(1) != IC) throw std::invalid_argument("image: channel count differs from the kernel's");
-    if (stride < 1 || dilation < 1 || padding < 0 || n_threads < 1) {
-        throw std::invalid_argument("stride, dilation, n_threads: expected at least 1; padding: at least 0");
-    }
-    const int64_t OH = (H + 2 * padding - dilation * (KH - 1) - 1) / stride + 1,
-                  OW = (W + 2 * padding - dilation * (KW - 1) - 1) / stride + 1;
-    if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
-    if (bias && (bias->ndim() != 1 || bias->shape(0) != OC)) {
-        throw std::invalid_argument("bias: expected (OC,) = (" + std::to_string(OC) + ",)");
-    }
-    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
-    if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
-    const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
-    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
-    if (!ctx) throw std::runtime_error("ggml_init failed");
-    ggml_tensor* tk = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
-    ggml_tensor* ti = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, W, H, IC, N);
-    ggml_tensor* tb = bias ? ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, OC) : nullptr;
-    std::vector<std::pair<ggml_tensor*, const void*>> inputs = {{tk, kernel_f16_bits.data()}, {ti, image.data()}};
-    if (tb != nullptr) inputs.emplace_back(tb, bias->data());
-    for (const auto& input : inputs) ggml_set_input(input.first);
-    ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, tb, stride, stride, padding, padding, dilation, dilation,
-                                        false, false, false, 1.f, on_cpu_backend);
-    return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, {N, OC, OH, OW});
+    m.def("_core_geglu", &core_geglu, py::arg("x"), py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
+          "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");
 }
 
 }  // namespace sdcpp
+

@@ -1,0 +1,41 @@
+// sdcpp-py patch 0008: the compute side of the fused GEGLU (see sdcpp_py_geglu.h).
+#include "sdcpp_py_geglu.h"
+
+#include "ggml-cpu-impl.h"
+#include "sdcpp_py_packed_gemm.h"
+#include "vec.h"
+
+#if defined(SDCPP_PY_PACKED_GEMM) && defined(GGML_USE_LLAMAFILE)
+#define SDCPP_PY_CPU_GEGLU_COMPILED 1
+#endif
+
+extern "C" bool sdcpp_py_cpu_geglu_available(void) {
+#if defined(SDCPP_PY_CPU_GEGLU_COMPILED)
+    return true;
+#else
+    return false;
+#endif
+}
+
+#if defined(SDCPP_PY_CPU_GEGLU_COMPILED)
+
+extern "C" void sdcpp_py_cpu_geglu_compute(struct ggml_tensor* dst, int ith, int nth, void*) {
+    const ggml_tensor* x = dst->src[0];
+    const int64_t width = dst->ne[0], rows = ggml_nrows(dst);
+    const int64_t r0 = rows * ith / nth, r1 = rows * (ith + 1) / nth;
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* in = static_cast<const float*>(x->data) + r * 2 * width;
+        float* out = static_cast<float*>(dst->data) + r * width;
+        // ggml_gelu of the gate (the graph's contiguous copy of it), then ggml_mul by x: the same values.
+        ggml_vec_gelu_f32(static_cast<int>(width), out, in + width);
+        for (int64_t i = 0; i < width; ++i) out[i] = in[i] * out[i];
+    }
+}
+
+#else
+
+extern "C" void sdcpp_py_cpu_geglu_compute(struct ggml_tensor*, int, int, void*) {
+    GGML_ABORT("sdcpp-py: the fused CPU GEGLU was not compiled (sdcpp_py_cpu_geglu_available is false)");
+}
+
+#endif
