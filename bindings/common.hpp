@@ -38,6 +38,13 @@ void register_tools(py::module_& m);
 void register_testing(py::module_& m);
 void register_testing_core(py::module_& m);
 
+// The test hooks' convolution arguments, checked: f16 kernel bits (OC, IC, KH, KW), f32 image (N, IC, H, W).
+struct ConvShape {
+    int64_t N, IC, H, W, OC, KH, KW, OH, OW;
+};
+ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& image, int stride, int padding,
+                             int dilation, int n_threads);
+
 // The core keeps its callbacks and a log buffer in process globals, so one core call runs at a time.
 std::mutex& core_mutex();
 

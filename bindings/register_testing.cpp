@@ -72,17 +72,9 @@ void compute_on_cpu(ggml_context* ctx, ggml_tensor* result, int n_threads) {
 py::array_t<float> cpu_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
                                const py::array_t<float, py::array::c_style>& image, int stride, int padding,
                                int n_threads) {
-    if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
-    if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
-    const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
-                  KW = kernel_f16_bits.shape(3);
-    const int64_t N = image.shape(0), H = image.shape(2), W = image.shape(3);
-    if (image.shape(1) != IC) throw std::invalid_argument("image: channel count differs from the kernel's");
-    if (stride < 1 || padding < 0 || n_threads < 1) {
-        throw std::invalid_argument("stride, n_threads: expected at least 1; padding: at least 0");
-    }
-    const int64_t OH = (H + 2 * padding - KH) / stride + 1, OW = (W + 2 * padding - KW) / stride + 1;
-    if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    const ConvShape shape = checked_conv_shape(kernel_f16_bits, image, stride, padding, 1, n_threads);
+    const int64_t N = shape.N, IC = shape.IC, H = shape.H, W = shape.W, OC = shape.OC, KH = shape.KH, KW = shape.KW,
+                  OH = shape.OH, OW = shape.OW;
     const size_t columns = static_cast<size_t>(N * OH * OW * IC * KH * KW) * 2;
     const size_t output = static_cast<size_t>(N * OC * OH * OW) * sizeof(float);
     const size_t bytes = kernel_f16_bits.nbytes() + image.nbytes() + columns + 3 * output + ggml_graph_overhead() +
@@ -101,6 +93,24 @@ py::array_t<float> cpu_conv_2d(const py::array_t<uint16_t, py::array::c_style>& 
 }
 
 }  // namespace
+
+ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& image, int stride, int padding,
+                             int dilation, int n_threads) {
+    if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
+    if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
+    ConvShape s{image.shape(0), image.shape(1), image.shape(2), image.shape(3), kernel_f16_bits.shape(0),
+                kernel_f16_bits.shape(2), kernel_f16_bits.shape(3), 0, 0};
+    if (kernel_f16_bits.shape(1) != s.IC) {
+        throw std::invalid_argument("image: channel count differs from the kernel's");
+    }
+    if (stride < 1 || dilation < 1 || padding < 0 || n_threads < 1) {
+        throw std::invalid_argument("stride, dilation, n_threads: expected at least 1; padding: at least 0");
+    }
+    s.OH = (s.H + 2 * padding - dilation * (s.KH - 1) - 1) / stride + 1;
+    s.OW = (s.W + 2 * padding - dilation * (s.KW - 1) - 1) / stride + 1;
+    if (s.OH < 1 || s.OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    return s;
+}
 
 void register_testing(py::module_& m) {
     m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1,

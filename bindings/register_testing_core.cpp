@@ -106,18 +106,9 @@ py::tuple cpu_attention(const py::array_t<float, py::array::c_style>& q, const p
 py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
                        const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
                        int n_threads, bool on_cpu_backend, std::optional<py::array_t<float, py::array::c_style>> bias) {
-    if (kernel_f16_bits.ndim() != 4) throw std::invalid_argument("kernel: expected (OC, IC, KH, KW)");
-    if (image.ndim() != 4) throw std::invalid_argument("image: expected (N, IC, H, W)");
-    const int64_t OC = kernel_f16_bits.shape(0), IC = kernel_f16_bits.shape(1), KH = kernel_f16_bits.shape(2),
-                  KW = kernel_f16_bits.shape(3);
-    const int64_t N = image.shape(0), H = image.shape(2), W = image.shape(3);
-    if (image.shape(1) != IC) throw std::invalid_argument("image: channel count differs from the kernel's");
-    if (stride < 1 || dilation < 1 || padding < 0 || n_threads < 1) {
-        throw std::invalid_argument("stride, dilation, n_threads: expected at least 1; padding: at least 0");
-    }
-    const int64_t OH = (H + 2 * padding - dilation * (KH - 1) - 1) / stride + 1,
-                  OW = (W + 2 * padding - dilation * (KW - 1) - 1) / stride + 1;
-    if (OH < 1 || OW < 1) throw std::invalid_argument("image: smaller than the kernel");
+    const ConvShape shape = checked_conv_shape(kernel_f16_bits, image, stride, padding, dilation, n_threads);
+    const int64_t N = shape.N, IC = shape.IC, H = shape.H, W = shape.W, OC = shape.OC, KH = shape.KH, KW = shape.KW,
+                  OH = shape.OH, OW = shape.OW;
     if (bias && (bias->ndim() != 1 || bias->shape(0) != OC)) {
         throw std::invalid_argument("bias: expected (OC,) = (" + std::to_string(OC) + ",)");
     }

@@ -32,37 +32,36 @@ namespace {
 
 constexpr int64_t QB = 4 * NR;  // queries per block: 4096 keys' scores for them (384 KiB) stay in L2
 
-// Every KC-deep block of an m x depth f32 matrix's rows as packed A slivers; block pc starts at
-// panels + m_padded * pc. Rows lda apart.
-void pack_all_rows(const float* A, int64_t lda, int64_t m, int64_t depth, std::vector<float>& panels) {
+// Every KC-deep block of an m x depth matrix as packed A slivers (block pc starts at panels + m_padded * pc),
+// each sliver made by pack_sliver(i0, rows, pc, kc, panel).
+template <typename PackSliver>
+void pack_all(int64_t m, int64_t depth, std::vector<float>& panels, PackSliver pack_sliver) {
     const int64_t m_slivers = (m + MR - 1) / MR;
     panels.resize(m_slivers * MR * depth);
     for (int64_t pc = 0; pc < depth; pc += KC) {
         const int64_t kc = std::min(KC, depth - pc);
         float* block = panels.data() + m_slivers * MR * pc;
         for (int64_t s = 0; s < m_slivers; ++s) {
-            pack_rows_of_a(A, lda, s * MR, std::min(MR, m - s * MR), pc, kc, block + s * MR * kc);
+            pack_sliver(s * MR, std::min(MR, m - s * MR), pc, kc, block + s * MR * kc);
         }
     }
 }
 
-// The same panels from the matrix's transpose: element (i, l) at T[l * ldt + i], so a sliver's step is 16
-// contiguous floats.
+// From the matrix's rows, lda apart.
+void pack_all_rows(const float* A, int64_t lda, int64_t m, int64_t depth, std::vector<float>& panels) {
+    pack_all(m, depth, panels, [&](int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) {
+        pack_rows_of_a(A, lda, i0, rows, pc, kc, panel);
+    });
+}
+
+// From the matrix's transpose: element (i, l) at T[l * ldt + i], so a sliver's step is 16 contiguous floats.
 void pack_all_transposed(const float* T, int64_t ldt, int64_t m, int64_t depth, std::vector<float>& panels) {
-    const int64_t m_slivers = (m + MR - 1) / MR;
-    panels.resize(m_slivers * MR * depth);
-    for (int64_t pc = 0; pc < depth; pc += KC) {
-        const int64_t kc = std::min(KC, depth - pc);
-        float* block = panels.data() + m_slivers * MR * pc;
-        for (int64_t s = 0; s < m_slivers; ++s) {
-            const int64_t i0 = s * MR, rows = std::min(MR, m - i0);
-            float* panel = block + s * MR * kc;
-            for (int64_t l = 0; l < kc; ++l) {
-                const float* src = T + (pc + l) * ldt + i0;
-                for (int64_t r = 0; r < MR; ++r) panel[l * MR + r] = r < rows ? src[r] : 0.0f;
-            }
+    pack_all(m, depth, panels, [&](int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) {
+        for (int64_t l = 0; l < kc; ++l) {
+            const float* src = T + (pc + l) * ldt + i0;
+            for (int64_t r = 0; r < MR; ++r) panel[l * MR + r] = r < rows ? src[r] : 0.0f;
         }
-    }
+    });
 }
 
 // C (rows x cols, column stride ldc) = A B^T from A's packed blocks (pack_all_rows) over the given depth,
