@@ -13,19 +13,7 @@
 
 #include <cmath>
 
-#if defined(SDCPP_PY_PACKED_GEMM) && defined(GGML_USE_LLAMAFILE)
-#define SDCPP_PY_CPU_ATTENTION_COMPILED 1
-#endif
-
-extern "C" bool sdcpp_py_cpu_attention_available(void) {
-#if defined(SDCPP_PY_CPU_ATTENTION_COMPILED)
-    return true;
-#else
-    return false;
-#endif
-}
-
-#if defined(SDCPP_PY_CPU_ATTENTION_COMPILED)
+#if defined(SDCPP_PY_CPU_KERNELS)
 
 namespace sdcpp_py_gemm {
 namespace {
@@ -154,12 +142,6 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
         product(d_head, nq, L_k, v_packed, scores.data(), L_k, true, b_panels, out, out_stride);
     }
-}
-
-#else
-
-extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor*, int, int, void*) {
-    GGML_ABORT("sdcpp-py: the fused CPU attention was not compiled (sdcpp_py_cpu_attention_available is false)");
 }
 
 #endif

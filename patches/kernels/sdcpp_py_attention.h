@@ -15,13 +15,18 @@
 #include <initializer_list>
 
 #include "ggml.h"
+#include "sdcpp_py_kernels.h"
+
+#define SDCPP_PY_CPU_ATTENTION "sdcpp_py_cpu_attention"
 
 extern "C" {
-// True when ggml-cpu was compiled with the packed kernel (patch 0004) that both products would use.
-bool sdcpp_py_cpu_attention_available(void);
-// The custom op: dst = V softmax(scale K^T Q) per head, for src q, k, v as below.
+// The custom op (in ggml-cpu, found by the name above): dst = V softmax(scale K^T Q) per head, for q, k, v
+// as below.
 void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
+
+// True when the loaded CPU backend has the packed kernel (patch 0004) that both products would use.
+inline bool sdcpp_py_cpu_attention_available() { return sdcpp_py_cpu_kernel(SDCPP_PY_CPU_ATTENTION) != nullptr; }
 
 // q (d_head, L_q, heads, N), k and v (d_head, L_k, heads, N): f32 views in any layout where q's and k's
 // channels are contiguous and v's channels or keys are (the core's (N, L, C) inputs, or its per-head
@@ -30,7 +35,9 @@ void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith, int nth, v
 // the same.
 inline ggml_tensor* sdcpp_py_cpu_attention(ggml_context* ctx, bool backend_is_cpu, ggml_tensor* q,
                                            ggml_tensor* k, ggml_tensor* v, ggml_tensor* mask, float scale) {
-    if (!backend_is_cpu || mask != nullptr || !sdcpp_py_cpu_attention_available()) return nullptr;
+    if (!backend_is_cpu || mask != nullptr) return nullptr;
+    const ggml_custom_op_t op = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_ATTENTION);
+    if (op == nullptr) return nullptr;
     for (const ggml_tensor* t : {q, k, v}) {
         if (t->type != GGML_TYPE_F32) return nullptr;
     }
@@ -47,7 +54,6 @@ inline ggml_tensor* sdcpp_py_cpu_attention(ggml_context* ctx, bool backend_is_cp
     uint32_t scale_bits;
     std::memcpy(&scale_bits, &scale, sizeof scale_bits);
     ggml_tensor* args[3] = {q, k, v};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, d_head, q->ne[2], L_q, q->ne[3], args, 3,
-                          sdcpp_py_cpu_attention_compute, GGML_N_TASKS_MAX,
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, d_head, q->ne[2], L_q, q->ne[3], args, 3, op, GGML_N_TASKS_MAX,
                           reinterpret_cast<void*>(static_cast<uintptr_t>(scale_bits)));
 }

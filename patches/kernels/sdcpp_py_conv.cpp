@@ -9,19 +9,7 @@
 #include "ggml-cpu-impl.h"
 #include "sdcpp_py_packed_gemm.h"
 
-#if defined(SDCPP_PY_PACKED_GEMM) && defined(GGML_USE_LLAMAFILE)
-#define SDCPP_PY_CPU_CONV_COMPILED 1
-#endif
-
-extern "C" bool sdcpp_py_cpu_conv_2d_available(void) {
-#if defined(SDCPP_PY_CPU_CONV_COMPILED)
-    return true;
-#else
-    return false;
-#endif
-}
-
-#if defined(SDCPP_PY_CPU_CONV_COMPILED)
+#if defined(SDCPP_PY_CPU_KERNELS)
 
 namespace sdcpp_py_gemm {
 namespace {
@@ -118,12 +106,6 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
             for (int64_t i = share.m0; i < share.m1; ++i) channel[i] += bias[j];
         }
     }
-}
-
-#else
-
-extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor*, int, int, void*) {
-    GGML_ABORT("sdcpp-py: the fused CPU convolution was not compiled (sdcpp_py_cpu_conv_2d_available is false)");
 }
 
 #endif

@@ -11,11 +11,12 @@
 #include <initializer_list>
 
 #include "ggml.h"
+#include "sdcpp_py_kernels.h"
+
+#define SDCPP_PY_CPU_CONV_2D "sdcpp_py_cpu_conv_2d"
 
 extern "C" {
-// True when ggml-cpu was compiled with the packed kernel (patch 0004) the unfused product would use.
-bool sdcpp_py_cpu_conv_2d_available(void);
-// The custom op: dst (OW, OH, OC, N) = conv(src[0] kernel f16 (KW, KH, IC, OC), src[1] image f32
+// The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16 (KW, KH, IC, OC), src[1] image f32
 // (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in userdata (see below).
 void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
@@ -32,7 +33,10 @@ inline uintptr_t sdcpp_py_conv_2d_params(int s0, int s1, int p0, int p1, int d0,
 // add (f32, one per output channel: the same x + b as ggml_add), it takes it and sets *bias to nullptr.
 inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu, ggml_tensor* w, ggml_tensor* x,
                                          ggml_tensor** bias, int s0, int s1, int p0, int p1, int d0, int d1) {
-    if (!backend_is_cpu || !sdcpp_py_cpu_conv_2d_available()) return nullptr;
+    if (!backend_is_cpu) return nullptr;
+    // Present when the loaded CPU backend has the packed kernel (patch 0004) the unfused product would use.
+    const ggml_custom_op_t op = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_CONV_2D);
+    if (op == nullptr) return nullptr;
     if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
         return nullptr;
     }
@@ -54,6 +58,6 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
         args[n_args++] = *bias;
         *bias = nullptr;
     }
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, sdcpp_py_cpu_conv_2d_compute,
-                          GGML_N_TASKS_MAX, reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1)));
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, op, GGML_N_TASKS_MAX,
+                          reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1)));
 }

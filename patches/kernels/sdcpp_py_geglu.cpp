@@ -5,19 +5,7 @@
 #include "sdcpp_py_packed_gemm.h"
 #include "vec.h"
 
-#if defined(SDCPP_PY_PACKED_GEMM) && defined(GGML_USE_LLAMAFILE)
-#define SDCPP_PY_CPU_GEGLU_COMPILED 1
-#endif
-
-extern "C" bool sdcpp_py_cpu_geglu_available(void) {
-#if defined(SDCPP_PY_CPU_GEGLU_COMPILED)
-    return true;
-#else
-    return false;
-#endif
-}
-
-#if defined(SDCPP_PY_CPU_GEGLU_COMPILED)
+#if defined(SDCPP_PY_CPU_KERNELS)
 
 extern "C" void sdcpp_py_cpu_geglu_compute(struct ggml_tensor* dst, int ith, int nth, void*) {
     const ggml_tensor* x = dst->src[0];
@@ -30,12 +18,6 @@ extern "C" void sdcpp_py_cpu_geglu_compute(struct ggml_tensor* dst, int ith, int
         ggml_vec_gelu_f32(static_cast<int>(width), out, in + width);
         for (int64_t i = 0; i < width; ++i) out[i] = in[i] * out[i];
     }
-}
-
-#else
-
-extern "C" void sdcpp_py_cpu_geglu_compute(struct ggml_tensor*, int, int, void*) {
-    GGML_ABORT("sdcpp-py: the fused CPU GEGLU was not compiled (sdcpp_py_cpu_geglu_available is false)");
 }
 
 #endif

@@ -281,3 +281,9 @@ inline bool packed_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const
 }  // namespace sdcpp_py_gemm
 
 #endif
+
+// The fused nodes (patches 0006-0008) are exactly their graphs only where those graphs' products run on the
+// packed kernel, which llamafile_sgemm offers them; elsewhere ggml-cpu hands out no fused kernels.
+#if defined(SDCPP_PY_PACKED_GEMM) && defined(GGML_USE_LLAMAFILE)
+#define SDCPP_PY_CPU_KERNELS 1
+#endif
