@@ -6,7 +6,7 @@
 #include <cstring>
 #include <memory>
 
-#include "ggml-cpu.h"
+#include "ggml-backend.h"
 #include "ggml.h"
 
 namespace sdcpp {
@@ -15,6 +15,9 @@ namespace {
 
 struct GgmlContextDeleter {
     void operator()(ggml_context* ctx) const { ggml_free(ctx); }
+};
+struct CpuBackendDeleter {
+    void operator()(ggml_backend_t backend) const { ggml_backend_free(backend); }
 };
 
 void compute_on_cpu(ggml_context* ctx, ggml_tensor* result, int n_threads);
@@ -57,13 +60,22 @@ py::array_t<float> cpu_mul_mat(const py::array& a_in, const py::array& b_in, int
     return result;
 }
 
+// Through the registry's CPU backend, not ggml-cpu's own entry points: a portable build (ggml's CPU variants
+// as modules) has no ggml-cpu to link against. Same plan and threads as ggml_graph_compute_with_ctx.
 void compute_on_cpu(ggml_context* ctx, ggml_tensor* result, int n_threads) {
     ggml_cgraph* graph = ggml_new_graph(ctx);
     ggml_build_forward_expand(graph, result);
+    std::unique_ptr<ggml_backend, CpuBackendDeleter> backend(
+        ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr));
+    if (!backend) throw std::runtime_error("no CPU backend in ggml's registry");
+    auto set_n_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(ggml_backend_reg_get_proc_address(
+        ggml_backend_dev_backend_reg(ggml_backend_get_device(backend.get())), "ggml_backend_set_n_threads"));
+    if (set_n_threads == nullptr) throw std::runtime_error("the CPU backend cannot set its thread count");
+    set_n_threads(backend.get(), n_threads);
     ggml_status status;
     {
         py::gil_scoped_release release;
-        status = ggml_graph_compute_with_ctx(ctx, graph, n_threads);
+        status = ggml_backend_graph_compute(backend.get(), graph);
     }
     if (status != GGML_STATUS_SUCCESS) throw std::runtime_error("ggml_graph_compute failed");
 }
