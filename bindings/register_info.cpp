@@ -5,6 +5,9 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "sdcpp_py_attention.h"
+#include "sdcpp_py_conv.h"
+#include "sdcpp_py_geglu.h"
 
 namespace sdcpp {
 
@@ -27,6 +30,37 @@ void register_info(py::module_& m) {
     m.def("system_info", [] { return std::string(sd_get_system_info()); }, "The core's CPU/backend feature report.");
     m.def("physical_cores", &sd_get_num_physical_cores, "Physical CPU cores, the core's default thread count.");
     m.attr("BACKEND") = SDCPP_BACKEND;
+#ifdef GGML_BACKEND_DL
+    m.attr("PORTABLE_CPU") = true;
+#else
+    m.attr("PORTABLE_CPU") = false;
+#endif
+    m.def("_load_backends", [](const std::string& folder) {
+        // ggml scores every libggml-cpu-<variant> there against this CPU and loads the best.
+        ggml_backend_load_all_from_path(folder.c_str());
+        if (ggml_backend_reg_by_name("CPU") == nullptr) {
+            throw std::runtime_error("no ggml CPU backend for this machine could be loaded from " + folder +
+                                     " (the libggml-cpu-* variant libraries are missing or none runs here)");
+        }
+    }, py::arg("folder"), "Load ggml's dynamic backends from `folder` (portable builds; once, at import).");
+    m.def("cpu_features", [] {
+        py::dict features;
+        ggml_backend_reg_t cpu = ggml_backend_reg_by_name("CPU");
+        auto get_features = cpu ? reinterpret_cast<ggml_backend_get_features_t>(
+                                      ggml_backend_reg_get_proc_address(cpu, "ggml_backend_get_features"))
+                                : nullptr;
+        for (ggml_backend_feature* f = get_features ? get_features(cpu) : nullptr; f && f->name; ++f) {
+            features[py::str(f->name)] = std::string(f->value);
+        }
+        return features;
+    }, "The instruction sets and options the loaded CPU backend was compiled with, as ggml reports them.");
+    m.def("fused_cpu_kernels", [] {
+        py::list names;
+        for (const char* name : {SDCPP_PY_CPU_ATTENTION, SDCPP_PY_CPU_CONV_2D, SDCPP_PY_CPU_GEGLU}) {
+            if (sdcpp_py_cpu_kernel(name) != nullptr) names.append(name);
+        }
+        return names;
+    }, "Our fused CPU kernels (patches 0006-0008) the loaded CPU backend has: none without AVX2 + FMA + F16C.");
     m.def("devices", [] {
         if (ggml_backend_dev_count() == 0) {
             ggml_backend_load_all();  // a GGML_BACKEND_DL build registers its backends on demand

@@ -35,8 +35,16 @@ def default_device() -> Device:
 
 
 def backends() -> dict:
-    """``{"built_with": "cpu"|"cuda"|"vulkan"|"metal", "devices": [...], "default_device": Device}``."""
-    return {"built_with": _core.BACKEND, "devices": devices(), "default_device": default_device()}
+    """What this build runs on::
+
+        {"built_with": "cpu"|"cuda"|"vulkan"|"metal", "devices": [Device, ...], "default_device": Device,
+         "portable_cpu": bool,        # ggml's CPU variants, the best for this machine loaded at import
+         "cpu_features": {...},       # what the loaded CPU backend was compiled for, e.g. {"AVX2": "1"}
+         "fused_cpu_kernels": [...]}  # our fused CPU nodes it has (none without AVX2 + FMA + F16C)
+    """
+    return {"built_with": _core.BACKEND, "devices": devices(), "default_device": default_device(),
+            "portable_cpu": _core.PORTABLE_CPU, "cpu_features": dict(_core.cpu_features()),
+            "fused_cpu_kernels": list(_core.fused_cpu_kernels())}
 
 
 def accelerator_missing() -> bool:

@@ -1,0 +1,96 @@
+"""The portable CPU wheel (tools/portable_build.sh, run by .ci/run): ggml's CPU variants in the wheel, the best
+one for this machine loaded at import, found from inside the installed package.
+
+The wheel lives in its own virtual environment (one distribution name per environment), so its checks run
+there in a child process, started outside the source tree, and are compared here with this (native) build.
+Without that environment the tests skip, saying how to make it.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sdcpp_py
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PORTABLE_PYTHON = Path(os.environ.get("SDCPP_PY_PORTABLE_PYTHON",
+                                      REPO_ROOT / "build" / "portable-venv" / "bin" / "python"))
+
+pytestmark = pytest.mark.skipif(not PORTABLE_PYTHON.exists(),
+                                reason=f"no portable build at {PORTABLE_PYTHON}: run tools/portable_build.sh")
+
+REPORT = """
+import json, sys
+import sdcpp_py
+from pathlib import Path
+package = Path(sdcpp_py.__file__).parent
+report = sdcpp_py.backends()
+print(json.dumps({"package": str(package), "variants": sorted(p.name for p in package.glob("libggml-cpu-*")),
+                  "portable": report["portable_cpu"], "features": report["cpu_features"],
+                  "kernels": report["fused_cpu_kernels"], "system_info": sdcpp_py.system_info(),
+                  "devices": [(d.name, d.type) for d in sdcpp_py.devices()]}))
+"""
+
+GENERATE = """
+import sys
+import numpy as np
+import sdcpp_py
+with sdcpp_py.Context(model=sys.argv[1], n_threads=2) as ctx:
+    image = ctx.txt2img("a red cube", width=128, height=128, steps=2, cfg_scale=7.0, seed=42)[0]
+np.save(sys.argv[2], image)
+"""
+
+
+def run_portable(code, *args, env=None):
+    # From outside the source tree, so that `import sdcpp_py` can only be the installed wheel.
+    result = subprocess.run([str(PORTABLE_PYTHON), "-c", code, *args], capture_output=True, text=True,
+                            cwd="/", env=env, timeout=900)
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def portable_report():
+    return json.loads(run_portable(REPORT).strip().splitlines()[-1])
+
+
+def test_portable_build_imports_and_loads_a_cpu_variant(portable_report):
+    assert portable_report["portable"] is True
+    assert "site-packages" in portable_report["package"], portable_report["package"]
+    # Every x86-64 level from the baseline up (or the ARM ones), as modules inside the package.
+    assert len(portable_report["variants"]) >= 4, portable_report["variants"]
+    assert any(name.startswith("libggml-cpu-x64") or name.startswith("libggml-cpu-armv8.0")
+               for name in portable_report["variants"])
+    assert [device for device in portable_report["devices"] if device[1] == "cpu"]
+    # The core's system info comes from the loaded variant (patch 0010), in the static build's form.
+    assert "System Info" in portable_report["system_info"]
+    for feature, value in portable_report["features"].items():
+        if value == "1":
+            assert f"{feature} = 1" in portable_report["system_info"]
+
+
+def test_portable_build_loads_the_best_variant_for_this_cpu(portable_report):
+    native = sdcpp_py.backends()
+    assert native["portable_cpu"] is False
+    # The native build is compiled for exactly this CPU: the chosen variant must use the same vector units
+    # (a fallback to the baseline would lack them), and so has the same fused kernels.
+    for feature in ("SSE3", "AVX", "AVX2", "F16C", "FMA", "AVX512", "NEON"):
+        assert (feature in portable_report["features"]) == (feature in native["cpu_features"]), \
+            (feature, portable_report["features"], native["cpu_features"])
+    assert portable_report["kernels"] == native["fused_cpu_kernels"]
+
+
+def test_portable_build_gives_the_native_build_pixels(tmp_path, sd1_checkpoint):
+    checkpoint = sd1_checkpoint
+    out = tmp_path / "portable.npy"
+    run_portable(GENERATE, str(checkpoint), str(out))
+    portable = np.load(out)
+    with sdcpp_py.Context(model=str(checkpoint), n_threads=2) as ctx:
+        native = ctx.txt2img("a red cube", width=128, height=128, steps=2, cfg_scale=7.0, seed=42)[0]
+    assert portable.shape == native.shape == (128, 128, 3)
+    difference = np.abs(portable.astype(np.int16) - native.astype(np.int16))
+    assert difference.max() == 0, f"max {difference.max()}, mean {difference.mean():.3f}"
