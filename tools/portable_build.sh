@@ -37,7 +37,8 @@ rm -rf "$dist"
   -Cbuild-dir="$repo_root/build/portable" -Ccmake.define.SDCPP_PORTABLE_CPU=ON "$repo_root"
 wheel="$(ls "$dist"/sdcpp_py-*.whl)"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel"
-echo "portable_build.sh: built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) in $((SECONDS - started)) s, installed into $venv"
+echo "portable_build.sh: built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB)" \
+  "in $((SECONDS - started)) s, installed into $venv"
 # Run from elsewhere, so the import is the installed wheel's and not the source tree's.
 (cd / && "$venv/bin/python" -c "import sdcpp_py; r = sdcpp_py.backends(); \
 print('cpu features', r['cpu_features']); print('fused cpu kernels', r['fused_cpu_kernels'])")

@@ -16,8 +16,9 @@
 #define SDCPP_PY_CPU_CONV_2D "sdcpp_py_cpu_conv_2d"
 
 extern "C" {
-// The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16 (KW, KH, IC, OC), src[1] image f32
-// (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in userdata (see below).
+// The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16
+// (KW, KH, IC, OC), src[1] image f32 (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in
+// userdata (see below).
 void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
 

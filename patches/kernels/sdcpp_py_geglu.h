@@ -13,7 +13,8 @@
 #define SDCPP_PY_CPU_GEGLU "sdcpp_py_cpu_geglu"
 
 extern "C" {
-// The custom op (in ggml-cpu, found by the name above): dst (D, rows...) = src[0][:D] * gelu(src[0][D:]) per row of src[0] (2D, rows...).
+// The custom op (in ggml-cpu, found by the name above): dst (D, rows...) = src[0][:D] * gelu(src[0][D:])
+// per row of src[0] (2D, rows...).
 void sdcpp_py_cpu_geglu_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
 
