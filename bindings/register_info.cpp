@@ -36,13 +36,24 @@ void register_info(py::module_& m) {
     m.attr("PORTABLE_CPU") = false;
 #endif
     m.def("_load_backends", [](const std::string& folder) {
-        // ggml scores every libggml-cpu-<variant> there against this CPU and loads the best.
+        // ggml scores every libggml-cpu-<variant> there against this CPU and loads the best. It reports what it
+        // loaded on stderr: keep those lines for the caller's logger instead (nothing printed at import).
+        std::vector<std::string> lines;
+        ggml_log_set([](ggml_log_level, const char* text, void* user) {
+            static_cast<std::vector<std::string>*>(user)->emplace_back(text ? text : "");
+        }, &lines);
         ggml_backend_load_all_from_path(folder.c_str());
+        ggml_log_set(nullptr, nullptr);  // ggml's default again
         if (ggml_backend_reg_by_name("CPU") == nullptr) {
+            std::string said;
+            for (const std::string& line : lines) said += line;
             throw std::runtime_error("no ggml CPU backend for this machine could be loaded from " + folder +
-                                     " (the libggml-cpu-* variant libraries are missing or none runs here)");
+                                     " (the libggml-cpu-* variant libraries are missing or none runs here)" +
+                                     (said.empty() ? "" : ": " + said));
         }
-    }, py::arg("folder"), "Load ggml's dynamic backends from `folder` (portable builds; once, at import).");
+        return lines;
+    }, py::arg("folder"), "Load ggml's dynamic backends from `folder` (portable builds; once, at import); "
+                          "returns ggml's log lines.");
     m.def("cpu_features", [] {
         py::dict features;
         ggml_backend_reg_t cpu = ggml_backend_reg_by_name("CPU");

@@ -73,6 +73,18 @@ def test_portable_build_imports_and_loads_a_cpu_variant(portable_report):
             assert f"{feature} = 1" in portable_report["system_info"]
 
 
+def test_portable_import_is_quiet_and_logs_the_loaded_variant():
+    # ggml prints the variant it loads on stderr; the import routes it to the "sdcpp_py" logger instead.
+    quiet = subprocess.run([str(PORTABLE_PYTHON), "-c", "import sdcpp_py"], capture_output=True, text=True,
+                           cwd="/", timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr[-2000:]
+    verbose = subprocess.run([str(PORTABLE_PYTHON), "-c", "import logging; logging.basicConfig(level=logging.DEBUG,"
+                              " format='%(name)s %(message)s'); import sdcpp_py"], capture_output=True, text=True,
+                             cwd="/", timeout=300)
+    assert "sdcpp_py load_backend: loaded CPU backend from" in verbose.stderr, verbose.stderr[-2000:]
+    assert "libggml-cpu-" in verbose.stderr
+
+
 def test_portable_build_loads_the_best_variant_for_this_cpu(portable_report):
     native = sdcpp_py.backends()
     assert native["portable_cpu"] is False

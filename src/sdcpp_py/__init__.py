@@ -17,7 +17,8 @@ from . import _core
 if _core.PORTABLE_CPU:
     # A portable wheel carries ggml's CPU variants beside _core: load the best for this CPU before anything
     # asks ggml for a backend (its own search looks beside the Python executable, not here).
-    _core._load_backends(os.path.dirname(os.path.abspath(_core.__file__)))
+    for _line in _core._load_backends(os.path.dirname(os.path.abspath(_core.__file__))):
+        logging.getLogger("sdcpp_py").debug("%s", _line.rstrip())
 from ._context import COMPONENTS, Context, GenerationResult
 from ._devices import Device, backends, default_device, devices
 from ._core import Cancelled, SdcppError, core_commit, core_patches, core_version, physical_cores, system_info
