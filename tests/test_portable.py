@@ -45,17 +45,17 @@ np.save(sys.argv[2], image)
 """
 
 
-def run_portable(code, *args, env=None):
+def run_portable(code, *args):
     # From outside the source tree, so that `import sdcpp_py` can only be the installed wheel.
     result = subprocess.run([str(PORTABLE_PYTHON), "-c", code, *args], capture_output=True, text=True,
-                            cwd="/", env=env, timeout=900)
+                            cwd="/", timeout=900)
     assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    return result
 
 
 @pytest.fixture(scope="module")
 def portable_report():
-    return json.loads(run_portable(REPORT).strip().splitlines()[-1])
+    return json.loads(run_portable(REPORT).stdout.strip().splitlines()[-1])
 
 
 def test_portable_build_imports_and_loads_a_cpu_variant(portable_report):
@@ -75,12 +75,10 @@ def test_portable_build_imports_and_loads_a_cpu_variant(portable_report):
 
 def test_portable_import_is_quiet_and_logs_the_loaded_variant():
     # ggml prints the variant it loads on stderr; the import routes it to the "sdcpp_py" logger instead.
-    quiet = subprocess.run([str(PORTABLE_PYTHON), "-c", "import sdcpp_py"], capture_output=True, text=True,
-                           cwd="/", timeout=300)
-    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr[-2000:]
-    verbose = subprocess.run([str(PORTABLE_PYTHON), "-c", "import logging; logging.basicConfig(level=logging.DEBUG,"
-                              " format='%(name)s %(message)s'); import sdcpp_py"], capture_output=True, text=True,
-                             cwd="/", timeout=300)
+    quiet = run_portable("import sdcpp_py")
+    assert quiet.stdout == "" and quiet.stderr == "", quiet.stderr[-2000:]
+    verbose = run_portable("import logging; logging.basicConfig(level=logging.DEBUG, format='%(name)s %(message)s');"
+                           "import sdcpp_py")
     assert "sdcpp_py load_backend: loaded CPU backend from" in verbose.stderr, verbose.stderr[-2000:]
     assert "libggml-cpu-" in verbose.stderr
 
@@ -97,11 +95,10 @@ def test_portable_build_loads_the_best_variant_for_this_cpu(portable_report):
 
 
 def test_portable_build_gives_the_native_build_pixels(tmp_path, sd1_checkpoint):
-    checkpoint = sd1_checkpoint
     out = tmp_path / "portable.npy"
-    run_portable(GENERATE, str(checkpoint), str(out))
+    run_portable(GENERATE, str(sd1_checkpoint), str(out))
     portable = np.load(out)
-    with sdcpp_py.Context(model=str(checkpoint), n_threads=2) as ctx:
+    with sdcpp_py.Context(model=str(sd1_checkpoint), n_threads=2) as ctx:
         native = ctx.txt2img("a red cube", width=128, height=128, steps=2, cfg_scale=7.0, seed=42)[0]
     assert portable.shape == native.shape == (128, 128, 3)
     difference = np.abs(portable.astype(np.int16) - native.astype(np.int16))
