@@ -116,47 +116,83 @@ struct CtxDeleter {
 const char* c_str_or_null(const std::string& s) { return s.empty() ? nullptr : s.c_str(); }
 
 
+// Refuses text the core would misread: it takes C strings (a NUL ends them early) and parses prompts with
+// a recursion per byte (bounded by the core thread's stack).
+void check_prompt(const char* argument, const std::string& text) {
+    if (text.find('\0') != std::string::npos) {
+        throw std::invalid_argument(std::string(argument) + " contains a NUL character, which would end it early");
+    }
+    if (text.size() > max_prompt_bytes()) {
+        throw std::invalid_argument(std::string(argument) + " is " + std::to_string(text.size()) +
+                                    " bytes of UTF-8; the limit is " + std::to_string(max_prompt_bytes()));
+    }
+}
+
+// What a loaded context shares with the core calls queued for it: a free queued by __del__ may run after the
+// Python object is gone.
+struct LoadedContext {
+    ContextParams params;  // owns the strings handed to new_sd_ctx for as long as the context lives
+    std::unique_ptr<sd_ctx_t, CtxDeleter> ctx;  // touched only on the core thread
+};
+
 class NativeContext {
    public:
-    explicit NativeContext(const ContextParams& params) : params_(params) {
+    explicit NativeContext(const ContextParams& params) : state_(std::make_shared<LoadedContext>()) {
+        state_->params = params;
+        const ContextParams& p = state_->params;
+        check_prompt("tensor_type_rules", p.tensor_type_rules);
         std::vector<sd_embedding_t> embeddings;
-        for (const auto& [name, path] : params_.embeddings) {
+        for (const auto& [name, path] : p.embeddings) {
             embeddings.push_back({name.c_str(), path.c_str()});
         }
-        sd_ctx_params_t c = params_.scalars;
-        c.model_path                      = c_str_or_null(params_.model);
-        c.clip_l_path                     = c_str_or_null(params_.clip_l);
-        c.clip_g_path                     = c_str_or_null(params_.clip_g);
-        c.clip_vision_path                = c_str_or_null(params_.clip_vision);
-        c.t5xxl_path                      = c_str_or_null(params_.t5xxl);
-        c.llm_path                        = c_str_or_null(params_.llm);
-        c.llm_vision_path                 = c_str_or_null(params_.llm_vision);
-        c.diffusion_model_path            = c_str_or_null(params_.diffusion_model);
-        c.high_noise_diffusion_model_path = c_str_or_null(params_.high_noise_diffusion_model);
-        c.vae_path                        = c_str_or_null(params_.vae);
-        c.taesd_path                      = c_str_or_null(params_.taesd);
-        c.control_net_path                = c_str_or_null(params_.control_net);
-        c.photo_maker_path                = c_str_or_null(params_.photo_maker);
-        c.tensor_type_rules               = c_str_or_null(params_.tensor_type_rules);
+        sd_ctx_params_t c = p.scalars;
+        c.model_path                      = c_str_or_null(p.model);
+        c.clip_l_path                     = c_str_or_null(p.clip_l);
+        c.clip_g_path                     = c_str_or_null(p.clip_g);
+        c.clip_vision_path                = c_str_or_null(p.clip_vision);
+        c.t5xxl_path                      = c_str_or_null(p.t5xxl);
+        c.llm_path                        = c_str_or_null(p.llm);
+        c.llm_vision_path                 = c_str_or_null(p.llm_vision);
+        c.diffusion_model_path            = c_str_or_null(p.diffusion_model);
+        c.high_noise_diffusion_model_path = c_str_or_null(p.high_noise_diffusion_model);
+        c.vae_path                        = c_str_or_null(p.vae);
+        c.taesd_path                      = c_str_or_null(p.taesd);
+        c.control_net_path                = c_str_or_null(p.control_net);
+        c.photo_maker_path                = c_str_or_null(p.photo_maker);
+        c.tensor_type_rules               = c_str_or_null(p.tensor_type_rules);
         c.embeddings                      = embeddings.empty() ? nullptr : embeddings.data();
         c.embedding_count                 = static_cast<uint32_t>(embeddings.size());
 
-        sd_ctx_t* raw = nullptr;
-        {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> core_lock(core_mutex());
-            clear_recent_log();
-            raw = new_sd_ctx(&c);
+        auto state = state_;
+        auto load  = std::make_shared<CoreCall>("loading a Context", [&, state] {
+            state->ctx.reset(new_sd_ctx(&c));
+            if (state->ctx != nullptr) {
+                // Constant per model: asked once here, so later queries need no core call.
+                sd_ctx_t* ctx          = state->ctx.get();
+                default_sample_method_ = static_cast<int>(sd_get_default_sample_method(ctx));
+                for (int method = 0; method < SAMPLE_METHOD_COUNT; ++method) {
+                    default_schedulers_.push_back(
+                        static_cast<int>(sd_get_default_scheduler(ctx, static_cast<sample_method_t>(method))));
+                }
+                supports_image_ = sd_ctx_supports_image_generation(ctx);
+                supports_video_ = sd_ctx_supports_video_generation(ctx);
+            }
+        });
+        run_on_core_thread(load);
+        if (load->python_error || load->core_exception) {
+            free_detached();  // e.g. Ctrl-C during the load: it completed, but the caller gets the exception
+            load->raise_errors();
         }
-        if (raw == nullptr) {
-            throw CoreError(with_core_log("the core could not build a context from these components"));
+        if (state_->ctx == nullptr) {
+            throw CoreError(load->with_core_log("the core could not build a context from these components"));
         }
-        ctx_.reset(raw);
     }
 
     py::list generate_image(ImageGenParams& request, py::object progress, py::object preview,
                             int preview_mode, int preview_interval, bool preview_noisy) {
         require_open();
+        check_prompt("prompt", request.prompt);
+        check_prompt("negative_prompt", request.negative_prompt);
         sd_img_gen_params_t c = request.plain;
         c.prompt          = request.prompt.c_str();
         c.negative_prompt = request.negative_prompt.c_str();
@@ -188,8 +224,8 @@ class NativeContext {
         sd_image_t* results = nullptr;
         py::list images;
         run_in_core(
-            std::move(progress), std::move(preview), preview_mode, preview_interval, preview_noisy,
-            [&](sd_ctx_t* ctx) { results = ::generate_image(ctx, &c); },
+            "generate_image", std::move(progress), std::move(preview), preview_mode, preview_interval,
+            preview_noisy, [&](sd_ctx_t* ctx) { results = ::generate_image(ctx, &c); },
             [&] {
                 if (results == nullptr) {
                     return false;
@@ -209,6 +245,8 @@ class NativeContext {
     py::array_t<uint8_t> generate_video(VideoGenParams& request, py::object progress, py::object preview,
                                         int preview_mode, int preview_interval, bool preview_noisy) {
         require_open();
+        check_prompt("prompt", request.prompt);
+        check_prompt("negative_prompt", request.negative_prompt);
         sd_vid_gen_params_t c = request.plain;
         c.prompt          = request.prompt.c_str();
         c.negative_prompt = request.negative_prompt.c_str();
@@ -229,8 +267,8 @@ class NativeContext {
         int frame_count    = 0;
         py::array_t<uint8_t> video;
         run_in_core(
-            std::move(progress), std::move(preview), preview_mode, preview_interval, preview_noisy,
-            [&](sd_ctx_t* ctx) { frames = ::generate_video(ctx, &c, &frame_count); },
+            "generate_video", std::move(progress), std::move(preview), preview_mode, preview_interval,
+            preview_noisy, [&](sd_ctx_t* ctx) { frames = ::generate_video(ctx, &c, &frame_count); },
             [&] {
                 if (frames == nullptr) {
                     return false;
@@ -260,101 +298,117 @@ class NativeContext {
         return video;
     }
 
-    int default_sample_method() { return static_cast<int>(sd_get_default_sample_method(require_open())); }
-
-    int default_scheduler(int sample_method) {
-        return static_cast<int>(sd_get_default_scheduler(require_open(), static_cast<sample_method_t>(sample_method)));
+    int default_sample_method() {
+        require_open();
+        return default_sample_method_;
     }
 
-    bool supports_image_generation() { return sd_ctx_supports_image_generation(require_open()); }
-    bool supports_video_generation() { return sd_ctx_supports_video_generation(require_open()); }
+    int default_scheduler(int sample_method) {
+        require_open();
+        if (sample_method < 0 || sample_method >= static_cast<int>(default_schedulers_.size())) {
+            throw std::invalid_argument("sample_method " + std::to_string(sample_method) + " is out of range");
+        }
+        return default_schedulers_[sample_method];
+    }
 
-    void close() {
-        std::unique_ptr<sd_ctx_t, CtxDeleter> doomed;
-        {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> context_lock(mutex_);
-            doomed = std::move(ctx_);
-            std::lock_guard<std::mutex> core_lock(core_mutex());
-            doomed.reset();
+    bool supports_image_generation() {
+        require_open();
+        return supports_image_;
+    }
+    bool supports_video_generation() {
+        require_open();
+        return supports_video_;
+    }
+
+    // Stops the calls in flight or queued on this context (they raise Cancelled) and frees it. With `wait`, and
+    // unless this thread is inside a core call's callback (which would wait for itself), returns once freed;
+    // otherwise the free is queued behind the call in flight.
+    void close(bool wait) {
+        if (closed_.exchange(true)) {
+            return;
+        }
+        cancel_epoch_.fetch_add(1);
+        if (wait && !inside_core_call()) {
+            auto state = state_;
+            auto free  = std::make_shared<CoreCall>("closing a Context", [state] { state->ctx.reset(); });
+            free->always_runs = true;
+            run_on_core_thread(free);
+            free->raise_errors();
+        } else {
+            free_detached();
         }
     }
 
-    bool closed() const { return ctx_ == nullptr; }
+    bool closed() const { return closed_.load(); }
 
     // Any thread, no lock: calls in flight or waiting on this context stop; later calls are unaffected.
     void cancel() { cancel_epoch_.fetch_add(1); }
 
     ~NativeContext() {
-        if (ctx_ != nullptr) {
-            // Release the GIL: a generation on another thread may hold the core lock and want the GIL.
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> core_lock(core_mutex());
-            ctx_.reset();
+        // Never blocks (it may run in a garbage collection inside a callback or log handler).
+        if (!closed_.exchange(true)) {
+            free_detached();
         }
     }
 
    private:
-    // Runs `call` in the core with the GIL released under the context and core locks, this call's callbacks
-    // and cancellation installed; then, with the GIL, `own` takes the results (returning whether there are
-    // any) before any error is raised, so nothing leaks.
+    void free_detached() {
+        auto state = state_;
+        auto free  = std::make_shared<CoreCall>("freeing a Context", [state] { state->ctx.reset(); });
+        free->always_runs = true;
+        run_detached(free);  // at interpreter exit nothing runs any more: the process frees it
+    }
+
+    // Runs `call` on the core thread with this call's callbacks and cancellation installed; then, with the GIL,
+    // `own` takes the results (returning whether there are any) before any error is raised, so nothing leaks.
     template <typename Call, typename Own>
-    void run_in_core(py::object progress, py::object preview, int preview_mode, int preview_interval,
-                     bool preview_noisy, Call call, Own own) {
+    void run_in_core(const char* what, py::object progress, py::object preview, int preview_mode,
+                     int preview_interval, bool preview_noisy, Call call, Own own) {
         const bool wants_preview = !preview.is_none();
-        CallCallbacks callbacks;
-        callbacks.progress     = std::move(progress);
-        callbacks.preview      = std::move(preview);
-        callbacks.cancel_epoch = &cancel_epoch_;
-        callbacks.start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call
-        InterruptScope interrupt;
-        callbacks.watches_sigint = interrupt.engaged();
-        bool was_closed = false;
-        {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> context_lock(mutex_);
-            if (ctx_ == nullptr) {
+        bool was_closed          = false;
+        auto state               = state_;
+        auto core_call           = std::make_shared<CoreCall>(what, [&, state] {
+            if (state->ctx == nullptr) {
                 was_closed = true;  // closed by another thread while this call waited
-            } else {
-                std::lock_guard<std::mutex> core_lock(core_mutex());
-                CallbackScope scope(callbacks);
-                PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
-                clear_recent_log();
-                call(ctx_.get());
+                return;
             }
+            PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
+            call(state->ctx.get());
+        });
+        core_call->cancel_epoch = &cancel_epoch_;
+        core_call->start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call
+        run_on_core_thread(core_call, progress, preview);
+        if (core_call->core_exception) {
+            // The core stopped half way through (a failed check of its own): its state is not to be trusted.
+            broken_ = std::string(what) + " failed inside the core";
         }
+        const bool produced = own();
+        core_call->raise_errors();
         if (was_closed) {
             throw std::invalid_argument("this Context is closed");
         }
-        const bool produced = own();
-        if (callbacks.error) {
-            std::rethrow_exception(callbacks.error);  // unchanged, traceback included
-        }
-        if (interrupt.interrupted()) {
-            if (PyErr_CheckSignals() == 0) {  // normally raises KeyboardInterrupt itself
-                PyErr_SetNone(PyExc_KeyboardInterrupt);
-            }
-            throw py::error_already_set();
-        }
-        if (callbacks.cancelled()) {
-            throw CancelledError("the generation was cancelled by Context.cancel()");
-        }
         if (!produced) {
-            throw CoreError(with_core_log("generation failed"));
+            throw CoreError(core_call->with_core_log("generation failed"));
         }
     }
 
-    sd_ctx_t* require_open() {
-        if (ctx_ == nullptr) {
+    void require_open() const {
+        if (closed_.load()) {
             throw std::invalid_argument("this Context is closed");
         }
-        return ctx_.get();
+        if (!broken_.empty()) {
+            throw CoreError("this Context can no longer be used: " + broken_ +
+                            " in an earlier call; close it and load the model again");
+        }
     }
 
-    ContextParams params_;  // owns the strings handed to new_sd_ctx for as long as the context lives
-    std::unique_ptr<sd_ctx_t, CtxDeleter> ctx_;
-    std::mutex mutex_;
+    std::shared_ptr<LoadedContext> state_;
+    std::atomic<bool> closed_{false};
     std::atomic<uint64_t> cancel_epoch_{0};
+    std::string broken_;  // set (with the GIL) after the core failed half way through a call
+    int default_sample_method_ = 0;
+    std::vector<int> default_schedulers_;
+    bool supports_image_ = false, supports_video_ = false;
 };
 
 }  // namespace
@@ -567,7 +621,9 @@ void register_context(py::module_& m) {
         .def("supports_video_generation", &NativeContext::supports_video_generation)
         .def("cancel", &NativeContext::cancel,
              "Stop the calls in flight or waiting on this context (they raise Cancelled); thread-safe.")
-        .def("close", &NativeContext::close, "Free the core context (idempotent).")
+        .def("close", &NativeContext::close, py::arg("wait") = true,
+             "Stop this context's calls and free it (idempotent). wait=False (or from inside a callback) queues "
+             "the free behind the call in flight instead of waiting for it.")
         .def_property_readonly("closed", &NativeContext::closed);
 }
 

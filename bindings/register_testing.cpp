@@ -8,6 +8,7 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "util.h"
 
 namespace sdcpp {
 
@@ -130,6 +131,21 @@ void register_testing(py::module_& m) {
     m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("n_threads") = 1,
           "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");
+    m.def(
+        "_parse_prompt_attention",
+        [](const std::string& text) {
+            // On the core thread, as in a generation: the parser recurses once per byte (std::regex).
+            std::vector<std::pair<std::string, float>> pieces;
+            auto call = std::make_shared<CoreCall>("parsing a prompt", [&] { pieces = parse_prompt_attention(text); });
+            run_on_core_thread(call);
+            call->raise_errors();
+            py::list result;
+            for (const auto& [piece, weight] : pieces) {
+                result.append(py::make_tuple(text_from_core(piece), weight));
+            }
+            return result;
+        },
+        py::arg("text"), "Test hook: the core's prompt-weight parser (util.cpp), as (text, weight) pairs.");
     register_testing_core(m);
 }
 

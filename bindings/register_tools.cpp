@@ -3,6 +3,9 @@
 
 #include <cstring>
 #include <memory>
+#include <regex>
+
+#include "ggml.h"
 
 namespace sdcpp {
 
@@ -26,70 +29,106 @@ py::array_t<uint8_t, py::array::c_style> copy_of(const py::array_t<uint8_t, py::
     return copy;
 }
 
+// What a loaded upscaler shares with the core calls queued for it (a free queued by its destructor).
+struct LoadedUpscaler {
+    std::unique_ptr<upscaler_ctx_t, UpscalerDeleter> ctx;  // touched only on the core thread
+};
+
 class NativeUpscaler {
    public:
-    NativeUpscaler(const std::string& path, bool offload_params_to_cpu, bool direct, int n_threads, int tile_size) {
-        upscaler_ctx_t* raw = nullptr;
-        {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> core_lock(core_mutex());
-            clear_recent_log();
-            raw = new_upscaler_ctx(path.c_str(), offload_params_to_cpu, direct, n_threads, tile_size);
+    NativeUpscaler(const std::string& path, bool offload_params_to_cpu, bool direct, int n_threads, int tile_size)
+        : state_(std::make_shared<LoadedUpscaler>()) {
+        auto state = state_;
+        auto load  = std::make_shared<CoreCall>("loading an Upscaler", [&, state] {
+            state->ctx.reset(new_upscaler_ctx(path.c_str(), offload_params_to_cpu, direct, n_threads, tile_size));
+            if (state->ctx != nullptr) {
+                factor_ = get_upscale_factor(state->ctx.get());  // constant: no core call needed later
+            }
+        });
+        run_on_core_thread(load);
+        if (load->python_error || load->core_exception) {
+            free_detached();
+            load->raise_errors();
         }
-        if (raw == nullptr) {
-            throw CoreError(with_core_log("the core could not load the upscaler"));
+        if (state_->ctx == nullptr) {
+            throw CoreError(load->with_core_log("the core could not load the upscaler"));
         }
-        ctx_.reset(raw);
     }
 
-    int factor() { return get_upscale_factor(require_open()); }
+    int factor() const {
+        require_open();
+        return factor_;
+    }
 
     py::array_t<uint8_t> upscale(const py::array_t<uint8_t, py::array::c_style>& image, uint32_t factor) {
-        upscaler_ctx_t* ctx = require_open();
-        // A private copy: the core reads it with the GIL released while Python may write the array.
-        const auto input = copy_of(image);
+        require_open();
+        // A private copy: the core reads it on its thread while Python may write the array.
+        const auto input    = copy_of(image);
         const sd_image_t view = borrow(input);
         sd_image_t result{};
-        {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> lock(mutex_);
-            std::lock_guard<std::mutex> core_lock(core_mutex());
-            clear_recent_log();
-            result = ::upscale(ctx, view, factor);
+        bool was_closed = false;
+        auto state      = state_;
+        auto call       = std::make_shared<CoreCall>("upscaling", [&, state] {
+            if (state->ctx == nullptr) {
+                was_closed = true;  // closed by another thread while this call waited
+                return;
+            }
+            result = ::upscale(state->ctx.get(), view, factor);
+        });
+        run_on_core_thread(call);
+        if (result.data != nullptr) {
+            auto owned = adopt_image(result);  // owned before any error is raised: nothing leaks
+            call->raise_errors();
+            return owned;
         }
-        if (result.data == nullptr) {
-            throw CoreError(with_core_log("upscaling failed"));
+        call->raise_errors();
+        if (was_closed) {
+            throw std::invalid_argument("this Upscaler is closed");
         }
-        return adopt_image(result);
+        throw CoreError(call->with_core_log("upscaling failed"));
     }
 
-    void close() {
-        py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(mutex_);
-        std::lock_guard<std::mutex> core_lock(core_mutex());
-        ctx_.reset();
+    // Frees the model; with `wait` (and outside a core call's callback) once the call in flight is done.
+    void close(bool wait) {
+        if (closed_.exchange(true)) {
+            return;
+        }
+        if (wait && !inside_core_call()) {
+            auto state = state_;
+            auto free  = std::make_shared<CoreCall>("closing an Upscaler", [state] { state->ctx.reset(); });
+            free->always_runs = true;
+            run_on_core_thread(free);
+            free->raise_errors();
+        } else {
+            free_detached();
+        }
     }
 
-    bool closed() const { return ctx_ == nullptr; }
+    bool closed() const { return closed_.load(); }
 
     ~NativeUpscaler() {
-        if (ctx_ != nullptr) {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> core_lock(core_mutex());
-            ctx_.reset();
+        if (!closed_.exchange(true)) {
+            free_detached();  // never blocks
         }
     }
 
    private:
-    upscaler_ctx_t* require_open() {
-        if (ctx_ == nullptr) {
-            throw std::invalid_argument("this Upscaler is closed");
-        }
-        return ctx_.get();
+    void free_detached() {
+        auto state = state_;
+        auto free  = std::make_shared<CoreCall>("freeing an Upscaler", [state] { state->ctx.reset(); });
+        free->always_runs = true;
+        run_detached(free);
     }
 
-    std::unique_ptr<upscaler_ctx_t, UpscalerDeleter> ctx_;
-    std::mutex mutex_;
+    void require_open() const {
+        if (closed_.load()) {
+            throw std::invalid_argument("this Upscaler is closed");
+        }
+    }
+
+    std::shared_ptr<LoadedUpscaler> state_;
+    std::atomic<bool> closed_{false};
+    int factor_ = 0;
 };
 
 }  // namespace
@@ -100,7 +139,7 @@ void register_tools(py::module_& m) {
              py::arg("direct"), py::arg("n_threads"), py::arg("tile_size"))
         .def("factor", &NativeUpscaler::factor)
         .def("upscale", &NativeUpscaler::upscale, py::arg("image"), py::arg("factor"))
-        .def("close", &NativeUpscaler::close)
+        .def("close", &NativeUpscaler::close, py::arg("wait") = true)
         .def_property_readonly("closed", &NativeUpscaler::closed);
 
     m.def(
@@ -110,15 +149,14 @@ void register_tools(py::module_& m) {
             // The core edits the pixels in place: work on a copy the caller cannot see.
             auto result = copy_of(image);
             const sd_image_t view = borrow(result);
+            // Plain image code with no global state: runs on this thread, also from inside a callback.
             bool ok;
             {
-                py::gil_scoped_release release;
-                std::lock_guard<std::mutex> core_lock(core_mutex());
-                clear_recent_log();
+                GilRelease release;
                 ok = ::preprocess_canny(view, high_threshold, low_threshold, weak, strong, inverse);
             }
             if (!ok) {
-                throw CoreError(with_core_log("canny preprocessing failed"));
+                throw CoreError("canny preprocessing failed");
             }
             return result;
         },
@@ -131,27 +169,51 @@ void register_tools(py::module_& m) {
            const std::string& tensor_type_rules, bool convert_name, py::object progress) {
             // The core reports tensors loaded through its progress callback; it has no way to stop a
             // conversion, so a callback's exception (or Ctrl-C) is raised once the conversion returns.
-            CallCallbacks callbacks;
-            callbacks.progress = std::move(progress);
-            bool ok;
-            {
-                py::gil_scoped_release release;
-                std::lock_guard<std::mutex> core_lock(core_mutex());
-                CallbackScope scope(callbacks);
-                clear_recent_log();
+            bool ok   = false;
+            auto call = std::make_shared<CoreCall>("convert", [&] {
                 ok = ::convert(input.c_str(), vae.empty() ? nullptr : vae.c_str(), output.c_str(),
                                static_cast<sd_type_t>(weight_type),
                                tensor_type_rules.c_str(), convert_name);  // the core builds a std::string from it
-            }
-            if (callbacks.error) {
-                std::rethrow_exception(callbacks.error);
-            }
+            });
+            run_on_core_thread(call, progress);
+            call->raise_errors();
             if (!ok) {
-                throw CoreError(with_core_log("conversion failed"));
+                throw CoreError(call->with_core_log("conversion failed"));
             }
         },
         py::arg("input"), py::arg("vae"), py::arg("output"), py::arg("weight_type"), py::arg("tensor_type_rules"),
         py::arg("convert_name"), py::arg("progress") = py::none());
+
+    m.def(
+        "regex_error",
+        [](const std::string& pattern) -> py::object {
+            // The core compiles tensor_type_rules patterns with std::regex (ECMAScript) and does not catch
+            // regex_error: ask the same library up front. On the core thread: compiling recurses per character.
+            std::string error;
+            auto call = std::make_shared<CoreCall>("checking a regular expression", [&] {
+                try {
+                    std::regex compiled(pattern);
+                } catch (const std::regex_error& e) {
+                    error = e.what();
+                }
+            });
+            run_on_core_thread(call);
+            call->raise_errors();
+            return error.empty() ? py::object(py::none()) : py::object(py::str(error));
+        },
+        py::arg("pattern"), "Why std::regex (as the core uses it) refuses `pattern`, or None if it compiles.");
+
+    // The type names parse_tensor_type_rules (model.cpp) accepts: "f32" and every ggml type that converts
+    // from float; any other name the core skips with a warning.
+    py::list rule_types;
+    rule_types.append("f32");
+    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
+        const auto* traits = ggml_get_type_traits(static_cast<ggml_type>(i));
+        if (traits->to_float != nullptr && traits->type_size != 0) {
+            rule_types.append(traits->type_name);
+        }
+    }
+    m.attr("TENSOR_RULE_TYPES") = rule_types;
 
     // sd_cache_mode_t has no name function in the core; these are sd-cli's --cache-mode spellings.
     py::dict cache_modes;

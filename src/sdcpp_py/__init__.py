@@ -37,6 +37,9 @@ BACKEND: str = _core.BACKEND
 # The core logs through the "sdcpp_py" logger; stay quiet unless the application configures logging.
 logging.getLogger("sdcpp_py").addHandler(logging.NullHandler())
 atexit.register(_core._shutdown)
+if hasattr(os, "register_at_fork"):
+    # Only the forking thread lives on in a child: it gets a core thread of its own when it first needs one.
+    os.register_at_fork(after_in_child=_core._reset_after_fork)
 
 __all__ = [
     "BACKEND",
