@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -173,11 +174,20 @@ def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
 
     Raises:
         FileNotFoundError: no such file.
+        IsADirectoryError: the path is a directory.
+        ValueError: the path is not a regular file (a device such as /dev/null, a FIFO, a socket).
         InvalidComponentError: a safetensors/GGUF header is malformed.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: no such file: {path!r}")
+    # stat, never open, before we know it is a regular file: opening a FIFO for reading blocks until a writer comes.
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file named as a folder on the way
+        raise FileNotFoundError(f"path: no such file: {path!r}") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"path: {path!r} is a directory")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"path: {path!r} is not a regular file")
     header: Optional[FileHeader] = check_component("path", path)
     if header is None:
         return ComponentInfo(path, "other", "unknown", None, 0, 0, os.path.getsize(path),

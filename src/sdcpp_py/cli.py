@@ -8,7 +8,8 @@
     sdcpp check
 
 Bad input exits with status 2 and one line on stderr (``--debug`` shows the traceback); a failure in the core
-exits with status 1. PNG files carry the generation parameters in a "parameters" text chunk.
+exits with status 1. `generate -o` writes PNG (the generation parameters in a "parameters" text chunk), or with
+Pillow JPEG and WebP (the parameters in the EXIF UserComment) and BMP (no parameters).
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-
 COMPONENT_FLAGS = {  # sd-cli spelling -> Context argument
     "--model": "model", "--diffusion-model": "diffusion_model", "--high-noise-diffusion-model":
     "high_noise_diffusion_model", "--clip_l": "clip_l", "--clip_g": "clip_g", "--clip_vision": "clip_vision",
     "--t5xxl": "t5xxl", "--llm": "llm", "--llm_vision": "llm_vision", "--vae": "vae", "--taesd": "taesd",
     "--control-net": "control_net", "--photo-maker": "photo_maker",
 }
+
+
+PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+OUTPUT_EXTENSIONS = (".png", *PILLOW_FORMATS)
+_EXIF_USER_COMMENT_BYTES = 65533 - 200  # a JPEG APP1 segment's limit, less the rest of our EXIF block
+_EXIF_IFD, _EXIF_USER_COMMENT = 0x8769, 0x9286  # numbers, not ExifTags' enums, which older Pillows lack
 
 
 def _progress_enabled(choice: str) -> bool:
@@ -59,7 +65,9 @@ def _add_generate(sub) -> None:
         p.add_argument(*aliases, dest=name, metavar="PATH")
     p.add_argument("-p", "--prompt", required=True)
     p.add_argument("-n", "--negative-prompt", default="")
-    p.add_argument("-o", "--output", default="output.png", help="PNG path; a batch writes NAME_i.png")
+    p.add_argument("-o", "--output", default="output.png",
+                   help=f"image path ({', '.join(OUTPUT_EXTENSIONS)}; all but .png need Pillow); "
+                   "a batch writes NAME_i.EXT")
     p.add_argument("-W", "--width", type=int)
     p.add_argument("-H", "--height", type=int)
     p.add_argument("--steps", type=int, default=20)
@@ -115,10 +123,63 @@ def _parameters_text(args, seed: int) -> str:
     return f"{text}\n{', '.join(fields)}, Models: {models}, Generator: sdcpp-py"
 
 
+def _check_output(output: str) -> str:
+    """The output path's extension, once it is known the image can be written there: checked before any model is
+    read, so a typo does not cost a load and a generation."""
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_EXTENSIONS:
+        raise ValueError(f"-o/--output {output!r}: unsupported extension {path.suffix or '(none)'!r}; "
+                         f"use one of {', '.join(OUTPUT_EXTENSIONS)}")
+    if suffix in PILLOW_FORMATS:
+        try:
+            import PIL.Image  # noqa: F401
+        except ImportError:
+            raise ValueError(f"-o/--output {output!r}: writing {suffix} needs Pillow (pip install pillow), "
+                             "or write .png") from None
+    folder = path.parent
+    if not folder.exists():
+        raise ValueError(f"-o/--output {output!r}: folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise ValueError(f"-o/--output {output!r}: {str(folder)!r} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"-o/--output {output!r}: folder {str(folder)!r} is not writable")
+    if path.is_dir():
+        raise ValueError(f"-o/--output {output!r}: is a folder; give a file name")
+    return suffix
+
+
+def _write_image(path: Path, suffix: str, image, parameters: str) -> None:
+    from ._png import write_png
+
+    if suffix == ".png":
+        write_png(path, image, {"parameters": parameters})
+        return
+    from PIL import Image
+
+    picture = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    kind = PILLOW_FORMATS[suffix]
+    options = {}
+    if kind == "JPEG" and picture.mode == "RGBA":
+        picture = picture.convert("RGB")  # JPEG has no alpha
+    if kind in ("JPEG", "WEBP"):
+        options["quality"] = 90
+        # EXIF UserComment, as other Stable Diffusion tools store "parameters" in JPEG/WebP. Pillow writes
+        # big-endian EXIF, hence UTF-16-BE after the charset prefix. BMP has no metadata to carry it.
+        comment = b"UNICODE\0" + parameters.encode("utf-16-be")
+        if kind == "WEBP" or len(comment) <= _EXIF_USER_COMMENT_BYTES:
+            exif = Image.Exif()
+            exif.get_ifd(_EXIF_IFD)[_EXIF_USER_COMMENT] = comment
+            options["exif"] = exif
+        else:
+            print(f"sdcpp: note: parameters too long for JPEG's EXIF; {path} has none", file=sys.stderr)
+    picture.save(path, kind, **options)
+
+
 def _generate(args) -> int:
     from . import Cache, Context, Hires, preprocess_canny
-    from .selfcheck import write_png
 
+    suffix = _check_output(args.output)
     components = {name: getattr(args, name) for name in COMPONENT_FLAGS.values() if getattr(args, name)}
     if not components:
         raise ValueError("no model: pass -m/--model or --diffusion-model with its parts")
@@ -153,7 +214,7 @@ def _generate(args) -> int:
     output = Path(args.output)
     for index, image in enumerate(images):
         path = output if len(images) == 1 else output.with_name(f"{output.stem}_{index}{output.suffix}")
-        write_png(path, image, {"parameters": _parameters_text(args, images.seed + index)})
+        _write_image(path, suffix, image, _parameters_text(args, images.seed + index))
         print(f"wrote {path}")
     print(f"load {loaded - started:.2f} s, generation {done - loaded:.2f} s, seed {images.seed}")
     return 0
@@ -209,7 +270,7 @@ def _split(args) -> int:
 
 
 def _info(args) -> int:
-    from . import backends, core_commit, core_patches, core_version, system_info, __version__
+    from . import __version__, backends, core_commit, core_patches, core_version, system_info
 
     report = backends()
     print(f"sdcpp-py {__version__}, core {core_version()} ({core_commit()}), patches: "

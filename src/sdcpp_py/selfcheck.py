@@ -10,32 +10,14 @@ component files and generation work, not image quality.
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from . import BACKEND, Context, core_version, synthetic
-
-
-def write_png(path: Path, image: np.ndarray, text: dict | None = None) -> None:
-    """A minimal PNG writer (grey, RGB or RGBA), so nothing beyond numpy is needed; ``text`` becomes tEXt
-    chunks (Latin-1 keys and values)."""
-    height, width, channels = image.shape
-    color_type = {1: 0, 3: 2, 4: 6}[channels]
-    rows = np.hstack([np.zeros((height, 1), np.uint8), image.reshape(height, width * channels)])
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    texts = b"".join(chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace"))
-                     for key, value in (text or {}).items())
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + texts
-                     + chunk(b"IDAT", zlib.compress(rows.tobytes())) + chunk(b"IEND", b""))
+from ._png import write_png
 
 
 def main(argv: list[str] | None = None) -> int:
