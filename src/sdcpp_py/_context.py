@@ -14,17 +14,19 @@ import numpy as np
 from . import _core
 from ._devices import accelerator_missing, default_device
 from ._headers import check_component
-from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size
+from ._images import ImageLike, as_mask, as_rgb, as_rgb_list, check_size, fs_path, native_path, regular_file
 from ._inspect import classify_tensors, slot_mismatch, wan_video_inputs
 from ._options import (
-    _CORE as _OPTION_DEFAULTS, Cache, Hires, Lora, PhotoMaker, photo_maker_prompt_problem, prompt_loras,
+    _CORE as _OPTION_DEFAULTS, Cache, Hires, Lora, PhotoMaker, check_bool as _check_bool,
+    check_float as _check_float, check_int as _check_int, check_tensor_type_rules, photo_maker_prompt_problem,
+    prompt_loras,
 )
 from ._enums import (
     HiresUpscaler, Preview, PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO,
     LoraApplyMode, Prediction, RngType, Sampler, Scheduler, WeightType,
 )
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 ProgressCallback = Callable[[int, int, float], object]
 PreviewCallback = Callable[[int, np.ndarray, bool], object]
 
@@ -56,48 +58,31 @@ class GenerationResult(list):
 
 
 def _resolve_path(argument: str, value: PathLike) -> str:
-    try:
-        path = os.fspath(value)
-    except TypeError:
-        raise TypeError(f"{argument} must be a str or os.PathLike, not {type(value).__name__}") from None
-    if not isinstance(path, str):
-        path = os.fsdecode(path)
-    if not path:
-        raise ValueError(f"{argument} is an empty path")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{argument}: no such file: {path!r}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{argument}: expected a model file, got a directory: {path!r}")
-    return path
-
-
-def _check_int(argument: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{argument} must be an int, not {type(value).__name__}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{argument}={value} is out of range [{low}, {high}]")
-    return int(value)
-
-
-def _check_float(argument: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{argument} must be a number, not {type(value).__name__}")
-    number = float(value)
-    if math.isnan(number) or not low <= number <= high:
-        raise ValueError(f"{argument}={value} is out of range [{low}, {high}]")
-    return number
+    """A model file path (str, bytes or os.PathLike) as a str, refused unless it is a regular file: nothing
+    the package opens may be a FIFO or a device, which would block the process or never end. Pass it to the
+    native layer as ``native_path(path)`` (bytes), so a file name that is not UTF-8 loads too."""
+    return regular_file(argument, fs_path(argument, value), "file")
 
 
 def _embedding_pairs(embeddings) -> list:
+    """(name, path) pairs for the native layer, both as bytes; the files are checked first."""
     if embeddings is None:
         return []
     if isinstance(embeddings, Mapping):
         items = list(embeddings.items())
+    elif isinstance(embeddings, (str, bytes, os.PathLike)) or not isinstance(embeddings, Iterable):
+        raise TypeError("embeddings must be a mapping {name: path} or a list of paths")
     else:
-        items = [(Path(os.fspath(p)).stem, p) for p in embeddings]
-    pairs = [(str(name), _resolve_path(f"embeddings[{name!r}]", path)) for name, path in items]
-    for name, path in pairs:
-        check_component(f"embeddings[{name!r}]", path)
+        items = [(Path(fs_path("embeddings[]", p)).stem, p) for p in embeddings]
+    pairs = []
+    for name, path in items:
+        argument = f"embeddings[{name!r}]"
+        if not isinstance(name, str):
+            raise TypeError(f"{argument}: an embedding name must be a str, not {type(name).__name__}")
+        name = fs_path(f"{argument} (the name)", name)  # no NUL, encodable
+        path = _resolve_path(argument, path)
+        check_component(argument, path)
+        pairs.append((native_path(name), native_path(path)))
     return pairs
 
 
@@ -109,7 +94,8 @@ class Context:
     ``sd_ctx_params_init``, except ``vae_decode_only``: by default the VAE encoder is loaded when the VAE
     file has one, so img2img and edits work (True skips its weights for a txt2img-only service). The
     weights are loaded with the GIL released. ``lora_dir`` makes the prompt's ``<lora:name:weight>`` tags load
-    ``name`` from that folder, as sd-cli's ``--lora-model-dir``. ``lora_apply_mode`` defaults to "at_runtime":
+    ``name`` from that folder, as sd-cli's ``--lora-model-dir`` (only from inside it: no absolute names, no
+    ``..``). Paths are str, bytes or os.PathLike; a file name that is not UTF-8 works. ``lora_apply_mode`` defaults to "at_runtime":
     the core's "auto" merges a LoRA into f16 weights and subtracts it after the call, which leaves rounding
     residue, so later calls would drift from what a fresh context makes. ``free_params_immediately``
     defaults to False (the core's default is True, made for one-shot programs like sd-cli): a context keeps
@@ -122,8 +108,10 @@ class Context:
         FileNotFoundError: a component path does not exist (the message names the argument).
         InvalidComponentError: a safetensors/GGUF header is malformed (a ValueError naming the argument).
         ValueError: no model or no text encoder was given, a part the model needs is missing (a VAE for
-            a DiT, CLIP vision or the VAE encoder for a Wan image-to-video or VACE model), or an option has
-            an invalid value.
+            a DiT, CLIP vision or the VAE encoder for a Wan image-to-video or VACE model), a path is not a
+            regular file (a FIFO or device would block the load) or holds a NUL, or an option has an invalid
+            value (``tensor_type_rules`` is checked item by item as the core parses it).
+        TypeError: an option has the wrong type.
         SdcppError: the core could not build a context; the message carries the core's error lines.
     """
 
@@ -184,7 +172,7 @@ class Context:
             raise ValueError("no model given: pass model= (an all-in-one checkpoint) or diffusion_model=")
         self.lora_dir = None
         if lora_dir is not None:
-            self.lora_dir = os.fspath(lora_dir)
+            self.lora_dir = fs_path("lora_dir", lora_dir)
             if not os.path.isdir(self.lora_dir):
                 raise NotADirectoryError(f"lora_dir: no such directory: {self.lora_dir!r}")
         self.components = {name: _resolve_path(name, path) for name, path in given.items() if path is not None}
@@ -195,7 +183,12 @@ class Context:
                 raise ValueError(problem)
         vae_decode_only_asked = vae_decode_only is not None
         if vae_decode_only is None:
-            vae_decode_only = not _has_vae_encoder(headers.get("vae") or headers.get("model"))
+            vae_header = headers.get("vae") or headers.get("model")
+            if vae_header is None and headers.get("taesd") is not None:
+                # TAESD as the only VAE: decoder-only files of it exist (taef1_decoder.safetensors).
+                vae_decode_only = not any(name.startswith("encoder.layers.") for name in headers["taesd"].tensors)
+            else:
+                vae_decode_only = not _has_vae_encoder(vae_header)
         text_encoders = ("clip_l", "clip_g", "t5xxl", "llm")
         if model is None and not any(name in self.components for name in text_encoders):
             # The core loads such a model, then dereferences a missing encoder at the first prompt.
@@ -205,10 +198,12 @@ class Context:
         model_header = dit_header or headers.get("model")
         # What inspect() calls the model ("Flux.1", "SD1", "Wan2.1-VACE-1.3B", ...); None if unknown.
         self.architecture = None if model_header is None else classify_tensors(model_header.tensors)[1]
-        if model is None and "vae" not in self.components and self.architecture in VAE_IS_A_SEPARATE_FILE:
-            # The core would fail listing every missing decoder tensor.
+        if (model is None and "vae" not in self.components and "taesd" not in self.components
+                and self.architecture in VAE_IS_A_SEPARATE_FILE):
+            # The core would fail listing every missing decoder tensor. TAESD alone is a full decoder (and
+            # encoder): sd-cli generates with it as the only VAE.
             raise ValueError(f"diffusion_model is a {self.architecture} model, whose VAE is a separate file: "
-                             "pass vae=")
+                             "pass vae= (or taesd=)")
         self._video_inputs = (wan_video_inputs(self.architecture)
                               if self.architecture and self.architecture.startswith("Wan2") else None)
         if self._video_inputs is not None:
@@ -223,9 +218,9 @@ class Context:
 
         params = _core.ContextParams()
         for name, path in self.components.items():
-            setattr(params, name, path)
+            setattr(params, name, native_path(path))
         params.embeddings = _embedding_pairs(embeddings)
-        params.tensor_type_rules = str(tensor_type_rules)
+        params.tensor_type_rules = check_tensor_type_rules("tensor_type_rules", tensor_type_rules)
         params.n_threads = _core.physical_cores() if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
         params.weight_type = WEIGHT_TYPE_AUTO if weight_type is None else int(WeightType.coerce(weight_type, "weight_type"))
         params.rng = int(RngType.coerce(rng, "rng"))
@@ -245,9 +240,7 @@ class Context:
             "qwen_image_zero_cond_t": qwen_image_zero_cond_t,
         }
         for name, value in flags.items():
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-            setattr(params, name, bool(value))
+            setattr(params, name, _check_bool(name, value))
         params.chroma_t5_mask_pad = _check_int("chroma_t5_mask_pad", chroma_t5_mask_pad, 0, 4096)
         params.max_vram = _check_float("max_vram", max_vram, 0.0)
         self.n_threads = params.n_threads
@@ -297,9 +290,10 @@ class Context:
         self.close()
 
     def __del__(self) -> None:
+        # Never waits: it may run in a garbage collection inside a callback or log handler of a core call.
         native = getattr(self, "_native", None)
         if native is not None:
-            native.close()
+            native.close(wait=False)
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={os.path.basename(path)!r}" for name, path in self.components.items())
@@ -471,15 +465,15 @@ class Context:
                              guidance=guidance, sampler=sampler, scheduler=scheduler, eta=eta,
                              flow_shift=flow_shift, shifted_timestep=shifted_timestep, skip_layers=skip_layers,
                              slg_scale=slg_scale, slg_start=slg_start, slg_end=slg_end, custom_sigmas=custom_sigmas)
-        seed = _resolve_seed(seed)
-        request.seed = seed
         request.batch_count = _check_int("batch_count", batch_count, 1, 64)
+        seed = _resolve_seed(seed, request.batch_count)
+        request.seed = seed
         request.clip_skip = _check_int("clip_skip", clip_skip, -1, 64)
         _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap)
-        mode = _preview_mode(preview, preview_mode)
-        images = self._native_for_generation().generate_image(
-            request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
-            bool(preview_noisy))
+        preview_args = _preview_args(preview, preview_mode, preview_interval, preview_noisy)
+        # Every argument is checked: only now is the native context touched (with free_params_immediately,
+        # taking it marks the context spent, so a call refused for a bad argument must not get this far).
+        images = self._native_for_generation().generate_image(request, progress, preview, *preview_args)
         return GenerationResult(images, seed)
 
     def txt2img(self, prompt: str, **options) -> GenerationResult:
@@ -547,11 +541,10 @@ class Context:
         default); a number runs that many high-noise steps before the ``steps`` (sd-cli's default is 20).
         Other keywords as ``generate``.
         """
-        native = self._require_native()
-        if not native.supports_video_generation():
-            raise ValueError("this Context's model does not generate video (load a video model such as Wan)")
         request = _core.VideoGenParams()
         self._common_request(request, prompt, negative_prompt, progress, preview)
+        if not self._require_native().supports_video_generation():  # a question only: the context stays as is
+            raise ValueError("this Context's model does not generate video (load a video model such as Wan)")
         init = None if init_image is None else as_rgb(init_image, "init_image")
         if width is None and height is None and init is not None:
             width, height = init.shape[1], init.shape[0]
@@ -591,13 +584,12 @@ class Context:
                                       else int(Sampler.coerce(high_noise_sampler, "high_noise_sampler")))
         request.high_noise_scheduler = (SCHEDULER_AUTO if high_noise_scheduler is None
                                         else int(Scheduler.coerce(high_noise_scheduler, "high_noise_scheduler")))
-        request.seed = _resolve_seed(seed)
+        request.seed = _resolve_seed(seed, 1)
         request.clip_skip = _check_int("clip_skip", clip_skip, -1, 64)
         _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap)
-        mode = _preview_mode(preview, preview_mode)
-        return self._native_for_generation().generate_video(
-            request, progress, preview, int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
-            bool(preview_noisy))
+        preview_args = _preview_args(preview, preview_mode, preview_interval, preview_noisy)
+        # Every argument is checked: only now is the native context taken (see generate).
+        return self._native_for_generation().generate_video(request, progress, preview, *preview_args)
 
     # -- request building ---------------------------------------------------------------------------
     _VIDEO_INPUT_USERS = {
@@ -621,15 +613,13 @@ class Context:
         specs = _lora_specs(loras)
         if self.lora_dir is not None:
             request.prompt, from_prompt = prompt_loras(request.prompt, self.lora_dir)
-            specs += _lora_specs(from_prompt)
+            specs += _lora_specs(from_prompt, [f"prompt <lora:{os.path.basename(lora.path)}>" for lora in from_prompt])
         return specs
 
     @staticmethod
     def _common_request(request, prompt, negative_prompt, progress, preview) -> None:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
-        if not isinstance(negative_prompt, str):
-            raise TypeError(f"negative_prompt must be a str, not {type(negative_prompt).__name__}")
+        _check_prompt("prompt", prompt)
+        _check_prompt("negative_prompt", negative_prompt)
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable as progress(step, steps, seconds)")
         if preview is not None and not callable(preview):
@@ -649,12 +639,14 @@ class Context:
         request.eta = math.inf if eta is None else _check_float("eta", eta, 0.0)
         request.flow_shift = math.inf if flow_shift is None else _check_float("flow_shift", flow_shift, 0.0)
         request.shifted_timestep = _check_int("shifted_timestep", shifted_timestep, 0, 1000)
-        request.skip_layers = [_check_int("skip_layers[]", layer, 0, 1024) for layer in skip_layers]
+        request.skip_layers = [_check_int(f"skip_layers[{index}]", layer, 0, 1024)
+                               for index, layer in enumerate(_sequence("skip_layers", skip_layers))]
         request.slg_scale = _check_float("slg_scale", slg_scale, 0.0)
         request.slg_start = _check_float("slg_start", slg_start, 0.0, 1.0)
         request.slg_end = _check_float("slg_end", slg_end, 0.0, 1.0)
         if custom_sigmas is not None:
-            request.custom_sigmas = [_check_float("custom_sigmas[]", s, 0.0) for s in custom_sigmas]
+            request.custom_sigmas = [_check_float(f"custom_sigmas[{index}]", sigma, 0.0)
+                                     for index, sigma in enumerate(_sequence("custom_sigmas", custom_sigmas))]
 
     def _apply_photo_maker(self, request, photo_maker) -> None:
         if not isinstance(photo_maker, PhotoMaker):
@@ -666,7 +658,8 @@ class Context:
             raise ValueError("photo_maker.id_images is empty: PhotoMaker needs at least one id image")
         request.set_pm_id_images(as_rgb_list(photo_maker.id_images, "photo_maker.id_images"))
         if photo_maker.id_embed_path is not None:
-            request.pm_id_embed_path = _resolve_path("photo_maker.id_embed_path", photo_maker.id_embed_path)
+            request.pm_id_embed_path = native_path(_resolve_path("photo_maker.id_embed_path",
+                                                                 photo_maker.id_embed_path))
         request.pm_style_strength = _check_float("photo_maker.style_strength", photo_maker.style_strength, 0.0, 100.0)
 
     def _check_photo_maker_prompt(self, prompt: str, photo_maker) -> None:
@@ -694,6 +687,7 @@ class Context:
         request.hires_scale = _check_float("hires.scale", hires.scale, 0.0, 16.0)
         request.hires_target_width = _check_int("hires.width", hires.width, 0, MAX_SIDE)
         request.hires_target_height = _check_int("hires.height", hires.height, 0, MAX_SIDE)
+        self._check_hires_size(request)
         request.hires_steps = _check_int("hires.steps", hires.steps, 0, 10000)
         strength = _check_float("hires.denoising_strength", hires.denoising_strength, 0.0, 1.0)
         if strength == 0.0:
@@ -705,10 +699,36 @@ class Context:
                 raise ValueError("hires.upscaler='model' needs hires.model_path (an ESRGAN model)")
             path = _resolve_path("hires.model_path", hires.model_path)
             check_component("hires.model_path", path)
-            request.hires_model_path = path
+            request.hires_model_path = native_path(path)
         elif hires.model_path is not None:
             raise ValueError(f"hires.model_path is only used with upscaler='model', not {upscaler.core_name!r}")
         return upscaler in (HiresUpscaler.MODEL, HiresUpscaler.LANCZOS, HiresUpscaler.NEAREST)
+
+    def _check_hires_size(self, request) -> None:
+        """Refuse a hires output larger than MAX_SIDE a side, computed as the core's resolve_hires does
+        (stable-diffusion.cpp): both sides given, or one for both, or round(side * scale) of the first pass
+        (itself aligned up to the model's spatial multiple), all aligned up to that multiple. Past ~26,755
+        pixels a side the core's int pixel count overflows."""
+        multiple = _spatial_multiple(self.architecture)
+        width, height = request.hires_target_width, request.hires_target_height
+        argument = "hires.width/height"
+        if width <= 0 and height <= 0:
+            argument = "hires.scale"
+            scale = np.float32(request.hires_scale)  # the core's float arithmetic: int * float is a float
+            width = _round_half_away(np.float32(_align_up(request.width, multiple)) * scale)
+            height = _round_half_away(np.float32(_align_up(request.height, multiple)) * scale)
+            if width <= 0 or height <= 0:
+                # The core would switch the hires fix off with a warning and return the first pass.
+                raise ValueError(f"hires.scale={request.hires_scale:g} of {request.width}x{request.height} gives "
+                                 f"no pixels ({width}x{height}): use a larger scale, or hires=None")
+        elif width <= 0:
+            width = height
+        elif height <= 0:
+            height = width
+        width, height = _align_up(width, multiple), _align_up(height, multiple)
+        if width > MAX_SIDE or height > MAX_SIDE:
+            raise ValueError(f"{argument}: the hires output would be {width}x{height} pixels; the largest side is "
+                             f"{MAX_SIDE}")
 
 
 def _has_vae_encoder(header) -> bool:
@@ -720,26 +740,75 @@ def _has_vae_encoder(header) -> bool:
                for name in header.tensors)
 
 
-def _check_bool(argument: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{argument} must be a bool, not {type(value).__name__}")
-    return bool(value)
+def _spatial_multiple(architecture: Optional[str]) -> int:
+    """What the core aligns image sizes up to: its VAE scale factor times the diffusion model's down factor
+    (stable-diffusion.cpp get_vae_scale_factor, get_diffusion_model_down_factor). 64, the largest, for a
+    model not recognised. All are powers of two dividing MAX_SIDE."""
+    if architecture is None:
+        return 64
+    if architecture.startswith("Wan"):
+        return 16 * 2 if architecture in ("Wan2.2-TI2V-5B", "Wan") else 8 * 2
+    return {"SD1": 8 * 8, "SD2": 8 * 8, "SDXL": 8 * 8, "Flux.1": 8, "SD3": 8, "Chroma": 8, "Ovis-Image": 8,
+            "Qwen-Image": 8, "Z-Image": 8, "Anima": 8, "Flux.2": 16, "Ernie-Image": 16,
+            "Chroma Radiance": 1}.get(architecture, 64)
 
 
-def _resolve_seed(seed: object) -> int:
+def _align_up(value: int, multiple: int) -> int:
+    return value + (multiple - value % multiple) % multiple
+
+
+def _round_half_away(value) -> int:
+    """std::round of a (non-negative) float: halves away from zero, where Python's round goes to even."""
+    return math.floor(float(value) + 0.5)
+
+
+def _check_prompt(argument: str, text: object) -> None:
+    """Refuse prompt text the core would misread: it takes C strings (a NUL would end the prompt early),
+    UTF-8 (a lone surrogate has none) and a bounded length (its parser recurses per byte; the native layer
+    checks the same limit)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{argument} must be a str, not {type(text).__name__}")
+    index = text.find("\0")
+    if index >= 0:
+        raise ValueError(f"{argument} contains a NUL character (at index {index}), which would end it early")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{argument} is not valid text: a lone surrogate {text[error.start]!r} at index "
+                         f"{error.start} has no UTF-8 encoding") from None
+    limit = _core.max_prompt_bytes()
+    if size > limit:
+        raise ValueError(f"{argument} is {size} bytes of UTF-8; the limit is {limit}")
+
+
+def _sequence(argument: str, values: object) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{argument} must be a sequence of numbers, not {type(values).__name__}")
+    return list(values)
+
+
+def _resolve_seed(seed: object, batch_count: int) -> int:
+    """The seed of a call; image i of a batch uses seed + i, which the core computes in an int64_t."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, not {type(seed).__name__}")
     seed = int(seed)
+    largest = MAX_SEED - (batch_count - 1)
     if seed == -1:
-        seed = secrets.randbits(63)
-    return _check_int("seed", seed, 0, MAX_SEED)
+        return secrets.randbelow(largest + 1)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
+    if seed > largest:
+        raise ValueError(f"seed={seed} with batch_count={batch_count}: image i uses seed + i, which must stay at "
+                         f"most 2**63-1, so the largest seed for this batch is {largest}")
+    return seed
 
 
-def _preview_mode(preview, preview_mode) -> Preview:
+def _preview_args(preview, preview_mode, preview_interval, preview_noisy) -> tuple:
+    """(mode, interval, noisy) for the native call, checked."""
     mode = Preview.coerce(preview_mode, "preview_mode")
     if preview is not None and mode == Preview.NONE:
         raise ValueError("preview_mode='none' with a preview callable: choose 'proj', 'vae' or 'tae'")
-    return mode
+    return (int(mode), _check_int("preview_interval", preview_interval, 1, 10000),
+            _check_bool("preview_noisy", preview_noisy))
 
 
 def _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap) -> None:
@@ -755,19 +824,21 @@ def _apply_tiling(request, vae_tiling, vae_tile_size, vae_tile_overlap) -> None:
     request.vae_tile_overlap = _check_float("vae_tile_overlap", vae_tile_overlap, 0.0, 0.9)
 
 
-def _lora_specs(loras) -> list:
+def _lora_specs(loras, labels: Optional[Sequence[str]] = None) -> list:
+    """Native LoRA specs, checked; ``labels`` name each in messages (default ``loras[i]``)."""
     if loras is None:
         return []
-    if isinstance(loras, (str, os.PathLike, Lora)) or not isinstance(loras, Sequence):
+    if isinstance(loras, (str, bytes, os.PathLike, Lora)) or not isinstance(loras, Sequence):
         raise TypeError("loras must be a list of sdcpp_py.Lora or paths")
     loras = list(loras)
     specs = []
     for index, lora in enumerate(loras):
         if not isinstance(lora, Lora):
             lora = Lora(lora)
-        argument = f"loras[{index}]"
+        argument = f"loras[{index}]" if labels is None else labels[index]
         path = _resolve_path(f"{argument}.path", lora.path)
         check_component(f"{argument}.path", path)
         multiplier = _check_float(f"{argument}.multiplier", lora.multiplier)
-        specs.append(_core.LoraSpec(path, multiplier, _check_bool(f"{argument}.high_noise", lora.high_noise)))
+        specs.append(_core.LoraSpec(native_path(path), multiplier,
+                                    _check_bool(f"{argument}.high_noise", lora.high_noise)))
     return specs

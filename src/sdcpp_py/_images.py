@@ -3,19 +3,60 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Sequence, Union
 
 import numpy as np
 
-ImageLike = Union[np.ndarray, "os.PathLike[str]", str, "PIL.Image.Image"]  # noqa: F821
+ImageLike = Union[np.ndarray, "os.PathLike[str]", str, bytes, "PIL.Image.Image"]  # noqa: F821
+
+
+def fs_path(argument: str, value: object) -> str:
+    """A path argument (str, bytes or os.PathLike) as a str. A file name that is not valid UTF-8 (legal on
+    Linux) decodes with surrogate escapes (os.fsdecode), which ``native_path`` turns back into its bytes."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise TypeError(f"{argument} must be a str, bytes or os.PathLike, not {type(value).__name__}") from None
+    path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"{argument} is an empty path")
+    if "\0" in path:
+        raise ValueError(f"{argument} contains a NUL character, which no file name can hold: {path!r}")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate that is no surrogate escape
+        raise ValueError(f"{argument}: {path!r} is not a file name (it cannot be encoded)") from None
+    return path
+
+
+def native_path(path: str) -> bytes:
+    """The bytes of a path for the native layer: its std::string fields take bytes as they are, where a str
+    holding surrogate escapes (a name that is not UTF-8) could not be converted."""
+    return os.fsencode(path)
+
+
+def regular_file(argument: str, path: str, what: str = "file") -> str:
+    """Refuse ``path`` unless it is a regular file (symlinks followed), before anything opens it: open() on a
+    FIFO blocks until a writer comes, and a character device can stream without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{argument}: no such {what}: {path!r}") from None
+    except OSError as error:
+        raise type(error)(error.errno, f"{argument}: {error.strerror}", path) from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{argument}: expected a {what}, got a directory: {path!r}")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{argument}: {path!r} is not a regular file (a FIFO or device would block or never "
+                         "end when opened)")
+    return path
 
 
 def _open_path(value, argument: str):
     from PIL import Image
 
-    path = os.fspath(value)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{argument}: no such image file: {path!r}")
+    path = regular_file(argument, fs_path(argument, value), "image file")
     try:
         with Image.open(path) as image:
             image.load()
@@ -25,7 +66,7 @@ def _open_path(value, argument: str):
 
 
 def _to_array(value, argument: str, pil_mode: str) -> np.ndarray:
-    if isinstance(value, (str, os.PathLike)):
+    if isinstance(value, (str, bytes, os.PathLike)):
         value = _open_path(value, argument)
     if not isinstance(value, np.ndarray):
         try:
@@ -70,7 +111,7 @@ def as_mask(value: ImageLike, argument: str) -> np.ndarray:
 
 
 def as_rgb_list(values: Sequence[ImageLike], argument: str) -> list:
-    if isinstance(values, (str, os.PathLike, np.ndarray)) or not isinstance(values, Sequence):
+    if isinstance(values, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(values, Sequence):
         raise TypeError(f"{argument} must be a list of images")
     return [as_rgb(value, f"{argument}[{index}]") for index, value in enumerate(values)]
 

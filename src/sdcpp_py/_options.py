@@ -8,14 +8,63 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from . import _core
 from ._enums import CacheMode, HiresUpscaler
+from ._images import fs_path
+
+try:  # Python 3.11+; sre_parse is the same module before, and deprecated from 3.11 on
+    from re import _constants as _sre_constants
+    from re import _parser as _sre_parse
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_constants as _sre_constants
+    import sre_parse as _sre_parse
 
 PathLike = Union[str, "os.PathLike[str]"]
 _CORE = _core.ImageGenParams()  # the core's defaults
+# The core's float fields are 32-bit: a larger double would arrive as inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT32_MAX = 2**31 - 1
+
+
+# -- argument checks shared by every entry point -----------------------------------------------------
+def check_int(argument: str, value: object, low: int, high: int) -> int:
+    """An int in [low, high]: TypeError for another type (bool included), ValueError out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{argument} must be an int, not {type(value).__name__}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{argument}={value} is out of range [{low}, {high}]")
+    return int(value)
+
+
+def check_float(argument: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
+    """A finite number in [low, high]: TypeError for another type, ValueError for inf, nan, a value beyond a
+    32-bit float or out of range. The core reads inf as "none given" in some fields and gives an all-white
+    image for it in others, so a caller never passes it: where the package means "auto" it sets inf itself."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{argument} must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a double
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{argument}={value} is not a finite number")
+    if abs(number) > _FLOAT32_MAX:
+        raise ValueError(f"{argument}={value} is not finite as the core's 32-bit float (largest {_FLOAT32_MAX:g})")
+    if not low <= number <= high:
+        raise ValueError(f"{argument}={value} is out of range [{low}, {high}]")
+    return number
+
+
+def check_bool(argument: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{argument} must be a bool, not {type(value).__name__}")
+    return bool(value)
 
 
 @dataclass(frozen=True)
@@ -82,7 +131,8 @@ class Cache:
     spectrum_stop_percent: float = _cache_default("spectrum_stop_percent")
 
     def apply(self, request) -> None:
-        """Write these fields into an ImageGenParams/VideoGenParams, checking them."""
+        """Write these fields into an ImageGenParams/VideoGenParams, checking them (TypeError for a wrong
+        type, ValueError for a bad value, as every other argument)."""
         request.cache_mode = int(CacheMode.coerce(self.mode, "cache.mode"))
         for spec in fields(self):
             if spec.name in ("mode", "scm_mask"):
@@ -90,17 +140,20 @@ class Cache:
             value = getattr(self, spec.name)
             argument = f"cache.{spec.name}"
             if spec.type == "bool":
-                if not isinstance(value, bool):
-                    raise TypeError(f"{argument} must be a bool, not {type(value).__name__}")
+                value = check_bool(argument, value)
             elif spec.type == "int":
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError(f"{argument} must be an int, not {type(value).__name__}")
+                value = check_int(argument, value, -1, _INT32_MAX)  # -1: no limit (max_cached_steps, ...)
             else:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                    raise ValueError(f"{argument}={value!r} must be a number")
+                default = getattr(_CORE, f"cache_{spec.name}")
+                if math.isinf(default) and isinstance(value, (float, np.floating)) and value == default:
+                    value = default  # the core's own "none given" (reuse_threshold): the mode's default
+                else:
+                    value = check_float(argument, value)
             setattr(request, f"cache_{spec.name}", value)
-        if not isinstance(self.scm_mask, str) or any(part.strip() not in ("0", "1")
-                                                     for part in self.scm_mask.split(",") if self.scm_mask):
+        if not isinstance(self.scm_mask, str):
+            raise TypeError(f"cache.scm_mask must be a str of comma-separated 0/1 flags, not "
+                            f"{type(self.scm_mask).__name__}")
+        if any(part.strip() not in ("0", "1") for part in self.scm_mask.split(",") if self.scm_mask):
             raise ValueError(f"cache.scm_mask={self.scm_mask!r} must be comma-separated 0/1 flags")
         request.cache_scm_mask = self.scm_mask
 
@@ -160,32 +213,178 @@ _HIGH_NOISE_PREFIX = "|high_noise|"
 
 
 def prompt_loras(prompt: str, lora_dir: PathLike) -> Tuple[str, List[Lora]]:
-    """Take sd-cli's ``<lora:name:multiplier>`` tags out of ``prompt``; ``name`` is a file in ``lora_dir``
-    (extension optional: .gguf, .safetensors, .pt) or an absolute path; ``|high_noise|name`` targets the
-    high-noise model. Repeated names add their multipliers; the LoRAs come sorted by path, as sd-cli's.
+    """Take sd-cli's ``<lora:name:multiplier>`` tags out of ``prompt``; ``name`` is a file inside ``lora_dir``
+    (extension optional: .gguf, .safetensors, .pt); ``|high_noise|name`` targets the high-noise model.
+    Repeated names add their multipliers; the LoRAs come sorted by path, as sd-cli's.
 
-    Raises ValueError for a multiplier that is not a number and FileNotFoundError for a missing file, where
-    sd-cli would drop the tag with a warning.
+    Unlike sd-cli, a tag names a file inside ``lora_dir`` only: a service passes its users' prompts through,
+    and an absolute name or a ``..`` would let a prompt open any file the process can (a FIFO would block it).
+    Symlinks inside ``lora_dir`` are followed wherever they point: the administrator put them there (model
+    stores link their files), which a prompt cannot do.
+
+    Raises ValueError for a multiplier that is not a finite number, a name reaching outside ``lora_dir`` or
+    a file that is not a regular file, and FileNotFoundError for a missing file, where sd-cli would drop the
+    tag with a warning.
     """
+    base = os.path.normpath(os.path.abspath(fs_path("lora_dir", lora_dir)))
     totals: Dict[Tuple[str, bool], float] = {}
     for match in _PROMPT_LORA.finditer(prompt):
-        raw_name, raw_multiplier = match.group(1), match.group(2)
+        tag, raw_name, raw_multiplier = match.group(0), match.group(1), match.group(2)
         try:
             multiplier = float(raw_multiplier)
         except ValueError:
-            raise ValueError(f"prompt: {match.group(0)!r} has a multiplier that is not a number") from None
+            raise ValueError(f"prompt: {tag!r} has a multiplier that is not a number") from None
+        if not math.isfinite(multiplier) or abs(multiplier) > _FLOAT32_MAX:
+            raise ValueError(f"prompt: {tag!r} has a multiplier that is not a finite number")
         high_noise = raw_name.startswith(_HIGH_NOISE_PREFIX)
         if high_noise:
             raw_name = raw_name[len(_HIGH_NOISE_PREFIX):]
-        path = raw_name if os.path.isabs(raw_name) else os.path.join(os.fspath(lora_dir), raw_name)
-        if not os.path.exists(path):
-            found = [path + ext for ext in _LORA_EXTENSIONS if os.path.exists(path + ext)]
-            if not found:
-                raise FileNotFoundError(f"prompt: {match.group(0)!r}: no LoRA file {path!r} "
-                                        f"(tried {', '.join(_LORA_EXTENSIONS)})")
-            path = found[0]
-        key = (os.path.normpath(path), high_noise)
+        path = _lora_in_dir(tag, raw_name, base)
+        key = (path, high_noise)
         totals[key] = totals.get(key, 0.0) + multiplier
+    for (path, _), total in totals.items():
+        if abs(total) > _FLOAT32_MAX:
+            raise ValueError(f"prompt: the multipliers of the LoRA {os.path.basename(path)!r} add up to {total:g}, "
+                             "which is not finite as the core's 32-bit float")
     cleaned = _PROMPT_LORA.sub("", prompt)
     loras = [Lora(path, multiplier, high_noise) for (path, high_noise), multiplier in sorted(totals.items())]
     return cleaned, loras
+
+
+def _lora_in_dir(tag: str, name: str, base: str) -> str:
+    """The regular file a prompt tag names inside ``base`` (already normalised), checked before anything
+    opens it."""
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    parts = re.split("|".join(re.escape(s) for s in separators), name)
+    outside = f"prompt: {tag!r}: a LoRA tag names a file inside lora_dir (no absolute path, no '..')"
+    if "\0" in name:
+        raise ValueError(f"prompt: {tag!r} contains a NUL character")
+    if not name or os.path.isabs(name) or ".." in parts:
+        raise ValueError(outside)
+    path = os.path.normpath(os.path.join(base, name))
+    if os.path.commonpath([base, path]) != base:
+        raise ValueError(outside)
+    not_regular = None
+    for candidate in (path, *(path + ext for ext in _LORA_EXTENSIONS)):
+        try:
+            mode = os.stat(candidate).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISREG(mode):
+            return candidate
+        not_regular = not_regular or candidate
+    if not_regular is not None:
+        raise ValueError(f"prompt: {tag!r}: {not_regular!r} is not a regular file")
+    raise FileNotFoundError(f"prompt: {tag!r}: no LoRA file {path!r} (tried {', '.join(_LORA_EXTENSIONS)})")
+
+
+# -- tensor_type_rules -----------------------------------------------------------------------------
+MAX_TENSOR_TYPE_RULES = 4096  # characters; real rule lists are a few dozen
+_REPEATS = tuple(getattr(_sre_constants, name) for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+                 if hasattr(_sre_constants, name))
+
+
+def check_tensor_type_rules(argument: str, rules: object) -> str:
+    """Refuse what the core would skip or fail on in a ``pattern=type,...`` list (model.cpp
+    parse_tensor_type_rules): an item without '=' or with an unknown type (skipped with a warning), and a
+    pattern its std::regex refuses (thrown where nothing catches it: on a loader thread, an abort)."""
+    if not isinstance(rules, str):
+        raise TypeError(f"{argument} must be a str like 'attn=q8_0,mlp=q4_0', not {type(rules).__name__}")
+    if len(rules) > MAX_TENSOR_TYPE_RULES:
+        raise ValueError(f"{argument} is {len(rules)} characters; the limit is {MAX_TENSOR_TYPE_RULES}")
+    if "\0" in rules:
+        raise ValueError(f"{argument} contains a NUL character, which would end it early")
+    try:
+        rules.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{argument} is not valid UTF-8 text (a lone surrogate at index {error.start})") from None
+    for item in rules.split(","):  # as the core splits it; it skips empty items, so do we
+        if not item:
+            continue
+        pattern, equals, type_name = item.partition("=")
+        if not equals:
+            raise ValueError(f"{argument}: {item!r} is not pattern=type (the core would skip it; ',' separates "
+                             "rules, so no pattern can hold one)")
+        if type_name not in _core.TENSOR_RULE_TYPES:
+            raise ValueError(f"{argument}: {item!r} names the unknown type {type_name!r} (the core would skip it); "
+                             f"valid types: {', '.join(_core.TENSOR_RULE_TYPES)}")
+        error = _core.regex_error(pattern)
+        if error is not None:
+            raise ValueError(f"{argument}: {pattern!r} is not a regular expression the core can compile: {error}")
+        problem = _backtracking_problem(pattern)
+        if problem:
+            raise ValueError(f"{argument}: {pattern!r}: {problem}")
+    return rules
+
+
+def _backtracking_problem(pattern: str) -> Optional[str]:
+    """Why ``pattern`` could take exponential time in the core's backtracking std::regex, or None.
+
+    The core matches every rule against every tensor name; a repeated group that can match the same text in
+    more than one way, like ``(a+)+`` or ``(a|aa)*``, makes a failing match try exponentially many splits, so
+    one rule could hang a load. Such groups are refused: a repeat (more than once) whose body holds a
+    variable repeat or an alternation. Python's own parser reads the pattern: ECMAScript and Python syntax
+    agree on groups, quantifiers and alternation, except that Python reads a ']' right after '[' or '[^' as a
+    literal where ECMAScript ends the class, and that Python refuses stacked quantifiers ('a**', 'a+{2}'),
+    which std::regex accepts as a repeat of a repeat. For those, and whatever else Python cannot parse, a
+    plain textual check refuses any quantified group or stacked quantifier, to be safe.
+    """
+    bare = re.sub(r"\\.", "x", pattern)  # escapes are single characters here
+    parsed = None
+    if not re.search(r"\[\^?\]", bare):
+        try:
+            parsed = _sre_parse.parse(pattern)
+        except (_sre_constants.error, RecursionError, OverflowError):
+            pass
+    if parsed is not None:
+        return _nested_repeat(parsed, inside=False)
+    quantifier = r"(?:[*+?]|\{\d*,?\d*\})"
+    if re.search(r"\)[*+{]", bare) or re.search(quantifier + r"\??[*+{]", bare):
+        return ("a quantified group or a quantified quantifier, in a pattern Python's regex parser cannot read "
+                "as the core does, so it cannot be shown free of exponential backtracking; rewrite it without "
+                "repeating a group or a repeat")
+    return None
+
+
+def _nested_repeat(items, inside: bool) -> Optional[str]:
+    why = ("a repeated group holding a quantifier or an alternation can backtrack exponentially on a tensor "
+           "name; rewrite it without nesting (e.g. '(a+)+' as 'a+')")
+    for op, av in items:
+        children: list = []
+        repeating = inside
+        if op in _REPEATS:
+            low, high, body = av
+            if inside and low != high:
+                return why
+            repeating = inside or high > 1
+            if repeating and not inside and _has_branch(body):
+                return why
+            children = [body]
+        elif op == _sre_constants.BRANCH:
+            if inside:
+                return why
+            children = av[1]
+        elif op == _sre_constants.SUBPATTERN:
+            children = [av[-1]]
+        elif op in (_sre_constants.ASSERT, _sre_constants.ASSERT_NOT):
+            children = [av[1]]
+        elif op == _sre_constants.GROUPREF_EXISTS:
+            children = [branch for branch in av[1:] if branch is not None]
+        elif op == getattr(_sre_constants, "ATOMIC_GROUP", None):
+            children = [av]
+        for child in children:
+            problem = _nested_repeat(child, repeating)
+            if problem:
+                return problem
+    return None
+
+
+def _has_branch(items) -> bool:
+    for op, av in items:
+        if op == _sre_constants.BRANCH:
+            return True
+        if op in _REPEATS and _has_branch(av[2]):
+            return True
+        if op == _sre_constants.SUBPATTERN and _has_branch(av[-1]):
+            return True
+    return False

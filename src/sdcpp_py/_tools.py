@@ -8,12 +8,13 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from . import _core
-from ._context import _check_float, _check_int, _resolve_path
+from ._context import _check_bool, _check_float, _check_int, _resolve_path
 from ._enums import WeightType
 from ._headers import check_component
-from ._images import ImageLike, as_rgb
+from ._images import ImageLike, as_rgb, fs_path, native_path
+from ._options import check_tensor_type_rules
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 
 
 class Upscaler:
@@ -31,8 +32,10 @@ class Upscaler:
         self.path = _resolve_path("path", path)
         check_component("path", self.path)
         threads = _core.physical_cores() if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
-        self._native = _core.NativeUpscaler(self.path, bool(offload_params_to_cpu), bool(direct), threads,
-                                            _check_int("tile_size", tile_size, 1, 16384))
+        tile = _check_int("tile_size", tile_size, 1, 16384)
+        self._native = _core.NativeUpscaler(native_path(self.path),
+                                            _check_bool("offload_params_to_cpu", offload_params_to_cpu),
+                                            _check_bool("direct", direct), threads, tile)
 
     @property
     def factor(self) -> int:
@@ -58,9 +61,10 @@ class Upscaler:
         self.close()
 
     def __del__(self) -> None:
+        # Never waits: it may run in a garbage collection inside a callback or log handler of a core call.
         native = getattr(self, "_native", None)
         if native is not None:
-            native.close()
+            native.close(wait=False)
 
     def __repr__(self) -> str:
         return f"<sdcpp_py.Upscaler {os.path.basename(self.path)!r}{' closed' if self._native is None else ''}>"
@@ -79,7 +83,7 @@ def preprocess_canny(image: ImageLike, *, high_threshold: float = 0.08, low_thre
     return _core.preprocess_canny(pixels, _check_float("high_threshold", high_threshold, 0.0),
                                   _check_float("low_threshold", low_threshold, 0.0),
                                   _check_float("weak", weak, 0.0), _check_float("strong", strong, 0.0),
-                                  bool(inverse))
+                                  _check_bool("inverse", inverse))
 
 
 def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str, int, None] = None,
@@ -95,23 +99,29 @@ def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str,
 
     Raises:
         FileNotFoundError / InvalidComponentError: ``src`` or ``vae`` is missing or malformed.
+        ValueError / TypeError: an argument is invalid (the message names it), e.g. a ``tensor_type_rules``
+            item that is not ``pattern=type``, names an unknown type or has a pattern the core cannot use.
         SdcppError: the core could not convert (its error lines are in the message).
     """
     source = _resolve_path("src", src)
     check_component("src", source)
-    vae_path = ""
+    vae_path = b""
     if vae is not None:
         vae_path = _resolve_path("vae", vae)
         check_component("vae", vae_path)
-    target = os.fspath(dst)
-    if not target or os.path.isdir(target):
-        raise ValueError(f"dst must be a file path, got {target!r}")
+        vae_path = native_path(vae_path)
+    target = fs_path("dst", dst)
+    if os.path.isdir(target):
+        raise ValueError(f"dst must be a file path, got the directory {target!r}")
+    if os.path.exists(target) and not os.path.isfile(target):
+        # The core would open it for writing: a FIFO blocks until a reader comes.
+        raise ValueError(f"dst: {target!r} exists and is not a regular file")
     parent = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"dst: no such directory: {parent!r}")
     type_value = _core.SD_TYPE_COUNT if weight_type is None else int(WeightType.coerce(weight_type, "weight_type"))
-    if not isinstance(tensor_type_rules, str):
-        raise TypeError("tensor_type_rules must be a str like 'attn=q8_0,mlp=q4_0'")
+    rules = check_tensor_type_rules("tensor_type_rules", tensor_type_rules)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, not {type(progress).__name__}")
-    _core.convert(source, vae_path, target, type_value, tensor_type_rules, bool(convert_name), progress)
+    _core.convert(native_path(source), vae_path, native_path(target), type_value, rules,
+                  _check_bool("convert_name", convert_name), progress)

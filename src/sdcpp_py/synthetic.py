@@ -2,7 +2,7 @@
 
 The files have the tensor names and shapes the core expects (see the vendored
 sources: src/model.cpp version detection, flux.hpp, clip.hpp, t5.hpp, unet.hpp,
-auto_encoder_kl.hpp, wan.hpp) and seeded random weights: matrices ~N(0, 0.02) (the
+auto_encoder_kl.hpp, tae.hpp, wan.hpp) and seeded random weights: matrices ~N(0, 0.02) (the
 tiny Flux DiT: N(0, 1/fan_in), so that the prompt visibly changes the image),
 norm weights 1, biases 0.  The images are noise, but finite and not constant,
 which is all a test of the plumbing needs.
@@ -682,8 +682,9 @@ def _cached_path(out_dir: pathlib.Path, params: Mapping[str, object], ext: str =
 
 def _component(path: pathlib.Path, params: dict, build, *, dtype=np.float16, alias: bool,
                std: float | None = 0.02, fmt: str = "safetensors",
-               gguf_type: str | None = None) -> pathlib.Path:
-    """Build and write one component unless an identical one is cached at ``path``."""
+               gguf_type: str | None = None, finish=None) -> pathlib.Path:
+    """Build and write one component unless an identical one is cached at ``path``.  ``finish`` may edit the
+    materialized arrays in place before they are written."""
     _, text = _params_hash(params)
     if fmt == "safetensors" and path.exists() and _st_metadata(path).get(_META_KEY) == text:
         return path
@@ -692,6 +693,8 @@ def _component(path: pathlib.Path, params: dict, build, *, dtype=np.float16, ali
     spec = _Spec()
     build(spec)
     tensors = spec.materialize(params["seed"], dtype, alias=alias, std=std)
+    if finish is not None:
+        finish(tensors)
     if fmt == "gguf":
         return write_gguf(path, tensors, {_META_KEY: text}, types=gguf_type)
     return write_safetensors(path, tensors, {_META_KEY: text}, alias=alias)
@@ -1003,6 +1006,69 @@ def sd1_controlnet(out_path: str | os.PathLike, *, seed: int = 0, prefix: str = 
     params = dict(kind="sd1-controlnet", seed=seed, prefix=prefix)
     return _component(pathlib.Path(out_path), params, lambda s: _unet_sd1(s.sub(prefix), controlnet=True),
                       alias=True)
+
+
+def _taesd(s: _Spec, z: int, encoder: bool) -> None:
+    """Tiny AutoEncoder (tae.hpp TAESD: TinyDecoder / TinyEncoder), madebyollin's ``decoder.layers.N`` and
+    ``encoder.layers.N`` names.  Width 64 throughout, so every TAEBlock has the same shapes and no skip conv;
+    the indices skipped are the weightless ReLU / Upsample layers.  ``z == 32`` (TAEF2, Flux.2) adds the
+    GroupNorm "pool" branch to the three TAEBlocks nearest the latent."""
+    ch, gn = 64, z == 32
+
+    def block(p: str, pool: bool = False) -> None:
+        if pool:
+            s.add(p + "pool.0.weight", (4 * ch, ch, 1, 1))
+            s.norm(p + "pool.1", 4 * ch)
+            s.add(p + "pool.3.weight", (ch, 4 * ch, 1, 1))
+        for k in (0, 2, 4):
+            s.conv(f"{p}conv.{k}", ch, ch)
+
+    d = "decoder.layers."
+    s.conv(d + "0", z, ch)
+    for i in (2, 3, 4):
+        block(f"{d}{i}.", gn)
+    for up, blocks in ((6, (7, 8, 9)), (11, (12, 13, 14)), (16, (17,))):
+        s.add(f"{d}{up}.weight", (ch, ch, 3, 3))  # the conv after each upsample has no bias
+        for i in blocks:
+            block(f"{d}{i}.")
+    s.conv(d + "18", ch, 3)
+    if encoder:
+        e = "encoder.layers."
+        s.conv(e + "0", 3, ch)
+        block(e + "1.")
+        for down, blocks in ((2, (3, 4, 5)), (6, (7, 8, 9)), (10, (11, 12, 13))):
+            s.add(f"{e}{down}.weight", (ch, ch, 3, 3))  # stride-2 conv, no bias
+            for i in blocks:
+                block(f"{e}{i}.", gn and down == 10)
+        s.conv(e + "14", ch, z)
+
+
+def taesd(path_or_dir: str | os.PathLike, *, latent_channels: int = 16, encoder: bool = True,
+          seed: int = 0) -> pathlib.Path:
+    """A TAESD-style tiny autoencoder (``Context(taesd=...)``, sd-cli ``--taesd``): 1.2M params per half, F16,
+    a few MB.  ``latent_channels`` must match the model, as the core picks the shapes from the model's
+    version: 4 for SD1/SD2/SDXL (TAESD, TAESDXL), 16 for Flux.1/SD3 and the other DiTs (TAEF1, TAESD3),
+    32 for Flux.2 (TAEF2).  ``encoder`` adds the encoder half (img2img; and a Context given no ``vae=``
+    loads it unless ``vae_decode_only=True``).  Weights ~N(0, 1/fan_in); the decoder's output conv is
+    scaled down with its bias at 0.5, as the core takes its output for 0..1 pixels (mid-grey noise, hardly
+    clipped), and the encoder's scaled up to latents of std ~1.  A path ending in ``.safetensors`` is used
+    as is; otherwise it is a directory and the file name carries the parameter hash."""
+    if latent_channels not in (4, 16, 32):
+        raise ValueError(f"latent_channels must be 4, 16 or 32, not {latent_channels!r}")
+    params = {"kind": "taesd", "seed": seed, "latent_channels": latent_channels, "encoder": encoder}
+    p = pathlib.Path(path_or_dir)
+    if p.suffix != ".safetensors":
+        p = _cached_path(p, params)
+
+    def finish(tensors: dict) -> None:
+        # Decoder output: centred on mid-grey, spread well inside 0..1.
+        tensors["decoder.layers.18.weight"] *= np.float16(0.4)
+        tensors["decoder.layers.18.bias"][:] = 0.5
+        if encoder:  # latents of std ~1 like the noise (~0.25 unscaled), so an init image steers img2img
+            tensors["encoder.layers.14.weight"] *= np.float16(4.0)
+
+    return _component(p, params, lambda s: _taesd(s, latent_channels, encoder), alias=False, std=None,
+                      finish=finish)
 
 
 # --------------------------------------------------------------------------- SDXL and PhotoMaker
