@@ -367,13 +367,47 @@ bool CoreCall::stop_requested() const {
     return failed_.load() || cancelled() || (shutting_down.load() && !always_runs);
 }
 
+namespace {
+
+// Exception texts become Python str through strict UTF-8 decoding, and the core's lines may quote paths that are
+// not UTF-8: invalid bytes become U+FFFD here, so the message is never lost.
+std::string valid_utf8(const std::string& text) {
+    std::string out;
+    out.reserve(text.size());
+    const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+    const size_t n    = text.size();
+    for (size_t i = 0; i < n;) {
+        const unsigned char c = bytes[i];
+        size_t length         = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        bool ok               = length != 0 && i + length <= n;
+        for (size_t k = 1; ok && k < length; ++k) {
+            ok = (bytes[i + k] & 0xC0) == 0x80;
+        }
+        if (ok && length > 1) {  // no overlong forms, surrogates or values past U+10FFFF
+            const unsigned c1 = bytes[i + 1];
+            ok = !(c == 0xC0 || c == 0xC1) && !(c == 0xE0 && c1 < 0xA0) && !(c == 0xED && c1 >= 0xA0) &&
+                 !(c == 0xF0 && c1 < 0x90) && !(c == 0xF4 && c1 >= 0x90) && c <= 0xF4;
+        }
+        if (ok) {
+            out.append(text, i, length);
+            i += length;
+        } else {
+            out += "\xEF\xBF\xBD";
+            ++i;
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
 std::string CoreCall::with_core_log(const std::string& what_failed) const {
     std::lock_guard<std::mutex> lock(mutex_);
     std::string joined = what_failed;
     for (size_t i = 0; i < error_lines_.size(); ++i) {
         joined += (i == 0 ? ": " : "\n") + error_lines_[i];
     }
-    return joined;
+    return valid_utf8(joined);
 }
 
 void CoreCall::raise_errors() {
