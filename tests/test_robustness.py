@@ -420,13 +420,29 @@ SIGNAL_CHILD = """
     def terminate(number, frame):
         raise SystemExit("terminated")
     signal.signal(signal.SIGTERM, terminate)
+    outcome = {}
+
+    # During a load: the signal arrives while the core logs (its handler used to run inside the log callback).
+    class SignalOnLoad(logging.Handler):
+        def emit(self, record):
+            if "load" in record.getMessage() and not outcome:
+                outcome["load"] = "signalled"
+                os.kill(os.getpid(), signal.SIGTERM)
+    handler = SignalOnLoad()
+    logging.getLogger("sdcpp_py").addHandler(handler)
+    try:
+        sdcpp_py.Context(**parts, n_threads=2)
+        outcome["load"] = "finished"
+    except SystemExit as error:
+        outcome["load"] = f"SystemExit: {error}"
+    logging.getLogger("sdcpp_py").removeHandler(handler)
+
     ctx = sdcpp_py.Context(**parts, n_threads=2)
     steps = []
     def progress(step, total, seconds):
         steps.append(step)
         if step == 1:
             threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    outcome = {}
     try:
         ctx.txt2img("a red cube", progress=progress, **call)
         outcome["call"] = "finished"
@@ -444,6 +460,7 @@ def test_a_signal_handlers_exception_reaches_the_caller(flux_parts):
         result = run_child(SIGNAL_CHILD, parts_json(flux_parts), dict(TINY, width=128, height=128, steps=200))
         assert_clean_exit(result)
         outcome = json.loads(result.stdout.splitlines()[-1])
+        assert outcome["load"] == "SystemExit: terminated", outcome
         assert outcome["call"] == "SystemExit: terminated" and outcome["steps"] < 200, outcome
         assert outcome["after"] == [128, 128, 3]
         assert "Exception ignored" not in result.stderr
