@@ -328,7 +328,7 @@ class NativeContext {
             return;
         }
         cancel_epoch_.fetch_add(1);
-        if (wait && !inside_core_call()) {
+        if (wait && !inside_core_call() && !core_thread_stopped()) {
             auto state = state_;
             auto free  = std::make_shared<CoreCall>("closing a Context", [state] { state->ctx.reset(); });
             free->always_runs = true;
@@ -356,7 +356,11 @@ class NativeContext {
         auto state = state_;
         auto free  = std::make_shared<CoreCall>("freeing a Context", [state] { state->ctx.reset(); });
         free->always_runs = true;
-        run_detached(free);  // at interpreter exit nothing runs any more: the process frees it
+        if (!run_detached(free)) {
+            // Interpreter exit: the core thread is stopped (or still busy); freeing here could race with it or
+            // run during finalization. The process's end frees the memory.
+            (void)state_->ctx.release();
+        }
     }
 
     // Runs `call` on the core thread with this call's callbacks and cancellation installed; then, with the GIL,
@@ -367,11 +371,17 @@ class NativeContext {
         const bool wants_preview = !preview.is_none();
         bool was_closed          = false;
         auto state               = state_;
+        bool spent               = false;
         auto core_call           = std::make_shared<CoreCall>(what, [&, state] {
             if (state->ctx == nullptr) {
                 was_closed = true;  // closed by another thread while this call waited
                 return;
             }
+            if (state->params.scalars.free_params_immediately && generations_started_ > 0) {
+                spent = true;  // the first generation freed the weights: this one would read freed buffers
+                return;
+            }
+            ++generations_started_;
             PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
             call(state->ctx.get());
         });
@@ -386,6 +396,10 @@ class NativeContext {
         core_call->raise_errors();
         if (was_closed) {
             throw std::invalid_argument("this Context is closed");
+        }
+        if (spent) {
+            throw std::runtime_error("this Context was made with free_params_immediately=True and freed its weights "
+                                     "during its first generation: make a new Context");
         }
         if (!produced) {
             throw CoreError(core_call->with_core_log("generation failed"));
@@ -406,6 +420,7 @@ class NativeContext {
     std::atomic<bool> closed_{false};
     std::atomic<uint64_t> cancel_epoch_{0};
     std::string broken_;  // set (with the GIL) after the core failed half way through a call
+    int generations_started_ = 0;  // read and written on the core thread only
     int default_sample_method_ = 0;
     std::vector<int> default_schedulers_;
     bool supports_image_ = false, supports_video_ = false;

@@ -93,7 +93,7 @@ class NativeUpscaler {
         if (closed_.exchange(true)) {
             return;
         }
-        if (wait && !inside_core_call()) {
+        if (wait && !inside_core_call() && !core_thread_stopped()) {
             auto state = state_;
             auto free  = std::make_shared<CoreCall>("closing an Upscaler", [state] { state->ctx.reset(); });
             free->always_runs = true;
@@ -117,7 +117,11 @@ class NativeUpscaler {
         auto state = state_;
         auto free  = std::make_shared<CoreCall>("freeing an Upscaler", [state] { state->ctx.reset(); });
         free->always_runs = true;
-        run_detached(free);
+        if (!run_detached(free)) {
+            // Interpreter exit: the core thread is stopped (or still busy); freeing here could race with it or
+            // run during finalization. The process's end frees the memory.
+            (void)state_->ctx.release();
+        }
     }
 
     void require_open() const {

@@ -10,6 +10,8 @@
 #include <utility>
 
 #ifdef _WIN32
+#define NOMINMAX  // windows.h's min/max macros would break std::min
+#define WIN32_LEAN_AND_MEAN
 #include <process.h>
 #include <windows.h>
 #else
@@ -42,6 +44,7 @@ std::atomic<bool> shutting_down{false};
 
 thread_local CoreCall* waiting_for = nullptr;  // the call this thread is waiting for
 thread_local bool running_core_work = false;     // this is the core thread, inside a call's work
+unsigned long main_thread_ident = 0;             // Python's main thread: never parked at exit
 
 // A GGML_ASSERT / GGML_ABORT, or an integer division by zero, on the core thread: ends the call, not the process.
 class CoreAbort : public std::runtime_error {
@@ -50,19 +53,33 @@ class CoreAbort : public std::runtime_error {
 };
 
 #if defined(__GNUC__) && !defined(_WIN32)
-extern "C" int omp_in_parallel(void) __attribute__((weak));  // libgomp, when ggml uses OpenMP
-bool in_parallel_region() { return omp_in_parallel != nullptr && omp_in_parallel() != 0; }
+extern "C" int omp_get_level(void) __attribute__((weak));  // libgomp, when ggml-cpu is linked in with OpenMP
+bool in_parallel_region() { return omp_get_level != nullptr && omp_get_level() > 0; }
 #else
 bool in_parallel_region() { return false; }
 #endif
+
+// Checks in a backend's compute code may run inside a parallel region (or beside ggml's own worker threads),
+// which an exception must not leave; checks in ggml.c / gguf.cpp / the allocator and the core itself run while
+// a model or graph is built.
+bool raised_by_compute_code(const char* message) {
+    for (const char* folder : {"ggml-cpu", "ggml-cuda", "ggml-vulkan", "ggml-metal", "ggml-blas", "ggml-sycl"}) {
+        if (message != nullptr && std::strstr(message, folder) != nullptr) {
+            return true;
+        }
+    }
+    return false;
+}
 
 // ggml calls this before abort(). Model files whose shapes make the core build an impossible model end in such
 // asserts while the model or a graph is built, on the core thread: an exception unwinds that call instead.
 // Inside a parallel compute (an exception cannot leave it) or on another thread, ggml aborts as before.
 void abort_to_exception(const char* message) {
-    if (running_core_work && !in_parallel_region()) {
+#ifndef _MSC_VER  // MSVC (/EHsc) may skip destructors of frames calling ggml's C functions: keep the abort there
+    if (running_core_work && !in_parallel_region() && !raised_by_compute_code(message)) {
         throw CoreAbort(std::string("the core's check failed: ") + (message ? message : ""));
     }
+#endif
     fprintf(stderr, "%s\n", message ? message : "");
 }
 
@@ -71,7 +88,7 @@ struct sigaction previous_fpe_action;
 
 // The core is compiled with -fnon-call-exceptions (CMakeLists.txt), so a trapping division can throw.
 void fpe_to_exception(int signal_number, siginfo_t* info, void* context) {
-    if (running_core_work) {
+    if (running_core_work && !in_parallel_region()) {
         throw CoreAbort("integer division by zero in the core (a model file whose shapes give a zero dimension?)");
     }
     // Not ours: put the previous disposition back; returning re-executes the instruction under it.
@@ -98,14 +115,14 @@ int level_bit(int python_level) { return 1 << (python_level / 10); }
 // Log lines with nobody to hand them to (a detached call, or a core thread outside any call): kept for the
 // next waiting caller.
 std::mutex* orphan_mutex_ptr = new std::mutex();  // replaced in a forked child (a gone thread may hold it)
-std::deque<std::pair<int, std::string>> orphan_lines;
+std::deque<std::pair<int, std::string>>* orphan_lines = new std::deque<std::pair<int, std::string>>();
 std::mutex* core_mutex_ptr = new std::mutex();
 
 void keep_orphan(int level, std::string text) {
     std::lock_guard<std::mutex> lock(*orphan_mutex_ptr);
-    orphan_lines.emplace_back(level, std::move(text));
-    if (orphan_lines.size() > kOrphanLines) {
-        orphan_lines.pop_front();
+    orphan_lines->emplace_back(level, std::move(text));
+    if (orphan_lines->size() > kOrphanLines) {
+        orphan_lines->pop_front();
     }
 }
 
@@ -120,7 +137,7 @@ void emit_orphans() {  // with the GIL; a logging error propagates to the caller
     std::deque<std::pair<int, std::string>> lines;
     {
         std::lock_guard<std::mutex> lock(*orphan_mutex_ptr);
-        lines.swap(orphan_lines);
+        lines.swap(*orphan_lines);
     }
     for (const auto& [level, text] : lines) {
         emit_log(level, text);
@@ -164,11 +181,6 @@ class Runtime {
         return false;
     }
 
-    bool started(const CoreCall& call) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return call.started_;
-    }
-
     CoreCall* active() const { return active_.load(); }
 
     size_t stack_bytes() {
@@ -200,7 +212,7 @@ class Runtime {
         instance()      = new Runtime();
         core_mutex_ptr  = new std::mutex();
         orphan_mutex_ptr = new std::mutex();
-        orphan_lines.clear();
+        orphan_lines     = new std::deque<std::pair<int, std::string>>();  // the old one may be mid-change
     }
 
    private:
@@ -504,7 +516,7 @@ bool CoreCall::should_abort(CoreCall& call) {
     return stop;
 }
 
-void CoreCall::record_python_error() {
+void CoreCall::record_python_error() {  // inside a catch block
     if (!python_error) {
         python_error = std::current_exception();
     }
@@ -574,7 +586,7 @@ void CoreCall::wait_as_caller(const std::shared_ptr<CoreCall>& call, const py::o
         for (const Request& request : batch) {
             try {
                 handle_request(*call, request, progress, preview);
-            } catch (py::error_already_set&) {
+            } catch (...) {  // a callback's exception, or anything else: never leave before the call is done
                 call->record_python_error();  // the core stops at its next abort check
             }
             last = request.seq;
@@ -592,10 +604,16 @@ void CoreCall::wait_as_caller(const std::shared_ptr<CoreCall>& call, const py::o
             if (PyErr_CheckSignals() != 0) {
                 throw py::error_already_set();
             }
-        } catch (py::error_already_set&) {
+        } catch (...) {
             call->record_python_error();
         }
-        if (!done && call->stop_requested() && runtime.withdraw(call.get())) {
+        if (&runtime != &Runtime::get()) {
+            // Forked inside a callback: this child has no core thread running the call.
+            call->core_exception = std::make_exception_ptr(
+                std::runtime_error("the process forked while this call ran; it cannot finish in the child"));
+            break;
+        }
+        if (!done && !call->always_runs && call->stop_requested() && runtime.withdraw(call.get())) {
             call->skipped = true;  // stopped while still queued: it never runs
             done          = true;
         }
@@ -613,6 +631,8 @@ void CoreCall::wait_as_caller(const std::shared_ptr<CoreCall>& call, const py::o
 std::mutex& core_mutex() { return *core_mutex_ptr; }
 
 bool inside_core_call() { return waiting_for != nullptr; }
+
+bool core_thread_stopped() { return shutting_down.load(); }
 
 void run_on_core_thread(const std::shared_ptr<CoreCall>& call, const py::object& progress,
                         const py::object& preview) {
@@ -662,7 +682,7 @@ PreviewScope::~PreviewScope() {
 GilRelease::GilRelease() : state_(PyEval_SaveThread()) {}
 
 GilRelease::~GilRelease() {
-    if (!python_alive.load()) {
+    if (!python_alive.load() && PyThread_get_thread_ident() != main_thread_ident) {
         park_forever();
     }
     PyEval_RestoreThread(state_);
@@ -696,6 +716,8 @@ void register_runtime(py::module_& m) {
     sd_set_progress_callback(progress_trampoline, nullptr);
     sd_set_abort_callback(abort_trampoline, nullptr);
     ggml_set_abort_callback(abort_to_exception);
+    main_thread_ident =
+        py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 #ifdef SDCPP_FPE_TO_EXCEPTION
     struct sigaction fpe {};
     fpe.sa_sigaction = fpe_to_exception;
@@ -728,6 +750,12 @@ void register_runtime(py::module_& m) {
     }, "Stop the core thread at interpreter exit (registered with atexit); False if a call did not end in 60 s.");
     m.def("_reset_after_fork", [] { Runtime::reset_after_fork(); },
           "Start over with a new core thread in a forked child (registered with os.register_at_fork).");
+    m.attr("FPE_TO_EXCEPTION") =
+#ifdef SDCPP_FPE_TO_EXCEPTION
+        true;
+#else
+        false;
+#endif
     m.def("_live_image_buffers", [] { return image_buffers.load(); },
           "Number of core result buffers still owned by numpy arrays (for leak tests).");
     m.def("max_prompt_bytes", &max_prompt_bytes,

@@ -42,7 +42,7 @@ class CancelledError : public CoreError {
     using CoreError::CoreError;
 };
 
-// Test hooks that run ggml on the calling thread hold this, as the core thread does for each call.
+// Held by the core thread for each call.
 std::mutex& core_mutex();
 
 class Runtime;
@@ -134,6 +134,8 @@ void run_on_core_thread(const std::shared_ptr<CoreCall>& call, const py::object&
 bool run_detached(const std::shared_ptr<CoreCall>& call);
 // This thread is waiting for a core call (so it is running one of that call's callbacks or handlers).
 bool inside_core_call();
+// Interpreter exit began: no new core calls (frees are left to the process's end).
+bool core_thread_stopped();
 // The longest prompt, in UTF-8 bytes, the core thread's stack is sized for.
 size_t max_prompt_bytes();
 

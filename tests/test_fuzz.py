@@ -10,6 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The fuzzer forks a child per mutant from a server process: Linux only (no fork on Windows; macOS forks of
+# processes that loaded its frameworks are not safe).
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tools/fuzz.py forks: Linux only")
+
 FUZZ = Path(__file__).resolve().parent.parent / "tools" / "fuzz.py"
 
 

@@ -95,8 +95,8 @@ class Context:
     file has one, so img2img and edits work (True skips its weights for a txt2img-only service). The
     weights are loaded with the GIL released. ``lora_dir`` makes the prompt's ``<lora:name:weight>`` tags load
     ``name`` from that folder, as sd-cli's ``--lora-model-dir`` (only from inside it: no absolute names, no
-    ``..``). Paths are str, bytes or os.PathLike; a file name that is not UTF-8 works. ``lora_apply_mode`` defaults to "at_runtime":
-    the core's "auto" merges a LoRA into f16 weights and subtracts it after the call, which leaves rounding
+    ``..``). Paths are str, bytes or os.PathLike; a file name that is not UTF-8 works.
+    ``lora_apply_mode`` defaults to "at_runtime": the core's "auto" merges a LoRA into f16 weights and subtracts it after the call, which leaves rounding
     residue, so later calls would drift from what a fresh context makes. ``free_params_immediately``
     defaults to False (the core's default is True, made for one-shot programs like sd-cli): a context keeps
     its weights for the next call. True frees each part's weights once the first generation is done with it
@@ -246,7 +246,6 @@ class Context:
         self.n_threads = params.n_threads
         self.vae_decode_only = bool(vae_decode_only)
         self.free_params_immediately = bool(free_params_immediately)
-        self._spent = False
         if accelerator_missing():
             warnings.warn(f"sdcpp_py was built for {_core.BACKEND} but ggml found no {_core.BACKEND} device: this "
                           "Context runs on the CPU", RuntimeWarning, stacklevel=2)
@@ -307,14 +306,9 @@ class Context:
         return native
 
     def _native_for_generation(self):
-        """The native context for one generation; with free_params_immediately, for the first one only."""
-        native = self._require_native()
-        if self._spent:
-            # The core freed the weights during the first call; a second one would read freed buffers.
-            raise RuntimeError("this Context was made with free_params_immediately=True and freed its weights "
-                               "during its first generation: make a new Context")
-        self._spent = self.free_params_immediately
-        return native
+        """The native context for one generation. With free_params_immediately the native layer runs only the
+        first generation that actually starts (a call refused or cancelled before its turn does not count)."""
+        return self._require_native()
 
     # -- model-dependent defaults ------------------------------------------------------------------
     @property

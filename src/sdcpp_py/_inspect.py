@@ -178,7 +178,7 @@ def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
         ValueError: the path is not a regular file (a device such as /dev/null, a FIFO, a socket).
         InvalidComponentError: a safetensors/GGUF header is malformed.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))  # bytes paths too, as Context takes them
     # stat, never open, before we know it is a regular file: opening a FIFO for reading blocks until a writer comes.
     try:
         mode = os.stat(path).st_mode

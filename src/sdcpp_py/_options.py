@@ -270,6 +270,8 @@ def _lora_in_dir(tag: str, name: str, base: str) -> str:
             mode = os.stat(candidate).st_mode
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError as error:  # a name too long, a symlink loop, no permission: the prompt's problem
+            raise ValueError(f"prompt: {tag!r}: {candidate!r}: {error.strerror or error}") from None
         if stat.S_ISREG(mode):
             return candidate
         not_regular = not_regular or candidate

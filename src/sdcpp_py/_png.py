@@ -35,7 +35,7 @@ def text_chunk(key: str, value: str) -> bytes:
     except UnicodeEncodeError:
         flags = b"\0\0"  # compression flag and method: uncompressed
         empty = b"\0"  # an empty language tag or translated keyword
-        return _chunk(b"iTXt", keyword + b"\0" + flags + empty + empty + value.encode("utf-8"))
+        return _chunk(b"iTXt", keyword + b"\0" + flags + empty + empty + value.encode("utf-8", "backslashreplace"))
 
 
 def encode_png(image: np.ndarray, text: dict[str, str] | None = None) -> bytes:

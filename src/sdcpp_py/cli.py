@@ -146,6 +146,8 @@ def _check_output(output: str) -> str:
         raise ValueError(f"-o/--output {output!r}: folder {str(folder)!r} is not writable")
     if path.is_dir():
         raise ValueError(f"-o/--output {output!r}: is a folder; give a file name")
+    if path.exists() and not path.is_file():  # writing to a FIFO would block until a reader comes
+        raise ValueError(f"-o/--output {output!r}: exists and is not a regular file")
     return suffix
 
 
@@ -166,7 +168,7 @@ def _write_image(path: Path, suffix: str, image, parameters: str) -> None:
         options["quality"] = 90
         # EXIF UserComment, as other Stable Diffusion tools store "parameters" in JPEG/WebP. Pillow writes
         # big-endian EXIF, hence UTF-16-BE after the charset prefix. BMP has no metadata to carry it.
-        comment = b"UNICODE\0" + parameters.encode("utf-16-be")
+        comment = b"UNICODE\0" + parameters.encode("utf-16-be", "backslashreplace")
         if kind == "WEBP" or len(comment) <= _EXIF_USER_COMMENT_BYTES:
             exif = Image.Exif()
             exif.get_ifd(_EXIF_IFD)[_EXIF_USER_COMMENT] = comment
