@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sdcpp_py
-from sdcpp_py import _core, synthetic
+from sdcpp_py import _core, _headers, synthetic
 
 TINY = dict(width=64, height=64, steps=1, cfg_scale=1.0, seed=5)
 
@@ -241,6 +241,19 @@ def test_a_weight_of_an_integer_type_is_refused_by_name(flux_parts, tmp_path):
     outcome = load_in_child({**flux_parts, "diffusion_model": gguf})
     assert outcome["load"].startswith("SdcppError") and weight in outcome["load"] and "i16" in outcome["load"]
 
+
+
+def test_convert_still_copies_integer_tensors_the_model_does_not_use(flux_parts, tmp_path):
+    # Hugging Face CLIP files carry position_ids as I64; patch 0012 must refuse only weights, not such copies.
+    tensors = read_safetensors(flux_parts["clip_l"])
+    tensors["text_model.embeddings.position_ids"] = np.arange(77, dtype=np.int64)[None]
+    source = synthetic.write_safetensors(tmp_path / "clip-with-ids.safetensors", tensors)
+    target = tmp_path / "clip.gguf"
+    sdcpp_py.convert(source, target, weight_type="f16")
+    copied = _headers.read_header(str(target)).tensors
+    assert any(name.endswith("position_ids") for name in copied), sorted(copied)[:5]
+    with sdcpp_py.Context(**{**flux_parts, "clip_l": source}, n_threads=2) as ctx:
+        assert ctx.txt2img("a red cube", **TINY)[0].shape == (64, 64, 3)
 
 def variant_of(source: Path, target: Path, **changes) -> Path:
     return synthetic.write_safetensors(target, {**read_safetensors(source), **changes})
