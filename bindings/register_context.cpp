@@ -186,6 +186,24 @@ class NativeContext {
         if (state_->ctx == nullptr) {
             throw CoreError(load->with_core_log("the core could not build a context from these components"));
         }
+        // The core only warns when a component file fails to load (a format it cannot read) and goes on without
+        // it: a context missing its text encoder or VAE crashes at the first call. Refuse it here.
+        std::string failed_parts;
+        for (const std::string& line : load->warning_lines()) {
+            const bool component_failed = line.find("loading ") != std::string::npos &&
+                                          line.find("' failed") != std::string::npos;
+            const bool reason = line.find("unknown format") != std::string::npos ||
+                                line.find("unsupported") != std::string::npos;
+            if (component_failed || (reason && !failed_parts.empty())) {
+                failed_parts += (failed_parts.empty() ? "" : "; ") + line;
+            } else if (reason) {
+                failed_parts = line;  // the reason comes before the "loading ... failed" line
+            }
+        }
+        if (failed_parts.find("' failed") != std::string::npos) {
+            free_detached();
+            throw CoreError("the core could not read a component file and would go on without it: " + failed_parts);
+        }
     }
 
     py::list generate_image(ImageGenParams& request, py::object progress, py::object preview,

@@ -344,6 +344,8 @@ void log_trampoline(sd_log_level_t level, const char* text, void*) {
     }
     if (level == SD_LOG_ERROR) {
         CoreCall::note_error_line(*call, message);
+    } else if (level == SD_LOG_WARN) {
+        CoreCall::note_warning_line(*call, message);
     }
     CoreCall::route_log(*call, py_level, std::move(message));
 }
@@ -450,6 +452,23 @@ void CoreCall::note_error_line(CoreCall& call, const std::string& line) {
     if (call.error_lines_.size() > kErrorLines) {
         call.error_lines_.pop_front();
     }
+}
+
+void CoreCall::note_warning_line(CoreCall& call, const std::string& line) {
+    std::lock_guard<std::mutex> lock(call.mutex_);
+    call.warning_lines_.push_back(line);
+    if (call.warning_lines_.size() > 4 * kErrorLines) {
+        call.warning_lines_.pop_front();
+    }
+}
+
+std::vector<std::string> CoreCall::warning_lines() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::string> lines;
+    for (const auto& line : warning_lines_) {
+        lines.push_back(valid_utf8(line));
+    }
+    return lines;
 }
 
 void CoreCall::post(Request request, bool wait_until_handled) {

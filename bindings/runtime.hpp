@@ -85,11 +85,14 @@ class CoreCall {
     bool aborted() const { return aborting_.load(); }    // the core was told to stop this call
     // `what_failed` followed by the error lines the core logged during this call (from any of its threads).
     std::string with_core_log(const std::string& what_failed) const;
+    // The warning lines the core logged during this call.
+    std::vector<std::string> warning_lines() const;
     // Raises python_error, else a C++ exception of the core, else Cancelled if a cancel stopped the call.
     void raise_errors();
 
     // The core's callbacks, on core threads, hand their work to the waiting thread through these.
     static void note_error_line(CoreCall& call, const std::string& line);
+    static void note_warning_line(CoreCall& call, const std::string& line);
     static void route_log(CoreCall& call, int level, std::string text);
     static void route_progress(CoreCall& call, int step, int steps, float seconds);
     static void route_preview(CoreCall& call, int step, int frame_count, const sd_image_t* frames, bool is_noisy);
@@ -121,6 +124,7 @@ class CoreCall {
     uint64_t posted_  = 0;
     uint64_t handled_ = 0;
     std::deque<std::string> error_lines_;
+    std::deque<std::string> warning_lines_;
 };
 
 // Runs `call` on the core thread and waits for it, handing the core's log lines to the sdcpp_py logger and

@@ -170,7 +170,8 @@ class StModel:
     def head(self) -> bytes:
         text = to_json(self.top)
         if self.encoding:
-            text = text.decode("utf-8", "surrogatepass").encode(self.encoding, "surrogatepass")
+            # Another mutation may have put bytes that are not UTF-8 in the JSON: those become U+FFFD.
+            text = text.decode("utf-8", "replace").encode(self.encoding, "surrogatepass")
         text = self.prefix + text + self.suffix
         if self.pad:
             text += self.pad[:1] * (-len(text) % 8)
