@@ -128,6 +128,23 @@ void check_prompt(const char* argument, const std::string& text) {
     }
 }
 
+// The core only warns when it cannot load a file it was given ("loading clip_l from '...' failed", "load lora
+// tensors from ... failed") and goes on without it. The failure lines with the reasons logged before them, or "".
+std::string failed_loads(const CoreCall& call) {
+    std::string reasons, failed;
+    for (const std::string& line : call.warning_lines()) {
+        const bool is_failure = line.find("- load") != std::string::npos && line.size() >= 6 &&
+                                line.compare(line.size() - 6, 6, "failed") == 0;
+        if (is_failure) {
+            failed += (failed.empty() ? "" : "; ") + reasons + line;
+            reasons.clear();
+        } else if (line.find("unknown format") != std::string::npos || line.find("unsupported") != std::string::npos) {
+            reasons += line + "; ";
+        }
+    }
+    return failed;
+}
+
 // What a loaded context shares with the core calls queued for it: a free queued by __del__ may run after the
 // Python object is gone.
 struct LoadedContext {
@@ -188,21 +205,10 @@ class NativeContext {
         }
         // The core only warns when a component file fails to load (a format it cannot read) and goes on without
         // it: a context missing its text encoder or VAE crashes at the first call. Refuse it here.
-        std::string failed_parts;
-        for (const std::string& line : load->warning_lines()) {
-            const bool component_failed = line.find("loading ") != std::string::npos &&
-                                          line.find("' failed") != std::string::npos;
-            const bool reason = line.find("unknown format") != std::string::npos ||
-                                line.find("unsupported") != std::string::npos;
-            if (component_failed || (reason && !failed_parts.empty())) {
-                failed_parts += (failed_parts.empty() ? "" : "; ") + line;
-            } else if (reason) {
-                failed_parts = line;  // the reason comes before the "loading ... failed" line
-            }
-        }
-        if (failed_parts.find("' failed") != std::string::npos) {
+        const std::string failed = failed_loads(*load);
+        if (!failed.empty()) {
             free_detached();
-            throw CoreError("the core could not read a component file and would go on without it: " + failed_parts);
+            throw CoreError("the core could not read a component file and would go on without it: " + failed);
         }
     }
 
@@ -421,6 +427,10 @@ class NativeContext {
         }
         if (!produced) {
             throw CoreError(core_call->with_core_log("generation failed"));
+        }
+        const std::string failed = failed_loads(*core_call);
+        if (!failed.empty()) {  // a LoRA the caller asked for was left out
+            throw CoreError("the core could not load a file of this call and went on without it: " + failed);
         }
     }
 

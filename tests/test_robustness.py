@@ -253,6 +253,16 @@ def test_a_component_file_the_core_cannot_read_is_refused(flux_parts, tmp_path):
     assert outcome["load"].startswith("SdcppError") and "could not read a component file" in outcome["load"], outcome
     assert "loading clip_l" in outcome["load"]
 
+
+def test_a_lora_the_core_cannot_load_fails_the_call(flux_parts, tmp_path):
+    # The core warned "load lora tensors from ... failed" and generated without the LoRA the caller asked for.
+    unreadable = tmp_path / "style.pt"
+    unreadable.write_bytes(b"\x81\x94\x88\x04" + bytes(range(256)) * 64)
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
+        with pytest.raises(sdcpp_py.SdcppError, match="went on without it.*load lora tensors"):
+            ctx.txt2img("a red cube", loras=[sdcpp_py.Lora(unreadable, 0.8)], **TINY)
+        assert ctx.txt2img("a red cube", **TINY)[0].shape == (64, 64, 3)
+
 def test_convert_still_copies_integer_tensors_the_model_does_not_use(flux_parts, tmp_path):
     # Hugging Face CLIP files carry position_ids as I64; patch 0012 must refuse only weights, not such copies.
     tensors = read_safetensors(flux_parts["clip_l"])
