@@ -352,15 +352,7 @@ class NativeContext {
             return;
         }
         cancel_epoch_.fetch_add(1);
-        if (wait && !inside_core_call() && !core_thread_stopped()) {
-            auto state = state_;
-            auto free  = std::make_shared<CoreCall>("closing a Context", [state] { state->ctx.reset(); });
-            free->always_runs = true;
-            run_on_core_thread(free);
-            free->raise_errors();
-        } else {
-            free_detached();
-        }
+        free_on_core_thread(state_, "closing a Context", wait);
     }
 
     bool closed() const { return closed_.load(); }
@@ -376,16 +368,7 @@ class NativeContext {
     }
 
    private:
-    void free_detached() {
-        auto state = state_;
-        auto free  = std::make_shared<CoreCall>("freeing a Context", [state] { state->ctx.reset(); });
-        free->always_runs = true;
-        if (!run_detached(free)) {
-            // Interpreter exit: the core thread is stopped (or still busy); freeing here could race with it or
-            // run during finalization. The process's end frees the memory.
-            (void)state_->ctx.release();
-        }
-    }
+    void free_detached() { free_on_core_thread(state_, "freeing a Context", false); }
 
     // Runs `call` on the core thread with this call's callbacks and cancellation installed; then, with the GIL,
     // `own` takes the results (returning whether there are any) before any error is raised, so nothing leaks.

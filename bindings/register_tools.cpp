@@ -93,15 +93,7 @@ class NativeUpscaler {
         if (closed_.exchange(true)) {
             return;
         }
-        if (wait && !inside_core_call() && !core_thread_stopped()) {
-            auto state = state_;
-            auto free  = std::make_shared<CoreCall>("closing an Upscaler", [state] { state->ctx.reset(); });
-            free->always_runs = true;
-            run_on_core_thread(free);
-            free->raise_errors();
-        } else {
-            free_detached();
-        }
+        free_on_core_thread(state_, "closing an Upscaler", wait);
     }
 
     bool closed() const { return closed_.load(); }
@@ -113,16 +105,7 @@ class NativeUpscaler {
     }
 
    private:
-    void free_detached() {
-        auto state = state_;
-        auto free  = std::make_shared<CoreCall>("freeing an Upscaler", [state] { state->ctx.reset(); });
-        free->always_runs = true;
-        if (!run_detached(free)) {
-            // Interpreter exit: the core thread is stopped (or still busy); freeing here could race with it or
-            // run during finalization. The process's end frees the memory.
-            (void)state_->ctx.release();
-        }
-    }
+    void free_detached() { free_on_core_thread(state_, "freeing an Upscaler", false); }
 
     void require_open() const {
         if (closed_.load()) {

@@ -155,6 +155,22 @@ class PreviewScope {
     bool enabled_;
 };
 
+// Frees what `state->ctx` owns (a core context or upscaler) on the core thread. With `wait`, and unless this
+// thread is inside a core call's callback (it would wait for itself), returns once it is freed; otherwise the free
+// is queued behind the call in flight. At interpreter exit it is left to the process's end: freeing it here
+// could race with a core thread still busy or run during finalization.
+template <typename State>
+void free_on_core_thread(const std::shared_ptr<State>& state, const std::string& what, bool wait) {
+    auto free = std::make_shared<CoreCall>(what, [state] { state->ctx.reset(); });
+    free->always_runs = true;
+    if (wait && !inside_core_call() && !core_thread_stopped()) {
+        run_on_core_thread(free);
+        free->raise_errors();
+    } else if (!run_detached(free)) {
+        (void)state->ctx.release();
+    }
+}
+
 // Releases the GIL for a stretch of native work. Unlike py::gil_scoped_release, a daemon thread that comes back
 // after interpreter exit began waits for the process to end instead of taking the GIL back inside a destructor
 // (Python ends such threads there, which would terminate the process).
