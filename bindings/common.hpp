@@ -19,18 +19,11 @@ namespace py = pybind11;
 
 namespace sdcpp {
 
-void register_runtime(py::module_& m);
-void register_info(py::module_& m);
-void register_context(py::module_& m);
-void register_tools(py::module_& m);
-void register_testing(py::module_& m);
-void register_testing_core(py::module_& m);
-
-// The test hooks' convolution arguments, checked: f16 kernel bits (OC, IC, KH, KW), f32 image (N, IC, H, W).
-struct ConvShape {
-    int64_t N, IC, H, W, OC, KH, KW, OH, OW;
-};
-ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& image, int stride, int padding,
-                             int dilation, int n_threads);
+// One per concept, called by module.cpp in this order (a class is registered before the signatures naming it).
+void register_runtime(py::module_& m);  // runtime.cpp: errors, the core thread, log and result ownership
+void register_info(py::module_& m);     // register_info.cpp: versions, devices, the core's name tables
+void register_params(py::module_& m);   // register_params.cpp: the parameter structs of params.hpp
+void register_context(py::module_& m);  // register_context.cpp: NativeContext
+void register_tools(py::module_& m);    // register_tools.cpp: upscaler, Canny, converter, rule checks
 
 }  // namespace sdcpp

@@ -8,8 +8,9 @@ matrix; its output must be bitwise the four nodes' output, so that pixels do not
 import numpy as np
 import pytest
 
-from sdcpp_py import _core
-from test_cpu_matmul import PACKED_KERNEL
+from native_hooks import PACKED_KERNEL, hooks
+
+_test_hooks = hooks()
 
 needs_fused_attention = pytest.mark.skipif(
     not PACKED_KERNEL, reason="patch 0006 fuses attention where patch 0004's AVX2 kernel is compiled")
@@ -41,8 +42,8 @@ def test_core_attention_is_one_node_without_the_score_matrix():
     n_head, channels = 8, 320
     score_bytes = n_head * l_q * l_k * 4  # 32 MiB
     q, k, v = random_qkv(l_q, l_k, channels, seed=1)
-    _, fused_ops, fused_buffer = _core._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=True)
-    _, core_ops, core_buffer = _core._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=False)
+    _, fused_ops, fused_buffer = _test_hooks._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=True)
+    _, core_ops, core_buffer = _test_hooks._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=False)
     assert {"MUL_MAT", "SCALE", "SOFT_MAX"} <= set(core_ops) and core_buffer > score_bytes
     assert "CUSTOM" in fused_ops and not {"MUL_MAT", "SCALE", "SOFT_MAX"} & set(fused_ops)
     assert fused_buffer < score_bytes / 4, (fused_buffer, score_bytes)
@@ -59,11 +60,11 @@ SHAPES = [(256, 256, 320, 8), (100, 77, 320, 8), (37, 300, 512, 1), (7, 17, 32, 
 @pytest.mark.parametrize("l_q, l_k, channels, n_head", SHAPES)
 def test_fused_attention_is_bitwise_the_core_graph(l_q, l_k, channels, n_head, per_head_inputs):
     q, k, v = random_qkv(l_q, l_k, channels, seed=l_q * 1000 + l_k)
-    unfused, core_ops, _ = _core._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=False,
+    unfused, core_ops, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=False,
                                                 per_head_inputs=per_head_inputs)
     assert "SOFT_MAX" in core_ops
     for threads in (1, 2, 3):
-        fused, ops, _ = _core._cpu_attention(q, k, v, n_head, threads, on_cpu_backend=True,
+        fused, ops, _ = _test_hooks._cpu_attention(q, k, v, n_head, threads, on_cpu_backend=True,
                                              per_head_inputs=per_head_inputs)
         assert "CUSTOM" in ops and "SOFT_MAX" not in ops
         assert fused.shape == (l_q, channels) and fused.dtype == np.float32
@@ -74,7 +75,7 @@ def test_fused_attention_is_bitwise_the_core_graph(l_q, l_k, channels, n_head, p
 def test_fused_attention_copies_no_heads():
     # From (L, C) inputs the node reads each head in place and writes (L_q, C): no per-head copies.
     q, k, v = random_qkv(64, 64, 128, seed=2)
-    _, ops, _ = _core._cpu_attention(q, k, v, 4, 2)
+    _, ops, _ = _test_hooks._cpu_attention(q, k, v, 4, 2)
     assert ops.count("CUSTOM") == 1 and "CONT" not in ops and "CPY" not in ops, ops
 
 
@@ -83,7 +84,7 @@ def test_fused_attention_copies_no_heads():
 def test_attention_matches_numpy(l_q, l_k, channels, n_head, per_head_inputs):
     q, k, v = random_qkv(l_q, l_k, channels, seed=l_k)
     expected = reference(q, k, v, n_head)
-    result, _, _ = _core._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs)
+    result, _, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs)
     assert np.abs(result - expected).max() < 2e-6 * max(1.0, float(np.abs(expected).max()))
 
 
@@ -92,13 +93,13 @@ def test_sizes_the_packed_kernel_declines_keep_the_core_graph(l_q, l_k, channels
     # d_head 8, and 12 keys: the unfused products would not run on the packed kernel, so fusing could move
     # the sums; the core's four nodes stay.
     q, k, v = random_qkv(l_q, l_k, channels, seed=3)
-    result, ops, _ = _core._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=True)
+    result, ops, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, on_cpu_backend=True)
     assert "SOFT_MAX" in ops and "CUSTOM" not in ops
 
 
 def test_bad_shapes_are_refused_with_the_argument_named():
     q, k, v = random_qkv(8, 8, 32, seed=0)
     with pytest.raises(ValueError, match="n_head"):
-        _core._cpu_attention(q, k, v, 5)
+        _test_hooks._cpu_attention(q, k, v, 5)
     with pytest.raises(ValueError, match="k, v"):
-        _core._cpu_attention(q, k[:, :16], v, 2)
+        _test_hooks._cpu_attention(q, k[:, :16], v, 2)

@@ -9,8 +9,9 @@ strides, dilation, 1x1 kernels, batches and rows narrower than 16 pixels.
 import numpy as np
 import pytest
 
-from sdcpp_py import _core
-from test_cpu_matmul import PACKED_KERNEL
+from native_hooks import PACKED_KERNEL, hooks
+
+_test_hooks = hooks()
 
 needs_fused_conv = pytest.mark.skipif(
     not PACKED_KERNEL, reason="patch 0007 fuses convolutions where patch 0004's AVX2 kernel is compiled")
@@ -55,8 +56,8 @@ SHAPES = [
 def test_core_conv_is_one_node_without_im2col():
     kernel, image = random_conv(1, 64, 64, 64, 64, 3, seed=1)
     im2col_bytes = 64 * 64 * 64 * 9 * 2
-    _, fused_ops, fused_buffer = _core._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, True)
-    _, core_ops, core_buffer = _core._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, False)
+    _, fused_ops, fused_buffer = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, True)
+    _, core_ops, core_buffer = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, False)
     assert {"IM2COL", "MUL_MAT", "CONT"} <= set(core_ops) and core_buffer > im2col_bytes
     assert fused_ops == ["CUSTOM"]
     assert fused_buffer < core_buffer - im2col_bytes / 2, (fused_buffer, core_buffer)
@@ -67,10 +68,10 @@ def test_core_conv_is_one_node_without_im2col():
 def test_fused_conv_is_bitwise_the_core_graph(n, ic, oc, h, w, k, stride, padding, dilation):
     kernel, image = random_conv(n, ic, oc, h, w, k, seed=h * 100 + w)
     bits = kernel.view(np.uint16)
-    unfused, core_ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, 2, False)
+    unfused, core_ops, _ = _test_hooks._core_conv_2d(bits, image, stride, padding, dilation, 2, False)
     assert "IM2COL" in core_ops
     for threads in (1, 2, 3):
-        fused, ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, threads, True)
+        fused, ops, _ = _test_hooks._core_conv_2d(bits, image, stride, padding, dilation, threads, True)
         assert ops == ["CUSTOM"]
         assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
 
@@ -81,11 +82,11 @@ def test_fused_conv_adds_the_bias_bitwise_as_the_core_graph(n, ic, oc, h, w, k, 
     kernel, image = random_conv(n, ic, oc, h, w, k, seed=7)
     bias = np.random.default_rng(8).standard_normal(oc, dtype=np.float32)
     bits = kernel.view(np.uint16)
-    unfused, core_ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, 2, False, bias)
+    unfused, core_ops, _ = _test_hooks._core_conv_2d(bits, image, stride, padding, dilation, 2, False, bias)
     assert "ADD" in core_ops
-    without_bias, _, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, 2, True)
+    without_bias, _, _ = _test_hooks._core_conv_2d(bits, image, stride, padding, dilation, 2, True)
     for threads in (1, 2, 3):
-        fused, ops, _ = _core._core_conv_2d(bits, image, stride, padding, dilation, threads, True, bias)
+        fused, ops, _ = _test_hooks._core_conv_2d(bits, image, stride, padding, dilation, threads, True, bias)
         assert ops == ["CUSTOM"]
         assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
     assert np.array_equal(fused, without_bias + bias[None, :, None, None])
@@ -95,7 +96,7 @@ def test_fused_conv_adds_the_bias_bitwise_as_the_core_graph(n, ic, oc, h, w, k, 
 def test_core_conv_matches_numpy(n, ic, oc, h, w, k, stride, padding, dilation):
     kernel, image = random_conv(n, ic, oc, h, w, k, seed=ic)
     expected = reference(kernel, image, stride, padding, dilation)
-    result, _, _ = _core._core_conv_2d(kernel.view(np.uint16), image, stride, padding, dilation, 2)
+    result, _, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, stride, padding, dilation, 2)
     assert result.shape == expected.shape and result.dtype == np.float32
     scale = np.sqrt(np.mean(expected**2))
     assert np.abs(result - expected).max() < 1e-5 * scale * np.sqrt(ic * k * k)
@@ -104,17 +105,17 @@ def test_core_conv_matches_numpy(n, ic, oc, h, w, k, stride, padding, dilation):
 def test_sizes_the_packed_kernel_declines_keep_the_core_graph():
     # 3 output channels: the unfused product would not run on the packed kernel, so the graph stays.
     kernel, image = random_conv(1, 2, 3, 4, 4, 3, seed=0)
-    _, ops, _ = _core._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, True)
+    _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, True)
     assert "IM2COL" in ops and "CUSTOM" not in ops
 
 
 def test_bad_arguments_are_refused_with_the_argument_named():
     kernel, image = random_conv(1, 4, 8, 6, 6, 3, seed=0)
     with pytest.raises(ValueError, match="image: channel count"):
-        _core._core_conv_2d(kernel.view(np.uint16), image[:, :2].copy())
+        _test_hooks._core_conv_2d(kernel.view(np.uint16), image[:, :2].copy())
     with pytest.raises(ValueError, match="stride"):
-        _core._core_conv_2d(kernel.view(np.uint16), image, 0)
+        _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 0)
     with pytest.raises(ValueError, match="image: smaller"):
-        _core._core_conv_2d(kernel.view(np.uint16), image[:, :, :2, :2].copy())
+        _test_hooks._core_conv_2d(kernel.view(np.uint16), image[:, :, :2, :2].copy())
     with pytest.raises(ValueError, match="bias"):
-        _core._core_conv_2d(kernel.view(np.uint16), image, bias=np.zeros(3, np.float32))
+        _test_hooks._core_conv_2d(kernel.view(np.uint16), image, bias=np.zeros(3, np.float32))

@@ -6,8 +6,9 @@ A speed-only patch: the node must give bitwise the values of the core's split / 
 import numpy as np
 import pytest
 
-from sdcpp_py import _core
-from test_cpu_matmul import PACKED_KERNEL
+from native_hooks import PACKED_KERNEL, hooks
+
+_test_hooks = hooks()
 
 needs_fused_geglu = pytest.mark.skipif(
     not PACKED_KERNEL, reason="patch 0008 fuses GEGLU where patch 0004's AVX2 kernel is compiled")
@@ -18,10 +19,10 @@ needs_fused_geglu = pytest.mark.skipif(
 def test_fused_geglu_is_one_node_bitwise_the_core_graph(rows, width):
     # Values across GELU's table range and past its +-10 cut-offs.
     x = (np.random.default_rng(rows).standard_normal((rows, width), dtype=np.float32) * 4).astype(np.float32)
-    unfused, core_ops, _ = _core._core_geglu(x, 2, on_cpu_backend=False)
+    unfused, core_ops, _ = _test_hooks._core_geglu(x, 2, on_cpu_backend=False)
     assert {"CONT", "GELU", "MUL"} <= set(core_ops), core_ops
     for threads in (1, 2, 3):
-        fused, ops, _ = _core._core_geglu(x, threads)
+        fused, ops, _ = _test_hooks._core_geglu(x, threads)
         assert ops == ["CUSTOM"]
         assert fused.shape == (rows, width // 2) and fused.dtype == np.float32
         assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
@@ -31,11 +32,11 @@ def test_geglu_matches_numpy():
     x = np.random.default_rng(0).standard_normal((64, 256), dtype=np.float32) * 3
     value, gate = x[:, :128].astype(np.float64), x[:, 128:].astype(np.float64)
     gelu = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate**3)))
-    result, _, _ = _core._core_geglu(x, 2)
+    result, _, _ = _test_hooks._core_geglu(x, 2)
     # ggml's GELU reads an f16 table: about 3 significant digits.
     assert np.allclose(result, value * gelu, rtol=2e-3, atol=2e-3)
 
 
 def test_bad_shape_is_refused_with_the_argument_named():
     with pytest.raises(ValueError, match="x: expected"):
-        _core._core_geglu(np.zeros((4, 3), np.float32))
+        _test_hooks._core_geglu(np.zeros((4, 3), np.float32))

@@ -4,21 +4,11 @@ Every convolution and linear layer of every model runs through this product, so 
 show up only as subtly wrong pixels: odd shapes are checked directly.
 """
 
-import re
-
 import numpy as np
 import pytest
+from native_hooks import PACKED_KERNEL, hooks
 
-import sdcpp_py
-from sdcpp_py import _core
-
-
-def compiled_with(feature):
-    return re.search(rf"\b{feature} = 1\b", sdcpp_py.system_info()) is not None
-
-
-# Patch 0004's kernel is compiled where ggml's CPU code is built for AVX2 + FMA + F16C without AVX-512.
-PACKED_KERNEL = all(map(compiled_with, ("AVX2", "FMA", "F16C"))) and not compiled_with("AVX512")
+_test_hooks = hooks()
 
 
 def reference(a, b):
@@ -38,7 +28,7 @@ def test_products_match_numpy_on_odd_shapes(m, n, k, a_dtype, b_dtype):
     a = rng.standard_normal((m, k)).astype(a_dtype)
     b = rng.standard_normal((n, k)).astype(b_dtype)
     for threads in (1, 2, 3):
-        result = _core._cpu_mul_mat(a, b, threads)
+        result = _test_hooks._cpu_mul_mat(a, b, threads)
         assert result.shape == (n, m) and result.dtype == np.float32
         # Same-type inputs: only f32 summation errs. Mixed: products too small for the packed kernel take
         # ggml's path, which rounds b to f16 (see the next test).
@@ -53,7 +43,7 @@ def test_f32_activations_keep_f32_precision_against_f16_weights():
     rng = np.random.default_rng(7)
     a = rng.standard_normal((320, 768)).astype(np.float16)
     b = rng.standard_normal((64, 768)).astype(np.float32)
-    error = relative_error(_core._cpu_mul_mat(a, b, 2), reference(a, b))
+    error = relative_error(_test_hooks._cpu_mul_mat(a, b, 2), reference(a, b))
     assert error < 2e-5, f"relative error {error:.1e}: the activations were rounded to f16"
 
 
@@ -61,18 +51,18 @@ def test_results_do_not_depend_on_the_thread_count():
     rng = np.random.default_rng(3)
     a = rng.standard_normal((200, 2880)).astype(np.float16)
     b = rng.standard_normal((96, 2880)).astype(np.float16)
-    one = _core._cpu_mul_mat(a, b, 1)
-    assert all(np.array_equal(one, _core._cpu_mul_mat(a, b, threads)) for threads in (2, 4))
+    one = _test_hooks._cpu_mul_mat(a, b, 1)
+    assert all(np.array_equal(one, _test_hooks._cpu_mul_mat(a, b, threads)) for threads in (2, 4))
 
 
 def test_bad_arguments_are_refused_by_name():
     a = np.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="b: expected 8 columns"):
-        _core._cpu_mul_mat(a, np.zeros((4, 9), np.float32))
+        _test_hooks._cpu_mul_mat(a, np.zeros((4, 9), np.float32))
     with pytest.raises(ValueError, match="a: expected float32 or float16"):
-        _core._cpu_mul_mat(a.astype(np.float64), a)
+        _test_hooks._cpu_mul_mat(a.astype(np.float64), a)
     with pytest.raises(ValueError, match="n_threads"):
-        _core._cpu_mul_mat(a, a, 0)
+        _test_hooks._cpu_mul_mat(a, a, 0)
 
 
 def conv_reference(kernel, image, stride, padding):
@@ -95,7 +85,7 @@ def test_convolutions_match_numpy(n, ic, oc, size, kernel_size, stride, padding)
     image = rng.standard_normal((n, ic, size, size)).astype(np.float32)
     # ggml's im2col rounds the image to f16 for f16 kernels: the reference does the same.
     expected = conv_reference(kernel, image.astype(np.float16), stride, padding)
-    results = [_core._cpu_conv_2d(kernel.view(np.uint16), image, stride, padding, threads) for threads in (1, 2, 5)]
+    results = [_test_hooks._cpu_conv_2d(kernel.view(np.uint16), image, stride, padding, threads) for threads in (1, 2, 5)]
     assert results[0].shape == expected.shape
     assert relative_error(results[0], expected) < 1e-4
     assert all(np.array_equal(results[0], other) for other in results[1:])

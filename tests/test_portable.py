@@ -44,6 +44,20 @@ with sdcpp_py.Context(model=sys.argv[1], n_threads=2) as ctx:
 np.save(sys.argv[2], image)
 """
 
+# The test hooks module links the same shared ggml as _core: the CPU variant `import sdcpp_py` loaded serves it.
+HOOKS = """
+import json
+import numpy as np
+import sdcpp_py
+from sdcpp_py import _test_hooks
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((33, 64)).astype(np.float16), rng.standard_normal((7, 64)).astype(np.float32)
+q = rng.standard_normal((40, 64)).astype(np.float32)
+attention, ops, _ = _test_hooks._cpu_attention(q, q, q, 4, 2)
+print(json.dumps({"mul_mat": _test_hooks._cpu_mul_mat(a, b, 2).tolist(), "attention": attention.tolist(),
+                  "ops": ops, "pieces": _test_hooks._parse_prompt_attention("a (b:1.5) BREAK c")}))
+"""
+
 
 def run_portable(code, *args):
     # From outside the source tree, so that `import sdcpp_py` can only be the installed wheel.
@@ -103,3 +117,19 @@ def test_portable_build_gives_the_native_build_pixels(tmp_path, sd1_checkpoint):
     assert portable.shape == native.shape == (128, 128, 3)
     difference = np.abs(portable.astype(np.int16) - native.astype(np.int16))
     assert difference.max() == 0, f"max {difference.max()}, mean {difference.mean():.3f}"
+
+
+def test_portable_build_test_hooks_run_on_the_loaded_variant():
+    native = pytest.importorskip("sdcpp_py._test_hooks", reason="no sdcpp_py._test_hooks in this build")
+    if "_test_hooks" not in run_portable("import sdcpp_py, pkgutil; "
+                                      "print([m.name for m in pkgutil.iter_modules(sdcpp_py.__path__)])").stdout:
+        pytest.skip("the portable build was made with SDCPP_PY_TESTING=OFF")
+    portable = json.loads(run_portable(HOOKS).stdout.strip().splitlines()[-1])
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((33, 64)).astype(np.float16), rng.standard_normal((7, 64)).astype(np.float32)
+    q = rng.standard_normal((40, 64)).astype(np.float32)
+    attention, ops, _ = native._cpu_attention(q, q, q, 4, 2)
+    np.testing.assert_allclose(portable["mul_mat"], native._cpu_mul_mat(a, b, 2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(portable["attention"], attention, rtol=1e-5, atol=1e-6)
+    assert portable["ops"] == ops
+    assert [tuple(piece) for piece in portable["pieces"]] == native._parse_prompt_attention("a (b:1.5) BREAK c")

@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from native_hooks import hooks
 
 import sdcpp_py
-from sdcpp_py import _core, _headers, synthetic
+from sdcpp_py import _core, _formats, _headers
+from sdcpp_py.testing import extras
 
 TINY = dict(width=64, height=64, steps=1, cfg_scale=1.0, seed=5)
 
@@ -102,9 +104,10 @@ def test_a_prompt_over_the_limit_is_refused_naming_it(flux_parts):
 def test_a_long_run_of_whitespace_is_parsed_in_linear_time():
     # Patch 0011: the core's BREAK search backtracked over every start position of a whitespace run
     # (20,000 spaces: 34 s; 100,000: many minutes). A deadline far above the patched time, far below the old.
+    hooks()
     code = """
-        from sdcpp_py import _core
-        pieces = _core._parse_prompt_attention("a" + " " * 100000 + "b BREAK c")
+        from sdcpp_py import _test_hooks
+        pieces = _test_hooks._parse_prompt_attention("a" + " " * 100000 + "b BREAK c")
         print(len(pieces))
     """
     result = run_child(code, timeout=60)
@@ -167,15 +170,16 @@ def reference_parse(text: str) -> list:
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="aB BREAK()[]:\\.1-+2 \t\né", max_size=60))
 def test_the_prompt_parser_gives_the_original_pieces_and_weights(text):
-    pieces = [(piece, float(np.float32(weight))) for piece, weight in _core._parse_prompt_attention(text)]
+    pieces = [(piece, float(np.float32(weight))) for piece, weight in hooks()._parse_prompt_attention(text)]
     assert pieces == reference_parse(text)
 
 
 def test_the_prompt_parser_on_documented_examples():
+    _test_hooks = hooks()
     assert reference_parse("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).") == [
-        (piece, float(np.float32(w))) for piece, w in _core._parse_prompt_attention(
+        (piece, float(np.float32(w))) for piece, w in _test_hooks._parse_prompt_attention(
             "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).")]
-    assert [p for p, _ in _core._parse_prompt_attention("a BREAK b")] == ["a ", "BREAK", " b"]
+    assert [p for p, _ in _test_hooks._parse_prompt_attention("a BREAK b")] == ["a ", "BREAK", " b"]
 
 
 # -- weights the core cannot load, and the core's own failed checks ---------------------------------------------
@@ -229,7 +233,7 @@ def test_a_weight_of_an_integer_type_is_refused_by_name(flux_parts, tmp_path):
     tensors = read_safetensors(flux_parts["diffusion_model"])
     weight = next(name for name, a in tensors.items() if name.endswith(".weight") and a.dtype == np.float16
                   and a.ndim == 2)
-    gguf = synthetic.write_gguf(tmp_path / "int-weight.gguf", tensors)
+    gguf = _formats.write_gguf(tmp_path / "int-weight.gguf", tensors)
     data = bytearray(gguf.read_bytes())
     record = struct.pack("<Q", len(weight)) + weight.encode()
     at = data.index(record) + len(record)
@@ -267,7 +271,7 @@ def test_convert_still_copies_integer_tensors_the_model_does_not_use(flux_parts,
     # Hugging Face CLIP files carry position_ids as I64; patch 0012 must refuse only weights, not such copies.
     tensors = read_safetensors(flux_parts["clip_l"])
     tensors["text_model.embeddings.position_ids"] = np.arange(77, dtype=np.int64)[None]
-    source = synthetic.write_safetensors(tmp_path / "clip-with-ids.safetensors", tensors)
+    source = _formats.write_safetensors(tmp_path / "clip-with-ids.safetensors", tensors)
     target = tmp_path / "clip.gguf"
     sdcpp_py.convert(source, target, weight_type="f16")
     copied = _headers.read_header(str(target)).tensors
@@ -276,7 +280,7 @@ def test_convert_still_copies_integer_tensors_the_model_does_not_use(flux_parts,
         assert ctx.txt2img("a red cube", **TINY)[0].shape == (64, 64, 3)
 
 def variant_of(source: Path, target: Path, **changes) -> Path:
-    return synthetic.write_safetensors(target, {**read_safetensors(source), **changes})
+    return _formats.write_safetensors(target, {**read_safetensors(source), **changes})
 
 
 @pytest.mark.skipif(not (_core.FPE_TO_EXCEPTION and platform.machine() in ("x86_64", "AMD64")),
@@ -298,7 +302,7 @@ def test_failed_checks_of_the_core_become_errors(flux_parts, tmp_path):
     rng = np.random.default_rng(0)
 
     def variant(name, **changes):
-        return synthetic.write_safetensors(tmp_path / f"{name}.safetensors", {**tensors, **changes})
+        return _formats.write_safetensors(tmp_path / f"{name}.safetensors", {**tensors, **changes})
 
     # One Wan tensor name makes the core take the file for Wan, whose constructor aborts on its depth.
     wan_like = variant("wan-like", **{"blocks.0.cross_attn.norm_k.weight": np.ones(4, np.float32)})
@@ -413,7 +417,7 @@ CLOSE_WHILE_WAITING_CHILD = """
 
 def test_closing_an_upscaler_while_calls_wait_is_safe(tmp_path):
     # Upscaler.upscale read the native pointer before taking the lock: close() freed it under the waiting call.
-    path = synthetic.esrgan_upscaler(tmp_path / "esrgan.safetensors")
+    path = extras.esrgan_upscaler(tmp_path / "esrgan.safetensors")
     result = run_child(CLOSE_WHILE_WAITING_CHILD, str(path))
     assert_clean_exit(result)
     outcomes = json.loads(result.stdout.splitlines()[-1])

@@ -98,3 +98,11 @@ def test_wheels_workflow_builds_every_backend_and_the_sdist():
     assert backends == {"cpu", "cuda", "vulkan", "metal"}
     assert {"ubuntu-24.04", "ubuntu-24.04-arm", "macos-14", "windows-2022"} <= runners
     assert any("--sdist" in step.get("run", "") for step in jobs["sdist"]["steps"])
+
+
+def test_release_wheels_leave_out_the_test_hooks():
+    # sdcpp_py._test_hooks is for source builds and the test suite; every published wheel is built without it.
+    workflow = yaml.safe_load((WORKFLOWS / "wheels.yml").read_text())
+    environments = [(step.get("env") or {}).get("CIBW_ENVIRONMENT") for job in workflow["jobs"].values()
+                    for step in job["steps"] if "cibuildwheel" in step.get("uses", "")]
+    assert environments and all("SDCPP_PY_TESTING=OFF" in (env or "") for env in environments), environments

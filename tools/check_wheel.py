@@ -1,6 +1,9 @@
 """Check a built wheel: its extension links only the system libraries every Linux has (as auditwheel reports
 them) and libraries the wheel itself carries (the portable CPU wheel's ggml, found through $ORIGIN), so nothing
-the build machine happened to have leaks in. Prints auditwheel's verdict too."""
+the build machine happened to have leaks in. Prints auditwheel's verdict too.
+
+Also: the wheel is typed (py.typed and _core.pyi), and says whether it carries sdcpp_py._test_hooks, the test
+suite's hooks (source builds have it; --release requires a wheel built with SDCPP_PY_TESTING=OFF)."""
 
 from __future__ import annotations
 
@@ -43,7 +46,21 @@ def needed_libraries(wheel: str) -> tuple[dict[str, list[str]], dict[str, list[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("wheel")
+    parser.add_argument("--release", action="store_true",
+                        help="a release wheel: fail if it carries the test hooks (sdcpp_py._test_hooks)")
     args = parser.parse_args(argv)
+    with zipfile.ZipFile(args.wheel) as archive:
+        names = archive.namelist()
+    missing = [name for name in ("sdcpp_py/py.typed", "sdcpp_py/_core.pyi") if name not in names]
+    if missing:
+        print(f"{args.wheel}: not typed, missing {missing}", file=sys.stderr)
+        return 1
+    hooks = [name for name in names if name.rsplit("/", 1)[-1].startswith("_test_hooks")]
+    print(f"test hooks (sdcpp_py._test_hooks): {', '.join(hooks) if hooks else 'none (SDCPP_PY_TESTING=OFF)'}")
+    if hooks and args.release:
+        print(f"{args.wheel}: a release wheel must not carry the test hooks: build with SDCPP_PY_TESTING=OFF",
+              file=sys.stderr)
+        return 1
     libraries, search_paths = needed_libraries(args.wheel)
     if not libraries:
         print(f"{args.wheel}: no shared object inside", file=sys.stderr)

@@ -1,16 +1,15 @@
 // Windows on ggml's CPU matrix product and convolution for the test suite: patches 0004 (our packed kernel)
 // and 0005 (im2col) are checked against numpy through them, on shapes the generation tests do not isolate.
-// The core's attention and convolution (patches 0006, 0007) have theirs in register_testing_core.cpp.
-#include "common.hpp"
+// The core's attention, convolution and GEGLU (patches 0006-0008) have theirs in register_core_graphs.cpp.
+#include "testing.hpp"
 
 #include <cstring>
 #include <memory>
 
 #include "ggml-backend.h"
 #include "ggml.h"
-#include "util.h"
 
-namespace sdcpp {
+namespace sdcpp::testing {
 
 namespace {
 
@@ -125,28 +124,12 @@ ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& 
     return s;
 }
 
-void register_testing(py::module_& m) {
+void register_cpu_ops(py::module_& m) {
     m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1,
           "Test hook: ggml_mul_mat on the CPU backend, b @ a.T for float16/float32 a (m, k) and b (n, k).");
     m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("n_threads") = 1,
           "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");
-    m.def(
-        "_parse_prompt_attention",
-        [](const std::string& text) {
-            // On the core thread, as in a generation: the parser recurses once per byte (std::regex).
-            std::vector<std::pair<std::string, float>> pieces;
-            auto call = std::make_shared<CoreCall>("parsing a prompt", [&] { pieces = parse_prompt_attention(text); });
-            run_on_core_thread(call);
-            call->raise_errors();
-            py::list result;
-            for (const auto& [piece, weight] : pieces) {
-                result.append(py::make_tuple(text_from_core(piece), weight));
-            }
-            return result;
-        },
-        py::arg("text"), "Test hook: the core's prompt-weight parser (util.cpp), as (text, weight) pairs.");
-    register_testing_core(m);
 }
 
-}  // namespace sdcpp
+}  // namespace sdcpp::testing

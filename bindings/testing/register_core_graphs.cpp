@@ -1,7 +1,7 @@
 // Windows on the core's attention (ggml_ext_attention_ext), convolution (ggml_ext_conv_2d) and GEGLU for the
 // test suite: patches 0006-0008's fused CPU nodes against the core's own graphs and numpy. Their own file:
 // ggml_extend.hpp brings the core's CPU-backend helpers, which clash with ggml-cpu.h.
-#include "common.hpp"
+#include "testing.hpp"
 
 #include <cstring>
 #include <memory>
@@ -16,7 +16,7 @@
 #include "ggml_extend.hpp"
 #include "sdcpp_py_geglu.h"
 
-namespace sdcpp {
+namespace sdcpp::testing {
 
 namespace {
 
@@ -153,7 +153,7 @@ py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_thre
 
 }  // namespace
 
-void register_testing_core(py::module_& m) {
+void register_core_graphs(py::module_& m) {
     m.def("_cpu_attention", &cpu_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true, py::arg("per_head_inputs") = false,
           "Test hook: the core's attention on the CPU; returns (output, graph node ops, compute buffer bytes).");
@@ -165,5 +165,5 @@ void register_testing_core(py::module_& m) {
           "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");
 }
 
-}  // namespace sdcpp
+}  // namespace sdcpp::testing
 

@@ -1,0 +1,28 @@
+// Included first by every file of the sdcpp_py._test_hooks module (the test suite's windows on ggml and the
+// core; built with -DSDCPP_PY_TESTING=ON, never in release wheels): pybind11 and what the hooks share.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace py = pybind11;
+
+namespace sdcpp::testing {
+
+void register_cpu_ops(py::module_& m);
+void register_core_graphs(py::module_& m);
+void register_prompt(py::module_& m);
+
+// The convolution hooks' arguments, checked: f16 kernel bits (OC, IC, KH, KW), f32 image (N, IC, H, W).
+struct ConvShape {
+    int64_t N, IC, H, W, OC, KH, KW, OH, OW;
+};
+ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& image, int stride, int padding,
+                             int dilation, int n_threads);
+
+}  // namespace sdcpp::testing

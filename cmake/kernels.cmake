@@ -1,0 +1,20 @@
+# Our kernels (kernels/): patch 0004's packed products (a header ggml-cpu's sgemm.cpp includes) and patches
+# 0006-0008's fused attention, convolution and GEGLU (sources compiled into every CPU backend target, handed
+# to the core by name through the backend registry: patch 0009). Sets SDCPP_CPU_TARGETS.
+set(SDCPP_KERNELS_DIR "${PROJECT_SOURCE_DIR}/kernels")
+set(SDCPP_CPU_TARGETS "")
+foreach(backend IN LISTS GGML_AVAILABLE_BACKENDS)
+  if(backend MATCHES "^ggml-cpu" AND TARGET ${backend})
+    list(APPEND SDCPP_CPU_TARGETS ${backend})
+  endif()
+endforeach()
+if(NOT SDCPP_CPU_TARGETS)
+  message(FATAL_ERROR "ggml configured no CPU backend target (ggml-cpu or ggml-cpu-<variant>)")
+endif()
+foreach(cpu_target IN LISTS SDCPP_CPU_TARGETS)
+  target_include_directories(${cpu_target} PRIVATE "${SDCPP_KERNELS_DIR}")
+  target_sources(${cpu_target} PRIVATE
+    "${SDCPP_KERNELS_DIR}/sdcpp_py_attention.cpp" "${SDCPP_KERNELS_DIR}/sdcpp_py_conv.cpp"
+    "${SDCPP_KERNELS_DIR}/sdcpp_py_geglu.cpp" "${SDCPP_KERNELS_DIR}/sdcpp_py_kernels.cpp")
+endforeach()
+target_include_directories(stable-diffusion PUBLIC "${SDCPP_KERNELS_DIR}")
