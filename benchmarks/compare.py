@@ -32,69 +32,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("SDCPP_PY_CACHE_DIR", Path.home() / ".cache" / "sdcpp-py"))
+from harness import (CACHE, default_diffusion_fa, ensure_sd_cli, jobs, run_measured, runner, say, sdcpp_job,
+                     write_report)
+
 PEER_SPEC = "stable-diffusion-cpp-python==0.4.7"
 CORE_TIME = re.compile(r"generate_image completed in ([0-9.]+)s")
 # sdcpp-py runs one-shot like sd-cli (free_params_immediately=True); sdcpp-py-keep keeps its weights for a
 # next call, as a service would (the peer cannot free them).
 TOOLS = ("sdcpp-py", "sd-cli", "peer", "sdcpp-py-keep")
 SD_CLI_GENERATION_START = "generate_image "
-
-# Our runner and the peer's: one job, one JSON line of figures on stdout; core logs on stderr.
-SDCPP_RUNNER = r"""
-import json, logging, resource, sys, time
-job = json.loads(sys.argv[1])
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-import numpy as np
-import sdcpp_py
-start = time.perf_counter()
-ctx = sdcpp_py.Context(**job["components"], n_threads=job["threads"], vae_decode_only=True,
-                       free_params_immediately=job["one_shot"], diffusion_flash_attn=job["diffusion_fa"])
-loaded = time.perf_counter()
-if job["load_only"]:
-    print(json.dumps({"load_s": loaded - start, "gen_s": float("nan"),
-                      "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-    sys.exit(0)
-image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"],
-                    cfg_scale=job["cfg"], seed=job["seed"], sampler=job["sampler"])[0]
-pixels = np.asarray(image)
-done = time.perf_counter()
-np.save(job["out"], pixels)
-print(json.dumps({"load_s": loaded - start, "gen_s": done - loaded,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-PEER_RUNNER = r"""
-import json, resource, sys, time
-job = json.loads(sys.argv[1])
-import numpy as np
-from stable_diffusion_cpp import StableDiffusion
-names = {"model": "model_path", "diffusion_model": "diffusion_model_path", "clip_l": "clip_l_path",
-         "t5xxl": "t5xxl_path", "vae": "vae_path"}
-start = time.perf_counter()
-sd = StableDiffusion(**{names[k]: v for k, v in job["components"].items()}, n_threads=job["threads"],
-                     vae_decode_only=True, diffusion_flash_attn=job["diffusion_fa"], verbose=True)
-loaded = time.perf_counter()
-if job["load_only"]:
-    print(json.dumps({"load_s": loaded - start, "gen_s": float("nan"),
-                      "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-    sys.exit(0)
-image = sd.generate_image(prompt=job["prompt"], width=job["size"], height=job["size"], sample_steps=job["steps"],
-                          cfg_scale=job["cfg"], seed=job["seed"], sample_method=job["sampler"])[0]
-pixels = np.asarray(image.convert("RGB"))
-done = time.perf_counter()
-np.save(job["out"], pixels)
-print(json.dumps({"load_s": loaded - start, "gen_s": done - loaded,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def ensure_peer(venv: Path) -> Path:
@@ -112,42 +60,6 @@ def ensure_peer(venv: Path) -> Path:
     return python
 
 
-def ensure_sd_cli() -> Path:
-    build = REPO / "build" / "sd-cli"
-    configure = ["cmake", "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                 "-DSDCPP_PY_BUILD_SD_CLI=ON", f"-DPython_EXECUTABLE={sys.executable}"]
-    if shutil.which("ninja") and not (build / "CMakeCache.txt").exists():
-        configure += ["-G", "Ninja"]
-    for command in (configure, ["cmake", "--build", str(build), "--target", "sd-cli"]):
-        subprocess.run(command, check=True, capture_output=True)
-    return build / "bin" / "sd-cli"
-
-
-def run_measured(command: list, env=None, marker: str | None = None,
-                 stop_at_marker: bool = False) -> tuple[float, float, str, str, float]:
-    """(wall seconds, peak RSS MiB, stdout, stderr, seconds until a stdout line holding ``marker``); with
-    ``stop_at_marker`` the child is killed at that line."""
-    started = time.perf_counter()
-    marked = float("nan")
-    lines = []
-    with tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env=env, text=True, errors="replace")
-        for line in child.stdout:  # sd-cli flushes every log line, so the stamp is when it was written
-            if marker is not None and marked != marked and marker in line and "completed" not in line:
-                marked = time.perf_counter() - started
-                if stop_at_marker:
-                    child.kill()
-            lines.append(line)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        stdout, stderr = "".join(lines), err.read()
-    if child.returncode != 0 and not (stop_at_marker and marked == marked):
-        raise RuntimeError(f"{command[0]} failed ({child.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, stdout, stderr, marked
-
-
 def core_seconds(text: str) -> float:
     found = CORE_TIME.findall(text)
     return float(found[-1]) if found else float("nan")
@@ -155,7 +67,6 @@ def core_seconds(text: str) -> float:
 
 def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Path) -> dict:
     out = workdir / f"{tool}.npy"
-    spec = dict(job, out=str(out))
     if tool == "sd-cli":
         flags = {"model": "-m", "diffusion_model": "--diffusion-model", "clip_l": "--clip_l", "t5xxl": "--t5xxl",
                  "vae": "--vae"}
@@ -180,59 +91,20 @@ def run_tool(tool: str, job: dict, sd_cli: Path, peer_python: Path, workdir: Pat
 
             np.save(out, np.asarray(image.convert("RGB")))
         return {"total_s": wall, "rss_mib": rss, "gen_s": core, "core_gen_s": core, "load_s": load}
-    ours = tool.startswith("sdcpp-py")
-    spec["one_shot"] = tool == "sdcpp-py"
-    python = sys.executable if ours else str(peer_python)
-    runner = SDCPP_RUNNER if ours else PEER_RUNNER
+    if tool.startswith("sdcpp-py"):
+        command = [sys.executable, runner("sdcpp_txt2img"), json.dumps(sdcpp_job(job, out, tool == "sdcpp-py"))]
+    else:
+        command = [str(peer_python), runner("peer_txt2img"), json.dumps(dict(job, out=str(out)))]
     env = dict(os.environ)
     if tool == "peer":
         env.pop("PYTHONPATH", None)
-    wall, rss, stdout, stderr, _ = run_measured([python, "-c", runner, json.dumps(spec)], env=env)
+    wall, rss, stdout, stderr, _ = run_measured(command, env=env)
     figures = json.loads(stdout.strip().splitlines()[-1])
     if job["load_only"]:
         return {"total_s": wall, "rss_mib": rss, "gen_s": float("nan"), "load_s": figures["load_s"],
                 "core_gen_s": float("nan")}
     return {"total_s": wall, "rss_mib": rss, "gen_s": figures["gen_s"], "load_s": figures["load_s"],
             "core_gen_s": core_seconds(stdout + stderr)}
-
-
-def jobs(selected: list[str], diffusion_fa: bool, load_only: bool = False) -> dict:
-    from sdcpp_py import synthetic
-
-    base = CACHE / "synthetic"
-    made = {}
-    if "tiny-flux" in selected:
-        parts = synthetic.flux_components(base / "flux")
-        made["tiny-flux"] = dict(components={k: str(v) for k, v in parts.items()}, size=256, steps=4, cfg=1.0,
-                                 sampler="euler")
-    if "sd1-256" in selected:
-        made["sd1-256"] = dict(components={"model": str(synthetic.sd1_checkpoint(base / "sd1"))}, size=256,
-                               steps=2, cfg=7.0, sampler="euler")
-    if "flux-t5" in selected:
-        parts = synthetic.flux_components(base / "flux", t5xxl=True)
-        made["flux-t5"] = dict(components={k: str(v) for k, v in parts.items()}, size=64, steps=1, cfg=1.0,
-                               sampler="euler")
-    if "load" in selected:  # the tiny Flux parts with a trivial generation: many cheap runs for load times
-        parts = synthetic.flux_components(base / "flux")
-        made["load"] = dict(components={k: str(v) for k, v in parts.items()}, size=64, steps=1, cfg=1.0,
-                            sampler="euler")
-    if "flux-1024" in selected:  # what result conversion costs on a large image
-        parts = synthetic.flux_components(base / "flux")
-        made["flux-1024"] = dict(components={k: str(v) for k, v in parts.items()}, size=1024, steps=1, cfg=1.0,
-                                 sampler="euler")
-    for job in made.values():
-        job.update(prompt="a lighthouse at dusk", seed=7, threads=2, diffusion_fa=diffusion_fa, load_only=load_only)
-    return made
-
-
-def write_report(lines: list, results: dict, markdown: Path | None, json_path: Path | None) -> None:
-    """Print the markdown table; also write it and the raw results where asked."""
-    table = "\n".join(lines)
-    print(table)
-    if markdown:
-        markdown.write_text(table + "\n")
-    if json_path:
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def ratio(a: float, b: float) -> float:
@@ -263,11 +135,7 @@ def main() -> int:
 
     results = {}
     if args.diffusion_fa is None:
-        import inspect
-
-        import sdcpp_py
-
-        args.diffusion_fa = inspect.signature(sdcpp_py.Context).parameters["diffusion_flash_attn"].default
+        args.diffusion_fa = default_diffusion_fa()
     for name, job in jobs(args.jobs.split(","), args.diffusion_fa, args.load_only).items():
         samples = {tool: [] for tool in tools}
         with tempfile.TemporaryDirectory() as tmp:

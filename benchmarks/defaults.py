@@ -17,25 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import CACHE, run_measured, write_report  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-RUNNER = r"""
-import json, sys, time
-job = json.loads(sys.argv[1])
 import numpy as np
-import sdcpp_py
-start = time.perf_counter()
-ctx = sdcpp_py.Context(**job["components"], vae_decode_only=True, **job["options"])
-loaded = time.perf_counter()
-image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"], cfg_scale=job["cfg"],
-                    seed=7, sampler="euler")[0]
-done = time.perf_counter()
-np.save(job["out"], np.asarray(image))
-print(json.dumps({"load_s": loaded - start, "gen_s": done - loaded}))
-"""
+
+from harness import CACHE, run_measured, runner, say, write_report
 
 # Each knob alone, against the Context defaults (n_threads = physical cores).
 CONFIGS = {
@@ -50,15 +34,15 @@ CONFIGS = {
 
 
 def jobs(selected: list[str]) -> dict:
-    from sdcpp_py import synthetic
+    from sdcpp_py.testing import flux1, sd
 
     base = CACHE / "synthetic"
     made = {}
     if "tiny-flux" in selected:
-        parts = synthetic.flux_components(base / "flux")
+        parts = flux1.flux_components(base / "flux")
         made["tiny-flux"] = dict(components={k: str(v) for k, v in parts.items()}, size=256, steps=4, cfg=1.0)
     if "sd1-256" in selected:
-        made["sd1-256"] = dict(components={"model": str(synthetic.sd1_checkpoint(base / "sd1"))}, size=256,
+        made["sd1-256"] = dict(components={"model": str(sd.sd1_checkpoint(base / "sd1"))}, size=256,
                                steps=1, cfg=7.0)
     for job in made.values():
         job["prompt"] = "a lighthouse at dusk"
@@ -82,10 +66,10 @@ def main() -> int:
             pixels = {}
             for run in range(args.runs):
                 for name, options in configs.items():
-                    print(f"[defaults] {job_name}: run {run + 1}/{args.runs}, {name}", file=sys.stderr, flush=True)
+                    say(f"{job_name}: run {run + 1}/{args.runs}, {name}", "defaults")
                     out = Path(tmp) / "out.npy"
-                    spec = dict(job, options=options, out=str(out))
-                    _, rss, stdout, _, _ = run_measured([sys.executable, "-c", RUNNER, json.dumps(spec)])
+                    spec = dict(job, context=options, seed=7, sampler="euler", out=str(out))
+                    _, rss, stdout, _, _ = run_measured([sys.executable, runner("sdcpp_txt2img"), json.dumps(spec)])
                     figures = json.loads(stdout.strip().splitlines()[-1])
                     samples[name].append(dict(figures, rss_mib=rss))
                     pixels[name] = np.load(out).astype(np.int16)

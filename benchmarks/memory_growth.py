@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import sdcpp_py
-from sdcpp_py import synthetic
+from sdcpp_py.testing import flux1, sd
 
 SMALL = dict(width=64, height=64, steps=1, cfg_scale=1.0)
 
@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "sdcpp-py" / "synthetic")
     args = parser.parse_args()
 
-    parts = synthetic.flux_components(args.cache / "flux")
+    parts = flux1.flux_components(args.cache / "flux")
     results = {"core": sdcpp_py.core_version(), "patches": sdcpp_py.core_patches()}
 
     ctx = sdcpp_py.Context(**parts, n_threads=2)
@@ -79,7 +79,7 @@ def main() -> int:
     results["context_create_close"] = growth_per_call(context_cycle, calls=10, warmup=2)
 
     # Cancel latency inside one long diffusion step (SD1 UNet at 256x256 on this machine: many seconds).
-    checkpoint = synthetic.sd1_checkpoint(args.cache / "sd1")
+    checkpoint = sd.sd1_checkpoint(args.cache / "sd1")
     latencies = []
     with sdcpp_py.Context(model=checkpoint, n_threads=2) as sd1:
         for _ in range(3):

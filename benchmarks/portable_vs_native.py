@@ -20,13 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import REPO, SDCPP_RUNNER, jobs, run_measured, write_report  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-FEATURES = "import json, sdcpp_py; r = sdcpp_py.backends(); " \
-           "print(json.dumps([r['portable_cpu'], sorted(r['cpu_features']), r['fused_cpu_kernels']]))"
+from harness import REPO, default_diffusion_fa, jobs, run_measured, runner, say, sdcpp_job, write_report
 
 
 def main() -> int:
@@ -44,33 +40,28 @@ def main() -> int:
 
     builds = {}
     for name, python in pythons.items():
-        _, _, stdout, _, _ = run_measured([str(python), "-c", FEATURES])
+        _, _, stdout, _, _ = run_measured([str(python), runner("backend_features")])
         portable, features, kernels = json.loads(stdout.strip().splitlines()[-1])
         builds[name] = {"portable_cpu": portable, "cpu_features": features, "fused_cpu_kernels": kernels}
     if builds["native"]["portable_cpu"] or not builds["portable"]["portable_cpu"]:
         sys.exit(f"expected a native build here and a portable one at {args.portable_python}: {builds}")
 
     results, lines = {}, []
-    import inspect
-
-    import sdcpp_py
-
-    diffusion_fa = inspect.signature(sdcpp_py.Context).parameters["diffusion_flash_attn"].default
-    for job_name, job in jobs(args.jobs.split(","), diffusion_fa).items():
+    for job_name, job in jobs(args.jobs.split(","), default_diffusion_fa()).items():
         samples = {name: [] for name in pythons}
         identical = True
         with tempfile.TemporaryDirectory() as tmp:
             def run(name: str) -> dict:
-                spec = dict(job, out=str(Path(tmp) / f"{name}.npy"), one_shot=True)
-                _, rss, stdout, _, _ = run_measured([str(pythons[name]), "-c", SDCPP_RUNNER, json.dumps(spec)])
+                spec = sdcpp_job(job, Path(tmp) / f"{name}.npy", one_shot=True)
+                _, rss, stdout, _, _ = run_measured([str(pythons[name]), runner("sdcpp_txt2img"), json.dumps(spec)])
                 return dict(json.loads(stdout.strip().splitlines()[-1]), rss_mib=rss)
 
-            print(f"[portable] {job_name}: warm-up run (not counted)", file=sys.stderr, flush=True)
+            say(f"{job_name}: warm-up run (not counted)", "portable")
             run("native")
             order = list(pythons)
             for round_ in range(args.runs):
                 for name in order[round_ % 2:] + order[:round_ % 2]:
-                    print(f"[portable] {job_name}: run {round_ + 1}/{args.runs}, {name}", file=sys.stderr, flush=True)
+                    say(f"{job_name}: run {round_ + 1}/{args.runs}, {name}", "portable")
                     samples[name].append(run(name))
                 identical = identical and np.array_equal(np.load(Path(tmp) / "native.npy"),
                                                          np.load(Path(tmp) / "portable.npy"))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import re
 import statistics
@@ -42,10 +41,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import run_measured  # noqa: E402
+from harness import CACHE, run_measured, runner, say
 
-CACHE = Path(os.environ.get("SDCPP_PY_CACHE_DIR", Path.home() / ".cache" / "sdcpp-py"))
 DIFFUSERS_SPECS = ("torch==2.13.0", "diffusers==0.42.1")
 PROMPT = "a lighthouse at dusk"
 
@@ -65,86 +62,6 @@ CORE_LINES = {
     "core_vae_decode_s": re.compile(r"decode_first_stage completed, taking ([0-9.]+)s"),
 }
 
-DIFFUSERS_RUNNER = r"""
-import json, resource, statistics, sys, time
-job = json.loads(sys.argv[1])
-import torch
-torch.set_num_threads(job["threads"])
-import diffusers
-from diffusers import UNet2DConditionModel
-torch.manual_seed(0)
-start = time.perf_counter()
-unet = UNet2DConditionModel(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8,
-).to(torch.float32).eval()
-built = time.perf_counter()
-rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-side = job["size"] // 8
-latents = torch.randn(2, 4, side, side)
-states = torch.randn(2, 77, 768)
-timestep = torch.tensor(981)
-times = []
-with torch.inference_mode():
-    t0 = time.perf_counter()
-    unet(latents, timestep, encoder_hidden_states=states).sample
-    warmup = time.perf_counter() - t0
-    for _ in range(job["repeats"]):
-        t0 = time.perf_counter()
-        out = unet(latents, timestep, encoder_hidden_states=states).sample
-        times.append(time.perf_counter() - t0)
-assert out.shape == latents.shape and bool(torch.isfinite(out).all())
-print(json.dumps({
-    "step_times": times, "warmup_s": warmup, "load_s": built - start, "rss_model_mib": rss_model,
-    "params_m": sum(p.numel() for p in unet.parameters()) / 1e6, "threads_used": torch.get_num_threads(),
-    "torch": torch.__version__, "diffusers": diffusers.__version__,
-    "attn_processor": type(next(iter(unet.attn_processors.values()))).__name__,
-}))
-"""
-
-SDCPP_RUNNER = r"""
-import json, logging, resource, sys, time
-from pathlib import Path
-job = json.loads(sys.argv[1])
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-import sdcpp_py
-from sdcpp_py import synthetic
-path = synthetic.sd1_checkpoint(Path(job["model_dir"]))
-events = []
-def progress(step, steps, seconds):
-    events.append((time.perf_counter(), step, steps, seconds))
-start = time.perf_counter()
-ctx = sdcpp_py.Context(model=str(path), n_threads=job["threads"], vae_decode_only=True, **job["options"])
-loaded = time.perf_counter()
-rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"], cfg_scale=7.0,
-                    seed=7, sampler="euler", progress=progress)[0]
-done = time.perf_counter()
-steps = job["steps"]
-stamps = {}
-for stamp, step, total, seconds in events:
-    # Only the sampling loop's callbacks (a tiled VAE decode would report with its own count); first wins.
-    if total == steps and abs(step) not in stamps:
-        stamps[abs(step)] = (stamp, seconds)
-missing = [k for k in range(steps + 1) if k not in stamps]
-if missing:
-    raise SystemExit(f"no progress callback for steps {missing}: {events}")
-gaps = [stamps[k][0] - stamps[k - 1][0] for k in range(1, steps + 1)]
-print(json.dumps({
-    "step_times": gaps[1:], "warmup_s": gaps[0], "load_s": loaded - start, "rss_model_mib": rss_loaded,
-    "gen_s": done - loaded, "pre_sampling_s": stamps[0][0] - loaded, "post_sampling_s": done - stamps[steps][0],
-    "core_avg_s_per_step": stamps[steps][1], "image_shape": list(image.shape),
-    "sdcpp_py": getattr(sdcpp_py, "__version__", None), "architecture": ctx.architecture,
-}))
-"""
-
-
-def say(message: str) -> None:
-    print(f"[vs_diffusers] {message}", file=sys.stderr, flush=True)
-
 
 def ensure_diffusers(venv: Path) -> Path:
     """The venv's interpreter, creating the venv and installing torch + diffusers on first use."""
@@ -152,7 +69,7 @@ def ensure_diffusers(venv: Path) -> Path:
     probe = [str(python), "-c", "import torch, diffusers; from diffusers import UNet2DConditionModel"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
-    say(f"installing {' '.join(DIFFUSERS_SPECS)} into {venv}")
+    say(f"installing {' '.join(DIFFUSERS_SPECS)} into {venv}", "vs_diffusers")
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *DIFFUSERS_SPECS], check=True)
@@ -162,9 +79,10 @@ def ensure_diffusers(venv: Path) -> Path:
     return python
 
 
-def run_child(python: str, runner: str, job: dict) -> dict:
-    """Run one measurement in a fresh process: its JSON figures plus wall time and peak RSS."""
-    wall, rss, stdout, stderr, _ = run_measured([python, "-c", runner, json.dumps(job)])
+def run_child(python: str, program: str, job: dict) -> dict:
+    """Run one measurement (``runners/<program>.py``) in a fresh process: its JSON figures plus wall time and
+    peak RSS."""
+    wall, rss, stdout, stderr, _ = run_measured([python, runner(program), json.dumps(job)])
     figures = json.loads(stdout.strip().splitlines()[-1])
     figures["wall_s"] = wall
     figures["peak_rss_mib"] = rss
@@ -178,10 +96,10 @@ def run_child(python: str, runner: str, job: dict) -> dict:
 def measure(tool: str, size: int, args, diffusers_python: str | None) -> dict:
     if tool == "diffusers":
         job = {"size": size, "threads": args.threads, "repeats": args.repeats}
-        return run_child(diffusers_python, DIFFUSERS_RUNNER, job)
+        return run_child(diffusers_python, "diffusers_unet", job)
     job = {"size": size, "threads": args.threads, "steps": args.sdcpp_repeats + 1, "prompt": PROMPT,
            "model_dir": str(args.model_dir), "options": SDCPP_CONFIGS[tool]}
-    return run_child(sys.executable, SDCPP_RUNNER, job)
+    return run_child(sys.executable, "sdcpp_unet_steps", job)
 
 
 def summarize(results: dict, sizes, tools) -> list:
@@ -270,8 +188,8 @@ def main() -> int:
     diffusers_python = str(ensure_diffusers(args.diffusers_venv)) if "diffusers" in tools else None
     if any(t != "diffusers" for t in tools):
         # Build the cached synthetic checkpoint once, outside the timed children.
-        from sdcpp_py import synthetic
-        synthetic.sd1_checkpoint(args.model_dir)
+        from sdcpp_py.testing import sd
+        sd.sd1_checkpoint(args.model_dir)
 
     meta = {"cpu": cpu_name(), "threads": args.threads, "repeats": args.repeats,
             "sdcpp_repeats": args.sdcpp_repeats, "runs": args.runs,
@@ -281,10 +199,10 @@ def main() -> int:
     for run in range(args.runs):
         for size in sizes:
             for tool in tools:
-                say(f"run {run + 1}/{args.runs}: {tool} at {size}x{size}")
+                say(f"run {run + 1}/{args.runs}: {tool} at {size}x{size}", "vs_diffusers")
                 figures = measure(tool, size, args, diffusers_python)
                 say(f"  s/step {statistics.median(figures['step_times']):.2f} (steps {figures['step_times']}), "
-                    f"peak RSS {figures['peak_rss_mib']:.0f} MiB, wall {figures['wall_s']:.1f}s")
+                    f"peak RSS {figures['peak_rss_mib']:.0f} MiB, wall {figures['wall_s']:.1f}s", "vs_diffusers")
                 results.setdefault((size, tool), []).append(figures)
                 raw.append({"run": run, "size": size, "tool": tool, **figures})
                 for key in ("torch", "diffusers"):

@@ -1,4 +1,6 @@
-"""Shared fixtures: synthetic component files (made by sdcpp_py.synthetic) and the sd-cli oracle."""
+"""Shared fixtures: synthetic component files (made by sdcpp_py.testing), the sd-cli oracle and the callers
+that run it, and the contexts several modules use. Test modules ask for these by name; none imports a name
+from here or from another test module."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdcpp_py import synthetic
+import sdcpp_py
+from sdcpp_py.testing import extras, flux1, sd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,33 +26,39 @@ def _synthetic_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_dir() -> Path:
+    """The cache folder of the synthetic component files (SDCPP_PY_SYNTHETIC_DIR, else ~/.cache)."""
+    return _synthetic_dir()
+
+
+@pytest.fixture(scope="session")
 def flux_parts() -> dict:
     """Tiny Flux.1 DiT + CLIP-L + VAE, each a separate file."""
-    return synthetic.flux_components(_synthetic_dir() / "flux")
+    return flux1.flux_components(_synthetic_dir() / "flux")
 
 
 @pytest.fixture(scope="session")
 def flux_gguf_dit(flux_parts) -> Path:
     """The same tiny Flux DiT as a Q8_0 GGUF file (a differently quantized part)."""
-    return synthetic.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
-                                     diffusion_type="Q8_0")["diffusion_model"]
+    return flux1.flux_components(flux_parts["diffusion_model"].parent, diffusion_format="gguf",
+                                 diffusion_type="Q8_0")["diffusion_model"]
 
 
 @pytest.fixture(scope="session")
 def flux_parts_with_t5() -> dict:
-    return synthetic.flux_components(_synthetic_dir() / "flux", t5xxl=True)
+    return flux1.flux_components(_synthetic_dir() / "flux", t5xxl=True)
 
 
 @pytest.fixture(scope="session")
 def sd1_checkpoint() -> Path:
     """An all-in-one SD1.x-style checkpoint (full-size UNet, aliased weights)."""
-    return synthetic.sd1_checkpoint(_synthetic_dir() / "sd1")
+    return sd.sd1_checkpoint(_synthetic_dir() / "sd1")
 
 
 @pytest.fixture(scope="session")
 def sd1_controlnet(sd1_checkpoint) -> Path:
     """A full-size SD1 ControlNet for sd1_checkpoint (random zero convs, so the control image matters)."""
-    return synthetic.sd1_controlnet(_synthetic_dir() / "sd1" / "sd1-controlnet.safetensors")
+    return sd.sd1_controlnet(_synthetic_dir() / "sd1" / "sd1-controlnet.safetensors")
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +80,17 @@ def sd_cli() -> Path:
     return binary
 
 
-def run_sd_cli(sd_cli: Path, out_png: Path, components: dict, *args: str) -> np.ndarray:
+@pytest.fixture(scope="session")
+def run_sd_cli(sd_cli):
+    """`run_sd_cli(out_png, components, *args)`: sd-cli's image for those component files and flags, (H, W, 3)."""
     from PIL import Image
 
-    _run_sd_cli(sd_cli, out_png, components, *args)
-    with Image.open(out_png) as image:
-        return np.asarray(image.convert("RGB"))
+    def run(out_png: Path, components: dict, *args: str) -> np.ndarray:
+        _run_sd_cli(sd_cli, out_png, components, *args)
+        with Image.open(out_png) as image:
+            return np.asarray(image.convert("RGB"))
+
+    return run
 
 
 SD_CLI_COMPONENT_FLAGS = {
@@ -94,15 +108,49 @@ def _run_sd_cli(sd_cli: Path, output: Path, components: dict, *args: str) -> Non
     assert result.returncode == 0, f"sd-cli failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
 
 
-def run_sd_cli_video(sd_cli: Path, out_dir: Path, components: dict, *args: str) -> np.ndarray:
-    """sd-cli in video mode, frames written as numbered PNGs (its .avi/.webm outputs are lossy): (F, H, W, 3)."""
+@pytest.fixture(scope="session")
+def run_sd_cli_video(sd_cli):
+    """`run_sd_cli_video(out_dir, components, *args)`: sd-cli in video mode, its frames as (F, H, W, 3).
+    Frames are written as numbered PNGs: its .avi/.webm outputs are lossy."""
     from PIL import Image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _run_sd_cli(sd_cli, out_dir / "frame_%03d.png", components, "-M", "vid_gen", *args)
-    frames = []
-    for path in sorted(out_dir.glob("frame_*.png")):
-        with Image.open(path) as image:
-            frames.append(np.asarray(image.convert("RGB")))
-    assert frames, f"sd-cli wrote no frames to {out_dir}"
-    return np.stack(frames)
+    def run(out_dir: Path, components: dict, *args: str) -> np.ndarray:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _run_sd_cli(sd_cli, out_dir / "frame_%03d.png", components, "-M", "vid_gen", *args)
+        frames = []
+        for path in sorted(out_dir.glob("frame_*.png")):
+            with Image.open(path) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        assert frames, f"sd-cli wrote no frames to {out_dir}"
+        return np.stack(frames)
+
+    return run
+
+
+# Contexts. Module scope, as each module had them: a module's contexts are freed when it is done.
+@pytest.fixture(scope="module")
+def flux(flux_parts):
+    """A Context over the tiny Flux.1 parts."""
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as context:
+        yield context
+
+
+@pytest.fixture(scope="module")
+def ctx(parts):
+    """A Context over the requesting module's own `parts` fixture (each module says which files)."""
+    with sdcpp_py.Context(**parts, n_threads=2) as context:
+        yield context
+
+
+@pytest.fixture(scope="module")
+def wan_ctx(parts, cli_video):
+    """The module's Wan parts at q8_0 (sd-cli's `--type q8_0`), made after the module's sd-cli video
+    (`cli_video`): sd-cli and this Context would not fit in RAM together."""
+    with sdcpp_py.Context(**parts, n_threads=2, weight_type="q8_0") as context:
+        yield context
+
+
+@pytest.fixture(scope="module")
+def esrgan() -> Path:
+    """A small x2 ESRGAN upscaler."""
+    return extras.esrgan_upscaler(_synthetic_dir() / "esrgan" / "esrgan-x2.safetensors", scale=2)

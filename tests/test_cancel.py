@@ -26,12 +26,6 @@ SD1_SMALL = dict(width=64, height=64, steps=1, cfg_scale=1.0, seed=3)
 
 
 @pytest.fixture(scope="module")
-def flux(flux_parts):
-    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
-        yield ctx
-
-
-@pytest.fixture(scope="module")
 def flux_reference(flux_parts):
     """What a fresh context makes of FLUX_CALL."""
     with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 import sdcpp_py
-from sdcpp_py import synthetic
+from sdcpp_py import _formats
+from sdcpp_py.testing import extras, video
 from sdcpp_py import _core
-
-from conftest import _synthetic_dir
 
 SMALL = dict(width=64, height=64, steps=2, cfg_scale=1.0)
 
@@ -90,7 +89,7 @@ def test_directory_instead_of_file(tmp_path):
 
 def test_core_failure_carries_the_core_error_lines(flux_parts, tmp_path):
     # A well-formed file of no known component: our checks let it through, the core cannot use it.
-    unknown = synthetic.write_safetensors(tmp_path / "unknown.safetensors",
+    unknown = _formats.write_safetensors(tmp_path / "unknown.safetensors",
                                           {"some.layer.weight": np.zeros((4, 4), np.float16)})
     with pytest.raises(sdcpp_py.SdcppError, match="get sd version from file failed") as info:
         sdcpp_py.Context(diffusion_model=unknown, clip_l=flux_parts["clip_l"])
@@ -127,19 +126,19 @@ def test_a_file_in_the_wrong_slot_is_refused_saying_where_it_belongs(flux_parts,
 
 
 @pytest.fixture(scope="module")
-def wan_dir():
-    return _synthetic_dir() / "wan"  # sparse files, a second to write; nothing here loads them
+def wan_dir(synthetic_dir):
+    return synthetic_dir / "wan"  # sparse files, a second to write; nothing here loads them
 
 
 def test_wan_video_models_refuse_missing_parts_before_loading(wan_dir):
-    vace = synthetic.wan_components(wan_dir, variant="vace")
-    decoder_only = synthetic.wan_components(wan_dir)["vae"]
+    vace = video.wan_components(wan_dir, variant="vace")
+    decoder_only = video.wan_components(wan_dir)["vae"]
     with pytest.raises(ValueError, match="Wan2.1-VACE-1.3B model, which runs the VAE encoder on every call, but "
                                          "the VAE file has no encoder"):
         sdcpp_py.Context(**{**vace, "vae": decoder_only})
     with pytest.raises(ValueError, match=r"but vae_decode_only=True"):
         sdcpp_py.Context(**vace, vae_decode_only=True)
-    i2v = synthetic.wan_components(wan_dir, variant="i2v")
+    i2v = video.wan_components(wan_dir, variant="i2v")
     without_vision = {name: path for name, path in i2v.items() if name != "clip_vision"}
     with pytest.raises(ValueError, match="Wan2.1-I2V-1.3B model, which needs the CLIP vision encoder: pass clip_vision="):
         sdcpp_py.Context(**without_vision)
@@ -148,7 +147,7 @@ def test_wan_video_models_refuse_missing_parts_before_loading(wan_dir):
 
 
 def test_lora_all_in_one_and_bare_dit_slots(flux_parts, sd1_checkpoint, tmp_path):
-    lora = synthetic.flux_lora(flux_parts["diffusion_model"], tmp_path / "lora.safetensors")
+    lora = extras.flux_lora(flux_parts["diffusion_model"], tmp_path / "lora.safetensors")
     with pytest.raises(ValueError, match="diffusion_model: this file is a LoRA; pass it in loras="):
         sdcpp_py.Context(**{**flux_parts, "diffusion_model": lora})
     with pytest.raises(ValueError, match="all-in-one SD1 checkpoint; pass it as model="):
@@ -175,12 +174,6 @@ def test_bad_context_options_raise_value_error(flux_parts, kwargs, message):
 def test_bad_bool_option_is_a_type_error(flux_parts):
     with pytest.raises(TypeError, match="mmap"):
         sdcpp_py.Context(**flux_parts, mmap="yes")
-
-
-@pytest.fixture(scope="module")
-def flux(flux_parts):
-    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
-        yield ctx
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,7 @@ import pytest
 from PIL import Image
 
 import sdcpp_py
-from sdcpp_py import synthetic
-
-from conftest import _synthetic_dir, run_sd_cli
+from sdcpp_py.testing import flux2
 
 PROMPT = "a cat"
 SEED = 1
@@ -20,15 +18,9 @@ CLI_BASE = ["-p", PROMPT, "-W", "64", "-H", "64", "--cfg-scale", "1", "-s", str(
 
 
 @pytest.fixture(scope="module")
-def parts() -> dict:
+def parts(synthetic_dir) -> dict:
     """Tiny Flux.2 DiT + one-layer Qwen3 + Flux.2 VAE with its encoder (reference images are encoded)."""
-    return synthetic.flux2_components(_synthetic_dir() / "flux2")
-
-
-@pytest.fixture(scope="module")
-def ctx(parts):
-    with sdcpp_py.Context(**parts, n_threads=2) as context:
-        yield context
+    return flux2.flux2_components(synthetic_dir / "flux2")
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +53,14 @@ def test_the_reference_image_changes_the_result(plain, edited):
     assert np.abs(edited.astype(int) - plain.astype(int)).mean() > 0.5, "the reference image changed nothing"
 
 
-def test_txt2img_matches_sd_cli(parts, plain, sd_cli, tmp_path):
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE)
+def test_txt2img_matches_sd_cli(parts, plain, run_sd_cli, tmp_path):
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE)
     np.testing.assert_array_equal(plain, theirs)
 
 
-def test_edit_matches_sd_cli(parts, edited, ref, sd_cli, tmp_path):
+def test_edit_matches_sd_cli(parts, edited, ref, run_sd_cli, tmp_path):
     Image.fromarray(ref).save(tmp_path / "ref.png")
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "-r", str(tmp_path / "ref.png"))
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE, "-r", str(tmp_path / "ref.png"))
     np.testing.assert_array_equal(edited, theirs)
 
 

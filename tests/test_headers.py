@@ -1,8 +1,9 @@
-"""The header checks of `_headers`: one malformed file per rule, refused with InvalidComponentError.
+"""The header reader of `_formats` through the checks of `_headers`: one malformed file per rule, refused with
+InvalidComponentError.
 
 GGUF files pass only if ggml's gguf_init_from_file would parse them (the core's fallback reader can crash);
 safetensors files are checked whenever the core could take them for safetensors, and refused where the
-core's JSON code would throw. Files are built by hand here, or by sdcpp_py.synthetic and then patched.
+core's JSON code would throw. Files are built by hand here, or by `_formats`' writers and then patched.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 import sdcpp_py
-from sdcpp_py import _headers, synthetic
+from sdcpp_py import _formats, _headers
 from sdcpp_py._headers import InvalidComponentError
 
 # --------------------------------------------------------------------------- GGUF builders
@@ -86,7 +87,7 @@ def refused(tmp_path: Path, raw: bytes, match: str, name: str = "bad.gguf") -> s
     return message
 
 
-def accepted(tmp_path: Path, raw: bytes, name: str = "good.gguf") -> _headers.FileHeader:
+def accepted(tmp_path: Path, raw: bytes, name: str = "good.gguf") -> _formats.FileHeader:
     path = tmp_path / name
     path.write_bytes(raw)
     header = _headers.check_component("diffusion_model", str(path))
@@ -100,18 +101,18 @@ def accepted(tmp_path: Path, raw: bytes, name: str = "good.gguf") -> _headers.Fi
 def test_type_table_is_the_compiled_ggml_one():
     from sdcpp_py import _core
 
-    assert {i: (block, size) for i, (_, block, size) in _headers.GGML_TYPES.items()} == _core.GGML_TYPE_LAYOUTS
+    assert {i: (block, size) for i, (_, block, size) in _formats.GGML_TYPES.items()} == _core.GGML_TYPE_LAYOUTS
     names = {value: name for name, value in _core.WEIGHT_TYPES.items()}
-    assert {i: name for i, (name, _, _) in _headers.GGML_TYPES.items()} == {i: names[i] for i in _headers.GGML_TYPES}
-    assert _headers.GGML_TYPE_COUNT == max(_core.WEIGHT_TYPES.values()) + 1
+    assert {i: name for i, (name, _, _) in _formats.GGML_TYPES.items()} == {i: names[i] for i in _formats.GGML_TYPES}
+    assert _formats.GGML_TYPE_COUNT == max(_core.WEIGHT_TYPES.values()) + 1
 
 
 def test_the_module_works_without_the_compiled_core(flux_gguf_dit, flux_parts):
-    spec = importlib.util.spec_from_file_location("standalone_headers", _headers.__file__)
+    spec = importlib.util.spec_from_file_location("standalone_formats", _formats.__file__)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)  # no package around it: a relative import of _core would fail here
-    assert "_core" not in Path(_headers.__file__).read_text()
+    assert "_core" not in Path(_formats.__file__).read_text()
     assert module.read_header(str(flux_gguf_dit)).tensors
     assert module.read_header(str(flux_parts["vae"])).tensors
 
@@ -128,8 +129,8 @@ def test_valid_synthetic_files_pass(flux_parts, flux_gguf_dit, sd1_checkpoint, t
               "c": np.ones((2, 3, 4, 5), np.float16)}
     for alignment in (32, 64, 1):
         for types in (None, "F16", "Q8_0"):
-            path = synthetic.write_gguf(tmp_path / f"v{alignment}{types}.gguf", arrays, {"k": 1, "s": "x"},
-                                        types=types, alignment=alignment)
+            path = _formats.write_gguf(tmp_path / f"v{alignment}{types}.gguf", arrays, {"k": 1, "s": "x"},
+                                       types=types, alignment=alignment)
             header = accepted(tmp_path, path.read_bytes())
             assert {n: t.shape for n, t in header.tensors.items()} == {n: a.shape[::-1] for n, a in arrays.items()}
             with open(path, "rb") as handle:  # offsets point at the data
@@ -137,9 +138,49 @@ def test_valid_synthetic_files_pass(flux_parts, flux_gguf_dit, sd1_checkpoint, t
                 handle.seek(tensor.offset)
                 assert handle.read(tensor.nbytes) == bytes(12)
     arrays["c"] = np.ones((2, 3, 4, 5, 6), np.float16)  # the core folds a 5th dimension
-    path = synthetic.write_safetensors(tmp_path / "v.safetensors", arrays, {"format": "pt"})
+    path = _formats.write_safetensors(tmp_path / "v.safetensors", arrays, {"format": "pt"})
     header = accepted(tmp_path, path.read_bytes(), "v.safetensors")
     assert header.metadata == {"format": "pt"} and header.tensors["c"].shape == (2, 3, 4, 5, 6)
+
+
+# --------------------------------------------------------------------------- the writers
+
+
+def stored_bytes(path: Path) -> dict[str, bytes]:
+    header = _formats.read_header(str(path))
+    raw = path.read_bytes()
+    return {name: raw[t.offset:t.offset + t.nbytes] for name, t in header.tensors.items()}
+
+
+def test_the_writers_store_values_unchanged(tmp_path):
+    pool = np.random.default_rng(1).standard_normal(1000).astype(np.float16)
+    arrays = {"x": pool[:900], "y": pool[50:950].reshape(30, 30), "zeros": np.zeros(3 << 18, np.float32),
+              "i": np.arange(5, dtype=np.int64)}
+    plain = _formats.write_safetensors(tmp_path / "plain.safetensors", arrays)
+    aliased = _formats.write_safetensors(tmp_path / "aliased.safetensors", arrays, alias=True)
+    expected = {name: array.tobytes() for name, array in arrays.items()}
+    assert stored_bytes(plain) == stored_bytes(aliased) == expected
+    assert aliased.stat().st_size < plain.stat().st_size  # the pool once, not two overlapping copies
+
+    # Copied chunk by chunk (as split does): the same file as written from the arrays.
+    header = _formats.read_header(str(plain))
+    chunks = (plain.read_bytes()[t.offset:t.offset + t.nbytes] for t in header.tensors.values())
+    copy = _formats.write_safetensors_chunks(tmp_path / "copy.safetensors", list(header.tensors.values()), chunks)
+    assert copy.read_bytes() == plain.read_bytes()
+
+    gguf_path = _formats.write_gguf(tmp_path / "w.gguf", {"w": np.arange(64, dtype=np.float32).reshape(2, 32)})
+    assert stored_bytes(gguf_path) == {"w": np.arange(64, dtype=np.float32).tobytes()}
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    def chunks():
+        yield b"\1" * 8
+        raise OSError("source went away")
+
+    tensor = _formats.TensorInfo("w", "F32", (4,), 16)
+    with pytest.raises(OSError, match="went away"):
+        _formats.write_safetensors_chunks(tmp_path / "w.safetensors", [tensor], chunks())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gguf_with_every_metadata_type_passes(tmp_path):
@@ -274,12 +315,12 @@ def test_large_metadata_arrays_are_walked_not_stored(tmp_path):
     n = 1_000_000
     numbers = gstr("numbers") + struct.pack("<iiQ", ARR, U8, 30 * n) + bytes(30 * n)
     words = kv_array("words", STR, [b"tok%d" % i for i in range(n)])
-    small = kv_array("small", I32, list(range(_headers.KEEP_ARRAY_ITEMS)))
+    small = kv_array("small", I32, list(range(_formats.KEEP_ARRAY_ITEMS)))
     raw = gguf([numbers, words, small])
     header = accepted(tmp_path, raw)
-    assert header.metadata["numbers"] == _headers.SkippedValue("arr[u8]", 30 * n)
-    assert header.metadata["words"] == _headers.SkippedValue("arr[str]", n)
-    assert header.metadata["small"] == list(range(_headers.KEEP_ARRAY_ITEMS))
+    assert header.metadata["numbers"] == _formats.SkippedValue("arr[u8]", 30 * n)
+    assert header.metadata["words"] == _formats.SkippedValue("arr[str]", n)
+    assert header.metadata["small"] == list(range(_formats.KEEP_ARRAY_ITEMS))
 
     class Counting(io.BytesIO):
         reads = 0
@@ -288,7 +329,7 @@ def test_large_metadata_arrays_are_walked_not_stored(tmp_path):
             Counting.reads += 1
             return super().read(*args)
 
-    header = _headers._read_gguf(Counting(raw), "mem.gguf", len(raw), "x")
+    header = _formats._read_gguf(Counting(raw), "mem.gguf", len(raw))
     assert header.tensors["w"].offset > 30 * n
     assert Counting.reads < 100  # one buffer refill per MiB, never one read per item
 
@@ -296,7 +337,7 @@ def test_large_metadata_arrays_are_walked_not_stored(tmp_path):
 def test_gguf_metadata_memory_is_bounded(tmp_path, monkeypatch):
     # ggml keeps every value in memory, a std::string (32 bytes) per string item; a bad_alloc there would
     # send the file to the core's fallback reader.
-    monkeypatch.setattr(_headers, "MAX_GGUF_METADATA_MEMORY", 10_000)
+    monkeypatch.setattr(_formats, "MAX_GGUF_METADATA_MEMORY", 10_000)
     accepted(tmp_path, gguf([kv_array("v", STR, [""] * 200)]))
     refused(tmp_path, gguf([kv_array("v", STR, [""] * 300)]), "memory in ggml")
     refused(tmp_path, gguf([kv_array("v", STR, [""] * 2000)]), "memory in ggml")  # walked, not stored

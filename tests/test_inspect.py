@@ -33,40 +33,38 @@ def test_unknown_and_missing_files(tmp_path):
         sdcpp_py.inspect(tmp_path / "missing.gguf")
 
 
-def test_wan_parts_are_recognised_from_headers_alone():
-    from conftest import _synthetic_dir
-    from sdcpp_py import synthetic
+def test_wan_parts_are_recognised_from_headers_alone(synthetic_dir):
+    from sdcpp_py.testing import video
 
-    parts = synthetic.wan_components(_synthetic_dir() / "wan")  # sparse files: written in a second
+    parts = video.wan_components(synthetic_dir / "wan")  # sparse files: written in a second
     found = {name: (sdcpp_py.inspect(path).role, sdcpp_py.inspect(path).architecture) for name, path in parts.items()}
     assert found == {"diffusion_model": ("diffusion_model", "Wan2.1-T2V-1.3B"), "t5xxl": ("t5xxl", "UMT5-XXL"),
                      "vae": ("vae", "Wan VAE")}
     # The variants the core tells apart by the same tensors (wan.hpp WanRunner).
     for variant, name in (("i2v", "Wan2.1-I2V-1.3B"), ("vace", "Wan2.1-VACE-1.3B")):
-        assert sdcpp_py.inspect(synthetic.wan_components(_synthetic_dir() / "wan", variant=variant)
+        assert sdcpp_py.inspect(video.wan_components(synthetic_dir / "wan", variant=variant)
                                 ["diffusion_model"]).architecture == name
-    vision = synthetic.wan_components(_synthetic_dir() / "wan", variant="i2v")["clip_vision"]
+    vision = video.wan_components(synthetic_dir / "wan", variant="i2v")["clip_vision"]
     assert (sdcpp_py.inspect(vision).role, sdcpp_py.inspect(vision).architecture) == ("clip_vision", "CLIP-ViT-H/14")
 
 
-def test_every_other_synthetic_part_is_recognised(sd1_controlnet, tmp_path):
-    from conftest import _synthetic_dir
-    from sdcpp_py import synthetic
+def test_every_other_synthetic_part_is_recognised(sd1_controlnet, esrgan, synthetic_dir, tmp_path):
+    from sdcpp_py import _formats
+    from sdcpp_py.testing import extras, sd
 
-    embedding = synthetic.write_safetensors(tmp_path / "style.safetensors",
-                                            {"emb_params": np.zeros((2, 768), np.float16)})
+    embedding = _formats.write_safetensors(tmp_path / "style.safetensors",
+                                           {"emb_params": np.zeros((2, 768), np.float16)})
     cases = {
         sd1_controlnet: ("control_net", "SD1 ControlNet"),
-        synthetic.esrgan_upscaler(_synthetic_dir() / "esrgan" / "esrgan-x2.safetensors", scale=2):
-            ("upscaler", "ESRGAN"),
-        synthetic.photomaker_v1(_synthetic_dir() / "sdxl"): ("photo_maker", "PhotoMaker v1"),
-        synthetic.sdxl_checkpoint(_synthetic_dir() / "sdxl"): ("all_in_one", "SDXL"),
+        esrgan: ("upscaler", "ESRGAN"),
+        extras.photomaker_v1(synthetic_dir / "sdxl"): ("photo_maker", "PhotoMaker v1"),
+        sd.sdxl_checkpoint(synthetic_dir / "sdxl"): ("all_in_one", "SDXL"),
         embedding: ("embedding", "textual inversion"),
         # Names only: the role comes from the header, so tiny stand-ins with the core's names are enough.
-        synthetic.write_safetensors(tmp_path / "taesd.safetensors", {
+        _formats.write_safetensors(tmp_path / "taesd.safetensors", {
             f"{side}.layers.{i}.conv.{k}.weight": np.zeros((4, 4, 3, 3), np.float16)
             for side in ("encoder", "decoder") for i in (2, 3) for k in (0, 2, 4)}): ("taesd", "TAESD"),
-        synthetic.write_safetensors(tmp_path / "mmproj.safetensors", {
+        _formats.write_safetensors(tmp_path / "mmproj.safetensors", {
             "visual.blocks.0.attn.qkv.weight": np.zeros((12, 4), np.float16),
             "visual.patch_embed.proj.weight": np.zeros((4, 3, 2, 14, 14), np.float16)}):
             ("llm_vision", "Qwen2.5-VL vision"),

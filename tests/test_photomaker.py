@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 import sdcpp_py
-from conftest import _synthetic_dir, run_sd_cli
-from sdcpp_py import synthetic
+from sdcpp_py.testing import extras, sd
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +22,9 @@ CLI_ARGS = ["-p", PROMPT, "-W", "64", "-H", "64", "--steps", "2", "--cfg-scale",
 
 
 @pytest.fixture(scope="module")
-def sdxl() -> dict:
-    folder = _synthetic_dir() / "sdxl"
-    return {"model": synthetic.sdxl_checkpoint(folder), "photo_maker": synthetic.photomaker_v1(folder)}
+def sdxl(synthetic_dir) -> dict:
+    folder = synthetic_dir / "sdxl"
+    return {"model": sd.sdxl_checkpoint(folder), "photo_maker": extras.photomaker_v1(folder)}
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +50,9 @@ def plain_image(sdxl) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def cli_image(sd_cli, sdxl, id_dir, tmp_path_factory) -> np.ndarray:
+def cli_image(run_sd_cli, sdxl, id_dir, tmp_path_factory) -> np.ndarray:
     out = tmp_path_factory.mktemp("cli") / "cli.png"
-    return run_sd_cli(sd_cli, out, {"model": sdxl["model"]}, "--photo-maker", str(sdxl["photo_maker"]),
+    return run_sd_cli(out, {"model": sdxl["model"]}, "--photo-maker", str(sdxl["photo_maker"]),
                       "--pm-id-images-dir", str(id_dir), *CLI_ARGS)
 
 

@@ -6,9 +6,7 @@ import pytest
 from PIL import Image
 
 import sdcpp_py
-from sdcpp_py import synthetic
-
-from conftest import _synthetic_dir, run_sd_cli
+from sdcpp_py.testing import extras, flux1
 
 PROMPT = "a red cube"
 BASE = dict(width=64, height=64, cfg_scale=1.0, seed=5)
@@ -16,15 +14,9 @@ CLI_BASE = ["-p", PROMPT, "-W", "64", "-H", "64", "--cfg-scale", "1", "-s", "5"]
 
 
 @pytest.fixture(scope="module")
-def parts():
+def parts(synthetic_dir):
     """Tiny Flux.1 parts whose VAE has its encoder (img2img and friends encode images)."""
-    return synthetic.flux_components(_synthetic_dir() / "flux", vae_encoder=True)
-
-
-@pytest.fixture(scope="module")
-def ctx(parts):
-    with sdcpp_py.Context(**parts, n_threads=2) as context:
-        yield context
+    return flux1.flux_components(synthetic_dir / "flux", vae_encoder=True)
 
 
 def picture(seed: int, size: int = 64) -> np.ndarray:
@@ -40,10 +32,10 @@ def save(array: np.ndarray, path) -> str:
     return str(path)
 
 
-def test_img2img_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+def test_img2img_matches_sd_cli(ctx, parts, run_sd_cli, tmp_path):
     init = picture(1)
     ours = ctx.img2img(PROMPT, init, strength=0.6, steps=8, **BASE)[0]
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "8",
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE, "--steps", "8",
                         "-i", save(init, tmp_path / "init.png"), "--strength", "0.6")
     np.testing.assert_array_equal(ours, theirs)
 
@@ -66,49 +58,49 @@ def test_image_inputs_accept_numpy_pil_and_paths(ctx, tmp_path):
         np.testing.assert_array_equal(result, results[0])
 
 
-def test_inpaint_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+def test_inpaint_matches_sd_cli(ctx, parts, run_sd_cli, tmp_path):
     init = picture(4)
     mask = np.zeros((64, 64), np.uint8)
     mask[:, 32:] = 255
     ours = ctx.inpaint(PROMPT, init, mask, strength=0.8, steps=6, **BASE)[0]
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "6", "--strength", "0.8",
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE, "--steps", "6", "--strength", "0.8",
                         "-i", save(init, tmp_path / "init.png"), "--mask", save(mask, tmp_path / "mask.png"))
     np.testing.assert_array_equal(ours, theirs)
     unmasked = ctx.img2img(PROMPT, init, strength=0.8, steps=6, **BASE)[0]
     assert not np.array_equal(ours, unmasked), "the mask changed nothing"
 
 
-def test_reference_images_match_sd_cli(ctx, parts, sd_cli, tmp_path):
+def test_reference_images_match_sd_cli(ctx, parts, run_sd_cli, tmp_path):
     ref = picture(5, size=48)
     ours = ctx.edit(PROMPT, [ref], steps=4, **BASE)[0]
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "4",
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE, "--steps", "4",
                         "-r", save(ref, tmp_path / "ref.png"))
     np.testing.assert_array_equal(ours, theirs)
     assert not np.array_equal(ours, ctx.txt2img(PROMPT, steps=4, **BASE)[0])
 
 
 @pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
-def test_hires_fix_matches_sd_cli(ctx, parts, sd_cli, tmp_path, upscaler):
+def test_hires_fix_matches_sd_cli(ctx, parts, run_sd_cli, tmp_path, upscaler):
     hires = sdcpp_py.Hires(upscaler=upscaler, scale=2.0, steps=3, denoising_strength=0.5)
     ours = ctx.txt2img(PROMPT, steps=3, hires=hires, **BASE)[0]
     assert ours.shape == (128, 128, 3)
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "3", "--hires",
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE, "--steps", "3", "--hires",
                         "--hires-upscaler", sdcpp_py.HiresUpscaler.coerce(upscaler, "upscaler").core_name,
                         "--hires-scale", "2", "--hires-steps", "3",
                         "--hires-denoising-strength", "0.5")
     np.testing.assert_array_equal(ours, theirs)
 
 
-def test_cache_mode_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+def test_cache_mode_matches_sd_cli(ctx, parts, run_sd_cli, tmp_path):
     ours = ctx.txt2img(PROMPT, steps=10, cache=sdcpp_py.Cache("easycache"), **BASE)[0]
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "10",
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE, "--steps", "10",
                         "--cache-mode", "easycache")
     np.testing.assert_array_equal(ours, theirs)
 
 
-def test_vae_tiling_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
+def test_vae_tiling_matches_sd_cli(ctx, parts, run_sd_cli, tmp_path):
     ours = ctx.txt2img(PROMPT, steps=2, vae_tiling=True, vae_tile_size=32, **{**BASE, "width": 96, "height": 96})[0]
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, "-p", PROMPT, "-W", "96", "-H", "96", "--cfg-scale",
+    theirs = run_sd_cli(tmp_path / "out.png", parts, "-p", PROMPT, "-W", "96", "-H", "96", "--cfg-scale",
                         "1", "-s", "5", "--steps", "2", "--vae-tiling", "--vae-tile-size", "32x32")
     np.testing.assert_array_equal(ours, theirs)
 
@@ -116,14 +108,14 @@ def test_vae_tiling_matches_sd_cli(ctx, parts, sd_cli, tmp_path):
 @pytest.fixture(scope="module")
 def lora_dir(parts, tmp_path_factory):
     directory = tmp_path_factory.mktemp("loras")
-    synthetic.flux_lora(parts["diffusion_model"], directory / "style.safetensors")
+    extras.flux_lora(parts["diffusion_model"], directory / "style.safetensors")
     return directory
 
 
-def test_lora_list_matches_sd_cli_prompt_syntax(ctx, parts, sd_cli, lora_dir, tmp_path):
+def test_lora_list_matches_sd_cli_prompt_syntax(ctx, parts, run_sd_cli, lora_dir, tmp_path):
     lora = sdcpp_py.Lora(lora_dir / "style.safetensors", 0.8)
     ours = ctx.txt2img(PROMPT, steps=3, loras=[lora], **BASE)[0]
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, "-p", PROMPT + "<lora:style:0.8>", "-W", "64", "-H",
+    theirs = run_sd_cli(tmp_path / "out.png", parts, "-p", PROMPT + "<lora:style:0.8>", "-W", "64", "-H",
                         "64", "--cfg-scale", "1", "-s", "5", "--steps", "3", "--lora-model-dir", str(lora_dir),
                         "--lora-apply-mode", "at_runtime")
     np.testing.assert_array_equal(ours, theirs)
@@ -145,18 +137,13 @@ def test_prompt_lora_syntax_with_a_lora_dir(parts, lora_dir):
             context.txt2img(PROMPT + "<lora:nothere:1>", steps=1, **BASE)
 
 
-@pytest.fixture(scope="module")
-def esrgan():
-    return synthetic.esrgan_upscaler(_synthetic_dir() / "esrgan" / "esrgan-x2.safetensors", scale=2)
-
-
-def test_upscaler_matches_sd_cli(esrgan, sd_cli, tmp_path):
+def test_upscaler_matches_sd_cli(esrgan, run_sd_cli, tmp_path):
     image = picture(6, size=32)
     with sdcpp_py.Upscaler(esrgan, n_threads=2) as upscaler:
         assert upscaler.factor == 2
         ours = upscaler.upscale(image)
     assert ours.shape == (64, 64, 3) and ours.dtype == np.uint8
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", {}, "-M", "upscale", "--upscale-model", str(esrgan),
+    theirs = run_sd_cli(tmp_path / "out.png", {}, "-M", "upscale", "--upscale-model", str(esrgan),
                         "-i", save(image, tmp_path / "in.png"))
     np.testing.assert_array_equal(ours, theirs)
 
@@ -213,8 +200,8 @@ def test_bad_surface_arguments_name_the_argument(ctx, call, message):
         call(ctx)
 
 
-def test_decoder_only_vae_refuses_img2img_up_front(tmp_path):
-    decode_only = synthetic.flux_components(_synthetic_dir() / "flux")  # VAE without encoder
+def test_decoder_only_vae_refuses_img2img_up_front(tmp_path, synthetic_dir):
+    decode_only = flux1.flux_components(synthetic_dir / "flux")  # VAE without encoder
     with sdcpp_py.Context(**decode_only, n_threads=2) as context:
         assert context.vae_decode_only
         with pytest.raises(ValueError, match="needs the VAE encoder"):
@@ -234,9 +221,9 @@ def test_decoder_only_vae_refuses_img2img_up_front(tmp_path):
     ],
     ids=["scheduler", "eta", "flow_shift", "guidance", "sigmas", "slg"],
 )
-def test_sampling_options_match_sd_cli(ctx, parts, sd_cli, tmp_path, options, flags):
+def test_sampling_options_match_sd_cli(ctx, parts, run_sd_cli, tmp_path, options, flags):
     ours = ctx.txt2img(PROMPT, steps=3, **{**BASE, **options})
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", parts, *CLI_BASE, "--steps", "3", *flags)
+    theirs = run_sd_cli(tmp_path / "out.png", parts, *CLI_BASE, "--steps", "3", *flags)
     np.testing.assert_array_equal(ours[0], theirs)
 
 
@@ -298,7 +285,7 @@ def test_convert_reports_progress_and_raises_what_the_callback_raised(parts, tmp
         sdcpp_py.convert(parts["diffusion_model"], tmp_path / "c.gguf", progress="yes")
 
 
-def test_controlnet_with_canny_matches_sd_cli(sd1_checkpoint, sd1_controlnet, sd_cli, tmp_path):
+def test_controlnet_with_canny_matches_sd_cli(sd1_checkpoint, sd1_controlnet, run_sd_cli, tmp_path):
     square = np.zeros((64, 64, 3), np.uint8)
     square[16:48, 16:48] = 255
     options = dict(width=64, height=64, steps=1, cfg_scale=1.0, seed=5)
@@ -307,7 +294,7 @@ def test_controlnet_with_canny_matches_sd_cli(sd1_checkpoint, sd1_controlnet, sd
                                **options)[0]
         uncontrolled = context.txt2img(PROMPT, **options)[0]
     assert np.abs(ours.astype(int) - uncontrolled.astype(int)).mean() > 1, "the control image changed nothing"
-    theirs = run_sd_cli(sd_cli, tmp_path / "out.png", {"model": sd1_checkpoint, "control_net": sd1_controlnet},
+    theirs = run_sd_cli(tmp_path / "out.png", {"model": sd1_checkpoint, "control_net": sd1_controlnet},
                         "-p", PROMPT, "-W", "64", "-H", "64", "--steps", "1", "--cfg-scale", "1", "-s", "5",
                         "--control-image", save(square, tmp_path / "control.png"), "--canny",
                         "--control-strength", "0.8")

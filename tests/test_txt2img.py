@@ -11,12 +11,6 @@ from sdcpp_py import _core
 SMALL = dict(width=64, height=64, steps=2, cfg_scale=1.0)
 
 
-@pytest.fixture(scope="module")
-def flux(flux_parts):
-    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
-        yield ctx
-
-
 def test_separate_components_give_an_rgb_uint8_image(flux):
     images = flux.txt2img("a red cube", seed=42, **SMALL)
     assert isinstance(images, list) and len(images) == 1

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 import sdcpp_py
-from sdcpp_py import synthetic
-
-from conftest import _synthetic_dir
+from sdcpp_py.testing import video
 
 # The smallest request that runs the whole video path: 5 frames are 2 latent frames, so the VAE's temporal
 # upsampling and its causal caches are exercised; 32x32 is a 2x2 token grid per latent frame. The size barely
@@ -18,9 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def wan_parts() -> dict:
+def wan_parts(synthetic_dir) -> dict:
     """Wan 2.1 T2V 1.3B DiT + umt5-xxl + Wan 2.1 VAE (decoder), aliased/sparse on disk."""
-    return synthetic.wan_components(_synthetic_dir() / "wan")
+    return video.wan_components(synthetic_dir / "wan")
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sdcpp_py
-from sdcpp_py import synthetic
-
-from conftest import _synthetic_dir, run_sd_cli_video
+from sdcpp_py.testing import video
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +16,8 @@ CLI = ["-p", "a cat", "-W", str(SIZE), "-H", str(SIZE), "--video-frames", str(FR
 
 
 @pytest.fixture(scope="module")
-def parts() -> dict:
-    return synthetic.wan_components(_synthetic_dir() / "wan", variant="i2v")
+def parts(synthetic_dir) -> dict:
+    return video.wan_components(synthetic_dir / "wan", variant="i2v")
 
 
 @pytest.fixture(scope="module")
@@ -34,38 +31,32 @@ def images(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cli_video(sd_cli, parts, images, tmp_path_factory) -> np.ndarray:
-    return run_sd_cli_video(sd_cli, tmp_path_factory.mktemp("i2v-cli"), parts, *CLI,
+def cli_video(run_sd_cli_video, parts, images, tmp_path_factory) -> np.ndarray:
+    return run_sd_cli_video(tmp_path_factory.mktemp("i2v-cli"), parts, *CLI,
                             "-i", str(images["first_png"]), "--end-img", str(images["last_png"]))
 
 
 @pytest.fixture(scope="module")
-def ctx(parts, cli_video):  # cli_video first: sd-cli and this Context would not fit in RAM together
-    with sdcpp_py.Context(**parts, n_threads=2, weight_type="q8_0") as context:
-        yield context
-
-
-@pytest.fixture(scope="module")
-def first_and_last(ctx, images) -> np.ndarray:
+def first_and_last(wan_ctx, images) -> np.ndarray:
     # Size from the init image (no width/height given), as img2img does.
-    return ctx.generate_video("a cat", init_image=images["first"], end_image=images["last"], **OURS)
+    return wan_ctx.generate_video("a cat", init_image=images["first"], end_image=images["last"], **OURS)
 
 
-def test_first_last_frame_video_matches_sd_cli(ctx, first_and_last, cli_video):
-    assert ctx.architecture == "Wan2.1-I2V-1.3B"
+def test_first_last_frame_video_matches_sd_cli(wan_ctx, first_and_last, cli_video):
+    assert wan_ctx.architecture == "Wan2.1-I2V-1.3B"
     assert first_and_last.shape == (FRAMES, SIZE, SIZE, 3) and first_and_last.dtype == np.uint8
     assert first_and_last.std() > 1.0
     np.testing.assert_array_equal(first_and_last, cli_video)
 
 
-def test_end_image_changes_the_video(ctx, images, first_and_last):
-    first_only = ctx.generate_video("a cat", init_image=images["first"], **OURS)
+def test_end_image_changes_the_video(wan_ctx, images, first_and_last):
+    first_only = wan_ctx.generate_video("a cat", init_image=images["first"], **OURS)
     assert first_only.shape == first_and_last.shape
     # Same seed, same everything else, and generation is deterministic (test_video.py): any pixel that moves
     # was moved by the end image. Random weights of std 0.02 make the move small (mean 0.03 levels here).
     assert (first_only != first_and_last).any()
 
 
-def test_control_frames_are_refused(ctx, images):
+def test_control_frames_are_refused(wan_ctx, images):
     with pytest.raises(ValueError, match=r"control_frames: the Wan2.1-I2V-1.3B model does not use it"):
-        ctx.generate_video("a cat", init_image=images["first"], control_frames=[images["last"]], **OURS)
+        wan_ctx.generate_video("a cat", init_image=images["first"], control_frames=[images["last"]], **OURS)

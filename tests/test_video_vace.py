@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sdcpp_py
-from sdcpp_py import synthetic
-
-from conftest import _synthetic_dir, run_sd_cli_video
+from sdcpp_py.testing import video
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +23,8 @@ CLI = ["-p", "a cat", "-W", str(SIZE), "-H", str(SIZE), "--video-frames", str(FR
 
 
 @pytest.fixture(scope="module")
-def parts() -> dict:
-    return synthetic.wan_components(_synthetic_dir() / "wan", variant="vace", high_noise=True)
+def parts(synthetic_dir) -> dict:
+    return video.wan_components(synthetic_dir / "wan", variant="vace", high_noise=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +43,21 @@ def inputs(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cli_video(sd_cli, parts, inputs, tmp_path_factory) -> np.ndarray:
-    return run_sd_cli_video(sd_cli, tmp_path_factory.mktemp("vace-cli"), parts, *CLI,
+def cli_video(run_sd_cli_video, parts, inputs, tmp_path_factory) -> np.ndarray:
+    return run_sd_cli_video(tmp_path_factory.mktemp("vace-cli"), parts, *CLI,
                             "--control-video", str(inputs["control_dir"]), "-i", str(inputs["reference_png"]))
 
 
 @pytest.fixture(scope="module")
-def ctx(parts, cli_video):  # cli_video first: sd-cli and this Context would not fit in RAM together
-    with sdcpp_py.Context(**parts, n_threads=2, weight_type="q8_0") as context:
-        yield context
-
-
-@pytest.fixture(scope="module")
-def ours(ctx, inputs) -> tuple[np.ndarray, list]:
+def ours(wan_ctx, inputs) -> tuple[np.ndarray, list]:
     steps: list = []
-    video = ctx.generate_video("a cat", control_frames=inputs["frames"], init_image=inputs["reference"],
+    video = wan_ctx.generate_video("a cat", control_frames=inputs["frames"], init_image=inputs["reference"],
                                progress=lambda step, total, seconds: steps.append((step, total)), **OURS)
     return video, steps
 
 
-def test_vace_video_matches_sd_cli(ctx, ours, cli_video):
-    assert ctx.architecture == "Wan2.1-VACE-1.3B"
+def test_vace_video_matches_sd_cli(wan_ctx, ours, cli_video):
+    assert wan_ctx.architecture == "Wan2.1-VACE-1.3B"
     video, _ = ours
     # The reference image adds a latent frame that the core drops again: the caller gets the frames asked for.
     assert video.shape == (FRAMES, SIZE, SIZE, 3) and video.dtype == np.uint8
@@ -81,13 +72,13 @@ def test_both_experts_sample(ours):
     assert restarts == 1, steps
 
 
-def test_control_frames_steer_the_video(ctx, ours, inputs):
-    without = ctx.generate_video("a cat", init_image=inputs["reference"], **OURS)
+def test_control_frames_steer_the_video(wan_ctx, ours, inputs):
+    without = wan_ctx.generate_video("a cat", init_image=inputs["reference"], **OURS)
     assert (without != ours[0]).any()  # deterministic otherwise (test_video.py), so the frames did this
 
 
-def test_inputs_the_model_ignores_are_refused(ctx, inputs):
+def test_inputs_the_model_ignores_are_refused(wan_ctx, inputs):
     with pytest.raises(ValueError, match=r"end_image: the Wan2.1-VACE-1.3B model does not use it"):
-        ctx.generate_video("a cat", end_image=inputs["reference"], **OURS)
+        wan_ctx.generate_video("a cat", end_image=inputs["reference"], **OURS)
     with pytest.raises(ValueError, match=r"control_frames\[1\]"):
-        ctx.generate_video("a cat", control_frames=[inputs["frames"][0], np.zeros((8, 8, 3), np.uint8)], **OURS)
+        wan_ctx.generate_video("a cat", control_frames=[inputs["frames"][0], np.zeros((8, 8, 3), np.uint8)], **OURS)

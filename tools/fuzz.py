@@ -5,7 +5,7 @@
     python tools/fuzz.py calls --sequences 200 --seed 1 --jobs 1 --timeout 60 --out fuzz-out
     python tools/fuzz.py replay fuzz-out/crashes/crash-components-s1-i123.json [--repeat 20] [--gdb]
 
-``components``: mutants of small valid component files made by ``sdcpp_py.synthetic`` (the tiny Flux DiT as
+``components``: mutants of small valid component files made by ``sdcpp_py.testing`` (the tiny Flux DiT as
 safetensors and as Q8_0 GGUF, its VAE, CLIP-L), one file at a time, each read by ``sdcpp_py.inspect()`` and
 loaded by ``sdcpp_py.Context()``; when that loads, one tiny generation (some bad files load and crash only
 then). Mutations know the formats: the safetensors JSON header (dtypes, shapes, offsets, keys, nesting,
@@ -61,12 +61,12 @@ def default_seed_dir() -> Path:
 
 
 def make_seed_files(seed_dir: Path) -> Dict[str, Path]:
-    """The valid files every mutant starts from (cached by sdcpp_py.synthetic)."""
-    from sdcpp_py import synthetic
+    """The valid files every mutant starts from (cached by sdcpp_py.testing)."""
+    from sdcpp_py.testing import extras, flux1
 
-    parts = synthetic.flux_components(seed_dir)
-    gguf = synthetic.flux_components(seed_dir, diffusion_format="gguf", diffusion_type="Q8_0")["diffusion_model"]
-    esrgan = synthetic.esrgan_upscaler(seed_dir / "fuzz-esrgan-x2.safetensors", scale=2, blocks=1)
+    parts = flux1.flux_components(seed_dir)
+    gguf = flux1.flux_components(seed_dir, diffusion_format="gguf", diffusion_type="Q8_0")["diffusion_model"]
+    esrgan = extras.esrgan_upscaler(seed_dir / "fuzz-esrgan-x2.safetensors", scale=2, blocks=1)
     return {**{k: Path(v) for k, v in parts.items()}, "diffusion_model.gguf": Path(gguf), "esrgan": Path(esrgan)}
 
 

@@ -76,10 +76,10 @@ import time
 import numpy as np
 
 import sdcpp_py
-from sdcpp_py import synthetic
+from sdcpp_py.testing import flux1
 
 label, work = sys.argv[1], sys.argv[2]
-parts = synthetic.flux_components(f"{work}/synthetic/flux")
+parts = flux1.flux_components(f"{work}/synthetic/flux")
 start = time.perf_counter()
 ctx = sdcpp_py.Context(**parts)
 load = time.perf_counter() - start

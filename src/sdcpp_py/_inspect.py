@@ -8,7 +8,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
-from ._headers import FileHeader, TensorInfo, check_component
+from ._formats import FileHeader, TensorInfo
+from ._headers import check_component
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import pathlib
-import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from ._enums import WeightType
-from ._headers import TensorInfo, check_component
+from ._formats import TensorInfo, write_safetensors_chunks
+from ._headers import check_component
 from ._inspect import classify_tensors
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -100,10 +100,10 @@ def split(checkpoint: PathLike, out_dir: PathLike, *,
         FileNotFoundError / InvalidComponentError: the checkpoint is missing or malformed.
         ValueError: not an all-in-one SD1/SDXL safetensors checkpoint, or a bad ``weight_types`` entry.
     """
-    from ._context import _resolve_path
+    from ._checks import model_file
     from ._tools import convert
 
-    source = _resolve_path("checkpoint", checkpoint)
+    source = model_file("checkpoint", checkpoint)
     header = check_component("checkpoint", source)
     if header is None or header.format != "safetensors":
         raise ValueError(f"checkpoint: {source!r} is not a safetensors file (split reads safetensors checkpoints)")
@@ -157,7 +157,7 @@ def split(checkpoint: PathLike, out_dir: PathLike, *,
                 reused.append(slot)
             else:
                 plain = final if wtype is None else target / (base + ".tmp.safetensors")
-                _write_part(handle, tensors, plain, {"sdcpp_py.split": json.dumps(
+                write_safetensors_chunks(plain, tensors, _ranges(handle, tensors), {"sdcpp_py.split": json.dumps(
                     {"from": os.path.basename(source), "part": slot, "content_sha256": digest})})
                 if wtype is not None:
                     try:
@@ -190,25 +190,3 @@ def _content_digest(handle, tensors: List[TensorInfo]) -> str:
     for chunk in _ranges(handle, tensors):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_part(handle, tensors: List[TensorInfo], path: pathlib.Path, metadata: Dict[str, str]) -> None:
-    entries: Dict[str, object] = {"__metadata__": metadata}
-    offset = 0
-    for tensor in tensors:
-        entries[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
-                                "data_offsets": [offset, offset + tensor.nbytes]}
-        offset += tensor.nbytes
-    text = json.dumps(entries, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # data section 8-byte aligned
-    partial = path.with_name(path.name + ".partial")
-    zero = bytes(_COPY_CHUNK)
-    with open(partial, "wb") as out:
-        out.write(struct.pack("<Q", len(text)) + text)
-        for chunk in _ranges(handle, tensors):
-            if chunk == zero[:len(chunk)]:
-                out.seek(len(chunk), os.SEEK_CUR)  # a hole: zero runs cost no disk
-            else:
-                out.write(chunk)
-        out.truncate()
-    os.replace(partial, path)

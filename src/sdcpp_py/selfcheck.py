@@ -3,8 +3,8 @@
     python -m sdcpp_py.selfcheck [--out selfcheck.png]
 
 The components are random-weight stand-ins with the right tensor names and shapes (see
-sdcpp_py.synthetic), so the image is structured noise: this proves the build, loading of separate
-component files and generation work, not image quality.
+sdcpp_py.testing.flux1, shipped for this check), so the image is structured noise: this proves the build,
+loading of separate component files and generation work, not image quality.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BACKEND, Context, core_version, synthetic
+from . import BACKEND, Context, core_version
 from ._png import write_png
+from .testing.flux1 import flux_components
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"sdcpp-py INSTALL CHECK (synthetic random-weight components, not a real model); "
           f"core {core_version()}, backend {BACKEND}")
-    parts = synthetic.flux_components(args.cache)
+    parts = flux_components(args.cache)
     started = time.perf_counter()
     with Context(**parts) as ctx:
         loaded = time.perf_counter()

@@ -1,0 +1,56 @@
+"""One diffusers measurement for vs_diffusers.py, run by the diffusers venv: the SD1.5 UNet (random init,
+float32) timed over classifier-free-guidance steps (batch-2 forwards); one JSON line of figures on stdout.
+
+    python benchmarks/runners/diffusers_unet.py '{"size": 256, "threads": 2, "repeats": 3}'
+"""
+
+import json
+import resource
+import sys
+import time
+
+
+def main() -> int:
+    job = json.loads(sys.argv[1])
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    import diffusers
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8,
+    ).to(torch.float32).eval()
+    built = time.perf_counter()
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    side = job["size"] // 8
+    latents = torch.randn(2, 4, side, side)
+    states = torch.randn(2, 77, 768)
+    timestep = torch.tensor(981)
+    times = []
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        unet(latents, timestep, encoder_hidden_states=states).sample
+        warmup = time.perf_counter() - t0
+        for _ in range(job["repeats"]):
+            t0 = time.perf_counter()
+            out = unet(latents, timestep, encoder_hidden_states=states).sample
+            times.append(time.perf_counter() - t0)
+    assert out.shape == latents.shape and bool(torch.isfinite(out).all())
+    print(json.dumps({
+        "step_times": times, "warmup_s": warmup, "load_s": built - start, "rss_model_mib": rss_model,
+        "params_m": sum(p.numel() for p in unet.parameters()) / 1e6, "threads_used": torch.get_num_threads(),
+        "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "attn_processor": type(next(iter(unet.attn_processors.values()))).__name__,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
