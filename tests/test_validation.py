@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 import sdcpp_py
-from sdcpp_py import _core, synthetic
-from sdcpp_py._context import MAX_SEED, MAX_SIDE, Context
-
-from conftest import _synthetic_dir
+from sdcpp_py import _core
+from sdcpp_py._checks import MAX_SEED, MAX_SIDE
+from sdcpp_py._context import Context
+from sdcpp_py._model import ModelFacts
+from sdcpp_py.testing import extras
 
 SMALL = dict(width=64, height=64, steps=1, cfg_scale=1.0)
 LIMIT = _core.max_prompt_bytes()
@@ -30,14 +31,14 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="no
 
 
 @pytest.fixture(scope="module")
-def ctx(flux_parts):
-    with sdcpp_py.Context(**flux_parts, n_threads=2) as context:
-        yield context
+def parts(flux_parts) -> dict:
+    """The files of this module's `ctx`: the tiny Flux.1 parts."""
+    return flux_parts
 
 
 @pytest.fixture(scope="module")
 def lora(flux_parts, tmp_path_factory):
-    return synthetic.flux_lora(flux_parts["diffusion_model"], tmp_path_factory.mktemp("lora") / "style.safetensors")
+    return extras.flux_lora(flux_parts["diffusion_model"], tmp_path_factory.mktemp("lora") / "style.safetensors")
 
 
 # -- item 3: prompt length ------------------------------------------------------------------------------
@@ -205,14 +206,13 @@ def test_a_file_name_that_is_not_utf8_loads_and_generates(flux_parts, ctx, lora,
 
 
 @linux_only
-def test_tools_take_file_names_that_are_not_utf8(flux_parts, tmp_path):
+def test_tools_take_file_names_that_are_not_utf8(flux_parts, esrgan, tmp_path):
     folder = os.fsencode(tmp_path)
     source = os.path.join(folder, NON_UTF8)
     shutil.copyfile(os.fsencode(flux_parts["diffusion_model"]), source)
     target = os.path.join(folder, b"out-\xff.gguf")
     sdcpp_py.convert(source, target, weight_type="q8_0")
     assert os.path.getsize(target) > 0
-    esrgan = synthetic.esrgan_upscaler(_synthetic_dir() / "esrgan" / "esrgan-x2.safetensors", scale=2)
     odd = os.path.join(folder, b"esrgan-\xff.safetensors")
     shutil.copyfile(os.fsencode(esrgan), odd)
     with sdcpp_py.Upscaler(odd, n_threads=2) as upscaler:
@@ -346,13 +346,9 @@ def test_hires_size_follows_the_cores_arithmetic(architecture, width, scale, all
     request.hires_scale = scale
     request.hires_target_width = request.hires_target_height = 0
 
-    class Model:
-        pass
-
-    model = Model()
-    model.architecture = architecture
+    model = ModelFacts(components={}, architecture=architecture, vae_decode_only=False, video_inputs=None)
     if allowed:
-        Context._check_hires_size(model, request)
+        model.check_hires_size(request)
     else:
         with pytest.raises(ValueError, match=r"^hires\.scale: the hires output would be"):
-            Context._check_hires_size(model, request)
+            model.check_hires_size(request)

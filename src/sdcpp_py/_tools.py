@@ -8,11 +8,10 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from . import _core
-from ._context import _check_bool, _check_float, _check_int, _resolve_path
+from ._checks import check_bool, check_float, check_int, check_tensor_type_rules, model_file
 from ._enums import WeightType
 from ._headers import check_component
 from ._images import ImageLike, as_rgb, fs_path, native_path
-from ._options import check_tensor_type_rules
 
 PathLike = Union[str, bytes, "os.PathLike[str]"]
 
@@ -29,13 +28,13 @@ class Upscaler:
     def __init__(self, path: PathLike, *, n_threads: Optional[int] = None, tile_size: int = 128,
                  offload_params_to_cpu: bool = False, direct: bool = False) -> None:
         self._native = None
-        self.path = _resolve_path("path", path)
+        self.path = model_file("path", path)
         check_component("path", self.path)
-        threads = _core.physical_cores() if n_threads is None else _check_int("n_threads", n_threads, 1, 1024)
-        tile = _check_int("tile_size", tile_size, 1, 16384)
+        threads = _core.physical_cores() if n_threads is None else check_int("n_threads", n_threads, 1, 1024)
+        tile = check_int("tile_size", tile_size, 1, 16384)
         self._native = _core.NativeUpscaler(native_path(self.path),
-                                            _check_bool("offload_params_to_cpu", offload_params_to_cpu),
-                                            _check_bool("direct", direct), threads, tile)
+                                            check_bool("offload_params_to_cpu", offload_params_to_cpu),
+                                            check_bool("direct", direct), threads, tile)
 
     @property
     def factor(self) -> int:
@@ -46,7 +45,7 @@ class Upscaler:
         """Upscale an image (numpy, PIL or path) by ``factor`` (default: the model's); returns (H', W', 3)."""
         native = self._require_native()
         pixels = as_rgb(image, "image")
-        wanted = native.factor() if factor is None else _check_int("factor", factor, 1, 16)
+        wanted = native.factor() if factor is None else check_int("factor", factor, 1, 16)
         return native.upscale(pixels, wanted)
 
     def close(self) -> None:
@@ -80,10 +79,10 @@ def preprocess_canny(image: ImageLike, *, high_threshold: float = 0.08, low_thre
     """The core's Canny edge detector, as sd-cli ``--canny`` applies it to a control image (sd-cli's values are
     the defaults). Returns a new (H, W, 3) uint8 array; the input is not changed."""
     pixels = as_rgb(image, "image")
-    return _core.preprocess_canny(pixels, _check_float("high_threshold", high_threshold, 0.0),
-                                  _check_float("low_threshold", low_threshold, 0.0),
-                                  _check_float("weak", weak, 0.0), _check_float("strong", strong, 0.0),
-                                  _check_bool("inverse", inverse))
+    return _core.preprocess_canny(pixels, check_float("high_threshold", high_threshold, 0.0),
+                                  check_float("low_threshold", low_threshold, 0.0),
+                                  check_float("weak", weak, 0.0), check_float("strong", strong, 0.0),
+                                  check_bool("inverse", inverse))
 
 
 def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str, int, None] = None,
@@ -103,11 +102,11 @@ def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str,
             item that is not ``pattern=type``, names an unknown type or has a pattern the core cannot use.
         SdcppError: the core could not convert (its error lines are in the message).
     """
-    source = _resolve_path("src", src)
+    source = model_file("src", src)
     check_component("src", source)
     vae_path = b""
     if vae is not None:
-        vae_path = _resolve_path("vae", vae)
+        vae_path = model_file("vae", vae)
         check_component("vae", vae_path)
         vae_path = native_path(vae_path)
     target = fs_path("dst", dst)
@@ -124,4 +123,4 @@ def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str,
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, not {type(progress).__name__}")
     _core.convert(native_path(source), vae_path, native_path(target), type_value, rules,
-                  _check_bool("convert_name", convert_name), progress)
+                  check_bool("convert_name", convert_name), progress)

@@ -1,0 +1,249 @@
+"""Request building: the keyword arguments of ``Context.generate*``, checked, as the native parameter records.
+
+Nothing here touches a native context, so a call refused for a bad argument leaves the context as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from . import _core
+from ._checks import (
+    MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, model_file, resolve_seed,
+)
+from ._enums import HiresUpscaler, Preview
+from ._headers import check_component
+from ._images import as_mask, as_rgb, as_rgb_list, check_size, native_path
+from ._model import ModelFacts
+from ._options import Cache, Hires, Lora, PhotoMaker, photo_maker_prompt_problem, prompt_loras
+from ._params import HIGH_NOISE, IMAGE, SAMPLING, VIDEO, OptionTable
+
+Values = Dict[str, Any]
+
+
+def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Optional[str]):
+    """(ImageGenParams, preview arguments) for ``generate``, every argument checked."""
+    request = _core.ImageGenParams()
+    _common(request, prompt, values)
+    init = None if values["init_image"] is None else as_rgb(values["init_image"], "init_image")
+    width, height = _size(request, values, init)
+    needs_encoder = []
+    if init is not None:
+        check_size(init, "init_image", width, height)
+        request.set_init_image(init)
+        needs_encoder.append("init_image")
+    if values["mask"] is not None:
+        if init is None:
+            raise ValueError("mask needs init_image: the mask says which pixels of init_image may change")
+        mask = as_mask(values["mask"], "mask")
+        check_size(mask, "mask", width, height)
+        request.set_mask_image(mask)
+    IMAGE.fill(request, values, ("strength", "auto_resize_ref_images", "increase_ref_index"))
+    if values["ref_images"] is not None:
+        request.set_ref_images(as_rgb_list(values["ref_images"], "ref_images"))
+        needs_encoder.append("ref_images")
+    if values["control_image"] is not None:
+        if "control_net" not in facts.components:
+            raise ValueError("control_image needs a ControlNet: create the Context with control_net=")
+        control = as_rgb(values["control_image"], "control_image")
+        check_size(control, "control_image", width, height)
+        request.set_control_image(control)
+    IMAGE.fill(request, values, ("control_strength",))
+    photo_maker = values["photo_maker"]
+    if photo_maker is not None:
+        _apply_photo_maker(request, photo_maker, facts)
+    if values["hires"] is not None and _apply_hires(request, values["hires"], facts):
+        needs_encoder.append("hires (pixel-space upscaler)")
+    _apply_cache(request, values["cache"])
+    if needs_encoder and facts.vae_decode_only:
+        raise ValueError(f"{needs_encoder[0]} needs the VAE encoder, which this Context did not load "
+                         "(vae_decode_only=True)")
+    request.loras = _loras(request, values["loras"], lora_dir)
+    _check_photo_maker_prompt(request.prompt, photo_maker, facts)
+    sampling(IMAGE, request, values)
+    IMAGE.fill(request, values, ("batch_count",))
+    request.seed = resolve_seed(values["seed"], request.batch_count)
+    IMAGE.fill(request, values, ("clip_skip",))
+    return request, _tiling_and_preview(IMAGE, request, values)
+
+
+def video_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Optional[str],
+                  supports_video: Callable[[], bool]):
+    """(VideoGenParams, preview arguments) for ``generate_video``, every argument checked;
+    ``supports_video`` asks the native context whether its model makes videos."""
+    request = _core.VideoGenParams()
+    _common(request, prompt, values)
+    if not supports_video():
+        raise ValueError("this Context's model does not generate video (load a video model such as Wan)")
+    init = None if values["init_image"] is None else as_rgb(values["init_image"], "init_image")
+    width, height = _size(request, values, init)
+    facts.check_video_inputs(init_image=values["init_image"], end_image=values["end_image"],
+                             control_frames=values["control_frames"])
+    for name in ("init_image", "end_image"):
+        if values[name] is not None:
+            array = init if name == "init_image" else as_rgb(values[name], name)
+            check_size(array, name, width, height)
+            getattr(request, f"set_{name}")(array)
+    if values["control_frames"] is not None:
+        arrays = as_rgb_list(values["control_frames"], "control_frames")
+        for index, array in enumerate(arrays):
+            check_size(array, f"control_frames[{index}]", width, height)
+        request.set_control_frames(arrays)
+    uses_encoder = values["init_image"] is not None or values["end_image"] is not None or values["control_frames"]
+    if uses_encoder and facts.vae_decode_only:
+        raise ValueError("video inputs need the VAE encoder, which this Context did not load "
+                         "(vae_decode_only=True)")
+    VIDEO.fill(request, values, ("frames", "strength", "vace_strength", "moe_boundary"))
+    request.loras = _loras(request, values["loras"], lora_dir)
+    _apply_cache(request, values["cache"])
+    sampling(VIDEO, request, values)
+    sampling(VIDEO, request, values, HIGH_NOISE)
+    request.seed = resolve_seed(values["seed"], 1)
+    VIDEO.fill(request, values, ("clip_skip",))
+    return request, _tiling_and_preview(VIDEO, request, values)
+
+
+def sampling(table: OptionTable, request, values: Values, prefix: str = "") -> None:
+    """The sampling record's fields, or its high-noise copy's with ``prefix``."""
+    table.fill(request, values, [prefix + name for name in SAMPLING if values[prefix + name] is not None
+                                 or table[prefix + name].auto is not None])
+
+
+def _common(request, prompt, values: Values) -> None:
+    check_prompt("prompt", prompt)
+    check_prompt("negative_prompt", values["negative_prompt"])
+    check_callable("progress", values["progress"], "progress(step, steps, seconds)")
+    check_callable("preview", values["preview"], "preview(step, frames, is_noisy)")
+    request.prompt = prompt
+    request.negative_prompt = values["negative_prompt"]
+
+
+def _size(request, values: Values, init) -> tuple:
+    """Width and height: given, else the init image's, else the core's 512."""
+    width, height = values["width"], values["height"]
+    if width is None and height is None and init is not None:
+        width, height = init.shape[1], init.shape[0]
+    request.width = check_int("width", request.width if width is None else width, 1, MAX_SIDE)
+    request.height = check_int("height", request.height if height is None else height, 1, MAX_SIDE)
+    return request.width, request.height
+
+
+def _tiling_and_preview(table: OptionTable, request, values: Values) -> tuple:
+    """Fill the VAE tiling fields; return the native call's (preview mode, interval, noisy)."""
+    table.fill(request, values, ("vae_tiling",))
+    request.vae_tile_size_x, request.vae_tile_size_y = _pair("vae_tile_size", values["vae_tile_size"],
+                                                             lambda a, v: check_int(a, v, 0, MAX_SIDE))
+    request.vae_tile_rel_size_x, request.vae_tile_rel_size_y = _pair(
+        "vae_relative_tile_size", values["vae_relative_tile_size"], lambda a, v: check_float(a, v, 0.0, MAX_SIDE))
+    table.fill(request, values, ("vae_tile_overlap",))
+    mode = Preview.coerce(values["preview_mode"], "preview_mode")
+    if values["preview"] is not None and mode == Preview.NONE:
+        raise ValueError("preview_mode='none' with a preview callable: choose 'proj', 'vae' or 'tae'")
+    return (int(mode), check_int("preview_interval", values["preview_interval"], 1, 10000),
+            check_bool("preview_noisy", values["preview_noisy"]))
+
+
+def _pair(argument: str, value, check) -> tuple:
+    """A number for both sides, or (x, y)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{argument}={value!r} must be a number or (x, y)")
+        return check(argument, value[0]), check(argument, value[1])
+    number = check(argument, value)
+    return number, number
+
+
+def _apply_cache(request, cache) -> None:
+    if cache is None:
+        return
+    if not isinstance(cache, Cache):
+        raise TypeError(f"cache must be an sdcpp_py.Cache, not {type(cache).__name__}")
+    cache.apply(request)
+
+
+def _apply_photo_maker(request, photo_maker, facts: ModelFacts) -> None:
+    if not isinstance(photo_maker, PhotoMaker):
+        raise TypeError(f"photo_maker must be an sdcpp_py.PhotoMaker, not {type(photo_maker).__name__}")
+    if "photo_maker" not in facts.components:
+        raise ValueError("photo_maker needs the PhotoMaker model: create the Context with photo_maker=")
+    if not photo_maker.id_images:
+        # Without them the core switches PhotoMaker off after planning the merge step, then aborts.
+        raise ValueError("photo_maker.id_images is empty: PhotoMaker needs at least one id image")
+    request.set_pm_id_images(as_rgb_list(photo_maker.id_images, "photo_maker.id_images"))
+    if photo_maker.id_embed_path is not None:
+        request.pm_id_embed_path = native_path(model_file("photo_maker.id_embed_path", photo_maker.id_embed_path))
+    request.pm_style_strength = check_float("photo_maker.style_strength", photo_maker.style_strength, 0.0, 100.0)
+
+
+def _check_photo_maker_prompt(prompt: str, photo_maker, facts: ModelFacts) -> None:
+    """Refuse what would abort the process inside the core's PhotoMaker path."""
+    if photo_maker is None:
+        if "photo_maker" in facts.components:
+            # The core plans the id-conditioned steps before it sees there are no id images.
+            raise ValueError("this Context has a PhotoMaker model, so every call needs "
+                             "photo_maker=sdcpp_py.PhotoMaker(id_images=[...]) (the core aborts without it); "
+                             "use a Context without photo_maker= for plain generation")
+        return
+    problem = photo_maker_prompt_problem(prompt)
+    if problem:
+        raise ValueError(f"photo_maker: {problem}")
+
+
+def _apply_hires(request, hires, facts: ModelFacts) -> bool:
+    """Fill the hires fields; True when the upscaler works on pixels (and so needs the VAE encoder)."""
+    if not isinstance(hires, Hires):
+        raise TypeError(f"hires must be an sdcpp_py.Hires, not {type(hires).__name__}")
+    upscaler = HiresUpscaler.coerce(hires.upscaler, "hires.upscaler")
+    if upscaler == HiresUpscaler.NONE:
+        raise ValueError("hires.upscaler='none' disables the hires fix: pass hires=None instead")
+    request.hires_enabled = True
+    request.hires_upscaler = int(upscaler)
+    request.hires_scale = check_float("hires.scale", hires.scale, 0.0, 16.0)
+    request.hires_target_width = check_int("hires.width", hires.width, 0, MAX_SIDE)
+    request.hires_target_height = check_int("hires.height", hires.height, 0, MAX_SIDE)
+    facts.check_hires_size(request)
+    request.hires_steps = check_int("hires.steps", hires.steps, 0, 10000)
+    strength = check_float("hires.denoising_strength", hires.denoising_strength, 0.0, 1.0)
+    if strength == 0.0:
+        raise ValueError("hires.denoising_strength=0.0 refines nothing: use a value in (0, 1]")
+    request.hires_denoising_strength = strength
+    request.hires_upscale_tile_size = check_int("hires.tile_size", hires.tile_size, 1, 16384)
+    if upscaler == HiresUpscaler.MODEL:
+        if hires.model_path is None:
+            raise ValueError("hires.upscaler='model' needs hires.model_path (an ESRGAN model)")
+        path = model_file("hires.model_path", hires.model_path)
+        check_component("hires.model_path", path)
+        request.hires_model_path = native_path(path)
+    elif hires.model_path is not None:
+        raise ValueError(f"hires.model_path is only used with upscaler='model', not {upscaler.core_name!r}")
+    return upscaler in (HiresUpscaler.MODEL, HiresUpscaler.LANCZOS, HiresUpscaler.NEAREST)
+
+
+def _loras(request, loras, lora_dir: Optional[str]) -> list:
+    """The explicit ``loras``, then those named in the prompt when the Context has a ``lora_dir`` (their
+    tags are removed from the prompt, as sd-cli does)."""
+    specs = lora_specs(loras)
+    if lora_dir is not None:
+        request.prompt, from_prompt = prompt_loras(request.prompt, lora_dir)
+        specs += lora_specs(from_prompt, [f"prompt <lora:{os.path.basename(lora.path)}>" for lora in from_prompt])
+    return specs
+
+
+def lora_specs(loras, labels: Optional[Sequence[str]] = None) -> list:
+    """Native LoRA specs, checked; ``labels`` name each in messages (default ``loras[i]``)."""
+    if loras is None:
+        return []
+    if isinstance(loras, (str, bytes, os.PathLike, Lora)) or not isinstance(loras, Sequence):
+        raise TypeError("loras must be a list of sdcpp_py.Lora or paths")
+    specs = []
+    for index, lora in enumerate(list(loras)):
+        if not isinstance(lora, Lora):
+            lora = Lora(lora)
+        argument = f"loras[{index}]" if labels is None else labels[index]
+        path = model_file(f"{argument}.path", lora.path)
+        check_component(f"{argument}.path", path)
+        multiplier = check_float(f"{argument}.multiplier", lora.multiplier)
+        specs.append(_core.LoraSpec(native_path(path), multiplier,
+                                    check_bool(f"{argument}.high_noise", lora.high_noise)))
+    return specs
