@@ -17,18 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
-COMPONENT_FLAGS = {  # sd-cli spelling -> Context argument
-    "--model": "model", "--diffusion-model": "diffusion_model", "--high-noise-diffusion-model":
-    "high_noise_diffusion_model", "--clip_l": "clip_l", "--clip_g": "clip_g", "--clip_vision": "clip_vision",
-    "--t5xxl": "t5xxl", "--llm": "llm", "--llm_vision": "llm_vision", "--vae": "vae", "--taesd": "taesd",
-    "--control-net": "control_net", "--photo-maker": "photo_maker",
-}
+from ._enums import HiresUpscaler
+from ._params import COMPONENTS, IMAGE, VIDEO
+from ._sdcli import (
+    IMAGE_EXTENSIONS, MODEL_EXTENSIONS, VIDEO_CONTAINERS, add_flags, files_in, model_in, plan as make_plan,
+)
 
+_PRINTF_INDEX = re.compile(r"%0?\d*d")
+SUBCOMMANDS = ("generate", "inspect", "convert", "split", "info", "check")
 
 PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 OUTPUT_EXTENSIONS = (".png", *PILLOW_FORMATS)
@@ -59,47 +61,9 @@ class ProgressBar:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="txt2img / img2img / inpaint / edit (sd-cli's flags)")
-    for flag, name in COMPONENT_FLAGS.items():
-        aliases = [flag, "-m"] if name == "model" else [flag]
-        p.add_argument(*aliases, dest=name, metavar="PATH")
-    p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("-n", "--negative-prompt", default="")
-    p.add_argument("-o", "--output", default="output.png",
-                   help=f"image path ({', '.join(OUTPUT_EXTENSIONS)}; all but .png need Pillow); "
-                   "a batch writes NAME_i.EXT")
-    p.add_argument("-W", "--width", type=int)
-    p.add_argument("-H", "--height", type=int)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg-scale", type=float, default=7.0)
-    p.add_argument("--guidance", type=float, default=3.5)
-    p.add_argument("--sampling-method", dest="sampler")
-    p.add_argument("--scheduler")
-    p.add_argument("-s", "--seed", type=int, default=42)
-    p.add_argument("-b", "--batch-count", type=int, default=1)
-    p.add_argument("--clip-skip", type=int, default=-1)
-    p.add_argument("--eta", type=float)
-    p.add_argument("--flow-shift", type=float)
-    p.add_argument("-i", "--init-img", dest="init_image")
-    p.add_argument("--mask")
-    p.add_argument("--strength", type=float, default=0.75)
-    p.add_argument("-r", "--ref-image", dest="ref_images", action="append")
-    p.add_argument("--control-image")
-    p.add_argument("--control-strength", type=float, default=0.9)
-    p.add_argument("--canny", action="store_true", help="apply the Canny preprocessor to the control image")
-    p.add_argument("--lora-model-dir", dest="lora_dir")
-    p.add_argument("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]")
-    p.add_argument("--hires", action="store_true")
-    p.add_argument("--hires-upscaler", default="Latent")
-    p.add_argument("--hires-scale", type=float, default=2.0)
-    p.add_argument("--hires-steps", type=int, default=0)
-    p.add_argument("--hires-denoising-strength", type=float, default=0.7)
-    p.add_argument("--cache-mode")
-    p.add_argument("--vae-tiling", action="store_true")
-    p.add_argument("-t", "--threads", type=int)
-    p.add_argument("--type", dest="weight_type", help="weight type at load, e.g. q8_0")
-    p.add_argument("--diffusion-fa", dest="diffusion_flash_attn", action="store_true")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    p = sub.add_parser("generate", help="sd-cli's command line: txt2img / img2img / inpaint / edit, video "
+                       "(-M vid_gen), upscale (-M upscale), convert (-M convert), metadata (-M metadata)")
+    add_flags(p)
 
 
 def _lora_arg(text: str):
@@ -112,22 +76,26 @@ def _lora_arg(text: str):
         raise ValueError(f"--lora {text!r}: expected PATH or PATH:MULTIPLIER") from None
 
 
-def _parameters_text(args, seed: int) -> str:
+def _parameters_text(plan, values: dict, seed: int, size: tuple) -> str:
     """The generation parameters in the de-facto "parameters" PNG text format."""
-    fields = [f"Steps: {args.steps}", f"CFG scale: {args.cfg_scale}", f"Seed: {seed}",
-              f"Size: {args.width}x{args.height}", f"Sampler: {args.sampler or 'default'}",
-              f"Scheduler: {args.scheduler or 'default'}", f"Guidance: {args.guidance}"]
-    models = ", ".join(f"{name}: {os.path.basename(getattr(args, name))}" for name in COMPONENT_FLAGS.values()
-                       if getattr(args, name))
-    text = args.prompt + (f"\nNegative prompt: {args.negative_prompt}" if args.negative_prompt else "")
+    fields = [f"Steps: {values['steps']}", f"CFG scale: {values['cfg_scale']}", f"Seed: {seed}",
+              f"Size: {size[0]}x{size[1]}", f"Sampler: {values['sampler'] or 'default'}",
+              f"Scheduler: {values['scheduler'] or 'default'}", f"Guidance: {values['guidance']}"]
+    models = ", ".join(f"{name}: {os.path.basename(str(path))}" for name, path in plan.context.items()
+                       if name in COMPONENTS and path)
+    negative = values["negative_prompt"]
+    text = plan.prompt + (f"\nNegative prompt: {negative}" if negative else "")
     return f"{text}\n{', '.join(fields)}, Models: {models}, Generator: sdcpp-py"
 
 
-def _check_output(output: str) -> str:
+def _check_output(output: str, video: bool = False) -> str:
     """The output path's extension, once it is known the image can be written there: checked before any model is
     read, so a typo does not cost a load and a generation."""
     path = Path(output)
     suffix = path.suffix.lower()
+    if video and suffix in VIDEO_CONTAINERS:
+        raise ValueError(f"-o/--output {output!r}: sdcpp writes a video as frames (a .png name, numbered) or an "
+                         f"animated .webp, not {suffix}")
     if suffix not in OUTPUT_EXTENSIONS:
         raise ValueError(f"-o/--output {output!r}: unsupported extension {path.suffix or '(none)'!r}; "
                          f"use one of {', '.join(OUTPUT_EXTENSIONS)}")
@@ -178,47 +146,183 @@ def _write_image(path: Path, suffix: str, image, parameters: str) -> None:
     picture.save(path, kind, **options)
 
 
-def _generate(args) -> int:
-    from . import Cache, Context, Hires, preprocess_canny
+def _output_paths(output: str, count: int, begin: Optional[int]) -> List[Path]:
+    """sd-cli's names: printf-style %d numbers from ``begin`` (0), else NAME_i.EXT for more than one."""
+    start = 0 if begin is None else begin
+    if _PRINTF_INDEX.search(output):
+        return [Path(_PRINTF_INDEX.sub(lambda m: m.group(0) % (start + i), output)) for i in range(count)]
+    path = Path(output)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{start + i}{path.suffix}") for i in range(count)]
 
-    suffix = _check_output(args.output)
-    components = {name: getattr(args, name) for name in COMPONENT_FLAGS.values() if getattr(args, name)}
-    if not components:
+
+def _context_options(plan) -> dict:
+    options = dict(plan.context)
+    if "embd_dir" in plan.folders:
+        options["embeddings"] = files_in(plan.folders["embd_dir"], MODEL_EXTENSIONS, "--embd-dir")
+    return options
+
+
+def _call_options(plan, args) -> dict:
+    """The keywords of generate / generate_video: the plan's, its records, and the files of its folders."""
+    from . import Cache, Hires, PhotoMaker, preprocess_canny
+
+    options = dict(plan.call)
+    if args.lora:
+        options["loras"] = [_lora_arg(text) for text in args.lora]
+    if plan.hires is not None:
+        hires = dict(plan.hires)
+        try:
+            HiresUpscaler.coerce(hires["upscaler"], "--hires-upscaler")
+        except ValueError:
+            if "hires_upscalers_dir" not in plan.folders:
+                raise ValueError(f"--hires-upscaler {hires['upscaler']!r} is no built-in upscaler; a model name "
+                                 "needs --hires-upscalers-dir") from None
+            hires["model_path"] = model_in(plan.folders["hires_upscalers_dir"], hires["upscaler"],
+                                           "--hires-upscaler")
+            hires["upscaler"] = HiresUpscaler.MODEL
+        options["hires"] = Hires(**hires)
+    if plan.cache is not None:
+        options["cache"] = Cache(**plan.cache)
+    if plan.photo_maker is not None:
+        if "pm_id_images_dir" not in plan.folders:
+            raise ValueError("--pm-id-embed-path / --pm-style-strength need --pm-id-images-dir")
+        images = files_in(plan.folders["pm_id_images_dir"], IMAGE_EXTENSIONS, "--pm-id-images-dir")
+        options["photo_maker"] = PhotoMaker(id_images=images, **{k: v for k, v in plan.photo_maker.items()
+                                                                  if v is not None})
+    if "control_video" in plan.folders:
+        options["control_frames"] = files_in(plan.folders["control_video"], IMAGE_EXTENSIONS, "--control-video")
+    if args.canny and options.get("control_image") is not None:
+        options["control_image"] = preprocess_canny(options["control_image"])
+    return options
+
+
+def _preview_writer(args, plan):
+    """A preview callback writing sd-cli's --preview-path, or None without --preview."""
+    mode = plan.call.get("preview_mode")
+    if mode is None or str(mode).lower() == "none":
+        return None
+    from ._png import write_png
+
+    path = Path(args.preview_path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--preview-path {args.preview_path!r}: sdcpp writes previews as .png")
+
+    def preview(step: int, frames, is_noisy: bool) -> None:
+        write_png(path, frames[0], {})
+
+    return preview
+
+
+def _generate(args) -> int:
+    from . import Context, Upscaler
+
+    plan = make_plan(args)
+    if plan.mode == "convert":
+        return _convert_mode(args, plan)
+    if plan.mode == "metadata":
+        return _metadata_mode(args)
+    suffix = _check_output(args.output, video=plan.mode == "vid_gen")
+    if plan.mode == "upscale":
+        return _upscale_mode(args, plan, suffix)
+    if not any(plan.context.get(name) for name in COMPONENTS):
         raise ValueError("no model: pass -m/--model or --diffusion-model with its parts")
-    context_options = dict(n_threads=args.threads, weight_type=args.weight_type, lora_dir=args.lora_dir,
-                           diffusion_flash_attn=args.diffusion_flash_attn)
-    options = dict(negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
-                   guidance=args.guidance, sampler=args.sampler, scheduler=args.scheduler, seed=args.seed,
-                   batch_count=args.batch_count, clip_skip=args.clip_skip, eta=args.eta, flow_shift=args.flow_shift,
-                   width=args.width, height=args.height, vae_tiling=args.vae_tiling,
-                   loras=[_lora_arg(text) for text in args.lora] or None)
-    if args.init_image:
-        options.update(init_image=args.init_image, strength=args.strength)
-    if args.mask:
-        options["mask"] = args.mask
-    if args.ref_images:
-        options["ref_images"] = args.ref_images
-    if args.control_image:
-        control = preprocess_canny(args.control_image) if args.canny else args.control_image
-        options.update(control_image=control, control_strength=args.control_strength)
-    if args.hires:
-        options["hires"] = Hires(upscaler=args.hires_upscaler, scale=args.hires_scale, steps=args.hires_steps,
-                                 denoising_strength=args.hires_denoising_strength)
-    if args.cache_mode:
-        options["cache"] = Cache(args.cache_mode)
+    upscaler = None
+    if args.upscale_model:
+        upscaler = Upscaler(args.upscale_model, tile_size=args.upscale_tile_size)
+    options = _call_options(plan, args)
+    preview = _preview_writer(args, plan)
+    if preview is not None:
+        options["preview"] = preview
     show = _progress_enabled(args.progress)
     started = time.perf_counter()
-    with Context(**components, **context_options) as ctx:
+    with Context(**_context_options(plan)) as ctx:
         loaded = time.perf_counter()
-        images = ctx.generate(args.prompt, progress=ProgressBar(show), **options)
+        if plan.mode == "vid_gen":
+            frames = ctx.generate_video(plan.prompt, progress=ProgressBar(show), **options)
+            images, seed, values = list(frames), options.get("seed", VIDEO.defaults["seed"]), VIDEO.bind(options, "")
+        else:
+            result = ctx.generate(plan.prompt, progress=ProgressBar(show), **options)
+            images, seed, values = list(result), result.seed, IMAGE.bind(options, "")
     done = time.perf_counter()
-    args.width, args.height = images[0].shape[1], images[0].shape[0]
-    output = Path(args.output)
-    for index, image in enumerate(images):
-        path = output if len(images) == 1 else output.with_name(f"{output.stem}_{index}{output.suffix}")
-        _write_image(path, suffix, image, _parameters_text(args, images.seed + index))
+    if upscaler is not None:
+        with upscaler:
+            for _ in range(args.upscale_repeats):
+                images = [upscaler.upscale(image) for image in images]
+    _write_results(args, plan, images, suffix, values, seed)
+    print(f"load {loaded - started:.2f} s, generation {done - loaded:.2f} s, seed {seed}")
+    return 0
+
+
+def _write_results(args, plan, images, suffix, values, seed) -> None:
+    size = (images[0].shape[1], images[0].shape[0])
+    if plan.mode == "vid_gen" and suffix == ".webp" and len(images) > 1 and not _PRINTF_INDEX.search(args.output):
+        from PIL import Image
+
+        frames = [Image.fromarray(frame) for frame in images]
+        frames[0].save(args.output, "WEBP", save_all=True, append_images=frames[1:], duration=1000 / args.fps,
+                       loop=0, quality=90)
+        print(f"wrote {args.output} ({len(frames)} frames, {args.fps} fps)")
+        return
+    for index, (path, image) in enumerate(zip(_output_paths(args.output, len(images), args.output_begin_idx),
+                                              images)):
+        image_seed = seed if plan.mode == "vid_gen" else seed + index
+        text = "" if args.disable_image_metadata or plan.prompt is None else _parameters_text(
+            plan, values, image_seed, size)
+        _write_image(path, suffix, image, text)
         print(f"wrote {path}")
-    print(f"load {loaded - started:.2f} s, generation {done - loaded:.2f} s, seed {images.seed}")
+
+
+def _upscale_mode(args, plan, suffix) -> int:
+    from . import Upscaler
+    from ._images import as_rgb
+
+    if not args.upscale_model:
+        raise ValueError("-M upscale needs --upscale-model (an ESRGAN model)")
+    if plan.call.get("init_image") is None:
+        raise ValueError("-M upscale needs -i/--init-img, the image to upscale")
+    image = as_rgb(plan.call["init_image"], "-i/--init-img")
+    with Upscaler(args.upscale_model, tile_size=args.upscale_tile_size,
+                  n_threads=plan.context.get("n_threads")) as upscaler:
+        for _ in range(args.upscale_repeats):
+            image = upscaler.upscale(image)
+    path = _output_paths(args.output, 1, args.output_begin_idx)[0]
+    _write_image(path, suffix, image, "")
+    print(f"wrote {path} ({image.shape[1]}x{image.shape[0]})")
+    return 0
+
+
+def _convert_mode(args, plan) -> int:
+    source = plan.context.get("model") or plan.context.get("diffusion_model")
+    if source is None:
+        raise ValueError("-M convert needs -m/--model, the file to convert")
+    args.src, args.dst = source, args.output
+    args.weight_type = plan.context.get("weight_type")
+    args.tensor_type_rules = plan.context.get("tensor_type_rules")
+    args.vae = plan.context.get("vae")
+    return _convert(args)
+
+
+def _metadata_mode(args) -> int:
+    if not args.image:
+        raise ValueError("-M metadata needs --image, the image to read")
+    from PIL import Image
+
+    with Image.open(args.image) as image:
+        entries = {key: value for key, value in image.info.items() if isinstance(value, str)}
+        exif = image.getexif().get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
+        if isinstance(exif, bytes) and exif.startswith(b"UNICODE\0"):
+            entries["parameters"] = exif[8:].decode("utf-16-be", "replace")
+        kind = image.format
+    if args.metadata_brief:
+        entries = {key: value if len(value) <= 200 else value[:200] + "..." for key, value in entries.items()}
+    if args.metadata_format == "json":
+        print(json.dumps({"path": args.image, "format": kind, "metadata": entries}, ensure_ascii=False))
+    else:
+        print(f"{args.image}: {kind}")
+        for key, value in entries.items():
+            print(f"{key}: {value}")
     return 0
 
 
@@ -245,7 +349,8 @@ def _convert(args) -> int:
 
     started = time.perf_counter()
     convert(args.src, args.dst, weight_type=args.weight_type, tensor_type_rules=args.tensor_type_rules or "",
-            vae=args.vae, progress=ProgressBar(_progress_enabled(args.progress)))
+            vae=args.vae, convert_name=getattr(args, "convert_name", False),
+            progress=ProgressBar(_progress_enabled(args.progress)))
     before, after = os.path.getsize(args.src), os.path.getsize(args.dst)
     print(f"wrote {args.dst}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
           f"in {time.perf_counter() - started:.1f} s")
@@ -319,12 +424,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ColourLevels:
+    """sd-cli's --color: the level name coloured (ANSI) in each log line."""
+
+    COLOURS = {"DEBUG": "36", "INFO": "32", "WARNING": "33", "ERROR": "31", "CRITICAL": "31"}
+
+    def __init__(self, formatter):
+        self.formatter = formatter
+
+    def format(self, record) -> str:
+        line = self.formatter.format(record)
+        colour = self.COLOURS.get(record.levelname)
+        return line.replace(record.levelname, f"\033[{colour}m{record.levelname}\033[0m", 1) if colour else line
+
+
+def _sd_cli_argv(argv: List[str]) -> List[str]:
+    """``sdcpp`` followed by sd-cli's flags (a pasted sd-cli command) is ``sdcpp generate``."""
+    first = next((i for i, arg in enumerate(argv) if arg != "--debug"), None)
+    if first is not None and argv[first].startswith("-") and argv[first] not in ("-h", "--help"):
+        return [*argv[:first], "generate", *argv[first:]]
+    return argv
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = _sd_cli_argv(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
-    if args.debug:
+    if args.debug or getattr(args, "verbose", False):
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+        if getattr(args, "color", False):
+            for handler in logging.getLogger().handlers:
+                handler.setFormatter(_ColourLevels(handler.formatter))
     handler = {"generate": _generate, "inspect": _inspect, "convert": _convert, "split": _split, "info": _info,
                "check": _check}[args.command]
     try:
