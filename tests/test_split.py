@@ -88,12 +88,11 @@ def test_split_command_line(sd1_checkpoint, parts, tmp_path):
 
 
 @pytest.mark.slow
-def test_sdxl_split_parts_give_the_checkpoints_pixels(tmp_path):
+def test_sdxl_split_parts_give_the_checkpoints_pixels(tmp_path, synthetic_dir):
     """SDXL: two text encoders, the second renamed from OpenCLIP to the names a separate clip_g file has."""
-    from conftest import _synthetic_dir
     from sdcpp_py.testing import sd
 
-    checkpoint = sd.sdxl_checkpoint(_synthetic_dir() / "sdxl")
+    checkpoint = sd.sdxl_checkpoint(synthetic_dir / "sdxl")
     result = sdcpp_py.split(checkpoint, tmp_path)
     assert set(result.parts) == {"diffusion_model", "clip_l", "clip_g", "vae"}
     found = {name: sdcpp_py.inspect(path).architecture for name, path in result.parts.items()}
