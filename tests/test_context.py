@@ -46,7 +46,8 @@ def test_every_sd_ctx_params_field_has_a_keyword():
     params = set(inspect.signature(sdcpp_py.Context).parameters)
     exposed = {name for name in dir(_core.ContextParams) if not name.startswith("_")}
     assert exposed <= params, exposed - params
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in inspect.signature(sdcpp_py.Context).parameters.values())
+    parameters = inspect.signature(sdcpp_py.Context).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters)
 
 
 def test_paths_accept_pathlike_and_repr_names_components(flux_parts):
@@ -140,7 +141,8 @@ def test_wan_video_models_refuse_missing_parts_before_loading(wan_dir):
         sdcpp_py.Context(**vace, vae_decode_only=True)
     i2v = video.wan_components(wan_dir, variant="i2v")
     without_vision = {name: path for name, path in i2v.items() if name != "clip_vision"}
-    with pytest.raises(ValueError, match="Wan2.1-I2V-1.3B model, which needs the CLIP vision encoder: pass clip_vision="):
+    with pytest.raises(ValueError,
+                       match="Wan2.1-I2V-1.3B model, which needs the CLIP vision encoder: pass clip_vision="):
         sdcpp_py.Context(**without_vision)
     with pytest.raises(ValueError, match="clip_l: this file looks like a CLIP-ViT-H/14 clip_vision component"):
         sdcpp_py.Context(**{**i2v, "clip_l": i2v["clip_vision"]})

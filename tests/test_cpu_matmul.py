@@ -85,7 +85,8 @@ def test_convolutions_match_numpy(n, ic, oc, size, kernel_size, stride, padding)
     image = rng.standard_normal((n, ic, size, size)).astype(np.float32)
     # ggml's im2col rounds the image to f16 for f16 kernels: the reference does the same.
     expected = conv_reference(kernel, image.astype(np.float16), stride, padding)
-    results = [_test_hooks._cpu_conv_2d(kernel.view(np.uint16), image, stride, padding, threads) for threads in (1, 2, 5)]
+    results = [_test_hooks._cpu_conv_2d(kernel.view(np.uint16), image, stride, padding, threads)
+               for threads in (1, 2, 5)]
     assert results[0].shape == expected.shape
     assert relative_error(results[0], expected) < 1e-4
     assert all(np.array_equal(results[0], other) for other in results[1:])

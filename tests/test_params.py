@@ -14,9 +14,9 @@ from sdcpp_py import _core, _params
 from sdcpp_py._params import CONTEXT, IMAGE, PACKAGE_DEFAULTS, SD_CLI_DEFAULTS, VIDEO
 
 # Native fields filled by code, not by a row of the same name.
-CONTEXT_BY_CODE = {"embeddings", "tensor_type_rules", "vae_decode_only"}
-IMAGE_BY_CODE = {"prompt", "negative_prompt", "loras", "seed", "width", "height", "pm_id_embed_path", "hires_model_path",
-                 "pm_style_strength", "vae_tile_size_x", "vae_tile_size_y", "vae_tile_rel_size_x", "vae_tile_rel_size_y"}
+IMAGE_BY_CODE = {"prompt", "negative_prompt", "loras", "seed", "width", "height", "pm_id_embed_path",
+                 "hires_model_path", "pm_style_strength", "vae_tile_size_x", "vae_tile_size_y", "vae_tile_rel_size_x",
+                 "vae_tile_rel_size_y"}
 
 
 def native_fields(record) -> set:

@@ -19,7 +19,6 @@ import pytest
 import sdcpp_py
 from sdcpp_py import _core
 from sdcpp_py._checks import MAX_SEED, MAX_SIDE
-from sdcpp_py._context import Context
 from sdcpp_py._model import ModelFacts
 from sdcpp_py.testing import extras
 

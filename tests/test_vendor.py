@@ -93,7 +93,8 @@ def test_sdist_carries_what_compiles_and_leaves_out_docs_and_tests(tmp_path):
         members = {member.name.split("/", 1)[1] for member in sdist.getmembers() if "/" in member.name}
     core = "vendor/stable-diffusion.cpp/"
     for needed in ("CMakeLists.txt", "pyproject.toml", "bindings/module.cpp", "tools/vendor_core.py",
-                   "tools/patch_core.py", "patches/0001-abort-diffusion-compute.patch", "kernels/sdcpp_py_packed_gemm.h",
+                   "tools/patch_core.py", "patches/0001-abort-diffusion-compute.patch",
+                   "kernels/sdcpp_py_packed_gemm.h",
                    "src/sdcpp_py/__init__.py", "src/sdcpp_py/_core.pyi", "src/sdcpp_py/py.typed",
                    "cmake/extension.cmake", "bindings/testing/module.cpp",
                    core + "CMakeLists.txt", core + "src/stable-diffusion.cpp", core + "include/stable-diffusion.h",

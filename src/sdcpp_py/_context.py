@@ -21,6 +21,7 @@ from ._enums import Sampler, Scheduler
 from ._headers import check_component
 from ._images import ImageLike, fs_path, native_path
 from ._model import ModelFacts
+from ._owner import NativeOwner
 from ._params import COMPONENTS, CONTEXT, CONTEXT_NATIVE_FIELDS, IMAGE, VIDEO
 from ._request import image_request, video_request
 
@@ -77,7 +78,7 @@ def _keywords(table, leading=()):
 _PROMPT = (inspect.Parameter("prompt", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),)
 
 
-class Context:
+class Context(NativeOwner):
     """A stable-diffusion.cpp model assembled from component files.
 
     Give either ``model`` (an all-in-one checkpoint) or ``diffusion_model`` plus the parts it needs
@@ -148,12 +149,6 @@ class Context:
         return self._device
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Free the native context now. Safe to call more than once."""
-        native, self._native = self._native, None
-        if native is not None:
-            native.close()
-
     def cancel(self) -> None:
         """Stop this context's generation in flight, from any thread; it raises ``Cancelled``.
 
@@ -166,32 +161,10 @@ class Context:
         if native is not None:
             native.cancel()
 
-    @property
-    def closed(self) -> bool:
-        return self._native is None
-
-    def __enter__(self) -> "Context":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # Never waits: it may run in a garbage collection inside a callback or log handler of a core call.
-        native = getattr(self, "_native", None)
-        if native is not None:
-            native.close(wait=False)
-
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={os.path.basename(path)!r}" for name, path in self.components.items())
         state = "closed" if self.closed else f"device={self.device.name!r} ({self.device.description})"
         return f"<sdcpp_py.Context {parts}, {state}>"
-
-    def _require_native(self):
-        native = self._native
-        if native is None:
-            raise ValueError("this Context is closed")
-        return native
 
     # -- model-dependent defaults ------------------------------------------------------------------
     @property

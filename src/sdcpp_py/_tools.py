@@ -12,11 +12,12 @@ from ._checks import check_bool, check_float, check_int, check_tensor_type_rules
 from ._enums import WeightType
 from ._headers import check_component
 from ._images import ImageLike, as_rgb, fs_path, native_path
+from ._owner import NativeOwner
 
 PathLike = Union[str, bytes, "os.PathLike[str]"]
 
 
-class Upscaler:
+class Upscaler(NativeOwner):
     """An ESRGAN-family upscaler (sd-cli ``--upscale-model``)::
 
         with sdcpp_py.Upscaler("RealESRGAN_x4plus.pth") as up:
@@ -48,30 +49,9 @@ class Upscaler:
         wanted = native.factor() if factor is None else check_int("factor", factor, 1, 16)
         return native.upscale(pixels, wanted)
 
-    def close(self) -> None:
-        native, self._native = self._native, None
-        if native is not None:
-            native.close()
-
-    def __enter__(self) -> "Upscaler":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # Never waits: it may run in a garbage collection inside a callback or log handler of a core call.
-        native = getattr(self, "_native", None)
-        if native is not None:
-            native.close(wait=False)
-
     def __repr__(self) -> str:
         return f"<sdcpp_py.Upscaler {os.path.basename(self.path)!r}{' closed' if self._native is None else ''}>"
 
-    def _require_native(self):
-        if self._native is None:
-            raise ValueError("this Upscaler is closed")
-        return self._native
 
 
 def preprocess_canny(image: ImageLike, *, high_threshold: float = 0.08, low_threshold: float = 0.08,
