@@ -180,3 +180,68 @@ def test_the_convert_doc_command_writes_sd_clis_bytes(sd_cli, flux_parts, tmp_pa
     result = sdcpp(*argv, "-o", str(ours))
     assert result.returncode == 0, result.stderr
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_the_flux_lora_doc_command_gives_sd_clis_pixels(sd_cli, flux_parts, tmp_path):
+    """sd-cli's LoRA defaults: tags resolved in --lora-model-dir, applied in its "auto" mode (the API's default,
+    at_runtime, would round differently)."""
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    extras.flux_lora(flux_parts["diffusion_model"], loras / "realism_lora_comfy_converted.safetensors")
+    argv = _with(_doc_command("flux.md", "<lora:"), {"--diffusion-model": flux_parts["diffusion_model"],
+                                                     "--vae": flux_parts["vae"], "--clip_l": flux_parts["clip_l"],
+                                                     "--lora-model-dir": loras}, drop=("--t5xxl",))
+    theirs, ours = _both(sd_cli, argv + SMALL, tmp_path)
+    np.testing.assert_array_equal(ours, theirs)
+    without = sdcpp(*_with(argv, {}, drop=("--lora-model-dir",)), *SMALL, "-o", str(tmp_path / "plain.png"))
+    assert without.returncode == 2 and "realism_lora_comfy_converted" in without.stderr  # "." has no such file
+
+
+def _plan(*argv):
+    return plan(cli.build_parser().parse_args(cli._sd_cli_argv(list(argv))))
+
+
+def test_sd_clis_own_defaults_and_value_forms():
+    result = _plan("-M", "vid_gen", "--diffusion-model", "w", "-p", "x", "--clip-skip", "-2", "--skip-layers",
+                   "[7 8 9]")
+    assert result.call["frames"] == 1 and result.call["clip_skip"] == -1 and result.call["skip_layers"] == [7, 8, 9]
+    assert result.context["lora_apply_mode"] == "auto" and result.context["lora_dir"] == "."
+    assert _plan("-m", "m", "-p", "x", "--lora-apply-mode", "at_runtime").context["lora_apply_mode"] == "at_runtime"
+    assert _plan("-m", "m", "-p", "x", "--hires", "--hires-upscaler", "None").hires is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-M", "upscale", "--upscale-model", "e", "-i", "x.png", "--steps", "30"], "--steps: not used in upscale"),
+        (["-M", "convert", "-m", "m", "--cfg-scale", "2"], "--cfg-scale: not used in convert mode"),
+    ],
+)
+def test_flags_a_mode_does_not_use_are_refused(argv, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _plan(*argv)
+
+
+def test_usage_errors_are_one_line_and_abbreviations_are_refused():
+    for argv in (["-m", "m", "-p", "x", "--preview"], ["-m", "m", "-p", "x", "--cfg", "3"]):
+        result = sdcpp(*argv)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_convert_writes_output_gguf_by_default(flux_parts, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sdcpp_py.cli", "-M", "convert", "-m", str(flux_parts["vae"]),
+                             "--type", "f16"], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "output.gguf").read_bytes()[:4] == b"GGUF"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_as_preview_path_or_metadata_image_is_refused_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    for argv in (["-m", "/no/such.safetensors", "-p", "x", "--preview", "proj", "--preview-path", str(fifo)],
+                 ["-M", "metadata", "--image", str(fifo)]):
+        result = sdcpp(*argv, timeout=60)
+        assert result.returncode == 2 and "not a regular file" in result.stderr, result.stderr

@@ -10,7 +10,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from ._checks import MAX_SIDE, model_file
+from ._checks import MAX_SIDE, check_bool, model_file
 from ._headers import check_component
 from ._inspect import classify_tensors, slot_mismatch, wan_video_inputs
 
@@ -44,6 +44,8 @@ class ModelFacts:
             if problem:
                 raise ValueError(problem)
         asked = vae_decode_only is not None
+        if asked:
+            vae_decode_only = check_bool("vae_decode_only", vae_decode_only)
         if vae_decode_only is None:
             vae_header = headers.get("vae") or headers.get("model")
             if vae_header is None and headers.get("taesd") is not None:

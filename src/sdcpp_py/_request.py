@@ -105,9 +105,10 @@ def video_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
 
 
 def sampling(table: OptionTable, request, values: Values, prefix: str = "") -> None:
-    """The sampling record's fields, or its high-noise copy's with ``prefix``."""
+    """The sampling record's fields, or its high-noise copy's with ``prefix``. None is "leave the core's" only
+    where the row's own default is None (custom_sigmas); elsewhere the row's check refuses it."""
     table.fill(request, values, [prefix + name for name in SAMPLING if values[prefix + name] is not None
-                                 or table[prefix + name].auto is not None])
+                                 or table.defaults[prefix + name] is not None or table[prefix + name].auto is not None])
 
 
 def _common(request, prompt, values: Values) -> None:

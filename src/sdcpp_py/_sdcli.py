@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -40,16 +41,30 @@ REFUSED = {
     "--metadata-raw": "sdcpp prints the text metadata of an image, not hex dumps of other chunks",
     "--metadata-all": "sdcpp prints the text metadata of an image, not its structural chunks",
 }
-VIDEO_CONTAINERS = (".avi", ".webm")  # sd-cli's own encoders; sdcpp writes frames, or an animated .webp
+VIDEO_CONTAINERS = (".avi", ".webm")
+# Where sd-cli's defaults differ from the API's and a pasted command must still mean what it means to sd-cli.
+# The API keeps its own (see _params.PACKAGE_DEFAULTS): a context in a service lives for many calls.
+CLI_DEFAULTS = {
+    "lora_apply_mode": "auto",  # sd-cli's; the API's at_runtime avoids drift over many calls, a CLI run is one
+    "lora_dir": ".",  # sd-cli reads <lora:name:w> tags from the current folder unless told another
+}
+CLI_VIDEO_DEFAULTS = {"frames": 1}  # sd-cli's --video-frames default (the core's record says 6)
+DEFAULT_OUTPUT = {"convert": "output.gguf"}  # sd-cli's per mode; output.png otherwise
+# The table options each non-generating mode uses (sd-cli builds its upscaler with these context options).
+MODE_OPTIONS = {
+    "upscale": {"init_image", "n_threads", "offload_params_to_cpu", "diffusion_conv_direct"},
+    "convert": {"model", "diffusion_model", "vae", "weight_type", "tensor_type_rules"},
+    "metadata": set(),
+}  # sd-cli's own encoders; sdcpp writes frames, or an animated .webp
 
 
 def _int_list(text: str) -> List[int]:
-    """sd-cli's layer lists: "[7,8,9]" or "7,8,9"."""
-    return [int(item) for item in text.strip().strip("[]").split(",") if item.strip()]
+    """sd-cli's layer lists: "[7,8,9]", "7,8,9" or "[7 8 9]"."""
+    return [int(item) for item in re.split(r"[,\s]+", text.strip().strip("[]")) if item]
 
 
 def _float_list(text: str) -> List[float]:
-    return [float(item) for item in text.strip().strip("[]").split(",") if item.strip()]
+    return [float(item) for item in re.split(r"[,\s]+", text.strip().strip("[]")) if item]
 
 
 def _pair_of(kind):
@@ -115,7 +130,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add = extra.add_argument
     add("-M", "--mode", choices=MODES, default="img_gen")
     add("-p", "--prompt")
-    add("-o", "--output", default="output.png",
+    add("-o", "--output",
         help="image path (.png, .jpg, .jpeg, .webp, .bmp); printf-style %%d numbers a sequence; a batch writes "
              "NAME_i.EXT, a video its frames the same way or an animated .webp")
     add("--output-begin-idx", type=int)
@@ -183,11 +198,22 @@ def plan(args: argparse.Namespace) -> Plan:
             result.context[name] = value
         elif name in table.rows:
             result.call[name] = value
-        elif args.mode in ("img_gen", "vid_gen"):
+        if args.mode in MODE_OPTIONS and name not in MODE_OPTIONS[args.mode] or (
+                name not in CONTEXT.rows and name not in table.rows):
             flag = next(flag for flag, targets in flags.items() if any(name == target for target, _ in targets))
             raise ValueError(f"{flag}: not used in {args.mode} mode")
     if args.mode in ("img_gen", "vid_gen") and args.prompt is None:
         raise ValueError(f"-p/--prompt is required in {args.mode} mode")
+    if args.output is None:
+        args.output = DEFAULT_OUTPUT.get(args.mode, "output.png")
+    if args.mode in ("img_gen", "vid_gen"):
+        for name, value in CLI_DEFAULTS.items():
+            result.context.setdefault(name, value)
+    if args.mode == "vid_gen":
+        for name, value in CLI_VIDEO_DEFAULTS.items():
+            result.call.setdefault(name, value)
+    if args.output_begin_idx is not None and args.output_begin_idx < 0:
+        args.output_begin_idx = 0  # sd-cli clamps it
     seed = result.call.get("seed")
     if seed is not None and seed < 0:
         result.call["seed"] = -1  # sd-cli: any negative seed draws one
@@ -196,7 +222,7 @@ def plan(args: argparse.Namespace) -> Plan:
         result.context["n_threads"] = None  # sd-cli: <= 0 means the physical cores
     if result.call.get("high_noise_steps", 1) <= 0:
         result.call["high_noise_steps"] = None  # sd-cli: <= 0 means auto
-    if result.call.get("clip_skip", 1) == 0:
+    if result.call.get("clip_skip", 1) <= 0:
         result.call["clip_skip"] = -1  # sd-cli: <= 0 is "the model's"
     for flag, name in (("--embd-dir", "embd_dir"), ("--pm-id-images-dir", "pm_id_images_dir"),
                        ("--hires-upscalers-dir", "hires_upscalers_dir")):
@@ -204,11 +230,11 @@ def plan(args: argparse.Namespace) -> Plan:
             result.folders[name] = getattr(args, name)
     if "control_frames" in result.call:
         result.folders["control_video"] = result.call.pop("control_frames")
-    if args.hires:
+    if args.hires and args.hires_upscaler.strip().lower() != "none":  # sd-cli: "None" turns the fix off
         result.hires = {name: getattr(args, f"hires_{name}") for name, _ in HIRES_FLAGS.values()
                         if getattr(args, f"hires_{name}") is not None}
         result.hires["upscaler"] = args.hires_upscaler
-    elif any(getattr(args, f"hires_{name}") is not None for name, _ in HIRES_FLAGS.values()):
+    elif not args.hires and any(getattr(args, f"hires_{name}") is not None for name, _ in HIRES_FLAGS.values()):
         raise ValueError("--hires-* options need --hires (sd-cli ignores them without it)")
     if args.cache_mode:
         result.cache = _cache(args)
@@ -262,8 +288,11 @@ def files_in(folder: str, extensions, flag: str) -> List[str]:
 
 
 def model_in(folder: str, name: str, flag: str) -> str:
-    """sd-cli's lookup of a model by name in a folder: the name as given, or with one of the extensions."""
-    for candidate in (name, *(name + ext for ext in UPSCALER_EXTENSIONS)):
+    """sd-cli's lookup of a model by name in a folder: the name with one of the extensions, or as given. A name,
+    not a path: nothing outside the folder."""
+    if not name or os.path.basename(name) != name or name in (".", ".."):
+        raise ValueError(f"{flag}: {name!r} is not a model name (no folders in it)")
+    for candidate in (*(name + ext for ext in UPSCALER_EXTENSIONS), name):
         path = os.path.join(folder, candidate)
         if os.path.isfile(path):
             return path

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from ._checks import resolve_seed
 from ._enums import HiresUpscaler
+from ._images import fs_path, regular_file
 from ._params import COMPONENTS, IMAGE, VIDEO
 from ._sdcli import (
     IMAGE_EXTENSIONS, MODEL_EXTENSIONS, VIDEO_CONTAINERS, add_flags, files_in, model_in, plan as make_plan,
@@ -88,34 +90,34 @@ def _parameters_text(plan, values: dict, seed: int, size: tuple) -> str:
     return f"{text}\n{', '.join(fields)}, Models: {models}, Generator: sdcpp-py"
 
 
-def _check_output(output: str, video: bool = False) -> str:
+def _check_output(output: str, video: bool = False, flag: str = "-o/--output") -> str:
     """The output path's extension, once it is known the image can be written there: checked before any model is
     read, so a typo does not cost a load and a generation."""
     path = Path(output)
     suffix = path.suffix.lower()
     if video and suffix in VIDEO_CONTAINERS:
-        raise ValueError(f"-o/--output {output!r}: sdcpp writes a video as frames (a .png name, numbered) or an "
+        raise ValueError(f"{flag} {output!r}: sdcpp writes a video as frames (a .png name, numbered) or an "
                          f"animated .webp, not {suffix}")
     if suffix not in OUTPUT_EXTENSIONS:
-        raise ValueError(f"-o/--output {output!r}: unsupported extension {path.suffix or '(none)'!r}; "
+        raise ValueError(f"{flag} {output!r}: unsupported extension {path.suffix or '(none)'!r}; "
                          f"use one of {', '.join(OUTPUT_EXTENSIONS)}")
     if suffix in PILLOW_FORMATS:
         try:
             import PIL.Image  # noqa: F401
         except ImportError:
-            raise ValueError(f"-o/--output {output!r}: writing {suffix} needs Pillow (pip install pillow), "
+            raise ValueError(f"{flag} {output!r}: writing {suffix} needs Pillow (pip install pillow), "
                              "or write .png") from None
     folder = path.parent
     if not folder.exists():
-        raise ValueError(f"-o/--output {output!r}: folder {str(folder)!r} does not exist")
+        raise ValueError(f"{flag} {output!r}: folder {str(folder)!r} does not exist")
     if not folder.is_dir():
-        raise ValueError(f"-o/--output {output!r}: {str(folder)!r} is not a folder")
+        raise ValueError(f"{flag} {output!r}: {str(folder)!r} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"-o/--output {output!r}: folder {str(folder)!r} is not writable")
+        raise ValueError(f"{flag} {output!r}: folder {str(folder)!r} is not writable")
     if path.is_dir():
-        raise ValueError(f"-o/--output {output!r}: is a folder; give a file name")
+        raise ValueError(f"{flag} {output!r}: is a folder; give a file name")
     if path.exists() and not path.is_file():  # writing to a FIFO would block until a reader comes
-        raise ValueError(f"-o/--output {output!r}: exists and is not a regular file")
+        raise ValueError(f"{flag} {output!r}: exists and is not a regular file")
     return suffix
 
 
@@ -206,7 +208,7 @@ def _preview_writer(args, plan):
     from ._png import write_png
 
     path = Path(args.preview_path)
-    if path.suffix.lower() != ".png":
+    if _check_output(args.preview_path, flag="--preview-path") != ".png":  # before any model is read
         raise ValueError(f"--preview-path {args.preview_path!r}: sdcpp writes previews as .png")
 
     def preview(step: int, frames, is_noisy: bool) -> None:
@@ -216,7 +218,7 @@ def _preview_writer(args, plan):
 
 
 def _generate(args) -> int:
-    from . import Context, Upscaler
+    from . import Context
 
     plan = make_plan(args)
     if plan.mode == "convert":
@@ -228,20 +230,23 @@ def _generate(args) -> int:
         return _upscale_mode(args, plan, suffix)
     if not any(plan.context.get(name) for name in COMPONENTS):
         raise ValueError("no model: pass -m/--model or --diffusion-model with its parts")
+    preview = _preview_writer(args, plan)
     upscaler = None
     if args.upscale_model:
-        upscaler = Upscaler(args.upscale_model, tile_size=args.upscale_tile_size)
+        upscaler = _upscaler(args, plan)
     options = _call_options(plan, args)
-    preview = _preview_writer(args, plan)
     if preview is not None:
         options["preview"] = preview
+    if plan.mode == "vid_gen":
+        # generate_video does not report a drawn seed: draw it here, so the frames' metadata can say it.
+        options["seed"] = resolve_seed(options.get("seed", VIDEO.defaults["seed"]), 1)
     show = _progress_enabled(args.progress)
     started = time.perf_counter()
     with Context(**_context_options(plan)) as ctx:
         loaded = time.perf_counter()
         if plan.mode == "vid_gen":
             frames = ctx.generate_video(plan.prompt, progress=ProgressBar(show), **options)
-            images, seed, values = list(frames), options.get("seed", VIDEO.defaults["seed"]), VIDEO.bind(options, "")
+            images, seed, values = list(frames), options["seed"], VIDEO.bind(options, "")
         else:
             result = ctx.generate(plan.prompt, progress=ProgressBar(show), **options)
             images, seed, values = list(result), result.seed, IMAGE.bind(options, "")
@@ -274,8 +279,16 @@ def _write_results(args, plan, images, suffix, values, seed) -> None:
         print(f"wrote {path}")
 
 
-def _upscale_mode(args, plan, suffix) -> int:
+def _upscaler(args, plan):
+    """The ESRGAN upscaler with the context options sd-cli builds its upscaler with."""
     from . import Upscaler
+
+    return Upscaler(args.upscale_model, tile_size=args.upscale_tile_size, n_threads=plan.context.get("n_threads"),
+                    offload_params_to_cpu=plan.context.get("offload_params_to_cpu", False),
+                    direct=plan.context.get("diffusion_conv_direct", False))
+
+
+def _upscale_mode(args, plan, suffix) -> int:
     from ._images import as_rgb
 
     if not args.upscale_model:
@@ -283,8 +296,7 @@ def _upscale_mode(args, plan, suffix) -> int:
     if plan.call.get("init_image") is None:
         raise ValueError("-M upscale needs -i/--init-img, the image to upscale")
     image = as_rgb(plan.call["init_image"], "-i/--init-img")
-    with Upscaler(args.upscale_model, tile_size=args.upscale_tile_size,
-                  n_threads=plan.context.get("n_threads")) as upscaler:
+    with _upscaler(args, plan) as upscaler:
         for _ in range(args.upscale_repeats):
             image = upscaler.upscale(image)
     path = _output_paths(args.output, 1, args.output_begin_idx)[0]
@@ -307,9 +319,13 @@ def _convert_mode(args, plan) -> int:
 def _metadata_mode(args) -> int:
     if not args.image:
         raise ValueError("-M metadata needs --image, the image to read")
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError("-M metadata needs Pillow (pip install pillow)") from None
+    path = regular_file("--image", fs_path("--image", args.image))  # a FIFO would block the open
 
-    with Image.open(args.image) as image:
+    with Image.open(path) as image:
         entries = {key: value for key, value in image.info.items() if isinstance(value, str)}
         exif = image.getexif().get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
         if isinstance(exif, bytes) and exif.startswith(b"UNICODE\0"):
@@ -396,9 +412,20 @@ def _check(args) -> int:
     return selfcheck(["--out", str(args.out)])
 
 
+class _Parser(argparse.ArgumentParser):
+    """Whole flag names only (sd-cli has no abbreviations), and a usage error is one line, like every other."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"sdcpp: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdcpp", description="stable-diffusion.cpp from the command line "
-                                     "(sdcpp-py); flags follow sd-cli's.")
+    parser = _Parser(prog="sdcpp", description="stable-diffusion.cpp from the command line "
+                     "(sdcpp-py); flags follow sd-cli's.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks and the core's log")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
