@@ -96,10 +96,10 @@ class _SetAll(argparse.Action):
             setattr(namespace, name, value)
 
 
-def table_flags() -> Dict[str, List[tuple]]:
+def table_flags(tables=(CONTEXT, IMAGE, VIDEO)) -> Dict[str, List[tuple]]:
     """flag -> [(option name, value for a flag without one, or None)] from the option tables."""
     flags: Dict[str, List[tuple]] = {}
-    for table in (CONTEXT, IMAGE, VIDEO):
+    for table in tables:
         for row in table:
             for flag in row.flags:
                 entry = (row.name, True if row.kind == "bool" else None)
@@ -110,11 +110,11 @@ def table_flags() -> Dict[str, List[tuple]]:
     return flags
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """sd-cli's flags on ``parser``; given ones only end up in the namespace (defaults are the API's)."""
-    kinds = {row.name: row.kind for table in (CONTEXT, IMAGE, VIDEO) for row in table}
+def add_option_flags(parser: argparse.ArgumentParser, tables=(CONTEXT, IMAGE, VIDEO)) -> None:
+    """The sd-cli flags of the option tables' rows; given ones only end up in the namespace."""
+    kinds = {row.name: row.kind for table in tables for row in table}
     spellings: Dict[tuple, List[str]] = {}  # one argument per meaning: -m and --model together
-    for flag, targets in table_flags().items():
+    for flag, targets in table_flags(tables).items():
         spellings.setdefault(tuple(targets), []).append(flag)
     for targets, flags in spellings.items():
         if targets[0][1] is not None:  # a switch
@@ -126,6 +126,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         kind = _SPECIAL_TYPES.get(name) or _CONVERTERS.get(kinds[name], str)
         parser.add_argument(*flags, dest=name, action=action, type=kind, default=argparse.SUPPRESS,
                             metavar=name.upper())
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """sd-cli's flags on ``parser``; given ones only end up in the namespace (defaults are the API's)."""
+    add_option_flags(parser)
     extra = parser.add_argument_group("sd-cli's mode, output, records and folders")
     add = extra.add_argument
     add("-M", "--mode", choices=MODES, default="img_gen")

@@ -32,7 +32,7 @@ from ._sdcli import (
 )
 
 _PRINTF_INDEX = re.compile(r"%0?\d*d")
-SUBCOMMANDS = ("generate", "inspect", "convert", "split", "info", "check")
+SUBCOMMANDS = ("generate", "inspect", "convert", "split", "info", "check", "serve")
 
 PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 OUTPUT_EXTENSIONS = (".png", *PILLOW_FORMATS)
@@ -406,6 +406,12 @@ def _info(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .server._cli import run
+
+    return run(args)
+
+
 def _check(args) -> int:
     from .selfcheck import main as selfcheck
 
@@ -448,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="version, backend, devices, CPU features")
     p = sub.add_parser("check", help="the install check (synthetic components)")
     p.add_argument("--out", type=Path, default=Path("selfcheck.png"))
+    from .server._cli import add_flags as add_serve_flags  # no FastAPI import: only the flags
+
+    add_serve_flags(sub.add_parser("serve", help="serve the model over HTTP: OpenAI Images, A1111 and a job "
+                                   "API (pip install 'sdcpp-py[server]')"))
     return parser
 
 
@@ -484,7 +494,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for handler in logging.getLogger().handlers:
                 handler.setFormatter(_ColourLevels(handler.formatter))
     handler = {"generate": _generate, "inspect": _inspect, "convert": _convert, "split": _split, "info": _info,
-               "check": _check}[args.command]
+               "check": _check, "serve": _serve}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -1,0 +1,80 @@
+"""The command line of ``sdcpp serve`` / ``python -m sdcpp_py.server``: the Context's flags as sd-cli spells
+them (from the option table's rows, as ``sdcpp generate`` has them) and the server's own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .._params import COMPONENTS, CONTEXT
+from .._sdcli import add_option_flags
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The Context's flags (every CONTEXT row with an sd-cli flag), then the server's."""
+    add_option_flags(parser, (CONTEXT,))
+    server = parser.add_argument_group("server")
+    add = server.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    add("--port", type=int, default=7860)
+    add("--queue-size", type=int, default=8, help="jobs waiting behind the running one; more get 429")
+    add("--api-key", help="require 'Authorization: Bearer KEY' on everything but /health")
+    add("--max-pixels", type=int, default=2048 * 2048, help="largest width*height of an image")
+    add("--max-n", type=int, default=4, help="most images per request")
+    add("--max-body", type=int, default=64 * 2**20, help="largest request body in bytes")
+    add("--model-name", default="sdcpp", help="the model's name in /v1/models and requests' model field")
+    add("-v", "--verbose", action="store_true", help="show the core's log")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdcpp_py.server", allow_abbrev=False,
+                                     description="Serve one model over HTTP (OpenAI Images, A1111, jobs).")
+    add_flags(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve until interrupted."""
+    try:
+        import uvicorn
+
+        from .app import Settings, create_app
+    except ImportError as error:
+        raise ValueError(f"sdcpp serve needs the server extra: pip install 'sdcpp-py[server]' ({error})") from None
+    from .. import Context
+
+    options = {name: value for name, value in vars(args).items() if name in CONTEXT}
+    if not any(options.get(name) for name in COMPONENTS):
+        raise ValueError("no model: pass -m/--model or --diffusion-model with its parts")
+    if options.get("n_threads") is not None and options["n_threads"] <= 0:
+        options["n_threads"] = None  # sd-cli: <= 0 means the physical cores
+    for flag, value, low in (("--queue-size", args.queue_size, 0), ("--max-pixels", args.max_pixels, 1),
+                             ("--max-n", args.max_n, 1), ("--max-body", args.max_body, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be at least {low}, not {value}")
+    settings = Settings(model_name=args.model_name, queue_size=args.queue_size, api_key=args.api_key,
+                        max_pixels=args.max_pixels, max_n=args.max_n, max_body=args.max_body)
+    with Context(**options) as context:
+        app = create_app(context, settings)
+        # A running generation is cancelled by the app's shutdown; the grace period bounds the wait for it.
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                    timeout_graceful_shutdown=5)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    try:
+        return run(args)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"sdcpp serve: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # SdcppError: the core could not load the model
+        print(f"sdcpp serve: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+              file=sys.stderr)
+        return 1

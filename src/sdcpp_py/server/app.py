@@ -1,0 +1,545 @@
+"""The FastAPI app over one Context: OpenAI Images, AUTOMATIC1111's API and a job API of our own.
+
+Every request is checked in full (``Context.generate``'s own checks, then the server's limits) before it is
+queued, so a bad request gets a 4xx JSON answer naming its field at once and never reaches the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import difflib
+import hmac
+import json
+import logging
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Tuple
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .. import Lora, __version__
+from .._enums import Sampler, Scheduler
+from .._model import spatial_multiple
+from .._options import _lora_in_dir
+from .._params import IMAGE
+from .._request import image_request
+from . import _fields as F
+from ._fields import FieldError
+from ._worker import FINISHED, Job, QueueFull, Worker
+
+log = logging.getLogger("sdcpp_py.server")
+LORA_EXTENSIONS = (".gguf", ".safetensors", ".pt")
+_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          409: "cancelled", 413: "request_too_large", 429: "rate_limit_error"}
+
+
+@dataclass
+class Settings:
+    """Server limits. ``max_pixels``: width*height of an output (and of an input image); ``max_n``: images
+    per request; ``queue_size``: jobs waiting behind the running one; ``max_body``: bytes of a request."""
+
+    model_name: str = "sdcpp"
+    queue_size: int = 8
+    api_key: Optional[str] = None
+    max_pixels: int = 2048 * 2048
+    max_n: int = 4
+    max_body: int = 64 * 2**20
+
+
+def _error(status: int, field: Optional[str], message: str, headers: Optional[dict] = None) -> JSONResponse:
+    # OpenAI's error shape; "detail" as FastAPI (and A1111) clients read it.
+    body = {"error": {"message": message, "type": _KINDS.get(status, "server_error"), "param": field,
+                      "code": None}, "detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Guard:
+    """Bearer API key on everything but /health, and the body size limit by Content-Length (bodies without
+    one are counted as they are read)."""
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        key = self.settings.api_key
+        if key and scope.get("path") != "/health":
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
+                                                                      key.encode("utf-8")):
+                response = _error(401, None, "a valid API key is required (Authorization: Bearer KEY)",
+                                  {"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.settings.max_body
+            except ValueError:
+                return await _error(400, None, "Content-Length is not a number")(scope, receive, send)
+            if too_large:
+                return await _error(413, None, f"the body is over this server's limit of "
+                                               f"{self.settings.max_body} bytes")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class Server:
+    """The routes' state: the context, its worker and the settings."""
+
+    def __init__(self, context, settings: Settings):
+        self.context, self.settings = context, settings
+        self.worker = Worker(context, settings.queue_size)
+        self.multiple = spatial_multiple(context.architecture) if context.architecture else None
+
+    # -- bodies ----------------------------------------------------------------------------------------
+    async def body(self, request: Request) -> bytes:
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > self.settings.max_body:
+                raise FieldError(413, None, f"the body is over this server's limit of {self.settings.max_body} bytes")
+            chunks.append(chunk)
+        request._body = data = b"".join(chunks)  # starlette reads a cached body back for form()
+        return data
+
+    async def json_body(self, request: Request) -> Dict[str, Any]:
+        data = await self.body(request)
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError):
+            raise FieldError(400, None, "the body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise FieldError(400, None, "the body must be a JSON object")
+        return value
+
+    # -- checking and queueing -------------------------------------------------------------------------
+    def check(self, prompt: Any, options: Dict[str, Any], fields: Dict[str, str]) -> None:
+        """``Context.generate``'s checks (nothing touches the native context), then the server's limits."""
+        try:
+            values = IMAGE.bind(options, "generate")
+            native, _ = image_request(prompt, values, self.context._facts, self.context.lora_dir)
+        except (TypeError, ValueError, OSError) as error:
+            raise F.from_api_error(error, fields) from None
+        width, height = native.width, native.height
+        field = fields.get("width", "width")
+        if width * height > self.settings.max_pixels:
+            raise FieldError(400, field, f"{field}: {width}x{height} is {width * height} pixels, over this "
+                                         f"server's limit of {self.settings.max_pixels}")
+        if self.multiple and (width % self.multiple or height % self.multiple):
+            raise FieldError(400, field, f"{field}: {width}x{height}: width and height must be multiples of "
+                                         f"{self.multiple} for this model ({self.context.architecture})")
+        if native.batch_count > self.settings.max_n:
+            field = fields.get("batch_count", "batch_count")
+            raise FieldError(400, field, f"{field}={native.batch_count} is over this server's limit of "
+                                         f"{self.settings.max_n} images per request")
+
+    def submit(self, prompt: str, options: Dict[str, Any], fields: Dict[str, str], *, keep: bool,
+               preview: bool = False) -> Job:
+        self.check(prompt, options, fields)
+        job = Job(prompt, options, asyncio.get_running_loop(), preview=preview, keep=keep, describe=self.describe)
+        try:
+            self.worker.submit(job)
+        except QueueFull as full:
+            raise FieldError(429, None, "the queue is full; try again later",
+                             {"Retry-After": str(full.retry_after)}) from None
+        return job
+
+    def describe(self, job: Job, seed: int, size: Tuple[int, int]) -> str:
+        """The PNG "parameters" text, as ``sdcpp generate`` writes it."""
+        from ..cli import _parameters_text
+
+        values = IMAGE.bind(job.options, "generate")
+        return _parameters_text(SimpleNamespace(prompt=job.prompt, context=self.context.components), values,
+                                seed, size)
+
+    async def wait(self, request: Request, job: Job) -> Job:
+        """Wait for ``job``; a client that goes away cancels it."""
+        while not job.finished.done():
+            await asyncio.wait({job.finished}, timeout=0.2)
+            if not job.finished.done() and await request.is_disconnected():
+                log.info("client left: cancelling job %s", job.id)
+                self.worker.cancel(job)
+                await job.finished
+        if job.state == "cancelled":
+            raise FieldError(409, None, "the job was cancelled")
+        if job.state == "failed":
+            raise FieldError(400 if job.error_kind == "invalid" else 500, None, job.error or "failed")
+        return job
+
+    # -- field helpers -----------------------------------------------------------------------------------
+    def loras(self, field: str, value: Any) -> List[Lora]:
+        """LoRAs by name, from the context's lora_dir only."""
+        if self.context.lora_dir is None:
+            raise FieldError(400, field, f"{field}: this server has no LoRA folder (--lora-model-dir)")
+        if not isinstance(value, list):
+            raise FieldError(400, field, f"{field} must be a list of {{\"name\", \"multiplier\"}} objects")
+        base = os.path.normpath(os.path.abspath(self.context.lora_dir))
+        loras = []
+        for index, item in enumerate(value):
+            name, multiplier = (item, 1.0) if isinstance(item, str) else (
+                (item.get("name"), item.get("multiplier", 1.0)) if isinstance(item, dict) else (None, None))
+            if not isinstance(name, str) or isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
+                raise FieldError(400, field, f"{field}[{index}] must be a name or {{\"name\": str, "
+                                             "\"multiplier\": number}")
+            try:
+                path = _lora_in_dir(f"{field}[{index}]", name, base)
+            except (ValueError, OSError):
+                raise FieldError(400, field, f"{field}[{index}]: no LoRA named {name!r} in the LoRA folder") \
+                    from None
+            loras.append(Lora(path, multiplier))
+        return loras
+
+    def image(self, field: str, value: Any, mode: str = "RGB"):
+        # Inputs larger than the output could be are refused before decoding.
+        return F.base64_image(field, value, mode, self.settings.max_pixels)
+
+    def table_fields(self, body: Dict[str, Any], names, options: Dict[str, Any], fields: Dict[str, str]) -> None:
+        """Fields named as ``generate``'s keywords; samplers and schedulers also by A1111's names."""
+        for name in names:
+            value = body.get(name)
+            if value is None:
+                continue
+            if name == "sampler":
+                value = F.sampler(name, value)
+            elif name == "scheduler":
+                value = F.scheduler(name, value)
+            options[name], fields[name] = value, name
+
+
+def _images_b64(job: Job) -> List[str]:
+    return [base64.b64encode(data).decode("ascii") for data in job.images]
+
+
+def _job_status(server: Server, job: Job) -> Dict[str, Any]:
+    status: Dict[str, Any] = {"id": job.id, "state": job.state, "created": job.created}
+    if job.state == "queued":
+        status["position"] = server.worker.position(job)
+    elif job.state == "running":
+        status.update(step=job.step, steps=job.steps)
+    elif job.state == "failed":
+        status["error"] = job.error
+    elif job.state == "done":
+        status.update(seed=job.seed, images=_images_b64(job))
+    return status
+
+
+_OPENAI_EXTRA = tuple(name for name in F.JSON_ROWS if name not in ("width", "height", "batch_count"))
+_A1111_FIELDS = {"negative_prompt": "negative_prompt", "steps": "steps", "cfg_scale": "cfg_scale",
+                 "width": "width", "height": "height", "seed": "seed", "eta": "eta", "clip_skip": "clip_skip",
+                 "distilled_cfg_scale": "guidance", "guidance": "guidance"}
+
+
+def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
+    """The server's ASGI app over ``context`` (which the caller keeps and closes). The worker thread starts
+    with the app's lifespan and stops, cancelling what is left, when it ends."""
+    from contextlib import asynccontextmanager
+
+    settings = settings or Settings()
+    server = Server(context, settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        server.worker.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, server.worker.stop)
+
+    app = FastAPI(title="sdcpp-py", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    app.add_middleware(_Guard, settings=settings)
+
+    @app.exception_handler(FieldError)
+    async def field_error(request: Request, error: FieldError):
+        return _error(error.status, error.field, error.message, error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        log.exception("request %s", request.url.path)
+        return _error(500, None, "internal server error")
+
+    # -- common --------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, "queued": server.worker.queued(),
+                "running": server.worker.running is not None}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
+                                            "owned_by": "sdcpp-py"}]}
+
+    # -- OpenAI Images -------------------------------------------------------------------------------
+    def openai_options(body: Dict[str, Any]) -> Tuple[Any, Dict[str, Any], Dict[str, str]]:
+        model = body.get("model")
+        if model is not None and model != settings.model_name:
+            raise FieldError(404, "model", f"model {model!r} is not served here; this server has "
+                                           f"{settings.model_name!r}")
+        response_format = body.get("response_format")
+        if response_format not in (None, "b64_json"):
+            raise FieldError(400, "response_format", "response_format: only 'b64_json' (this server keeps no "
+                                                     "files to give URLs of)")
+        if body.get("output_format") not in (None, "png"):
+            raise FieldError(400, "output_format", "output_format: only 'png'")
+        if body.get("prompt") is None:
+            raise FieldError(400, "prompt", "prompt is required")
+        options: Dict[str, Any] = {}
+        fields: Dict[str, str] = {"prompt": "prompt"}
+        if body.get("n") is not None:
+            options["batch_count"], fields["batch_count"] = body["n"], "n"
+        wanted = F.size("size", body.get("size"))
+        if wanted is not None:
+            options["width"], options["height"] = wanted
+            fields["width"] = fields["height"] = "size"
+        server.table_fields(body, _OPENAI_EXTRA, options, fields)
+        if body.get("loras") is not None:
+            options["loras"], fields["loras"] = server.loras("loras", body["loras"]), "loras"
+        return body["prompt"], options, fields
+
+    def openai_response(job: Job) -> Dict[str, Any]:
+        return {"created": int(job.created), "data": [{"b64_json": data} for data in _images_b64(job)]}
+
+    @app.post("/v1/images/generations")
+    async def images_generations(request: Request):
+        prompt, options, fields = openai_options(await server.json_body(request))
+        job = server.submit(prompt, options, fields, keep=False)
+        return openai_response(await server.wait(request, job))
+
+    @app.post("/v1/images/edits")
+    async def images_edits(request: Request):
+        await server.body(request)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise FieldError(400, None, "images/edits takes multipart/form-data")
+        try:
+            form = await request.form(max_files=8, max_fields=200, max_part_size=settings.max_body)
+        except Exception:  # the multipart parser's errors: the body is malformed
+            raise FieldError(400, None, "the multipart body is malformed") from None
+        body: Dict[str, Any] = {}
+        files: Dict[str, List[bytes]] = {}
+        try:
+            for key, value in form.multi_items():
+                name = key[:-2] if key.endswith("[]") else key
+                if hasattr(value, "read"):
+                    files.setdefault(name, []).append(await value.read())
+                else:
+                    body[name] = _form_value(name, value)
+        finally:
+            await form.close()  # the uploads' temporary files
+        images = files.get("image", [])
+        if len(images) != 1:
+            raise FieldError(400, "image", "image: give one image file")
+        prompt, options, fields = openai_options(body)
+        picture = F.image("image", images[0], "RGB", settings.max_pixels)
+        options["init_image"], fields["init_image"] = picture, "image"
+        if files.get("mask"):
+            mask = F.image("mask", files["mask"][0], "openai_mask", settings.max_pixels)
+            options["mask"], fields["mask"] = mask, "mask"
+        job = server.submit(prompt, options, fields, keep=False)
+        return openai_response(await server.wait(request, job))
+
+    # -- AUTOMATIC1111 ---------------------------------------------------------------------------------
+    def a1111_options(body: Dict[str, Any]) -> Tuple[Any, Dict[str, Any], Dict[str, str]]:
+        prompt = body.get("prompt", "")
+        options: Dict[str, Any] = {}
+        fields: Dict[str, str] = {"prompt": "prompt"}
+        for field, name in _A1111_FIELDS.items():
+            if body.get(field) is not None:
+                options[name], fields[name] = body[field], field
+        clip_stop = (body.get("override_settings") or {}).get("CLIP_stop_at_last_layers") \
+            if isinstance(body.get("override_settings"), dict) else None
+        if clip_stop is not None and "clip_skip" not in options:
+            options["clip_skip"], fields["clip_skip"] = clip_stop, "override_settings.CLIP_stop_at_last_layers"
+        sampler_field = "sampler_name" if body.get("sampler_name") is not None else "sampler_index"
+        if body.get(sampler_field) is not None:
+            chosen, schedule = F.sampler_and_scheduler(sampler_field, body[sampler_field])
+            options["sampler"], fields["sampler"] = chosen, sampler_field
+            if schedule is not None:
+                options["scheduler"], fields["scheduler"] = schedule, sampler_field
+        if body.get("scheduler") is not None:
+            options["scheduler"], fields["scheduler"] = F.scheduler("scheduler", body["scheduler"]), "scheduler"
+        batch = [body.get(name) for name in ("batch_size", "n_iter")]
+        if any(value is not None for value in batch):
+            for name, value in zip(("batch_size", "n_iter"), batch):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise FieldError(400, name, f"{name} must be a positive int, not {value!r}")
+            # n_iter batches of batch_size: A1111 seeds them seed + i, as one batch of the product is seeded.
+            options["batch_count"] = (batch[0] or 1) * (batch[1] or 1)
+            fields["batch_count"] = "batch_size" if batch[1] is None else "n_iter"
+        return prompt, options, fields
+
+    async def a1111_run(request: Request, body: Dict[str, Any], prompt, options, fields):
+        job = server.submit(prompt, options, fields, keep=False)
+        await server.wait(request, job)
+        size = (options.get("width"), options.get("height"))
+        texts = [server.describe(job, job.seed + index, size) for index in range(len(job.images))]
+        info = {"prompt": prompt, "negative_prompt": options.get("negative_prompt", ""), "seed": job.seed,
+                "all_seeds": [job.seed + index for index in range(len(job.images))], "infotexts": texts}
+        return {"images": _images_b64(job), "parameters": body, "info": json.dumps(info)}
+
+    @app.post("/sdapi/v1/txt2img")
+    async def txt2img(request: Request):
+        body = await server.json_body(request)
+        prompt, options, fields = a1111_options(body)
+        return await a1111_run(request, body, prompt, options, fields)
+
+    @app.post("/sdapi/v1/img2img")
+    async def img2img(request: Request):
+        body = await server.json_body(request)
+        prompt, options, fields = a1111_options(body)
+        images = body.get("init_images")
+        if not isinstance(images, list) or not images:
+            raise FieldError(400, "init_images", "init_images must be a list of one or more base64 images")
+        options["init_image"], fields["init_image"] = server.image("init_images[0]", images[0]), "init_images"
+        if body.get("denoising_strength") is not None:
+            options["strength"], fields["strength"] = body["denoising_strength"], "denoising_strength"
+        if body.get("mask") is not None:
+            mask = server.image("mask", body["mask"], "mask")
+            if body.get("inpainting_mask_invert") in (1, True):
+                mask = 255 - mask
+            options["mask"], fields["mask"] = mask, "mask"
+        return await a1111_run(request, body, prompt, options, fields)
+
+    @app.get("/sdapi/v1/progress")
+    async def progress():
+        job = server.worker.running
+        steps = job.steps if job else 0
+        step = job.step if job else 0
+        fraction = step / steps if steps else 0.0
+        seconds = job.events[-1][1].get("seconds_per_step", 0.0) if job and job.events else 0.0
+        state = {"skipped": False, "interrupted": bool(job and job.cancel_requested), "job": job.id if job else "",
+                 "job_count": server.worker.queued() + (job is not None), "job_timestamp": "", "job_no": 0,
+                 "sampling_step": step, "sampling_steps": steps}
+        return {"progress": fraction, "eta_relative": seconds * max(0, steps - step), "state": state,
+                "current_image": None, "textinfo": None}
+
+    @app.post("/sdapi/v1/interrupt")
+    async def interrupt():
+        server.worker.interrupt()
+        return {}
+
+    @app.get("/sdapi/v1/samplers")
+    async def samplers():
+        return [{"name": F.SAMPLER_LABELS.get(s.core_name, s.core_name), "aliases": [s.core_name], "options": {}}
+                for s in Sampler]
+
+    @app.get("/sdapi/v1/schedulers")
+    async def schedulers():
+        return [{"name": s.core_name, "label": F.SCHEDULER_LABELS.get(s.core_name, s.core_name), "aliases": None,
+                 "default_rho": -1, "need_inner_model": False} for s in Scheduler]
+
+    @app.get("/sdapi/v1/sd-models")
+    async def sd_models():
+        main = context.components.get("model") or context.components.get("diffusion_model")
+        filename = os.path.basename(str(main)) if main else ""  # the name only: paths stay on the server
+        return [{"title": settings.model_name, "model_name": settings.model_name, "hash": None, "sha256": None,
+                 "filename": filename, "config": None}]
+
+    @app.get("/sdapi/v1/loras")
+    async def loras():
+        folder = context.lora_dir
+        if folder is None:
+            return []
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.is_file() and entry.name.lower().endswith(LORA_EXTENSIONS))
+        return [{"name": os.path.splitext(n)[0], "alias": os.path.splitext(n)[0], "path": n, "metadata": {}}
+                for n in names]
+
+    # -- the job API -------------------------------------------------------------------------------------
+    def job_options(body: Dict[str, Any]) -> Tuple[Any, Dict[str, Any], Dict[str, str], bool]:
+        if body.get("prompt") is None:
+            raise FieldError(400, "prompt", "prompt is required")
+        preview = body.get("preview", False)
+        if not isinstance(preview, bool):
+            raise FieldError(400, "preview", "preview must be true or false")
+        known = ("prompt", "preview", "loras", "ref_images", *F.IMAGE_FIELDS, *F.JSON_ROWS)
+        for name in body:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=3)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise FieldError(400, name, f"unknown field {name!r}{hint}")
+        options: Dict[str, Any] = {}
+        fields: Dict[str, str] = {"prompt": "prompt"}
+        server.table_fields(body, F.JSON_ROWS, options, fields)
+        for name in F.IMAGE_FIELDS:
+            if body.get(name) is not None:
+                options[name], fields[name] = server.image(name, body[name], "mask" if name == "mask" else "RGB"), name
+        if body.get("ref_images") is not None:
+            if not isinstance(body["ref_images"], list):
+                raise FieldError(400, "ref_images", "ref_images must be a list of base64 images")
+            options["ref_images"] = [server.image(f"ref_images[{index}]", item)
+                                     for index, item in enumerate(body["ref_images"])]
+            fields["ref_images"] = "ref_images"
+        if body.get("loras") is not None:
+            options["loras"], fields["loras"] = server.loras("loras", body["loras"]), "loras"
+        return body["prompt"], options, fields, preview
+
+    def find_job(job_id: str) -> Job:
+        job = server.worker.jobs.get(job_id)
+        if job is None:
+            raise FieldError(404, "id", f"no job {job_id!r} (finished jobs are kept for a while only)")
+        return job
+
+    @app.post("/v1/jobs", status_code=202)
+    async def submit_job(request: Request):
+        prompt, options, fields, preview = job_options(await server.json_body(request))
+        job = server.submit(prompt, options, fields, keep=True, preview=preview)
+        return JSONResponse(_job_status(server, job), status_code=202)
+
+    @app.get("/v1/jobs/{job_id}")
+    async def job_status(job_id: str):
+        return _job_status(server, find_job(job_id))
+
+    @app.delete("/v1/jobs/{job_id}")
+    async def cancel_job(job_id: str):
+        job = find_job(job_id)
+        server.worker.cancel(job)
+        return {"id": job.id, "state": job.state}
+
+    @app.get("/v1/jobs/{job_id}/events")
+    async def job_events(job_id: str):
+        job = find_job(job_id)
+
+        async def stream():
+            index = 0
+            while True:
+                while index < len(job.events):
+                    name, data = job.events[index]
+                    index += 1
+                    yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+                if job.state in FINISHED and index >= len(job.events):
+                    return
+                job.changed.clear()
+                if index < len(job.events):  # appended while this stream was sending
+                    continue
+                try:
+                    await asyncio.wait_for(job.changed.wait(), 15)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"  # a comment line: proxies keep the stream open
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def _form_value(name: str, text: str) -> Any:
+    """A multipart field's text as the JSON value the same field would have (numbers, booleans, lists)."""
+    row = IMAGE.rows.get(name)
+    kind = "int" if name in ("n", "seed") else (row.kind if row is not None else "text")
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "bool":
+            return {"true": True, "1": True, "false": False, "0": False}[text.strip().lower()]
+        if kind in ("ints", "floats") or name == "loras":
+            return json.loads(text)
+    except (ValueError, KeyError):
+        raise FieldError(400, name, f"{name}={text!r} is not a {kind}") from None
+    return text
+

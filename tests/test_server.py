@@ -1,0 +1,365 @@
+"""`sdcpp serve`: the OpenAI, AUTOMATIC1111 and job APIs over the tiny synthetic Flux parts (64x64, few steps),
+with servers started here on 127.0.0.1 (uvicorn in a thread; `sdcpp serve` in a subprocess)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import sdcpp_py
+from sdcpp_py.testing import flux1
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("multipart")
+Image = pytest.importorskip("PIL.Image")
+
+from sdcpp_py.server import Settings, create_app  # noqa: E402
+
+SIZE = 64
+LONG = 5000  # steps of a job that runs until it is cancelled (about 0.05 s each)
+
+
+@contextlib.contextmanager
+def serving(context, **settings):
+    """A uvicorn server over ``context`` on a free port of 127.0.0.1; its base address."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(context, Settings(**settings)), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def parts(synthetic_dir):
+    """The tiny Flux parts with a VAE encoder (img2img and edits); conftest's ``ctx`` is a Context over them."""
+    return flux1.flux_components(synthetic_dir / "flux", vae_encoder=True)
+
+
+@pytest.fixture(scope="module")
+def served(parts):
+    with sdcpp_py.Context(**parts, n_threads=2) as context:
+        yield context
+
+
+@pytest.fixture(scope="module")
+def base(served):
+    with serving(served, queue_size=1, max_pixels=128 * 128, max_n=2) as url:
+        yield url
+
+
+@pytest.fixture()
+def client(base):
+    with httpx.Client(base_url=base, timeout=60) as http:
+        yield http
+        # Each test leaves the server idle.
+        deadline = time.monotonic() + 20
+        while http.get("/health").json()["running"] or http.get("/health").json()["queued"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as picture:
+        return np.asarray(picture.convert("RGB"))
+
+
+def b64_pixels(text: str) -> np.ndarray:
+    return png_pixels(base64.b64decode(text))
+
+
+def b64_png(array: np.ndarray) -> str:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def wait_for(predicate, seconds: float = 20.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_import_sdcpp_py_does_not_import_the_server_libraries():
+    code = "import sys, sdcpp_py; print(sorted({'fastapi', 'uvicorn', 'starlette'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_openai_client_gets_the_pixels_of_txt2img(base, client, ctx):
+    openai = pytest.importorskip("openai")
+    api = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    assert [model.id for model in api.models.list()] == ["sdcpp"]
+    response = api.images.generate(model="sdcpp", prompt="a lighthouse", size=f"{SIZE}x{SIZE}", n=2,
+                                   response_format="b64_json",
+                                   extra_body={"steps": 2, "cfg_scale": 1.0, "seed": 7, "sampler": "Euler a"})
+    expected = ctx.txt2img("a lighthouse", width=SIZE, height=SIZE, steps=2, cfg_scale=1.0, seed=7,
+                            sampler="euler_a", batch_count=2)
+    assert len(response.data) == 2
+    for item, image in zip(response.data, expected):
+        np.testing.assert_array_equal(b64_pixels(item.b64_json), image)
+    with Image.open(io.BytesIO(base64.b64decode(response.data[1].b64_json))) as picture:
+        parameters = picture.info["parameters"]
+    assert parameters.startswith("a lighthouse\nSteps: 2, CFG scale: 1.0, Seed: 8, Size: 64x64, Sampler: euler_a")
+    # Fields left out take Context.txt2img's defaults (cfg 7.0, the model's sampler, seed 42).
+    response = api.images.generate(prompt="a lighthouse", size=f"{SIZE}x{SIZE}", extra_body={"steps": 1})
+    expected = ctx.txt2img("a lighthouse", width=SIZE, height=SIZE, steps=1)
+    np.testing.assert_array_equal(b64_pixels(response.data[0].b64_json), expected[0])
+
+
+def test_openai_edits_takes_a_multipart_image_and_mask(client, ctx):
+    start = ctx.txt2img("a cat", width=SIZE, height=SIZE, steps=1, seed=1)[0]
+    mask = np.zeros((SIZE, SIZE, 4), np.uint8)
+    mask[:, :, 3] = 255
+    mask[:32, :, 3] = 0  # OpenAI: the transparent part is edited
+    files = {"image": ("in.png", base64.b64decode(b64_png(start)), "image/png"),
+             "mask": ("mask.png", base64.b64decode(b64_png(mask)), "image/png")}
+    data = {"prompt": "a dog", "steps": "2", "seed": "4", "strength": "0.6"}
+    response = client.post("/v1/images/edits", files=files, data=data)
+    assert response.status_code == 200, response.text
+    grey = np.where(mask[:, :, 3] == 0, 255, 0).astype(np.uint8)
+    expected = ctx.inpaint("a dog", start, grey, strength=0.6, steps=2, seed=4)[0]
+    np.testing.assert_array_equal(b64_pixels(response.json()["data"][0]["b64_json"]), expected)
+
+
+def test_a1111_txt2img_and_img2img(client, ctx):
+    body = {"prompt": "a house", "negative_prompt": "fog", "steps": 2, "cfg_scale": 2.0, "width": SIZE,
+            "height": SIZE, "seed": 3, "sampler_name": "Euler a", "scheduler": "Karras", "batch_size": 1,
+            "restore_faces": False}  # a field A1111 has and the core does not is ignored, as A1111 ignores
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    expected = ctx.txt2img("a house", negative_prompt="fog", width=SIZE, height=SIZE, steps=2, cfg_scale=2.0,
+                            seed=3, sampler="euler_a", scheduler="karras")[0]
+    np.testing.assert_array_equal(b64_pixels(result["images"][0]), expected)
+    assert json.loads(result["info"])["all_seeds"] == [3]
+    # The sampler name with the schedule in it, as A1111 before 1.9 wrote it.
+    old = dict(body, sampler_name="Euler a Karras", scheduler=None)
+    np.testing.assert_array_equal(b64_pixels(client.post("/sdapi/v1/txt2img", json=old).json()["images"][0]),
+                                  expected)
+
+    body = {"prompt": "a boat", "init_images": [result["images"][0]], "denoising_strength": 0.5, "steps": 2,
+            "seed": 9}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    expected = ctx.img2img("a boat", expected, strength=0.5, steps=2, seed=9)[0]
+    np.testing.assert_array_equal(b64_pixels(response.json()["images"][0]), expected)
+
+    names = [item["name"] for item in client.get("/sdapi/v1/samplers").json()]
+    assert "Euler a" in names and "DPM++ 2M" in names
+    assert {"name": "karras", "label": "Karras"}.items() <= client.get("/sdapi/v1/schedulers").json()[1].items()
+    assert client.get("/sdapi/v1/sd-models").json()[0]["model_name"] == "sdcpp"
+    assert client.get("/sdapi/v1/loras").json() == []
+
+
+def test_a1111_progress_and_interrupt(base, client):
+    idle = client.get("/sdapi/v1/progress").json()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+    answer = {}
+
+    def generate():
+        with httpx.Client(base_url=base, timeout=60) as other:
+            answer["response"] = other.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": SIZE, "height": SIZE,
+                                                                      "steps": LONG})
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    busy = wait_for(lambda: (lambda p: p if p["state"]["sampling_step"] >= 2 else None)(
+        client.get("/sdapi/v1/progress").json()))
+    assert busy["state"]["sampling_steps"] == LONG and 0 < busy["progress"] < 1 and busy["state"]["job_count"] == 1
+    started = time.monotonic()
+    assert client.post("/sdapi/v1/interrupt").status_code == 200
+    thread.join(30)
+    assert time.monotonic() - started < 5
+    assert answer["response"].status_code == 409
+    assert answer["response"].json()["error"]["type"] == "cancelled"
+
+
+def _events(response):
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_job_api_with_progress_events_in_order(client, ctx):
+    response = client.post("/v1/jobs", json={"prompt": "a tree", "width": SIZE, "height": SIZE, "steps": 3,
+                                             "seed": 5, "preview": True})
+    assert response.status_code == 202, response.text
+    job = response.json()["id"]
+    with client.stream("GET", f"/v1/jobs/{job}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = _events(stream)
+    names = [name for name, _ in events]
+    assert names[0] == "queued" and names[1] == "running" and names[-1] == "done", names
+    steps = [data["step"] for name, data in events if name == "progress"]
+    assert steps == sorted(steps) and steps[-1] == 3 and all(d["steps"] == 3 for n, d in events if n == "progress")
+    previews = [data for name, data in events if name == "preview"]
+    assert previews and b64_pixels(previews[0]["image"]).ndim == 3
+    expected = ctx.txt2img("a tree", width=SIZE, height=SIZE, steps=3, seed=5)[0]
+    np.testing.assert_array_equal(b64_pixels(events[-1][1]["images"][0]), expected)
+    status = client.get(f"/v1/jobs/{job}").json()
+    assert status["state"] == "done" and status["seed"] == 5
+    np.testing.assert_array_equal(b64_pixels(status["images"][0]), expected)
+    assert client.delete(f"/v1/jobs/{job}").json()["state"] == "done"  # too late to cancel: left as it is
+    missing = client.get("/v1/jobs/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "id"
+
+
+def test_a_full_queue_answers_429_and_jobs_cancel(client):
+    long = {"prompt": "x", "width": SIZE, "height": SIZE, "steps": LONG}
+    running = client.post("/v1/jobs", json=long).json()["id"]
+    wait_for(lambda: client.get(f"/v1/jobs/{running}").json()["state"] == "running")
+    queued = client.post("/v1/jobs", json=long).json()
+    assert queued["state"] == "queued" and queued["position"] == 0
+    full = client.post("/v1/jobs", json=long)
+    assert full.status_code == 429 and int(full.headers["Retry-After"]) >= 1
+    full = client.post("/v1/images/generations", json={"prompt": "x", "size": "64x64"})
+    assert full.status_code == 429 and "Retry-After" in full.headers
+    assert client.delete(f"/v1/jobs/{queued['id']}").json()["state"] == "cancelled"
+    started = time.monotonic()
+    client.delete(f"/v1/jobs/{running}")
+    wait_for(lambda: client.get(f"/v1/jobs/{running}").json()["state"] == "cancelled")
+    assert time.monotonic() - started < 5
+
+
+def test_a_client_that_disconnects_cancels_its_job(base, client):
+    body = {"prompt": "a bridge", "size": "64x64", "steps": 2, "seed": 11}
+    fresh = client.post("/v1/images/generations", json=body).json()["data"][0]["b64_json"]
+    connection = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=10)
+    connection.request("POST", "/v1/images/generations", json.dumps(dict(body, steps=LONG)),
+                       {"Content-Type": "application/json"})
+    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 2)
+    connection.close()
+    started = time.monotonic()
+    wait_for(lambda: not client.get("/health").json()["running"], 10)
+    assert time.monotonic() - started < 5
+    after = client.post("/v1/images/generations", json=body).json()["data"][0]["b64_json"]
+    np.testing.assert_array_equal(b64_pixels(after), b64_pixels(fresh))
+
+
+NOT_AN_IMAGE = base64.b64encode(b"hello, not a picture").decode()
+BAD_REQUESTS = [
+    ("/v1/images/generations", {"prompt": "x", "sampler": "nope"}, "sampler"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "nope"}, "sampler_name"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "scheduler": "nope"}, "scheduler"),
+    ("/v1/images/generations", {"prompt": "x", "size": "64"}, "size"),
+    ("/v1/images/generations", {"prompt": "x", "size": "60x64"}, "size"),  # not a multiple of Flux's 8
+    ("/v1/images/generations", {"prompt": "x", "size": "256x256"}, "size"),  # over max_pixels
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 256, "height": 256}, "width"),
+    ("/v1/images/generations", {"prompt": "x", "size": "64x64", "n": 3}, "n"),  # over max_n
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 64, "height": 64, "batch_size": 3}, "batch_size"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["!!not base64!!"]}, "init_images[0]"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [NOT_AN_IMAGE]}, "init_images[0]"),
+    ("/v1/jobs", {"prompt": "x", "init_image": NOT_AN_IMAGE}, "init_image"),
+    ("/v1/images/generations", {"prompt": "x", "response_format": "url"}, "response_format"),
+    ("/v1/images/generations", {"prompt": "x", "size": "64x64", "steps": "two"}, "steps"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 64, "height": 64, "cfg_scale": float("inf")}, "cfg_scale"),
+    ("/v1/jobs", {"prompt": "x", "stepz": 2}, "stepz"),
+    ("/v1/jobs", {"prompt": "x", "width": 64, "height": 64, "seed": -5}, "seed"),
+    ("/v1/jobs", {"prompt": "x", "loras": [{"name": "../../etc/passwd"}]}, "loras"),
+    ("/v1/images/generations", {"size": "64x64"}, "prompt"),
+    ("/v1/images/generations", {"prompt": "x", "model": "other"}, "model"),
+]
+
+
+@pytest.mark.parametrize("path,body,field", BAD_REQUESTS, ids=[f"{p}:{f}" for p, _, f in BAD_REQUESTS])
+def test_a_bad_request_is_a_4xx_naming_the_field(client, path, body, field):
+    response = client.post(path, content=json.dumps(body, allow_nan=True), headers={"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert error["param"] == field, error
+    assert field.split("[")[0] in error["message"]
+
+
+def test_bad_bodies_and_files(client):
+    for content in (b"{not json", b"[1, 2]", b"[" * 100000):
+        response = client.post("/v1/images/generations", content=content, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400 and response.json()["error"]["message"]
+    response = client.post("/v1/images/edits", files={"image": ("x.png", b"not an image", "image/png")},
+                           data={"prompt": "x"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "image"
+
+
+def test_the_api_key_is_required_except_for_health(served):
+    openai = pytest.importorskip("openai")
+    with serving(served, api_key="secret", max_body=1000) as url, httpx.Client(base_url=url) as http:
+        assert http.get("/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic secret"}):
+            response = http.get("/v1/models", headers=headers)
+            assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+        assert http.get("/sdapi/v1/samplers").status_code == 401
+        assert http.get("/v1/models", headers={"Authorization": "Bearer secret"}).status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        assert openai.OpenAI(base_url=url + "/v1", api_key="secret", max_retries=0).models.list().data
+        too_large = http.post("/v1/jobs", content=b"x" * 2000, headers={"Authorization": "Bearer secret"})
+        assert too_large.status_code == 413
+
+        def chunks():  # no Content-Length: counted as it is read
+            yield b'{"prompt": "' + b"x" * 2000 + b'"}'
+
+        too_large = http.post("/v1/jobs", content=chunks(), headers={"Authorization": "Bearer secret"})
+        assert too_large.status_code == 413
+
+
+def test_sdcpp_serve_starts_and_stops(parts):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    flags = [item for name, path in parts.items() for item in (f"--{name.replace('_model', '-model')}", str(path))]
+    command = [sys.executable, "-m", "sdcpp_py.cli", "serve", *flags, "-t", "1", "--port", str(port),
+               "--model-name", "tiny"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ)) as process:
+        def health():
+            try:
+                with httpx.Client(timeout=1) as http:
+                    return http.get(f"http://127.0.0.1:{port}/health").json()
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read().decode()
+                return None
+
+        try:
+            assert wait_for(health, 60)["model"] == "tiny"
+        finally:
+            process.terminate()
+        # uvicorn shuts down, then ends the process with the signal it caught.
+        assert process.wait(30) in (0, -signal.SIGTERM), process.stdout.read().decode()
+    help_text = subprocess.run([sys.executable, "-m", "sdcpp_py.server", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    assert "--diffusion-model" in help_text and "--queue-size" in help_text
