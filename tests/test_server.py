@@ -363,3 +363,120 @@ def test_sdcpp_serve_starts_and_stops(parts):
     help_text = subprocess.run([sys.executable, "-m", "sdcpp_py.server", "--help"], capture_output=True, text=True,
                                check=True).stdout
     assert "--diffusion-model" in help_text and "--queue-size" in help_text
+
+
+# -- several models: --config ------------------------------------------------------------------------------
+
+def write_config(folder, models: dict) -> str:
+    """A models.toml in ``folder``: {name: {key: value}}; strings are written as TOML strings."""
+    lines = []
+    for name, entry in models.items():
+        lines.append(f"[models.{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
+    path = os.path.join(folder, "models.toml")
+    with open(path, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    return path
+
+
+def relative_parts(parts, folder) -> dict:
+    # Paths in a config are relative to its folder.
+    return {name: os.path.relpath(path, folder) for name, path in parts.items()}
+
+
+def test_models_of_a_config_by_name_loaded_lazily_at_most_one(parts, served, tmp_path):
+    from sdcpp_py.server._models import Models
+
+    gone = tmp_path / "gone.safetensors"
+    gone.write_bytes(parts["diffusion_model"].read_bytes())
+    files = relative_parts(parts, tmp_path)
+    # The same files with another noise generator: other pixels, so the test sees which model answered.
+    path = write_config(tmp_path, {"plain": dict(files, n_threads=2),
+                                   "cpu-rng": dict(files, n_threads=2, rng="cpu", vae_decode_only=True, default=True),
+                                   "gone": dict(files, diffusion_model="gone.safetensors", n_threads=2)})
+    models = Models.from_config(path, max_loaded=1)
+    gone.unlink()  # checked at startup; gone by its first use
+
+    with sdcpp_py.Context(**parts, n_threads=2, rng="cpu", vae_decode_only=True) as cpu_rng, \
+            serving(models, queue_size=1) as url, httpx.Client(base_url=url, timeout=60) as http:
+        def loaded():
+            return {m["id"] for m in http.get("/v1/models").json()["data"] if m["loaded"]}
+
+        listing = http.get("/v1/models").json()["data"]
+        assert [(m["id"], m["loaded"], m["default"]) for m in listing] == [
+            ("plain", False, False), ("cpu-rng", False, True), ("gone", False, False)]
+        want = dict(width=SIZE, height=SIZE, steps=1, seed=3)
+        expected = {"plain": served.txt2img("a lighthouse", **want)[0],
+                    "cpu-rng": cpu_rng.txt2img("a lighthouse", **want)[0]}
+        assert not np.array_equal(expected["plain"], expected["cpu-rng"])
+
+        body = {"prompt": "a lighthouse", "size": f"{SIZE}x{SIZE}", "steps": 1, "seed": 3}
+        response = http.post("/v1/images/generations", json=dict(body, model="plain"))
+        assert response.status_code == 200, response.text
+        np.testing.assert_array_equal(b64_pixels(response.json()["data"][0]["b64_json"]), expected["plain"])
+        assert loaded() == {"plain"}
+        a1111 = dict(want, prompt="a lighthouse", override_settings={"sd_model_checkpoint": "plain"})
+        response = http.post("/sdapi/v1/txt2img", json=a1111)
+        np.testing.assert_array_equal(b64_pixels(response.json()["images"][0]), expected["plain"])
+
+        job = http.post("/v1/jobs", json=dict(want, prompt="a lighthouse", model="cpu-rng")).json()
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+            events = _events(stream)
+        assert [name for name, _ in events][:3] == ["queued", "running", "loading"]
+        np.testing.assert_array_equal(b64_pixels(events[-1][1]["images"][0]), expected["cpu-rng"])
+        assert loaded() == {"cpu-rng"}  # --max-loaded 1: the first was closed
+
+        response = http.post("/v1/images/generations", json=body)  # no model: the one marked default
+        np.testing.assert_array_equal(b64_pixels(response.json()["data"][0]["b64_json"]), expected["cpu-rng"])
+        assert [(m["model_name"], m["loaded"]) for m in http.get("/sdapi/v1/sd-models").json()] == [
+            ("plain", False), ("cpu-rng", True), ("gone", False)]
+
+        for path, request, field in (
+                ("/v1/images/generations", dict(body, model="other"), "model"),
+                ("/v1/jobs", {"prompt": "x", "model": "other"}, "model"),
+                ("/sdapi/v1/txt2img", {"prompt": "x", "sd_model_checkpoint": "other"}, "sd_model_checkpoint")):
+            response = http.post(path, json=request)
+            assert response.status_code == 404 and response.json()["error"]["param"] == field, response.text
+            assert "'plain', 'cpu-rng', 'gone'" in response.json()["error"]["message"]
+
+        # A model that cannot load fails its job, not the server.
+        response = http.post("/v1/images/generations", json=dict(body, model="gone"))
+        assert response.status_code == 500 and "model 'gone' could not be loaded" in response.text, response.text
+        response = http.post("/v1/images/generations", json=dict(body, model="plain"))
+        np.testing.assert_array_equal(b64_pixels(response.json()["data"][0]["b64_json"]), expected["plain"])
+    assert not any(model.loaded for model in models)  # the app closed what it loaded
+
+
+BAD_CONFIGS = [
+    ({"stepz": 2}, "unknown key 'stepz'"),
+    ({"n_threads": "two"}, "n_threads must be an int"),
+    ({"weight_type": "q9"}, "weight_type='q9'"),
+    ({"flash_attn": 1}, "flash_attn"),
+    ({"vae": "missing.safetensors"}, "vae"),
+    ({"lora_dir": "no-such-folder"}, "lora_dir"),
+    ({"default": "yes"}, "default must be true or false"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_CONFIGS, ids=[m.split()[0] for _, m in BAD_CONFIGS])
+def test_a_bad_config_names_the_model_and_key(parts, tmp_path, change, message):
+    from sdcpp_py.server._models import read_config
+
+    path = write_config(tmp_path, {"good": relative_parts(parts, tmp_path),
+                                   "bad": dict(relative_parts(parts, tmp_path), **change)})
+    with pytest.raises(ValueError) as error:
+        read_config(path)
+    assert "models.toml: model 'bad': " in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_sdcpp_serve_config_errors_are_one_line_with_status_2(parts, tmp_path):
+    path = write_config(tmp_path, {"tiny": dict(relative_parts(parts, tmp_path), n_threads=0)})
+    for extra in ([], ["--diffusion-model", str(parts["diffusion_model"])]):
+        result = subprocess.run([sys.executable, "-m", "sdcpp_py.cli", "serve", "--config", path, *extra],
+                                capture_output=True, text=True, timeout=60)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        if extra:
+            assert "drop --diffusion-model" in lines[0]
+        else:
+            assert "model 'tiny'" in lines[0] and "n_threads" in lines[0]

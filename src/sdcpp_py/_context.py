@@ -9,8 +9,9 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -78,6 +79,38 @@ def _keywords(table, leading=()):
 _PROMPT = (inspect.Parameter("prompt", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),)
 
 
+@dataclass
+class PreparedContext:
+    """Everything a Context checks before the core loads anything: the model facts, the prompt-LoRA folder
+    and the filled native parameters."""
+
+    facts: ModelFacts
+    lora_dir: Optional[str]
+    params: object  # _core.ContextParams
+
+
+def prepare_context(options: Mapping[str, object], where: str = "Context") -> PreparedContext:
+    """Check Context keywords (names, values, component files' headers) without loading: what ``Context()``
+    raises for them, it raises here (a server checks its configured models at startup this way)."""
+    values = CONTEXT.bind(options, where)
+    lora_dir = None
+    if values["lora_dir"] is not None:
+        lora_dir = fs_path("lora_dir", values["lora_dir"])
+        if not os.path.isdir(lora_dir):
+            raise NotADirectoryError(f"lora_dir: no such directory: {lora_dir!r}")
+    facts = ModelFacts.from_components({name: values[name] for name in COMPONENTS}, values["vae_decode_only"])
+    params = _core.ContextParams()
+    for name, path in facts.components.items():
+        setattr(params, name, native_path(path))
+    params.embeddings = _embedding_pairs(values["embeddings"])
+    params.tensor_type_rules = check_tensor_type_rules("tensor_type_rules", values["tensor_type_rules"])
+    if values["n_threads"] is None:
+        values["n_threads"] = _core.physical_cores()
+    CONTEXT.fill(params, values, CONTEXT_NATIVE_FIELDS)
+    params.vae_decode_only = facts.vae_decode_only
+    return PreparedContext(facts, lora_dir, params)
+
+
 class Context(NativeOwner):
     """A stable-diffusion.cpp model assembled from component files.
 
@@ -111,27 +144,11 @@ class Context(NativeOwner):
     @_keywords(CONTEXT)
     def __init__(self, **options) -> None:
         self._native = None
-        values = CONTEXT.bind(options, "Context")
-        self.lora_dir = None
-        if values["lora_dir"] is not None:
-            self.lora_dir = fs_path("lora_dir", values["lora_dir"])
-            if not os.path.isdir(self.lora_dir):
-                raise NotADirectoryError(f"lora_dir: no such directory: {self.lora_dir!r}")
-        self._facts = ModelFacts.from_components({name: values[name] for name in COMPONENTS},
-                                                 values["vae_decode_only"])
+        prepared = prepare_context(options)
+        self._facts, self.lora_dir, params = prepared.facts, prepared.lora_dir, prepared.params
         self.components = self._facts.components
         # What inspect() calls the model ("Flux.1", "SD1", "Wan2.1-VACE-1.3B", ...); None if unknown.
         self.architecture = self._facts.architecture
-
-        params = _core.ContextParams()
-        for name, path in self.components.items():
-            setattr(params, name, native_path(path))
-        params.embeddings = _embedding_pairs(values["embeddings"])
-        params.tensor_type_rules = check_tensor_type_rules("tensor_type_rules", values["tensor_type_rules"])
-        if values["n_threads"] is None:
-            values["n_threads"] = _core.physical_cores()
-        CONTEXT.fill(params, values, CONTEXT_NATIVE_FIELDS)
-        params.vae_decode_only = self._facts.vae_decode_only
         self.n_threads = params.n_threads
         self.vae_decode_only = self._facts.vae_decode_only
         self.free_params_immediately = params.free_params_immediately

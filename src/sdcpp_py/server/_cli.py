@@ -16,6 +16,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add_option_flags(parser, (CONTEXT,))
     server = parser.add_argument_group("server")
     add = server.add_argument
+    add("--config", metavar="TOML", help="serve the models of this file by name ([models.NAME] tables of Context "
+                                         "keywords) instead of the model of the flags above")
+    add("--max-loaded", type=int, metavar="N", help="with --config: most models loaded at once; the least "
+                                                    "recently used is closed first (default 1)")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     add("--port", type=int, default=7860)
     add("--queue-size", type=int, default=8, help="jobs waiting behind the running one; more get 429")
@@ -23,19 +27,19 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-pixels", type=int, default=2048 * 2048, help="largest width*height of an image")
     add("--max-n", type=int, default=4, help="most images per request")
     add("--max-body", type=int, default=64 * 2**20, help="largest request body in bytes")
-    add("--model-name", default="sdcpp", help="the model's name in /v1/models and requests' model field")
+    add("--model-name", help="the model's name in /v1/models and requests' model field (default sdcpp)")
     add("-v", "--verbose", action="store_true", help="show the core's log")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdcpp_py.server", allow_abbrev=False,
-                                     description="Serve one model over HTTP (OpenAI Images, A1111, jobs).")
+                                     description="Serve models over HTTP (OpenAI Images, A1111, jobs).")
     add_flags(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model, then serve until interrupted."""
+    """Load the model (or read the config, whose models load on first use), then serve until interrupted."""
     try:
         import uvicorn
 
@@ -43,23 +47,36 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ValueError(f"sdcpp serve needs the server extra: pip install 'sdcpp-py[server]' ({error})") from None
     from .. import Context
+    from ._models import Models
 
     options = {name: value for name, value in vars(args).items() if name in CONTEXT}
+    for flag, value, low in (("--queue-size", args.queue_size, 0), ("--max-pixels", args.max_pixels, 1),
+                             ("--max-n", args.max_n, 1), ("--max-body", args.max_body, 1),
+                             ("--max-loaded", args.max_loaded, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be at least {low}, not {value}")
+    settings = Settings(model_name=args.model_name or "sdcpp", queue_size=args.queue_size, api_key=args.api_key,
+                        max_pixels=args.max_pixels, max_n=args.max_n, max_body=args.max_body)
+    serve = dict(host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                 timeout_graceful_shutdown=5)  # a running generation is cancelled by the app's shutdown
+    if args.config is not None:
+        # One place for a model's options: the file (a flag too would leave which one wins unclear).
+        if options:
+            flag = CONTEXT[sorted(options)[0]].flags[0]
+            raise ValueError(f"--config gives each model's Context options in the file; drop {flag}")
+        if args.model_name is not None:
+            raise ValueError("--config names its models itself ([models.NAME]); drop --model-name")
+        models = Models.from_config(args.config, args.max_loaded or 1)
+        uvicorn.run(create_app(models, settings), **serve)  # the app closes the contexts it loaded
+        return 0
+    if args.max_loaded is not None:
+        raise ValueError("--max-loaded needs --config (one model is always loaded)")
     if not any(options.get(name) for name in COMPONENTS):
-        raise ValueError("no model: pass -m/--model or --diffusion-model with its parts")
+        raise ValueError("no model: pass -m/--model or --diffusion-model with its parts, or --config")
     if options.get("n_threads") is not None and options["n_threads"] <= 0:
         options["n_threads"] = None  # sd-cli: <= 0 means the physical cores
-    for flag, value, low in (("--queue-size", args.queue_size, 0), ("--max-pixels", args.max_pixels, 1),
-                             ("--max-n", args.max_n, 1), ("--max-body", args.max_body, 1)):
-        if value < low:
-            raise ValueError(f"{flag} must be at least {low}, not {value}")
-    settings = Settings(model_name=args.model_name, queue_size=args.queue_size, api_key=args.api_key,
-                        max_pixels=args.max_pixels, max_n=args.max_n, max_body=args.max_body)
     with Context(**options) as context:
-        app = create_app(context, settings)
-        # A running generation is cancelled by the app's shutdown; the grace period bounds the wait for it.
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-                    timeout_graceful_shutdown=5)
+        uvicorn.run(create_app(context, settings), **serve)
     return 0
 
 

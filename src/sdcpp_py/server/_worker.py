@@ -1,7 +1,7 @@
-"""The job queue and the worker thread that owns the Context. No FastAPI here.
+"""The job queue and the worker thread that owns the contexts. No FastAPI here.
 
 The event loop only submits, cancels and reads jobs; every core call runs on the worker thread (the native
-layer releases the GIL while it waits), so a generation never blocks the loop.
+layer releases the GIL while it waits), loading a model included, so neither blocks the loop.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ class Job:
     the worker thread and read on the loop, which ``loop.call_soon_threadsafe`` wakes."""
 
     def __init__(self, prompt: str, options: Dict[str, Any], loop: asyncio.AbstractEventLoop, *,
-                 preview: bool = False, keep: bool = True, describe: Optional[Callable] = None):
+                 model=None, preview: bool = False, keep: bool = True, describe: Optional[Callable] = None):
         self.id = uuid.uuid4().hex
-        self.prompt, self.options = prompt, options
+        self.prompt, self.options, self.model = prompt, options, model
         self.preview, self.keep, self.describe = preview, keep, describe
         self.state = "queued"
         self.step, self.steps = 0, 0
@@ -81,10 +81,12 @@ def _small(frame: np.ndarray) -> np.ndarray:
 
 
 class Worker:
-    """A bounded FIFO of jobs in front of one thread that runs them on ``context``."""
+    """A bounded FIFO of jobs in front of one thread that runs each on its model's context (``models``:
+    a ``_models.Models``, which loads and closes contexts on this thread, between jobs)."""
 
-    def __init__(self, context, queue_size: int, keep_finished: int = 100):
-        self.context = context
+    def __init__(self, models, queue_size: int, keep_finished: int = 100):
+        self.models = models
+        self._context = None  # the running job's context, for cancel
         self.queue_size = queue_size
         self.keep_finished = keep_finished
         self.jobs: "collections.OrderedDict[str, Job]" = collections.OrderedDict()
@@ -150,8 +152,8 @@ class Worker:
                 removed = True
             else:
                 removed = False
-                if self.running is job:
-                    self.context.cancel()
+                if self.running is job and self._context is not None:
+                    self._context.cancel()
         if removed:
             self._finished(job, "cancelled", {})
 
@@ -181,7 +183,7 @@ class Worker:
                     self._finished(job, "failed", {"error": "internal error"}, "internal error")
             finally:
                 with self._lock:
-                    self.running = None
+                    self.running, self._context = None, None
 
     def _execute(self, job: Job) -> None:
         job.started = time.time()
@@ -201,13 +203,25 @@ class Worker:
             data = base64.b64encode(encode_png(_small(frames[0]))).decode("ascii")
             job.emit("preview", {"step": step, "image": data})
 
+        model = job.model
+        if not model.loaded:
+            job.emit("loading", {"model": model.name})
+        try:
+            context = self.models.context(model)
+        except Exception as error:  # a file changed since startup, out of memory, ...: this job fails
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            log.error("model %r could not be loaded: %s", model.name, message)
+            self._finished(job, "failed", {"error": f"model {model.name!r} could not be loaded: {message}"}, "load")
+            return
+        with self._lock:
+            self._context = context
         options = dict(job.options, progress=progress)
         if job.preview:
             options["preview"] = preview
         try:
             if job.cancel_requested:
                 raise _Stop()
-            result = self.context.generate(job.prompt, **options)
+            result = context.generate(job.prompt, **options)
         except (Cancelled, _Stop):
             self._finished(job, "cancelled", {})
             return

@@ -1,4 +1,5 @@
-"""The FastAPI app over one Context: OpenAI Images, AUTOMATIC1111's API and a job API of our own.
+"""The FastAPI app over one Context or several models by name: OpenAI Images, AUTOMATIC1111's API and a job
+API of our own.
 
 Every request is checked in full (``Context.generate``'s own checks, then the server's limits) before it is
 queued, so a bad request gets a 4xx JSON answer naming its field at once and never reaches the worker.
@@ -22,12 +23,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .. import Lora, __version__
 from .._enums import Sampler, Scheduler
-from .._model import spatial_multiple
 from .._options import _lora_in_dir
 from .._params import IMAGE
 from .._request import image_request
 from . import _fields as F
 from ._fields import FieldError
+from ._models import Model, Models
 from ._worker import FINISHED, Job, QueueFull, Worker
 
 log = logging.getLogger("sdcpp_py.server")
@@ -38,8 +39,9 @@ _KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
 
 @dataclass
 class Settings:
-    """Server limits. ``max_pixels``: width*height of an output (and of an input image); ``max_n``: images
-    per request; ``queue_size``: jobs waiting behind the running one; ``max_body``: bytes of a request."""
+    """Server limits. ``model_name``: the name of a single Context (models of a config have their own);
+    ``max_pixels``: width*height of an output (and of an input image); ``max_n``: images per request;
+    ``queue_size``: jobs waiting behind the running one; ``max_body``: bytes of a request."""
 
     model_name: str = "sdcpp"
     queue_size: int = 8
@@ -88,12 +90,23 @@ class _Guard:
 
 
 class Server:
-    """The routes' state: the context, its worker and the settings."""
+    """The routes' state: the models, their worker and the settings."""
 
-    def __init__(self, context, settings: Settings):
-        self.context, self.settings = context, settings
-        self.worker = Worker(context, settings.queue_size)
-        self.multiple = spatial_multiple(context.architecture) if context.architecture else None
+    def __init__(self, models: Models, settings: Settings):
+        self.models, self.settings = models, settings
+        self.worker = Worker(models, settings.queue_size)
+
+    def model(self, field: str, value: Any) -> Model:
+        """The model a request names in ``field`` (None: the default one); 404 for one not served here."""
+        if value is None:
+            return self.models.default
+        if not isinstance(value, str):
+            raise FieldError(400, field, f"{field} must be a model name, not {type(value).__name__}")
+        model = self.models.find(value)
+        if model is None:
+            names = ", ".join(repr(model.name) for model in self.models)
+            raise FieldError(404, field, f"{field}: model {value!r} is not served here; this server has {names}")
+        return model
 
     # -- bodies ----------------------------------------------------------------------------------------
     async def body(self, request: Request) -> bytes:
@@ -117,11 +130,12 @@ class Server:
         return value
 
     # -- checking and queueing -------------------------------------------------------------------------
-    def check(self, prompt: Any, options: Dict[str, Any], fields: Dict[str, str]) -> None:
-        """``Context.generate``'s checks (nothing touches the native context), then the server's limits."""
+    def check(self, model: Model, prompt: Any, options: Dict[str, Any], fields: Dict[str, str]) -> None:
+        """``Context.generate``'s checks against ``model``'s facts (no context needed: the model may not be
+        loaded yet), then the server's limits."""
         try:
             values = IMAGE.bind(options, "generate")
-            native, _ = image_request(prompt, values, self.context._facts, self.context.lora_dir)
+            native, _ = image_request(prompt, values, model.facts, model.lora_dir)
         except (TypeError, ValueError, OSError) as error:
             raise F.from_api_error(error, fields) from None
         width, height = native.width, native.height
@@ -129,18 +143,19 @@ class Server:
         if width * height > self.settings.max_pixels:
             raise FieldError(400, field, f"{field}: {width}x{height} is {width * height} pixels, over this "
                                          f"server's limit of {self.settings.max_pixels}")
-        if self.multiple and (width % self.multiple or height % self.multiple):
+        if model.multiple and (width % model.multiple or height % model.multiple):
             raise FieldError(400, field, f"{field}: {width}x{height}: width and height must be multiples of "
-                                         f"{self.multiple} for this model ({self.context.architecture})")
+                                         f"{model.multiple} for this model ({model.architecture})")
         if native.batch_count > self.settings.max_n:
             field = fields.get("batch_count", "batch_count")
             raise FieldError(400, field, f"{field}={native.batch_count} is over this server's limit of "
                                          f"{self.settings.max_n} images per request")
 
-    def submit(self, prompt: str, options: Dict[str, Any], fields: Dict[str, str], *, keep: bool,
+    def submit(self, model: Model, prompt: str, options: Dict[str, Any], fields: Dict[str, str], *, keep: bool,
                preview: bool = False) -> Job:
-        self.check(prompt, options, fields)
-        job = Job(prompt, options, asyncio.get_running_loop(), preview=preview, keep=keep, describe=self.describe)
+        self.check(model, prompt, options, fields)
+        job = Job(prompt, options, asyncio.get_running_loop(), model=model, preview=preview, keep=keep,
+                  describe=self.describe)
         try:
             self.worker.submit(job)
         except QueueFull as full:
@@ -153,7 +168,7 @@ class Server:
         from ..cli import _parameters_text
 
         values = IMAGE.bind(job.options, "generate")
-        return _parameters_text(SimpleNamespace(prompt=job.prompt, context=self.context.components), values,
+        return _parameters_text(SimpleNamespace(prompt=job.prompt, context=job.model.components), values,
                                 seed, size)
 
     async def wait(self, request: Request, job: Job) -> Job:
@@ -171,13 +186,13 @@ class Server:
         return job
 
     # -- field helpers -----------------------------------------------------------------------------------
-    def loras(self, field: str, value: Any) -> List[Lora]:
-        """LoRAs by name, from the context's lora_dir only."""
-        if self.context.lora_dir is None:
+    def loras(self, model: Model, field: str, value: Any) -> List[Lora]:
+        """LoRAs by name, from the model's lora_dir only."""
+        if model.lora_dir is None:
             raise FieldError(400, field, f"{field}: this server has no LoRA folder (--lora-model-dir)")
         if not isinstance(value, list):
             raise FieldError(400, field, f"{field} must be a list of {{\"name\", \"multiplier\"}} objects")
-        base = os.path.normpath(os.path.abspath(self.context.lora_dir))
+        base = os.path.normpath(os.path.abspath(model.lora_dir))
         loras = []
         for index, item in enumerate(value):
             name, multiplier = (item, 1.0) if isinstance(item, str) else (
@@ -215,7 +230,7 @@ def _images_b64(job: Job) -> List[str]:
 
 
 def _job_status(server: Server, job: Job) -> Dict[str, Any]:
-    status: Dict[str, Any] = {"id": job.id, "state": job.state, "created": job.created}
+    status: Dict[str, Any] = {"id": job.id, "model": job.model.name, "state": job.state, "created": job.created}
     if job.state == "queued":
         status["position"] = server.worker.position(job)
     elif job.state == "running":
@@ -234,12 +249,18 @@ _A1111_FIELDS = {"negative_prompt": "negative_prompt", "steps": "steps", "cfg_sc
 
 
 def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
-    """The server's ASGI app over ``context`` (which the caller keeps and closes). The worker thread starts
-    with the app's lifespan and stops, cancelling what is left, when it ends."""
+    """The server's ASGI app over ``context``: a Context (which the caller keeps and closes), served as
+    ``settings.model_name``, or a ``Models`` of a config (whose contexts the app loads and closes). The
+    worker thread starts with the app's lifespan and stops, cancelling what is left, when it ends."""
     from contextlib import asynccontextmanager
 
     settings = settings or Settings()
-    server = Server(context, settings)
+    models = context if isinstance(context, Models) else Models.single(context, settings.model_name)
+    server = Server(models, settings)
+
+    def stop():
+        server.worker.stop()
+        models.close()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -247,7 +268,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, server.worker.stop)
+            await asyncio.get_running_loop().run_in_executor(None, stop)
 
     app = FastAPI(title="sdcpp-py", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
@@ -265,20 +286,20 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
     # -- common --------------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_name, "queued": server.worker.queued(),
-                "running": server.worker.running is not None}
+        return {"status": "ok", "model": models.default.name, "queued": server.worker.queued(),
+                "running": server.worker.running is not None,
+                "loaded": [model.name for model in models if model.loaded]}
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
-                                            "owned_by": "sdcpp-py"}]}
+    async def list_models():
+        # OpenAI's model objects, with whether each is loaded now and which answers requests naming none.
+        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
+                                            "owned_by": "sdcpp-py", "loaded": model.loaded,
+                                            "default": model is models.default} for model in models]}
 
     # -- OpenAI Images -------------------------------------------------------------------------------
-    def openai_options(body: Dict[str, Any]) -> Tuple[Any, Dict[str, Any], Dict[str, str]]:
-        model = body.get("model")
-        if model is not None and model != settings.model_name:
-            raise FieldError(404, "model", f"model {model!r} is not served here; this server has "
-                                           f"{settings.model_name!r}")
+    def openai_options(body: Dict[str, Any]) -> Tuple[Model, Any, Dict[str, Any], Dict[str, str]]:
+        model = server.model("model", body.get("model"))
         response_format = body.get("response_format")
         if response_format not in (None, "b64_json"):
             raise FieldError(400, "response_format", "response_format: only 'b64_json' (this server keeps no "
@@ -297,16 +318,16 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
             fields["width"] = fields["height"] = "size"
         server.table_fields(body, _OPENAI_EXTRA, options, fields)
         if body.get("loras") is not None:
-            options["loras"], fields["loras"] = server.loras("loras", body["loras"]), "loras"
-        return body["prompt"], options, fields
+            options["loras"], fields["loras"] = server.loras(model, "loras", body["loras"]), "loras"
+        return model, body["prompt"], options, fields
 
     def openai_response(job: Job) -> Dict[str, Any]:
         return {"created": int(job.created), "data": [{"b64_json": data} for data in _images_b64(job)]}
 
     @app.post("/v1/images/generations")
     async def images_generations(request: Request):
-        prompt, options, fields = openai_options(await server.json_body(request))
-        job = server.submit(prompt, options, fields, keep=False)
+        model, prompt, options, fields = openai_options(await server.json_body(request))
+        job = server.submit(model, prompt, options, fields, keep=False)
         return openai_response(await server.wait(request, job))
 
     @app.post("/v1/images/edits")
@@ -332,25 +353,30 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         images = files.get("image", [])
         if len(images) != 1:
             raise FieldError(400, "image", "image: give one image file")
-        prompt, options, fields = openai_options(body)
+        model, prompt, options, fields = openai_options(body)
         picture = F.image("image", images[0], "RGB", settings.max_pixels)
         options["init_image"], fields["init_image"] = picture, "image"
         if files.get("mask"):
             mask = F.image("mask", files["mask"][0], "openai_mask", settings.max_pixels)
             options["mask"], fields["mask"] = mask, "mask"
-        job = server.submit(prompt, options, fields, keep=False)
+        job = server.submit(model, prompt, options, fields, keep=False)
         return openai_response(await server.wait(request, job))
 
     # -- AUTOMATIC1111 ---------------------------------------------------------------------------------
-    def a1111_options(body: Dict[str, Any]) -> Tuple[Any, Dict[str, Any], Dict[str, str]]:
+    def a1111_options(body: Dict[str, Any]) -> Tuple[Model, Any, Dict[str, Any], Dict[str, str]]:
+        overrides = body.get("override_settings") if isinstance(body.get("override_settings"), dict) else {}
+        # The checkpoint as A1111 clients choose it: per request in override_settings, or at the top level.
+        if overrides.get("sd_model_checkpoint") is not None:
+            model = server.model("override_settings.sd_model_checkpoint", overrides["sd_model_checkpoint"])
+        else:
+            model = server.model("sd_model_checkpoint", body.get("sd_model_checkpoint"))
         prompt = body.get("prompt", "")
         options: Dict[str, Any] = {}
         fields: Dict[str, str] = {"prompt": "prompt"}
         for field, name in _A1111_FIELDS.items():
             if body.get(field) is not None:
                 options[name], fields[name] = body[field], field
-        clip_stop = (body.get("override_settings") or {}).get("CLIP_stop_at_last_layers") \
-            if isinstance(body.get("override_settings"), dict) else None
+        clip_stop = overrides.get("CLIP_stop_at_last_layers")
         if clip_stop is not None and "clip_skip" not in options:
             options["clip_skip"], fields["clip_skip"] = clip_stop, "override_settings.CLIP_stop_at_last_layers"
         sampler_field = "sampler_name" if body.get("sampler_name") is not None else "sampler_index"
@@ -369,10 +395,10 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
             # n_iter batches of batch_size: A1111 seeds them seed + i, as one batch of the product is seeded.
             options["batch_count"] = (batch[0] or 1) * (batch[1] or 1)
             fields["batch_count"] = "batch_size" if batch[1] is None else "n_iter"
-        return prompt, options, fields
+        return model, prompt, options, fields
 
-    async def a1111_run(request: Request, body: Dict[str, Any], prompt, options, fields):
-        job = server.submit(prompt, options, fields, keep=False)
+    async def a1111_run(request: Request, body: Dict[str, Any], model, prompt, options, fields):
+        job = server.submit(model, prompt, options, fields, keep=False)
         await server.wait(request, job)
         size = (options.get("width"), options.get("height"))
         texts = [server.describe(job, job.seed + index, size) for index in range(len(job.images))]
@@ -383,13 +409,13 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(request: Request):
         body = await server.json_body(request)
-        prompt, options, fields = a1111_options(body)
-        return await a1111_run(request, body, prompt, options, fields)
+        model, prompt, options, fields = a1111_options(body)
+        return await a1111_run(request, body, model, prompt, options, fields)
 
     @app.post("/sdapi/v1/img2img")
     async def img2img(request: Request):
         body = await server.json_body(request)
-        prompt, options, fields = a1111_options(body)
+        model, prompt, options, fields = a1111_options(body)
         images = body.get("init_images")
         if not isinstance(images, list) or not images:
             raise FieldError(400, "init_images", "init_images must be a list of one or more base64 images")
@@ -401,7 +427,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
             if body.get("inpainting_mask_invert") in (1, True):
                 mask = 255 - mask
             options["mask"], fields["mask"] = mask, "mask"
-        return await a1111_run(request, body, prompt, options, fields)
+        return await a1111_run(request, body, model, prompt, options, fields)
 
     @app.get("/sdapi/v1/progress")
     async def progress():
@@ -433,14 +459,17 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
 
     @app.get("/sdapi/v1/sd-models")
     async def sd_models():
-        main = context.components.get("model") or context.components.get("diffusion_model")
-        filename = os.path.basename(str(main)) if main else ""  # the name only: paths stay on the server
-        return [{"title": settings.model_name, "model_name": settings.model_name, "hash": None, "sha256": None,
-                 "filename": filename, "config": None}]
+        listed = []
+        for model in models:
+            main = model.components.get("model") or model.components.get("diffusion_model")
+            filename = os.path.basename(str(main)) if main else ""  # the name only: paths stay on the server
+            listed.append({"title": model.name, "model_name": model.name, "hash": None, "sha256": None,
+                           "filename": filename, "config": None, "loaded": model.loaded})
+        return listed
 
     @app.get("/sdapi/v1/loras")
     async def loras():
-        folder = context.lora_dir
+        folder = models.default.lora_dir
         if folder is None:
             return []
         names = sorted(entry.name for entry in os.scandir(folder)
@@ -449,18 +478,19 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
                 for n in names]
 
     # -- the job API -------------------------------------------------------------------------------------
-    def job_options(body: Dict[str, Any]) -> Tuple[Any, Dict[str, Any], Dict[str, str], bool]:
+    def job_options(body: Dict[str, Any]) -> Tuple[Model, Any, Dict[str, Any], Dict[str, str], bool]:
         if body.get("prompt") is None:
             raise FieldError(400, "prompt", "prompt is required")
         preview = body.get("preview", False)
         if not isinstance(preview, bool):
             raise FieldError(400, "preview", "preview must be true or false")
-        known = ("prompt", "preview", "loras", "ref_images", *F.IMAGE_FIELDS, *F.JSON_ROWS)
+        known = ("prompt", "model", "preview", "loras", "ref_images", *F.IMAGE_FIELDS, *F.JSON_ROWS)
         for name in body:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=3)
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
                 raise FieldError(400, name, f"unknown field {name!r}{hint}")
+        model = server.model("model", body.get("model"))
         options: Dict[str, Any] = {}
         fields: Dict[str, str] = {"prompt": "prompt"}
         server.table_fields(body, F.JSON_ROWS, options, fields)
@@ -474,8 +504,8 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
                                      for index, item in enumerate(body["ref_images"])]
             fields["ref_images"] = "ref_images"
         if body.get("loras") is not None:
-            options["loras"], fields["loras"] = server.loras("loras", body["loras"]), "loras"
-        return body["prompt"], options, fields, preview
+            options["loras"], fields["loras"] = server.loras(model, "loras", body["loras"]), "loras"
+        return model, body["prompt"], options, fields, preview
 
     def find_job(job_id: str) -> Job:
         job = server.worker.jobs.get(job_id)
@@ -485,8 +515,8 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
 
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: Request):
-        prompt, options, fields, preview = job_options(await server.json_body(request))
-        job = server.submit(prompt, options, fields, keep=True, preview=preview)
+        model, prompt, options, fields, preview = job_options(await server.json_body(request))
+        job = server.submit(model, prompt, options, fields, keep=True, preview=preview)
         return JSONResponse(_job_status(server, job), status_code=202)
 
     @app.get("/v1/jobs/{job_id}")
