@@ -4,13 +4,11 @@ with servers started here on 127.0.0.1 (uvicorn in a thread; `sdcpp serve` in a 
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,33 +26,10 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("multipart")
 Image = pytest.importorskip("PIL.Image")
 
-from sdcpp_py.server import Settings, create_app  # noqa: E402
+from servers import component_flags, sdcpp_serve, serving, wait_for  # noqa: E402
 
 SIZE = 64
 LONG = 5000  # steps of a job that runs until it is cancelled (about 0.05 s each)
-
-
-@contextlib.contextmanager
-def serving(context, **settings):
-    """A uvicorn server over ``context`` on a free port of 127.0.0.1; its base address."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(context, Settings(**settings)), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        assert not thread.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +74,6 @@ def b64_png(array: np.ndarray) -> str:
     out = io.BytesIO()
     Image.fromarray(array).save(out, "PNG")
     return base64.b64encode(out.getvalue()).decode("ascii")
-
-
-def wait_for(predicate, seconds: float = 20.0):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_import_sdcpp_py_does_not_import_the_server_libraries():
@@ -338,28 +303,10 @@ def test_the_api_key_is_required_except_for_health(served):
 
 
 def test_sdcpp_serve_starts_and_stops(parts):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    flags = [item for name, path in parts.items() for item in (f"--{name.replace('_model', '-model')}", str(path))]
-    command = [sys.executable, "-m", "sdcpp_py.cli", "serve", *flags, "-t", "1", "--port", str(port),
-               "--model-name", "tiny"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ)) as process:
-        def health():
-            try:
-                with httpx.Client(timeout=1) as http:
-                    return http.get(f"http://127.0.0.1:{port}/health").json()
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read().decode()
-                return None
-
-        try:
-            assert wait_for(health, 60)["model"] == "tiny"
-        finally:
-            process.terminate()
-        # uvicorn shuts down, then ends the process with the signal it caught.
-        assert process.wait(30) in (0, -signal.SIGTERM), process.stdout.read().decode()
+    with sdcpp_serve(*component_flags(parts), "-t", "1", "--model-name", "tiny") as (base, process):
+        assert httpx.get(base + "/health").json()["model"] == "tiny"
+    # uvicorn shuts down, then ends the process with the signal it caught.
+    assert process.returncode in (0, -signal.SIGTERM)
     help_text = subprocess.run([sys.executable, "-m", "sdcpp_py.server", "--help"], capture_output=True, text=True,
                                check=True).stdout
     assert "--diffusion-model" in help_text and "--queue-size" in help_text
@@ -480,3 +427,71 @@ def test_sdcpp_serve_config_errors_are_one_line_with_status_2(parts, tmp_path):
             assert "drop --diffusion-model" in lines[0]
         else:
             assert "model 'tiny'" in lines[0] and "n_threads" in lines[0]
+
+
+# -- worker processes: --workers, --devices ----------------------------------------------------------------
+
+def test_worker_processes_run_jobs_side_by_side_and_a_killed_one_loses_only_its_job(parts, ctx):
+    flags = [*component_flags(parts), "-t", "1", "--workers", "2", "--devices", "0,1", "--queue-size", "2"]
+    with sdcpp_serve(*flags) as (base, server), httpx.Client(base_url=base, timeout=60) as http:
+        workers = wait_for(lambda: (lambda ws: ws if all(w["state"] == "ready" for w in ws) else None)(
+            http.get("/health").json()["workers"]), 60)
+        # Each worker process saw its device before it imported the package, and has its -t threads.
+        assert [w["environment"] for w in workers] == [
+            {"CUDA_VISIBLE_DEVICES": device, "GGML_VK_VISIBLE_DEVICES": device} for device in ("0", "1")]
+        assert [w["n_threads"] for w in workers] == [1, 1]
+        pids = [w["pid"] for w in workers]
+        assert len(set(pids)) == 2 and server.pid not in pids
+        assert http.get("/v1/models").json()["data"][0]["loaded"]
+
+        long = {"prompt": "x", "width": SIZE, "height": SIZE, "steps": LONG}
+        first, second = (http.post("/v1/jobs", json=long).json()["id"] for _ in range(2))
+        running = wait_for(lambda: (lambda both: both if all(s["state"] == "running" and s["step"] >= 1
+                                                             for s in both) else None)(
+            [http.get(f"/v1/jobs/{job}").json() for job in (first, second)]), 60)
+        assert sorted(status["worker"] for status in running) == [0, 1]  # both at once
+        queued = http.post("/v1/jobs", json={"prompt": "a tree", "width": SIZE, "height": SIZE, "steps": 2,
+                                             "seed": 11}).json()
+        assert queued["state"] == "queued"
+
+        victim = running[0]
+        os.kill(pids[victim["worker"]], signal.SIGKILL)
+        failed = wait_for(lambda: (lambda s: s if s["state"] == "failed" else None)(
+            http.get(f"/v1/jobs/{victim['id']}").json()))
+        assert "killed by SIGKILL" in failed["error"] and "worker" in failed["error"]
+        # The queued job runs on the restarted worker while the other long job goes on, untouched.
+        done = wait_for(lambda: (lambda s: s if s["state"] == "done" else None)(
+            http.get(f"/v1/jobs/{queued['id']}").json()), 60)
+        expected = ctx.txt2img("a tree", width=SIZE, height=SIZE, steps=2, seed=11)[0]
+        np.testing.assert_array_equal(b64_pixels(done["images"][0]), expected)
+        survivor = running[1]["id"]
+        assert http.get(f"/v1/jobs/{survivor}").json()["state"] == "running"
+        http.delete(f"/v1/jobs/{survivor}")
+        wait_for(lambda: http.get(f"/v1/jobs/{survivor}").json()["state"] == "cancelled", 10)
+        replaced = http.get("/health").json()["workers"][victim["worker"]]
+        assert replaced["restarts"] == 1 and replaced["pid"] not in pids
+        assert replaced["last_exit"] == "was killed by SIGKILL"
+    assert server.returncode in (0, -signal.SIGTERM)
+    for pid in (*pids, replaced["pid"]):  # the workers ended with their server
+        wait_for(lambda: not _alive(pid), 10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of the (ended) server is reaped by init soon; /proc says whether it still runs.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_and_devices_flags_are_checked(parts):
+    for flags, message in ((["--workers", "0"], "--workers must be at least 1"),
+                           (["--devices", "0,,1"], "--devices '0,,1'"),):
+        result = subprocess.run([sys.executable, "-m", "sdcpp_py.cli", "serve", *component_flags(parts), *flags],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr

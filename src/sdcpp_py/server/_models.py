@@ -31,10 +31,18 @@ class Model:
         self.context = context
         self.owned = context is None  # a context given by the caller is the caller's to close
         self.default = default
+        self.loaded_in: set = set()  # the worker processes that have it loaded (--workers)
+
+    @classmethod
+    def from_options(cls, name: str, options: Dict[str, Any], default: bool = False) -> "Model":
+        """A model of Context keywords, checked as ``Context()`` checks them (files' headers included) and
+        loaded on first use."""
+        prepared = prepare_context(options)
+        return cls(name, options, prepared.facts, prepared.lora_dir, default=default)
 
     @property
     def loaded(self) -> bool:
-        return self.context is not None and not self.context.closed
+        return (self.context is not None and not self.context.closed) or bool(self.loaded_in)
 
 
 class Models:
@@ -157,10 +165,9 @@ def _model(path: str, folder: str, name: str, entry: Any) -> Model:
             raise ValueError(f"{where}: {_naming(key, error)}") from None
     try:
         # Every check Context() makes, files' headers included: a wrong file is found now, not at a request.
-        prepared = prepare_context(options)
+        return Model.from_options(name, options, default)
     except (TypeError, ValueError, OSError) as error:
         raise ValueError(f"{where}: {error}") from None
-    return Model(name, options, prepared.facts, prepared.lora_dir, default=default)
 
 
 def _naming(key: str, error: Exception) -> str:

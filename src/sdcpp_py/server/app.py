@@ -15,11 +15,10 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .. import Lora, __version__
 from .._enums import Sampler, Scheduler
@@ -29,7 +28,7 @@ from .._request import image_request
 from . import _fields as F
 from ._fields import FieldError
 from ._models import Model, Models
-from ._worker import FINISHED, Job, QueueFull, Worker
+from ._worker import FINISHED, Job, QueueFull, Worker, parameters_text
 
 log = logging.getLogger("sdcpp_py.server")
 LORA_EXTENSIONS = (".gguf", ".safetensors", ".pt")
@@ -41,7 +40,9 @@ _KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
 class Settings:
     """Server limits. ``model_name``: the name of a single Context (models of a config have their own);
     ``max_pixels``: width*height of an output (and of an input image); ``max_n``: images per request;
-    ``queue_size``: jobs waiting behind the running one; ``max_body``: bytes of a request."""
+    ``queue_size``: jobs waiting behind the running ones; ``max_body``: bytes of a request; ``workers``: worker
+    processes (each loads its own contexts; 0 runs jobs on a thread of this process); ``devices``: the GPU
+    each worker process sees (``CUDA_VISIBLE_DEVICES`` and ``GGML_VK_VISIBLE_DEVICES``)."""
 
     model_name: str = "sdcpp"
     queue_size: int = 8
@@ -49,6 +50,8 @@ class Settings:
     max_pixels: int = 2048 * 2048
     max_n: int = 4
     max_body: int = 64 * 2**20
+    workers: int = 0  # 0: generate on a thread of this process; N: in N worker processes of their own
+    devices: Optional[Sequence[str]] = None  # with workers: worker i sees device devices[i % len(devices)]
 
 
 def _error(status: int, field: Optional[str], message: str, headers: Optional[dict] = None) -> JSONResponse:
@@ -58,8 +61,11 @@ def _error(status: int, field: Optional[str], message: str, headers: Optional[di
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_OPEN_PATHS = ("/health", "/")  # the static page holds no data; it asks for the key and sends it itself
+
+
 class _Guard:
-    """Bearer API key on everything but /health, and the body size limit by Content-Length (bodies without
+    """Bearer API key on everything but /health and the page, and the body size limit by Content-Length (bodies without
     one are counted as they are read)."""
 
     def __init__(self, app, settings: Settings):
@@ -70,7 +76,7 @@ class _Guard:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         key = self.settings.api_key
-        if key and scope.get("path") != "/health":
+        if key and scope.get("path") not in _OPEN_PATHS:
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
                                                                       key.encode("utf-8")):
@@ -94,7 +100,7 @@ class Server:
 
     def __init__(self, models: Models, settings: Settings):
         self.models, self.settings = models, settings
-        self.worker = Worker(models, settings.queue_size)
+        self.worker = Worker(models, settings.queue_size, runners=_runners(models, settings))
 
     def model(self, field: str, value: Any) -> Model:
         """The model a request names in ``field`` (None: the default one); 404 for one not served here."""
@@ -154,8 +160,7 @@ class Server:
     def submit(self, model: Model, prompt: str, options: Dict[str, Any], fields: Dict[str, str], *, keep: bool,
                preview: bool = False) -> Job:
         self.check(model, prompt, options, fields)
-        job = Job(prompt, options, asyncio.get_running_loop(), model=model, preview=preview, keep=keep,
-                  describe=self.describe)
+        job = Job(prompt, options, asyncio.get_running_loop(), model=model, preview=preview, keep=keep)
         try:
             self.worker.submit(job)
         except QueueFull as full:
@@ -164,21 +169,21 @@ class Server:
         return job
 
     def describe(self, job: Job, seed: int, size: Tuple[int, int]) -> str:
-        """The PNG "parameters" text, as ``sdcpp generate`` writes it."""
-        from ..cli import _parameters_text
-
-        values = IMAGE.bind(job.options, "generate")
-        return _parameters_text(SimpleNamespace(prompt=job.prompt, context=job.model.components), values,
-                                seed, size)
+        return parameters_text(job.prompt, job.options, job.model.components, seed, size)
 
     async def wait(self, request: Request, job: Job) -> Job:
         """Wait for ``job``; a client that goes away cancels it."""
-        while not job.finished.done():
-            await asyncio.wait({job.finished}, timeout=0.2)
-            if not job.finished.done() and await request.is_disconnected():
-                log.info("client left: cancelling job %s", job.id)
-                self.worker.cancel(job)
-                await job.finished
+        try:
+            while not job.finished.done():
+                await asyncio.wait({job.finished}, timeout=0.2)
+                if not job.finished.done() and await request.is_disconnected():
+                    log.info("client left: cancelling job %s", job.id)
+                    self.worker.cancel(job)
+                    await job.finished
+        except asyncio.CancelledError:  # the request's task was cancelled (Ray Serve does when a client leaves)
+            log.info("request cancelled: cancelling job %s", job.id)
+            self.worker.cancel(job)
+            raise
         if job.state == "cancelled":
             raise FieldError(409, None, "the job was cancelled")
         if job.state == "failed":
@@ -225,6 +230,25 @@ class Server:
             options[name], fields[name] = value, name
 
 
+def _runners(models: Models, settings: Settings) -> Optional[list]:
+    """Worker processes for ``settings.workers`` (None: one thread of this process)."""
+    if settings.devices is not None and not settings.workers:
+        raise ValueError("devices are given to worker processes: set workers (--workers) too")
+    if not settings.workers:
+        return None
+    if settings.workers < 1:
+        raise ValueError(f"workers must be at least 1, not {settings.workers}")
+    from ._process import DEVICE_VARIABLES, ProcessRunner, model_specs
+
+    spec = {"models": model_specs(models), "max_loaded": models.max_loaded}
+    devices = list(settings.devices or [])
+    runners = []
+    for index in range(settings.workers):
+        environment = {name: devices[index % len(devices)] for name in DEVICE_VARIABLES} if devices else {}
+        runners.append(ProcessRunner(models, spec, environment))
+    return runners
+
+
 def _images_b64(job: Job) -> List[str]:
     return [base64.b64encode(data).decode("ascii") for data in job.images]
 
@@ -234,7 +258,7 @@ def _job_status(server: Server, job: Job) -> Dict[str, Any]:
     if job.state == "queued":
         status["position"] = server.worker.position(job)
     elif job.state == "running":
-        status.update(step=job.step, steps=job.steps)
+        status.update(step=job.step, steps=job.steps, worker=job.worker)
     elif job.state == "failed":
         status["error"] = job.error
     elif job.state == "done":
@@ -284,10 +308,16 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         return _error(500, None, "internal server error")
 
     # -- common --------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        # One static page of ours (no build step, no CDN): it drives the job API and its event stream.
+        return HTMLResponse(_page())
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": models.default.name, "queued": server.worker.queued(),
                 "running": server.worker.running is not None,
+                "workers": [runner.info() for runner in server.worker.runners],
                 "loaded": [model.name for model in models if model.loaded]}
 
     @app.get("/v1/models")
@@ -554,6 +584,12 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+def _page() -> str:
+    from importlib import resources
+
+    return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
 
 def _form_value(name: str, text: str) -> Any:
