@@ -163,6 +163,8 @@ def test_a1111_progress_and_interrupt(base, client):
     busy = wait_for(lambda: (lambda p: p if p["state"]["sampling_step"] >= 2 else None)(
         client.get("/sdapi/v1/progress").json()))
     assert busy["state"]["sampling_steps"] == LONG and 0 < busy["progress"] < 1 and busy["state"]["job_count"] == 1
+    assert b64_pixels(busy["current_image"]).shape[2] == 3  # the live preview, as A1111 shows it
+    assert client.get("/sdapi/v1/progress", params={"skip_current_image": "true"}).json()["current_image"] is None
     started = time.monotonic()
     assert client.post("/sdapi/v1/interrupt").status_code == 200
     thread.join(30)

@@ -61,6 +61,7 @@ class Job:
         self.started: Optional[float] = None
         self.cancel_requested = False
         self.worker: Optional[int] = None  # the index of the runner that ran it
+        self.latest_preview: Optional[str] = None  # base64 PNG
         self.events: List[tuple] = []
         self._loop = loop
         self.changed = asyncio.Event()
@@ -69,6 +70,8 @@ class Job:
     def emit(self, name: str, data: Dict[str, Any]) -> None:
         if name == "progress":
             self.step, self.steps = data["step"], data["steps"]
+        elif name == "preview":
+            self.latest_preview = data["image"]
         self.events.append((name, data))
         self._call_soon(self.changed.set)
 

@@ -428,7 +428,8 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         return model, prompt, options, fields
 
     async def a1111_run(request: Request, body: Dict[str, Any], model, prompt, options, fields):
-        job = server.submit(model, prompt, options, fields, keep=False)
+        # Previews (the core's cheap latent projection by default) feed progress's current_image.
+        job = server.submit(model, prompt, options, fields, keep=False, preview=True)
         await server.wait(request, job)
         size = (options.get("width"), options.get("height"))
         texts = [server.describe(job, job.seed + index, size) for index in range(len(job.images))]
@@ -460,7 +461,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         return await a1111_run(request, body, model, prompt, options, fields)
 
     @app.get("/sdapi/v1/progress")
-    async def progress():
+    async def progress(skip_current_image: bool = False):
         job = server.worker.running
         steps = job.steps if job else 0
         step = job.step if job else 0
@@ -470,7 +471,8 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
                  "job_count": server.worker.queued() + (job is not None), "job_timestamp": "", "job_no": 0,
                  "sampling_step": step, "sampling_steps": steps}
         return {"progress": fraction, "eta_relative": seconds * max(0, steps - step), "state": state,
-                "current_image": None, "textinfo": None}
+                "current_image": None if skip_current_image or job is None else job.latest_preview,
+                "textinfo": None}
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt():
