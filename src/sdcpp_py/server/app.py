@@ -238,6 +238,8 @@ def _runners(models: Models, settings: Settings) -> Optional[list]:
         return None
     if settings.workers < 1:
         raise ValueError(f"workers must be at least 1, not {settings.workers}")
+    if os.name != "posix":  # the worker's socket is passed as an inherited descriptor
+        raise ValueError("worker processes (--workers) need Linux or macOS")
     from ._process import DEVICE_VARIABLES, ProcessRunner, model_specs
 
     spec = {"models": model_specs(models), "max_loaded": models.max_loaded}
