@@ -6,9 +6,11 @@
 // f32 panels that stay in cache (the BLIS layout: KC-deep panels, a 16x6 register tile), and f32
 // activations are read as they are instead of being rounded to f16 first.
 // Each C element is summed by one thread in a fixed order, so results do not depend on the thread count.
+// AVX-512 builds use it too (issue 20): ggml's AVX-512 tinyBLAS streams rows as its AVX2 one does, and the
+// fused nodes that rely on this kernel then run there as well (SD1 UNet, 256x256, Zen 4: 3.29 -> 2.49 s/step).
 #pragma once
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__AVX512F__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define SDCPP_PY_PACKED_GEMM 1
 
 #include <immintrin.h>
