@@ -8,6 +8,9 @@ equal the plain loop's. Not a test: nothing here asserts. No peer has an image s
 (stable-diffusion-cpp-python and cyllama ship none; upstream's sd-server has one worker and no queue).
 
     python benchmarks/serve.py [--requests 32] [--clients 8] [--size 256] [--steps 4] [--no-ray] [--json out.json]
+
+Ray's own servers listen on every interface (Ray 2.60): on a shared machine run it where only loopback exists,
+``unshare --net sh -c 'ip link set lo up && exec python benchmarks/serve.py'`` (as root).
 """
 
 from __future__ import annotations
