@@ -21,7 +21,7 @@ ru_maxrss) is that measurement's alone; tools are interleaved within each ``--ru
 
 sdcpp-py configurations (``--tools``): ``default`` (core defaults), ``fa`` (diffusion_flash_attn),
 ``fa+conv`` (diffusion_flash_attn + diffusion_conv_direct), ``f32`` (weight_type="f32") and, not in the
-default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16").
+default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16"), ``q8_0`` and ``bf16`` (weight_type).
 
 diffusers is installed on first use into its own virtual environment (``--diffusers-venv``), with
 torch pinned to the CPU build that lies on this machine's disk.
@@ -53,6 +53,8 @@ SDCPP_CONFIGS = {
     "fa+conv": {"diffusion_flash_attn": True, "diffusion_conv_direct": True},
     "f32": {"weight_type": "f32"},
     "fa+f16": {"diffusion_flash_attn": True, "weight_type": "f16"},
+    "q8_0": {"weight_type": "q8_0"},
+    "bf16": {"weight_type": "bf16"},
 }
 DEFAULT_TOOLS = ("diffusers", "default", "fa", "fa+conv", "f32")
 
