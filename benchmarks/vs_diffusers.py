@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Per-step time and peak RSS of an SD1.5 UNet: diffusers (PyTorch, CPU) against sdcpp-py, in one run.
+"""Per-step time and peak RSS of an SD1.5 UNet: diffusers (PyTorch, CPU; float32 and bfloat16) and OpenVINO
+(the same UNet converted; f32 and its default precision for the CPU, bf16 where the CPU has it) against
+sdcpp-py, in one run. Ratios divide by OpenVINO f32 when it is measured (``--reference``).
 
 A harness, not a test. Every measurement is a fresh child process, so its peak RSS (``os.wait4``'s
 ru_maxrss) is that measurement's alone; tools are interleaved within each ``--runs`` round.
@@ -23,8 +25,11 @@ sdcpp-py configurations (``--tools``): ``default`` (core defaults), ``fa`` (diff
 ``fa+conv`` (diffusion_flash_attn + diffusion_conv_direct), ``f32`` (weight_type="f32") and, not in the
 default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16"), ``q8_0`` and ``bf16`` (weight_type).
 
-diffusers is installed on first use into its own virtual environment (``--diffusers-venv``), with
-torch pinned to the CPU build that lies on this machine's disk.
+- OpenVINO: ``openvino.convert_model`` of that UNet, compiled for the CPU with ``INFERENCE_NUM_THREADS`` and
+  the latency hint; one warm-up inference, then the median of ``--repeats`` timed ones.
+
+diffusers and OpenVINO are installed on first use into their own virtual environment (``--diffusers-venv``),
+with torch pinned to the CPU build that lies on this machine's disk.
 
     python benchmarks/vs_diffusers.py --sizes 256,512 --threads 2 --json /tmp/vs_diffusers.json \\
         --markdown /tmp/vs_diffusers.md
@@ -43,7 +48,14 @@ from pathlib import Path
 
 from harness import CACHE, run_measured, runner, say
 
-DIFFUSERS_SPECS = ("torch==2.13.0", "diffusers==0.42.1")
+PEER_SPECS = ("torch==2.13.0", "diffusers==0.42.1", "openvino==2026.4.1")
+# The peers: tool -> (runner, its job fields). Both runners build the same UNet (diffusers_unet.sd15_unet).
+PEERS = {
+    "diffusers": ("diffusers_unet", {"dtype": "float32"}),
+    "diffusers-bf16": ("diffusers_unet", {"dtype": "bfloat16"}),
+    "openvino-f32": ("openvino_unet", {"precision": "f32"}),
+    "openvino": ("openvino_unet", {"precision": "default"}),  # its choice for the CPU: bf16 where it has it
+}
 PROMPT = "a lighthouse at dusk"
 
 # sdcpp-py configurations: name -> Context keywords.
@@ -56,7 +68,7 @@ SDCPP_CONFIGS = {
     "q8_0": {"weight_type": "q8_0"},
     "bf16": {"weight_type": "bf16"},
 }
-DEFAULT_TOOLS = ("diffusers", "default", "fa", "fa+conv", "f32")
+DEFAULT_TOOLS = ("diffusers", "diffusers-bf16", "openvino-f32", "openvino", "default", "q8_0")
 
 CORE_LINES = {
     "core_sampling_s": re.compile(r"sampling completed, taking ([0-9.]+)s"),
@@ -65,16 +77,16 @@ CORE_LINES = {
 }
 
 
-def ensure_diffusers(venv: Path) -> Path:
-    """The venv's interpreter, creating the venv and installing torch + diffusers on first use."""
+def ensure_peers(venv: Path) -> Path:
+    """The venv's interpreter, creating the venv and installing torch, diffusers and OpenVINO on first use."""
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import torch, diffusers; from diffusers import UNet2DConditionModel"]
+    probe = [str(python), "-c", "import torch, diffusers, openvino; from diffusers import UNet2DConditionModel"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
-    say(f"installing {' '.join(DIFFUSERS_SPECS)} into {venv}", "vs_diffusers")
+    say(f"installing {' '.join(PEER_SPECS)} into {venv}", "vs_diffusers")
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *DIFFUSERS_SPECS], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_SPECS], check=True)
     probe_run = subprocess.run(probe, capture_output=True, text=True)
     if probe_run.returncode != 0:
         raise RuntimeError(f"diffusers does not import in {venv}:\n{probe_run.stderr[-2000:]}")
@@ -95,19 +107,20 @@ def run_child(python: str, program: str, job: dict) -> dict:
     return figures
 
 
-def measure(tool: str, size: int, args, diffusers_python: str | None) -> dict:
-    if tool == "diffusers":
-        job = {"size": size, "threads": args.threads, "repeats": args.repeats}
-        return run_child(diffusers_python, "diffusers_unet", job)
+def measure(tool: str, size: int, args, peer_python: str | None) -> dict:
+    if tool in PEERS:
+        program, fields = PEERS[tool]
+        return run_child(peer_python, program, {"size": size, "threads": args.threads, "repeats": args.repeats,
+                                                **fields})
     job = {"size": size, "threads": args.threads, "steps": args.sdcpp_repeats + 1, "prompt": PROMPT,
            "model_dir": str(args.model_dir), "options": SDCPP_CONFIGS[tool]}
     return run_child(sys.executable, "sdcpp_unet_steps", job)
 
 
-def summarize(results: dict, sizes, tools) -> list:
+def summarize(results: dict, sizes, tools, reference: str) -> list:
     rows = []
     for size in sizes:
-        base = results.get((size, "diffusers"))
+        base = results.get((size, reference))
         base_step = statistics.median(t for r in base for t in r["step_times"]) if base else None
         base_rss = statistics.median(r["peak_rss_mib"] for r in base) if base else None
         for tool in tools:
@@ -120,9 +133,9 @@ def summarize(results: dict, sizes, tools) -> list:
             row = {"size": size, "tool": tool, "s_per_step": step, "timed_steps": len(steps),
                    "min_s": min(steps), "max_s": max(steps), "warmup_s": statistics.median(r["warmup_s"] for r in runs),
                    "peak_rss_mib": rss, "load_rss_mib": statistics.median(r["rss_model_mib"] for r in runs)}
-            if tool != "diffusers":
+            if tool not in PEERS:
                 row["core_avg_s_per_step"] = statistics.median(r["core_avg_s_per_step"] for r in runs)
-            if base_step and tool != "diffusers":
+            if base_step and tool != reference:
                 row["time_ratio"] = step / base_step
                 row["rss_ratio"] = rss / base_rss
             rows.append(row)
@@ -134,14 +147,14 @@ def markdown(rows: list, args, meta: dict) -> str:
         f"SD1.5 UNet, one CFG step (batch 2), {args.threads} threads, {args.runs} run(s) x {args.repeats} timed "
         f"forwards (diffusers) / {args.sdcpp_repeats} timed step(s) after a warm-up step (sdcpp-py); {meta['cpu']}; "
         f"torch {meta.get('torch', '?')}, diffusers {meta.get('diffusers', '?')}.",
-        "Ratios: sdcpp-py config / diffusers at the same resolution (above 1: slower / larger).",
+        f"Ratios: tool / {meta['reference']} at the same resolution (above 1: slower / larger).",
         "",
         "| resolution | tool / config | s/step (median) | min-max | 1st step s | core avg s/step | peak RSS MiB "
         "| RSS after load MiB | time ratio | RSS ratio |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        tool = row["tool"] if row["tool"] == "diffusers" else f"sdcpp-py {row['tool']}"
+        tool = row["tool"] if row["tool"] in PEERS else f"sdcpp-py {row['tool']}"
         core = f"{row['core_avg_s_per_step']:.2f}" if "core_avg_s_per_step" in row else ""
         ratio = f"{row['time_ratio']:.2f}" if "time_ratio" in row else ""
         rss_ratio = f"{row['rss_ratio']:.2f}" if "rss_ratio" in row else ""
@@ -173,7 +186,9 @@ def main() -> int:
                              "1: a 512 step of the core takes minutes on 2 threads, and step times vary by <1%%")
     parser.add_argument("--runs", type=int, default=1, help="rounds of fresh processes, tools interleaved")
     parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
-                        help=f"comma-separated, from diffusers,{','.join(SDCPP_CONFIGS)}")
+                        help=f"comma-separated, from {','.join(PEERS)},{','.join(SDCPP_CONFIGS)}")
+    parser.add_argument("--reference", default=None, help="the tool the ratios divide by (default: openvino-f32 "
+                                                           "when measured, else diffusers)")
     parser.add_argument("--diffusers-venv", type=Path, default=CACHE / "diffusers-venv")
     parser.add_argument("--model-dir", type=Path, default=CACHE / "synthetic" / "sd1")
     parser.add_argument("--json", type=Path)
@@ -181,36 +196,38 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = [t for t in tools if t != "diffusers" and t not in SDCPP_CONFIGS]
+    unknown = [t for t in tools if t not in PEERS and t not in SDCPP_CONFIGS]
     if unknown:
         parser.error(f"unknown tools: {unknown}")
     if args.repeats < 1 or args.sdcpp_repeats < 1:
         parser.error("--repeats and --sdcpp-repeats must be at least 1")
 
-    diffusers_python = str(ensure_diffusers(args.diffusers_venv)) if "diffusers" in tools else None
-    if any(t != "diffusers" for t in tools):
+    reference = args.reference or ("openvino-f32" if "openvino-f32" in tools else "diffusers")
+    peer_python = str(ensure_peers(args.diffusers_venv)) if any(t in PEERS for t in tools) else None
+    if any(t not in PEERS for t in tools):
         # Build the cached synthetic checkpoint once, outside the timed children.
         from sdcpp_py.testing import sd
         sd.sd1_checkpoint(args.model_dir)
 
     meta = {"cpu": cpu_name(), "threads": args.threads, "repeats": args.repeats,
             "sdcpp_repeats": args.sdcpp_repeats, "runs": args.runs,
-            "sizes": sizes, "tools": tools, "prompt": PROMPT, "sampler": "euler", "cfg_scale": 7.0}
+            "sizes": sizes, "tools": tools, "prompt": PROMPT, "sampler": "euler", "cfg_scale": 7.0,
+            "reference": reference}
     results: dict = {}
     raw = []
     for run in range(args.runs):
         for size in sizes:
             for tool in tools:
                 say(f"run {run + 1}/{args.runs}: {tool} at {size}x{size}", "vs_diffusers")
-                figures = measure(tool, size, args, diffusers_python)
+                figures = measure(tool, size, args, peer_python)
                 say(f"  s/step {statistics.median(figures['step_times']):.2f} (steps {figures['step_times']}), "
                     f"peak RSS {figures['peak_rss_mib']:.0f} MiB, wall {figures['wall_s']:.1f}s", "vs_diffusers")
                 results.setdefault((size, tool), []).append(figures)
                 raw.append({"run": run, "size": size, "tool": tool, **figures})
-                for key in ("torch", "diffusers"):
+                for key in ("torch", "diffusers", "openvino"):
                     if key in figures:
                         meta[key] = figures[key]
-    rows = summarize(results, sizes, tools)
+    rows = summarize(results, sizes, tools, reference)
     table = markdown(rows, args, meta)
     print(table)
     if args.markdown:
