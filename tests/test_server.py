@@ -28,6 +28,8 @@ Image = pytest.importorskip("PIL.Image")
 
 from servers import component_flags, sdcpp_serve, serving, wait_for  # noqa: E402
 
+from sdcpp_py.server._models import Model  # noqa: E402
+
 SIZE = 64
 LONG = 5000  # steps of a job that runs until it is cancelled (about 0.05 s each)
 
@@ -473,6 +475,13 @@ def test_worker_processes_run_jobs_side_by_side_and_a_killed_one_loses_only_its_
         replaced = http.get("/health").json()["workers"][victim["worker"]]
         assert replaced["restarts"] == 1 and replaced["pid"] not in pids
         assert replaced["last_exit"] == "was killed by SIGKILL"
+        # One that dies while idle is started again at once, not when the next job comes.
+        idle = 1 - victim["worker"]
+        os.kill(pids[idle], signal.SIGKILL)
+        again = wait_for(lambda: (lambda w: w if w["restarts"] == 1 and w["state"] == "ready" else None)(
+            http.get("/health").json()["workers"][idle]), 60)
+        assert again["pid"] != pids[idle] and again["last_exit"] == "was killed by SIGKILL"
+        pids.append(again["pid"])
     assert server.returncode in (0, -signal.SIGTERM)
     for pid in (*pids, replaced["pid"]):  # the workers ended with their server
         wait_for(lambda: not _alive(pid), 10)
@@ -489,6 +498,31 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[-1][:1] != "Z"
     except OSError:
         return False
+
+
+def test_queue_size_zero_takes_a_job_whenever_the_worker_is_free(served):
+    with serving(served, queue_size=0) as url, httpx.Client(base_url=url, timeout=60) as http:
+        long = {"prompt": "x", "width": SIZE, "height": SIZE, "steps": LONG}
+        first = http.post("/v1/jobs", json=long)
+        assert first.status_code == 202, first.text
+        assert http.post("/v1/jobs", json=long).status_code == 429  # busy, and no room to wait
+        http.delete(f"/v1/jobs/{first.json()['id']}")
+        wait_for(lambda: not http.get("/health").json()["running"], 10)
+        done = http.post("/v1/images/generations", json={"prompt": "x", "size": f"{SIZE}x{SIZE}", "steps": 1})
+        assert done.status_code == 200, done.text
+
+
+def test_worker_settings_are_checked(served, parts):
+    from sdcpp_py.server import Models, Settings, create_app
+
+    models = Models([Model.from_options("tiny", dict(parts), default=True)])
+    for devices, message in (("0,1", "not the text"), ([], "one device per worker"), (["0", " "], "one device")):
+        with pytest.raises(ValueError, match=message):
+            create_app(models, Settings(workers=2, devices=devices))
+    with pytest.raises(ValueError, match="set workers"):
+        create_app(models, Settings(devices=["0"]))
+    with pytest.raises(ValueError, match="not a loaded Context"):
+        create_app(served, Settings(workers=1))
 
 
 def test_workers_and_devices_flags_are_checked(parts):

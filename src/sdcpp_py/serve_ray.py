@@ -16,8 +16,9 @@ Arguments: the Context's keywords (paths relative to the folder the app is built
 (a number or ``auto``), ``num_gpus`` (per replica; 1 by default for a CUDA or Vulkan build) and ``num_cpus``
 (per replica; ``n_threads`` by default for a CPU build). Each replica loads its own contexts, so the model
 files must be at the same paths on every node (and on the one that builds the app, where they are checked).
-A replica takes ``queue_size + 1`` requests at a time (``max_ongoing_requests``): one generating, the rest
-queued; Ray's proxy holds the others. A client that goes away cancels its job (Ray cancels the request).
+A replica takes ``queue_size + 1`` generations at a time (one generating, the rest queued) and answers 429
+beyond them; ``max_ongoing_requests`` leaves room for status and progress requests besides. A client that
+goes away cancels its job (Ray cancels the request).
 Responses carry ``X-Sdcpp-Replica`` (the replica's Ray id). The job API (``/v1/jobs``) keeps each job in
 the replica that took it: polling it through the proxy may reach another replica, so use it with one replica.
 """
@@ -39,6 +40,7 @@ from ._params import CONTEXT
 __all__ = ["app", "build", "deployment", "parse_args"]
 
 DEPLOYMENT_NAME = "sdcpp"
+LIGHT_REQUESTS = 16  # requests beyond the queue a replica takes at once: status, progress, event streams
 SETTINGS_INTS = {"queue_size": 0, "max_pixels": 1, "max_n": 1, "max_body": 1}  # name: lowest value
 SETTINGS_TEXT = ("api_key", "model_name")
 DEPLOYMENT_KEYS = ("config", "max_loaded", "num_replicas", "num_gpus", "num_cpus")
@@ -89,6 +91,12 @@ def _context_value(key: str, value: Any) -> Any:
     if key == "embeddings" and isinstance(value, str):
         return [_path(item.strip()) for item in value.split(",") if item.strip()]  # paths separated by commas
     return value  # enums by name, tensor_type_rules: as given
+
+
+def _physical_cores() -> int:
+    from . import physical_cores
+
+    return physical_cores()
 
 
 def _unknown(key: str) -> ValueError:
@@ -163,9 +171,11 @@ def parse_args(args: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
 
 
 def _deployment_options(extra: Dict[str, Any], settings: Dict[str, Any], n_threads: Optional[int]) -> Dict[str, Any]:
+    # One generating and queue_size queued, as the replica's worker takes them, plus room for the light
+    # requests (progress, health, job status, event streams) so that they never wait behind generations, and
+    # so that a replica whose queue is full answers 429 itself rather than Ray holding the request.
     options: Dict[str, Any] = {"name": DEPLOYMENT_NAME,
-                               # one generating and queue_size queued, as the replica's worker takes them
-                               "max_ongoing_requests": settings.get("queue_size", 8) + 1}
+                               "max_ongoing_requests": settings.get("queue_size", 8) + 1 + LIGHT_REQUESTS}
     # Ray's default (1) unless given, so that .options(autoscaling_config=...) or a config file's can apply.
     num_replicas = extra.get("num_replicas")
     if isinstance(num_replicas, str) and num_replicas.strip().lower() == "auto":
@@ -186,8 +196,9 @@ def _deployment_options(extra: Dict[str, Any], settings: Dict[str, Any], n_threa
     # asking ggml for its devices here: this machine need not have the replicas' GPUs.
     if "num_gpus" not in actor and BACKEND in GPU_BACKENDS:
         actor["num_gpus"] = 1
-    if "num_cpus" not in actor and BACKEND == "cpu" and n_threads:
-        actor["num_cpus"] = n_threads  # the cores its generations keep busy
+    if "num_cpus" not in actor and BACKEND == "cpu":
+        # The cores its generations keep busy (a Context's default: all physical cores of its node).
+        actor["num_cpus"] = n_threads or _physical_cores()
     if actor:
         options["ray_actor_options"] = actor
     return options

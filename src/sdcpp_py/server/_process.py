@@ -1,5 +1,5 @@
 """Worker processes (``sdcpp serve --workers N``): the server side (``ProcessRunner``) and the worker's program
-(``python -m sdcpp_py.server._process FD``), which speak over a socket pair with pickled tuples.
+(``_worker_command``: ``main`` after the signals are set), which speak over a socket pair with pickled tuples.
 
 The core keeps its callbacks in process globals, so jobs run in parallel only in separate processes. A worker
 is started with its own environment (``--devices``: ``CUDA_VISIBLE_DEVICES`` / ``GGML_VK_VISIBLE_DEVICES`` set
@@ -16,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import queue
 import signal
+import site
 import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Optional
 
@@ -53,9 +56,10 @@ class _RemoteCancel:
 
 
 class ProcessRunner:
-    """Runs jobs in one worker process of its own, started (again) when needed."""
+    """Runs jobs in one worker process of its own, started (again) when it is not running."""
 
     kind = "process"
+    RETRY_SECONDS = 5.0  # between tries to start a worker that could not start
 
     def __init__(self, models, spec: Dict[str, Any], environment: Optional[Dict[str, str]] = None):
         self.models = models  # the server's, to mark which models this worker has loaded
@@ -68,48 +72,71 @@ class ProcessRunner:
         self.reported: Dict[str, Any] = {}
         self.last_exit: Optional[str] = None
         self._connection: Optional[Connection] = None
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # every send and the close
+        self._lifecycle = threading.Lock()  # starting a process against stopping
         self._stopping = False
+        self._failed_at = 0.0  # when a start last failed
 
     # -- lifecycle (the runner's thread) -------------------------------------------------------------------
+    def _running(self) -> bool:
+        return self.process is not None and self.process.poll() is None and self._connection is not None
+
+    def wants_start(self) -> bool:
+        """Whether the worker is not running and may be started now (a failed start waits RETRY_SECONDS)."""
+        return (not self._stopping and not self._running()
+                and time.monotonic() - self._failed_at >= self.RETRY_SECONDS)
+
     def prepare(self, stopping: Callable[[], bool]) -> None:
-        """Start the worker unless it is running; waits until it has loaded its default model."""
-        if (self.process is not None and self.process.poll() is None) or stopping() or self._stopping:
+        """Start the worker if it is not running (it died: record how); waits until it has loaded."""
+        if stopping() or not self.wants_start():
             return
+        if self.process is not None and self.state != "dead":
+            self._reap()  # it died while idle
+            log.error("worker %d (pid %d) %s while idle; starting it again", self.index, self.process.pid,
+                      self.last_exit)
         try:
             self._start()
-        except (OSError, EOFError) as error:  # its jobs fail, each after one more try to start it
+        except Exception as error:  # its jobs fail, each with the reason, until a start succeeds
+            self._failed_at = time.monotonic()
             self._reap()
-            log.error("worker %d could not start: %s", self.index, self.last_exit or error)
+            self.last_exit = self.last_exit if isinstance(error, EOFError) else f"could not start: {error}"
+            log.error("worker %d could not start: %s", self.index, self.last_exit)
 
     def _start(self) -> None:
-        self._close_connection()
         self.restarts += 1
         self.state = "starting"
         ours, theirs = socket.socketpair()
-        environment = dict(os.environ, **self.environment)
-        # The worker imports the package this server runs (a source tree on PYTHONPATH included).
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
         try:
-            self.process = subprocess.Popen([sys.executable, "-m", "sdcpp_py.server._process", str(theirs.fileno())],
-                                            pass_fds=(theirs.fileno(),), env=environment, stdin=subprocess.DEVNULL)
+            with self._lifecycle:
+                if self._stopping:
+                    raise OSError("the server is stopping")
+                self._close_connection()
+                self.process = subprocess.Popen(_worker_command(theirs.fileno()), pass_fds=(theirs.fileno(),),
+                                                env=_worker_environment(self.environment),
+                                                stdin=subprocess.DEVNULL)
+                with self._send_lock:
+                    self._connection = Connection(ours.detach())
         finally:
             theirs.close()
-        self._connection = Connection(ours.detach())
+            ours.close()  # nothing once detached
         self.send(("start", self.spec))
-        message = self._connection.recv()  # EOFError: it died while starting
+        connection = self._connection
+        if connection is None:  # stopped meanwhile
+            raise EOFError()
+        message = connection.recv()  # EOFError: it died while starting
         self.reported = message[1]
         self._mark_loaded(self.reported.get("loaded", []))
-        self.state = "ready"
-        if self.reported.get("error"):
-            log.error("worker %d: %s", self.index, self.reported["error"])
-        log.info("worker %d ready (pid %d)", self.index, self.process.pid)
+        error = self.reported.get("error")
+        self.state = "ready" if not error else "load failed"
+        if error:
+            log.error("worker %d: %s", self.index, error)
+        log.info("worker %d started (pid %d)", self.index, self.process.pid)
 
     def stop(self, timeout: float) -> None:
         self._stopping = True
+        with self._lifecycle:  # a start in progress has its process by now, or will not start one
+            process = self.process
         self.send(("stop",))
-        process = self.process
         if process is not None:
             try:
                 process.wait(timeout)
@@ -120,7 +147,8 @@ class ProcessRunner:
         self.state = "stopped"
 
     def _close_connection(self) -> None:
-        connection, self._connection = self._connection, None
+        with self._send_lock:
+            connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
 
@@ -137,24 +165,29 @@ class ProcessRunner:
 
     # -- jobs ----------------------------------------------------------------------------------------
     def execute(self, job, attempt: Attempt) -> Outcome:
-        if self.process is None or self.process.poll() is not None or self._connection is None:
-            try:
-                self._start()
-            except (OSError, EOFError) as error:
-                self._reap()
-                return Outcome("failed", f"worker {self.index} could not start: {self.last_exit or error}", "worker")
-        pid = self.process.pid
+        if self._stopping:
+            return Outcome("cancelled")
+        if not self._running():
+            if time.monotonic() - self._failed_at >= self.RETRY_SECONDS:
+                self.prepare(lambda: False)
+            if not self._running():
+                return Outcome("failed", f"worker {self.index} is not running ({self.last_exit or 'not started'})",
+                               "worker")
+        connection, pid = self._connection, self.process.pid
+        if connection is None:
+            return Outcome("cancelled")
         self.state = "running"
         try:
-            try:
-                self._connection.send(("job", job.id, job.model.name, job.prompt, job.options, job.preview))
-            except (TypeError, AttributeError, ValueError) as error:  # not picklable: nothing was sent
-                return Outcome("failed", f"the job could not be sent to its worker: {error}", "internal")
+            with self._send_lock:
+                try:
+                    connection.send(("job", job.id, job.model.name, job.prompt, job.options, job.preview))
+                except (TypeError, AttributeError, ValueError, pickle.PicklingError) as error:  # nothing was sent
+                    return Outcome("failed", f"the job could not be sent to its worker: {error}", "internal")
             attempt.attach(_RemoteCancel(self, job.id))
             if attempt.cancel_requested:
                 self.send(("cancel", job.id))
             while True:
-                message = self._connection.recv()
+                message = connection.recv()
                 if message[0] == "event":
                     job.emit(message[1], message[2])
                 elif message[0] == "loaded":
@@ -204,7 +237,28 @@ class ProcessRunner:
         return {"index": self.index, "kind": self.kind, "state": self.state,
                 "pid": process.pid if process is not None else None, "restarts": max(0, self.restarts),
                 "environment": self.reported.get("environment", {}), "n_threads": self.reported.get("n_threads"),
+                "error": self.reported.get("error") if self.state == "load failed" else None,
                 "last_exit": self.last_exit}
+
+
+def _worker_command(fd: int) -> List[str]:
+    # Signals first, then the package: Ctrl-C and a service manager's SIGTERM reach the whole process group,
+    # and the server stops its workers itself. -P (3.11+): the server's working folder is not on its path.
+    bootstrap = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                 "from sdcpp_py.server._process import main; sys.exit(main())")
+    isolate = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *isolate, "-c", bootstrap, str(fd)]
+
+
+def _worker_environment(devices: Dict[str, str]) -> Dict[str, str]:
+    environment = dict(os.environ, **devices)
+    # A source tree on the server's path (not where Python finds installed packages) is the worker's too.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    installed = {os.path.abspath(path) for path in site.getsitepackages() + [site.getusersitepackages()]}
+    if root not in installed:
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
+    return environment
 
 
 # -- the worker's program ----------------------------------------------------------------------------------
@@ -214,8 +268,8 @@ def _loaded(models) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The worker: ``python -c BOOTSTRAP FD`` (``_worker_command``), FD its end of the socket pair."""
     argv = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops its workers
     connection = Connection(int(argv[0]))
     _, spec = connection.recv()
     from ._models import Model, Models
@@ -239,6 +293,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 message = connection.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the server is gone: so is its worker
+            except BaseException:  # a message that cannot be read: the stream is lost
+                os._exit(1)
             if message[0] == "job":
                 jobs.put(message)
             elif message[0] == "cancel":
@@ -288,5 +344,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -72,6 +72,8 @@ class Job:
             self.step, self.steps = data["step"], data["steps"]
         elif name == "preview":
             self.latest_preview = data["image"]
+            if not self.keep:  # no event stream reads it: keep the latest frame only
+                return
         self.events.append((name, data))
         self._call_soon(self.changed.set)
 
@@ -196,6 +198,9 @@ class ThreadRunner:
     def prepare(self, stopping: Callable[[], bool]) -> None:
         pass
 
+    def wants_start(self) -> bool:
+        return False
+
     def execute(self, job: Job, attempt: Attempt) -> Outcome:
         return run_job(self.models, job.model, job.prompt, job.options, job.preview, job.emit, attempt)
 
@@ -266,8 +271,9 @@ class Worker:
         with self._lock:
             if self._stopping:
                 raise QueueFull(5)
-            if len(self._queue) >= self.queue_size:
-                waiting = len(self._queue) + len(self._running)
+            # A job waits only if every runner is busy: queue_size counts the jobs beyond the runners.
+            waiting = len(self._queue) + len(self._running)
+            if waiting >= self.queue_size + len(self.runners):
                 raise QueueFull(max(1, math.ceil(self._seconds * waiting / len(self.runners))))
             self._queue.append(job)
             if job.keep:
@@ -312,20 +318,23 @@ class Worker:
 
     # -- the runners' threads ------------------------------------------------------------------------------
     def _run(self, runner) -> None:
-        try:
-            runner.prepare(lambda: self._stopping)
-        except BaseException:
-            log.exception("worker %d could not start", runner.index)
         while True:
+            try:
+                runner.prepare(lambda: self._stopping)  # (re)starts a worker process that is not running
+            except BaseException:
+                log.exception("worker %d could not start", runner.index)
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._lock.wait()
+                # Woken by a job, a stop, or each second to see whether its worker process died while idle.
+                while not self._queue and not self._stopping and not runner.wants_start():
+                    self._lock.wait(1.0)
                 if self._stopping:
                     return
+                if not self._queue:
+                    continue
                 job = self._queue.popleft()
                 attempt = Attempt()
+                job.started, job.worker = time.time(), runner.index
                 self._running[runner.index] = (job, attempt)
-            job.started, job.worker = time.time(), runner.index
             job.state = "running"
             job.steps = job.options.get("steps") or 0
             job.emit("running", {"id": job.id, "worker": runner.index})

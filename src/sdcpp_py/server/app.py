@@ -243,7 +243,11 @@ def _runners(models: Models, settings: Settings) -> Optional[list]:
     from ._process import DEVICE_VARIABLES, ProcessRunner, model_specs
 
     spec = {"models": model_specs(models), "max_loaded": models.max_loaded}
-    devices = list(settings.devices or [])
+    if isinstance(settings.devices, (str, bytes)):
+        raise ValueError(f"devices must be a list of device numbers, not the text {settings.devices!r}")
+    devices = [str(device) for device in settings.devices or []]
+    if settings.devices is not None and (not devices or not all(device.strip() for device in devices)):
+        raise ValueError(f"devices: give one device per worker, not {settings.devices!r}")
     runners = []
     for index in range(settings.workers):
         environment = {name: devices[index % len(devices)] for name in DEVICE_VARIABLES} if devices else {}
@@ -470,8 +474,8 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         fraction = step / steps if steps else 0.0
         seconds = job.events[-1][1].get("seconds_per_step", 0.0) if job and job.events else 0.0
         state = {"skipped": False, "interrupted": bool(job and job.cancel_requested), "job": job.id if job else "",
-                 "job_count": server.worker.queued() + (job is not None), "job_timestamp": "", "job_no": 0,
-                 "sampling_step": step, "sampling_steps": steps}
+                 "job_count": server.worker.queued() + len(server.worker.running_jobs()), "job_timestamp": "",
+                 "job_no": 0, "sampling_step": step, "sampling_steps": steps}
         return {"progress": fraction, "eta_relative": seconds * max(0, steps - step), "state": state,
                 "current_image": None if skip_current_image or job is None else job.latest_preview,
                 "textinfo": None}
