@@ -45,6 +45,12 @@ def flux_gguf_dit(flux_parts) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flux_parts_with_encoder() -> dict:
+    """The tiny Flux.1 parts with a VAE encoder (img2img, edits): what the server tests serve."""
+    return flux1.flux_components(_synthetic_dir() / "flux", vae_encoder=True)
+
+
+@pytest.fixture(scope="session")
 def flux_parts_with_t5() -> dict:
     return flux1.flux_components(_synthetic_dir() / "flux", t5xxl=True)
 

@@ -2,7 +2,9 @@
 thread, `sdcpp serve` in a subprocess, and polling with a deadline. A helper module, not a test; its
 importers skip without the server extra first."""
 
+import base64
 import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 
 import uvicorn  # the test modules importorskip it before importing this one
 
@@ -48,6 +51,17 @@ def wait_for(predicate, seconds: float = 20.0):
             return value
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as picture:
+        return np.asarray(picture.convert("RGB"))
+
+
+def b64_pixels(text: str) -> np.ndarray:
+    return png_pixels(base64.b64decode(text))
 
 
 def free_port() -> int:

@@ -9,11 +9,9 @@ given, so the cluster tests run in a network namespace whose only interface is l
 from __future__ import annotations
 
 import _thread
-import base64
 import concurrent.futures
 import faulthandler
 import http.client
-import io
 import json
 import os
 import shutil
@@ -26,7 +24,6 @@ import numpy as np
 import pytest
 
 import sdcpp_py
-from sdcpp_py.testing import flux1
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -36,7 +33,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 Image = pytest.importorskip("PIL.Image")
 
-from servers import free_port, wait_for  # noqa: E402
+from servers import b64_pixels, free_port, wait_for  # noqa: E402
 
 from sdcpp_py import serve_ray  # noqa: E402
 
@@ -50,14 +47,9 @@ in_loopback_namespace = pytest.mark.skipif(
                               "test_the_cluster_tests_run_where_only_loopback_exists runs this test there")
 
 
-def b64_pixels(text: str) -> np.ndarray:
-    with Image.open(io.BytesIO(base64.b64decode(text))) as picture:
-        return np.asarray(picture.convert("RGB"))
-
-
 @pytest.fixture(scope="module")
-def parts(synthetic_dir):
-    return flux1.flux_components(synthetic_dir / "flux", vae_encoder=True)
+def parts(flux_parts_with_encoder):
+    return flux_parts_with_encoder
 
 
 @pytest.fixture(scope="module")

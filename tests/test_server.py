@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import sdcpp_py
-from sdcpp_py.testing import flux1
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -26,7 +25,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("multipart")
 Image = pytest.importorskip("PIL.Image")
 
-from servers import component_flags, sdcpp_serve, serving, wait_for  # noqa: E402
+from servers import b64_pixels, component_flags, sdcpp_serve, serving, wait_for  # noqa: E402
 
 from sdcpp_py.server._models import Model  # noqa: E402
 
@@ -35,9 +34,9 @@ LONG = 5000  # steps of a job that runs until it is cancelled (about 0.05 s each
 
 
 @pytest.fixture(scope="module")
-def parts(synthetic_dir):
+def parts(flux_parts_with_encoder):
     """The tiny Flux parts with a VAE encoder (img2img and edits); conftest's ``ctx`` is a Context over them."""
-    return flux1.flux_components(synthetic_dir / "flux", vae_encoder=True)
+    return flux_parts_with_encoder
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +60,6 @@ def client(base):
         while http.get("/health").json()["running"] or http.get("/health").json()["queued"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-
-
-def png_pixels(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as picture:
-        return np.asarray(picture.convert("RGB"))
-
-
-def b64_pixels(text: str) -> np.ndarray:
-    return png_pixels(base64.b64decode(text))
 
 
 def b64_png(array: np.ndarray) -> str:

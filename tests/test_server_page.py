@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import sdcpp_py
-from sdcpp_py.testing import flux1
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -32,8 +31,8 @@ KEY = "page-test-key"
 
 
 @pytest.fixture(scope="module")
-def served(synthetic_dir):
-    with sdcpp_py.Context(**flux1.flux_components(synthetic_dir / "flux", vae_encoder=True), n_threads=2) as context:
+def served(flux_parts_with_encoder):
+    with sdcpp_py.Context(**flux_parts_with_encoder, n_threads=2) as context:
         yield context
 
 

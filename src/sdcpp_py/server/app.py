@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import difflib
+import functools
 import hmac
 import json
 import logging
@@ -594,6 +595,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
     return app
 
 
+@functools.lru_cache(maxsize=1)
 def _page() -> str:
     from importlib import resources
 
