@@ -39,7 +39,7 @@ from sdcpp_py import serve_ray  # noqa: E402
 
 SIZE = 64
 STEPS = 4
-QUEUE = 3  # per replica: 4 generations at a time (then 429): 7 at once fit in two; Ray spreads them by load
+QUEUE = 6  # per replica: 7 generations at a time (then 429), so the 7 requests never meet a 429 however Ray routes them
 LIMIT = 240  # seconds for the module before the watchdog interrupts it (it ends the process 30 s later)
 LOOPBACK_ONLY = os.environ.get("SDCPP_PY_LOOPBACK_ONLY") == "1"  # set inside the namespace
 in_loopback_namespace = pytest.mark.skipif(
