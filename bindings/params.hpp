@@ -17,6 +17,7 @@ struct ContextParams {
         high_noise_diffusion_model, vae, taesd, control_net, photo_maker, tensor_type_rules;
     std::vector<std::pair<std::string, std::string>> embeddings;  // (name, path)
     sd_ctx_params_t scalars{};
+    int cpu_precision = 0;  // ours, not the core's: 0 f32, 1 bf16 products on the CPU (patch 0014)
 
     ContextParams() {
         sd_ctx_params_init(&scalars);

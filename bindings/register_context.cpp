@@ -2,6 +2,7 @@
 #include "common.hpp"
 
 #include "params.hpp"
+#include "sdcpp_py_precision.h"
 
 #include <cmath>
 #include <cstring>
@@ -50,6 +51,14 @@ std::string failed_loads(const CoreCall& call) {
 
 // What a loaded context shares with the core calls queued for it: a free queued by __del__ may run after the
 // Python object is gone.
+// The context's precision for the graphs the core builds during one call on this thread (patch 0014).
+struct GraphPrecisionScope {
+    explicit GraphPrecisionScope(int cpu_precision) { sdcpp_py_set_graph_bf16(cpu_precision == 1); }
+    ~GraphPrecisionScope() { sdcpp_py_set_graph_bf16(0); }
+    GraphPrecisionScope(const GraphPrecisionScope&)            = delete;
+    GraphPrecisionScope& operator=(const GraphPrecisionScope&) = delete;
+};
+
 struct LoadedContext {
     ContextParams params;  // owns the strings handed to new_sd_ctx for as long as the context lives
     std::unique_ptr<sd_ctx_t, CtxDeleter> ctx;  // touched only on the core thread
@@ -85,6 +94,7 @@ class NativeContext {
 
         auto state = state_;
         auto load  = std::make_shared<CoreCall>("loading a Context", [&, state] {
+            GraphPrecisionScope precision(state->params.cpu_precision);
             state->ctx.reset(new_sd_ctx(&c));
             if (state->ctx != nullptr) {
                 // Constant per model: asked once here, so later queries need no core call.
@@ -293,6 +303,7 @@ class NativeContext {
             }
             ++generations_started_;
             PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
+            GraphPrecisionScope precision(state->params.cpu_precision);
             call(state->ctx.get());
         });
         core_call->cancel_epoch = &cancel_epoch_;

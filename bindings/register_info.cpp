@@ -72,6 +72,9 @@ void register_info(py::module_& m) {
         }
         return names;
     }, "Our fused CPU kernels (patches 0006-0008) the loaded CPU backend has: none without AVX2 + FMA + F16C.");
+    m.def("cpu_bf16_products", [] { return sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS) != nullptr; },
+          "Whether the loaded CPU backend can run products in bf16 (AVX512_BF16, patch 0014), unless "
+          "SDCPP_PY_CPU_KERNELS=avx2 restricts it.");
     m.def("devices", [] {
         if (ggml_backend_dev_count() == 0) {
             ggml_backend_load_all();  // a GGML_BACKEND_DL build registers its backends on demand

@@ -26,6 +26,7 @@ void register_params(py::module_& m) {
     SDCPP_STRING_FIELD(tensor_type_rules);
     SDCPP_STRING_FIELD(embeddings);
 #undef SDCPP_STRING_FIELD
+    ctx_params.def_readwrite("cpu_precision", &ContextParams::cpu_precision);
 #define SDCPP_SCALAR_FIELD(py_name, field)                                                         \
     ctx_params.def_property(                                                                       \
         py_name, [](const ContextParams& p) { return p.scalars.field; },                           \

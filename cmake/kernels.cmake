@@ -18,3 +18,5 @@ foreach(cpu_target IN LISTS SDCPP_CPU_TARGETS)
     "${SDCPP_KERNELS_DIR}/sdcpp_py_geglu.cpp" "${SDCPP_KERNELS_DIR}/sdcpp_py_kernels.cpp")
 endforeach()
 target_include_directories(stable-diffusion PUBLIC "${SDCPP_KERNELS_DIR}")
+# ggml.c marks bf16 products (patch 0014: sdcpp_py_precision.h).
+target_include_directories(ggml-base PRIVATE "${SDCPP_KERNELS_DIR}")

@@ -9,6 +9,7 @@
 
 #include "ggml-cpu-impl.h"
 #include "sdcpp_py_packed_gemm.h"
+#include "sdcpp_py_precision.h"
 #include "vec.h"
 
 #include <cmath>
@@ -74,6 +75,40 @@ void product(int64_t rows, int64_t cols, int64_t depth, const std::vector<float>
     }
 }
 
+#if defined(SDCPP_PY_BF16_GEMM)
+// An m x depth matrix's packed blocks (pack_all) as bf16 pairs: block pc at pairs + m_padded * pc / 2.
+void pair_all(int64_t m, int64_t depth, const std::vector<float>& panels, std::vector<uint32_t>& pairs) {
+    const int64_t m_padded = (m + MR - 1) / MR * MR;
+    pairs.resize(m_padded * ((depth + 1) / 2 + 1));
+    for (int64_t pc = 0; pc < depth; pc += KC) {
+        const int64_t kc = std::min(KC, depth - pc), kc2 = (kc + 1) / 2;
+        for (int64_t s = 0; s < m_padded / MR; ++s) {
+            pair_steps_bf16(panels.data() + m_padded * pc + s * MR * kc, kc, MR,
+                            pairs.data() + m_padded * pc / 2 + s * MR * kc2);
+        }
+    }
+}
+
+// product() with bf16 products: A's blocks paired (pair_all), B's rows paired per block.
+void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<uint32_t>& a_pairs, const float* B,
+                  int64_t ldb, float* C, int64_t ldc) {
+    thread_local std::vector<uint32_t> b_pairs;
+    const int64_t m_padded = (rows + MR - 1) / MR * MR, n_slivers = (cols + NR - 1) / NR;
+    for (int64_t pc = 0; pc < depth; pc += KC) {
+        const int64_t kc = std::min(KC, depth - pc), kc2 = (kc + 1) / 2;
+        b_pairs.resize(n_slivers * NR * kc2);
+        for (int64_t s = 0; s < n_slivers; ++s) {
+            pair_cols_of_b(B, ldb, s * NR, std::min(NR, cols - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
+        }
+        const uint32_t* a_block = a_pairs.data() + m_padded * pc / 2;
+        for (int64_t ic = 0; ic < rows; ic += MC) {
+            tile_block_bf16(std::min(MC, rows - ic), cols, kc2, a_block + ic * kc2, b_pairs.data(), C + ic, ldc,
+                            pc > 0);
+        }
+    }
+}
+#endif
+
 // The graph's ggml_scale, then ggml_soft_max (scale 1, no mask) on one row of scores, in place.
 void scaled_softmax(float* row, int64_t n, float scale) {
     // x * scale and the maximum are exact, so lanes in any order give ggml's values.
@@ -116,12 +151,14 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
     float scale;
     const uint32_t scale_bits = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(userdata));
     std::memcpy(&scale, &scale_bits, sizeof scale);
+    sdcpp_py_gemm_set_bf16(static_cast<int>((reinterpret_cast<uintptr_t>(userdata) >> 32) & 1));
 
     // Units are (batch, head, query block); each thread takes a contiguous run, so it packs each head's K
     // and V once. No barrier: units write disjoint outputs.
     const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = batches * heads * blocks_per_head;
     const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
     std::vector<float> k_packed, v_packed, b_panels, scores(L_k * QB);
+    std::vector<uint32_t> k_pairs, v_pairs;
     int64_t packed_head = -1;
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
@@ -134,12 +171,26 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
                 pack_all_rows(head_row(v, 0, h, n), v->nb[0] / sizeof(float), d_head, L_k, v_packed);
             }
             packed_head = head_index;
+#if defined(SDCPP_PY_BF16_GEMM)
+            if (bf16_products) {
+                pair_all(L_k, d_head, k_packed, k_pairs);
+                pair_all(d_head, L_k, v_packed, v_pairs);
+            }
+#endif
         }
+        float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
+#if defined(SDCPP_PY_BF16_GEMM)
+        if (bf16_products) {  // the same steps, both products on bf16 operands
+            product_bf16(L_k, nq, d_head, k_pairs, head_row(q, j0, h, n), q_stride, scores.data(), L_k);
+            for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores.data() + j * L_k, L_k, scale);
+            product_bf16(d_head, nq, L_k, v_pairs, scores.data(), L_k, out, out_stride);
+            continue;
+        }
+#endif
         // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
         product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores.data(), L_k);
         for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores.data() + j * L_k, L_k, scale);
         // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
-        float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
         product(d_head, nq, L_k, v_packed, scores.data(), L_k, true, b_panels, out, out_stride);
     }
 }

@@ -16,6 +16,7 @@
 
 #include "ggml.h"
 #include "sdcpp_py_kernels.h"
+#include "sdcpp_py_precision.h"
 
 #define SDCPP_PY_CPU_ATTENTION "sdcpp_py_cpu_attention"
 
@@ -54,6 +55,8 @@ inline ggml_tensor* sdcpp_py_cpu_attention(ggml_context* ctx, bool backend_is_cp
     uint32_t scale_bits;
     std::memcpy(&scale_bits, &scale, sizeof scale_bits);
     ggml_tensor* args[3] = {q, k, v};
+    // The scale's bits, and above them (bit 32) the graph's precision: bf16 products (patch 0014).
+    const uintptr_t bf16 = sdcpp_py_graph_bf16() != 0;
     return ggml_custom_4d(ctx, GGML_TYPE_F32, d_head, q->ne[2], L_q, q->ne[3], args, 3, op, GGML_N_TASKS_MAX,
-                          reinterpret_cast<void*>(static_cast<uintptr_t>(scale_bits)));
+                          reinterpret_cast<void*>(static_cast<uintptr_t>(scale_bits) | (bf16 << 32)));
 }

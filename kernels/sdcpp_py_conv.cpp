@@ -8,6 +8,7 @@
 
 #include "ggml-cpu-impl.h"
 #include "sdcpp_py_packed_gemm.h"
+#include "sdcpp_py_precision.h"
 
 #if defined(SDCPP_PY_CPU_KERNELS)
 
@@ -18,10 +19,15 @@ namespace {
 inline __m256 through_f16(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 inline float through_f16(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
 
-// One image (IC, IH, IW) seen as im2col's (OH*OW) x (IC*KH*KW) matrix.
+// One image (IC, IH, IW) seen as im2col's (OH*OW) x (IC*KH*KW) matrix. With bf16 products the values go
+// to the kernel as they are (it rounds them to bf16 itself), not through f16 first.
 struct ImageColumns {
     const float* x;
     int64_t IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1;
+    bool f16_values;
+
+    __m256 value(__m256 v) const { return f16_values ? through_f16(v) : v; }
+    float value(float v) const { return f16_values ? through_f16(v) : v; }
 
     void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
         const int64_t oh0 = i0 / OW, ow0 = i0 % OW;
@@ -36,7 +42,7 @@ struct ImageColumns {
                     const int64_t i = i0 + r, oh = i / OW, ow = i % OW;
                     const int64_t ih = oh * s1 + kh * d1 - p1, iw = ow * s0 + kw * d0 - p0;
                     const bool inside = r < rows && ih >= 0 && ih < IH && iw >= 0 && iw < IW;
-                    panel[r] = inside ? through_f16(x[(ic * IH + ih) * IW + iw]) : 0.0f;
+                    panel[r] = inside ? value(x[(ic * IH + ih) * IW + iw]) : 0.0f;
                 }
             }
             if (++kw == KW) {
@@ -49,6 +55,15 @@ struct ImageColumns {
         }
     }
 
+#if defined(SDCPP_PY_BF16_GEMM)
+    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
+        thread_local std::vector<float> values;
+        values.resize(MR * kc);
+        pack(i0, rows, pc, kc, values.data());
+        pair_steps_bf16(values.data(), kc, MR, panel);
+    }
+#endif
+
     // Input row ih of channel ic, columns iw..iw+15 (zero outside the image), into panel[0..15].
     void pack_run(int64_t ic, int64_t ih, int64_t iw, float* panel) const {
         if (ih < 0 || ih >= IH) {
@@ -58,8 +73,8 @@ struct ImageColumns {
         }
         const float* row = x + (ic * IH + ih) * IW;
         if (iw >= 0 && iw + MR <= IW) {
-            _mm256_storeu_ps(panel, through_f16(_mm256_loadu_ps(row + iw)));
-            _mm256_storeu_ps(panel + 8, through_f16(_mm256_loadu_ps(row + iw + 8)));
+            _mm256_storeu_ps(panel, value(_mm256_loadu_ps(row + iw)));
+            _mm256_storeu_ps(panel + 8, value(_mm256_loadu_ps(row + iw + 8)));
             return;
         }
         // At the image's edges: lanes outside the row are masked (never read) and come back zero.
@@ -70,7 +85,7 @@ struct ImageColumns {
             const __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
                                                        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(IW)), column));
             const float* base = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + start * 4);
-            _mm256_storeu_ps(panel + 8 * half, through_f16(_mm256_maskload_ps(base, inside)));
+            _mm256_storeu_ps(panel + 8 * half, value(_mm256_maskload_ps(base, inside)));
         }
     }
 };
@@ -82,6 +97,8 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
     using namespace sdcpp_py_gemm;
     const ggml_tensor *w = dst->src[0], *x = dst->src[1];
     uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
+    const bool bf16 = (params >> SDCPP_PY_CONV_BF16_BIT) & 1;
+    sdcpp_py_gemm_set_bf16(bf16);
     int64_t unpacked[6];
     for (int i = 5; i >= 0; --i, params >>= 8) unpacked[i] = static_cast<int64_t>(params & 0xff);
     const int64_t s0 = unpacked[0], s1 = unpacked[1], p0 = unpacked[2], p1 = unpacked[3], d0 = unpacked[4],
@@ -95,10 +112,19 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
     // product takes all images as one matrix; per element the sums are the same.
     const int64_t pixels = OH * OW;
     for (int64_t n = 0; n < N; ++n) {
-        const ImageColumns image{static_cast<const float*>(x->data) + n * IC * IH * IW, IW, IH, KW, KH, OW, s0, s1,
-                                 p0, p1, d0, d1};
+        const ImageColumns image{static_cast<const float*>(x->data) + n * IC * IH * IW,
+                                 IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1, !bf16_products};
         float* out = static_cast<float*>(dst->data) + n * OC * pixels;
-        const Share share = gemm_share(ith, nth, pixels, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, pixels);
+        Share share;
+#if defined(SDCPP_PY_BF16_GEMM)
+        if (w->type == GGML_TYPE_BF16) {  // only built for bf16 graphs
+            share = gemm_share_bf16(ith, nth, pixels, OC, IC * KH * KW, image, static_cast<const Bf16*>(w->data),
+                                    IC * KH * KW, out, pixels);
+        } else
+#endif
+        {
+            share = gemm_share(ith, nth, pixels, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, pixels);
+        }
         if (bias == nullptr) continue;
         // The graph's ggml_add of the bias, on this thread's finished share.
         for (int64_t j = share.n0; j < share.n1 && share.m0 < share.m1; ++j) {

@@ -12,21 +12,24 @@
 
 #include "ggml.h"
 #include "sdcpp_py_kernels.h"
+#include "sdcpp_py_precision.h"
 
 #define SDCPP_PY_CPU_CONV_2D "sdcpp_py_cpu_conv_2d"
 
 extern "C" {
-// The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16
-// (KW, KH, IC, OC), src[1] image f32 (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in
+// The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16, or bf16
+// in a bf16 graph, (KW, KH, IC, OC), src[1] image f32 (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in
 // userdata (see below).
 void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
 
-// Stride, padding and dilation, 8 bits each (width then height), packed into the custom op's userdata.
-inline uintptr_t sdcpp_py_conv_2d_params(int s0, int s1, int p0, int p1, int d0, int d1) {
+// Stride, padding and dilation, 8 bits each (width then height), packed into the custom op's userdata;
+// above them (bit 48) the graph's precision: bf16 products (patch 0014).
+constexpr int SDCPP_PY_CONV_BF16_BIT = 48;
+inline uintptr_t sdcpp_py_conv_2d_params(int s0, int s1, int p0, int p1, int d0, int d1, bool bf16) {
     uintptr_t packed = 0;
     for (int value : {s0, s1, p0, p1, d0, d1}) packed = (packed << 8) | static_cast<uintptr_t>(value);
-    return packed;
+    return packed | (static_cast<uintptr_t>(bf16) << SDCPP_PY_CONV_BF16_BIT);
 }
 
 // The graph's ggml_conv_2d(w, x, ...) as one node, for sizes where its product would run on the packed
@@ -38,7 +41,11 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     // Present when the loaded CPU backend has the packed kernel (patch 0004) the unfused product would use.
     const ggml_custom_op_t op = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_CONV_2D);
     if (op == nullptr) return nullptr;
-    if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
+    // bf16 kernels (cpu_precision="bf16" loads weights as bf16) only where the products are bf16 anyway.
+    const bool bf16 = sdcpp_py_graph_bf16() != 0;
+    const bool kernel_type_ok = w->type == GGML_TYPE_F16 ||
+                                (w->type == GGML_TYPE_BF16 && bf16 && sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS));
+    if (!kernel_type_ok || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
         return nullptr;
     }
     for (int value : {s0, s1, d0, d1}) {
@@ -60,5 +67,6 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
         *bias = nullptr;
     }
     return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, op, GGML_N_TASKS_MAX,
-                          reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1)));
+                          reinterpret_cast<void*>(
+                              sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1, bf16)));
 }

@@ -5,8 +5,30 @@
 #include "sdcpp_py_conv.h"
 #include "sdcpp_py_geglu.h"
 #include "sdcpp_py_packed_gemm.h"
+#include "sdcpp_py_precision.h"
 
+#include <cstdlib>
 #include <cstring>
+
+namespace {
+// SDCPP_PY_CPU_KERNELS=avx2 keeps this backend to the AVX2 kernels on a CPU that has wider ones, so that
+// their speed and results can be measured there (issue 20). Read once: products must not change mid-run.
+bool wider_kernels_allowed() {
+    static const bool allowed = [] {
+        const char* restrict_to = std::getenv("SDCPP_PY_CPU_KERNELS");
+        return restrict_to == nullptr || std::strcmp(restrict_to, "avx2") != 0;
+    }();
+    return allowed;
+}
+}  // namespace
+
+extern "C" void sdcpp_py_gemm_set_bf16(int bf16) {
+#if defined(SDCPP_PY_BF16_GEMM)
+    sdcpp_py_gemm::bf16_products = bf16 != 0 && wider_kernels_allowed();
+#else
+    (void)bf16;
+#endif
+}
 
 extern "C" void* sdcpp_py_cpu_kernel_by_name(const char* name) {
 #if defined(SDCPP_PY_CPU_KERNELS)
@@ -22,6 +44,12 @@ extern "C" void* sdcpp_py_cpu_kernel_by_name(const char* name) {
     for (const Kernel& kernel : kernels) {
         if (std::strcmp(name, kernel.name) == 0) return reinterpret_cast<void*>(kernel.op);
     }
+#if defined(SDCPP_PY_BF16_GEMM)
+    // Not an op: its presence says the products can run in bf16 (AVX512_BF16 here, not restricted away).
+    if (std::strcmp(name, SDCPP_PY_BF16_PRODUCTS) == 0 && wider_kernels_allowed()) {
+        return reinterpret_cast<void*>(&sdcpp_py_gemm_set_bf16);
+    }
+#endif
 #else
     (void)name;
 #endif

@@ -8,6 +8,9 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+// The name under which the CPU backend reports bf16 products (Context's cpu_precision="bf16").
+#define SDCPP_PY_BF16_PRODUCTS "sdcpp_py_bf16_products"
+
 extern "C" {
 // Compiled into ggml-cpu: the custom op called `name`, or nullptr (unknown name, or no packed kernel).
 void* sdcpp_py_cpu_kernel_by_name(const char* name);

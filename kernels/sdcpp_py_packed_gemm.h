@@ -8,6 +8,9 @@
 // Each C element is summed by one thread in a fixed order, so results do not depend on the thread count.
 // AVX-512 builds use it too (issue 20): ggml's AVX-512 tinyBLAS streams rows as its AVX2 one does, and the
 // fused nodes that rely on this kernel then run there as well (SD1 UNet, 256x256, Zen 4: 3.29 -> 2.49 s/step).
+// With AVX512_BF16 the products of a context with cpu_precision="bf16" (patch 0014) take the bf16 path below:
+// the same blocks, operands rounded to bf16 in pairs of steps, vdpbf16ps into f32 sums (SD1, 256x256: ~1.5
+// s/step against 2.3).
 #pragma once
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -158,6 +161,192 @@ inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ld
     }
 }
 
+// Whether the products of the op this thread runs now round their operands to bf16 (Context's
+// cpu_precision="bf16"): set at the start of each op by its caller, from the node's mark (ggml's mul_mat:
+// sdcpp_py_gemm_set_bf16) or its userdata (the fused nodes). Only acted on where SDCPP_PY_BF16_GEMM is.
+inline thread_local bool bf16_products = false;
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#define SDCPP_PY_BF16_GEMM 1
+
+// The bf16 panels hold pairs of steps as one dword (step 2q in its low half, 2q+1 in its high half, rounded
+// to nearest even as OpenVINO and PyTorch round to bf16), which vdpbf16ps multiplies and adds in f32: twice
+// the f32 FMA rate on Zen 4. A sliver: a_pairs[q*MR + r] (one zmm per pair step); B's NR columns: each its
+// own run b_pairs[c*kc2 + q], converted straight from B's rows (no transpose: a weight's or a token's steps
+// are contiguous there), read by broadcasts. An odd last step pairs with zero.
+
+// A bf16 value's bits (ggml_bf16_t's), as a type of its own for the overloads below.
+struct Bf16 {
+    uint16_t bits;
+};
+
+inline __mmask16 first_lanes(int64_t n) {
+    return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// Values l..l+31 of a row (n of them real, the rest zero) as 16 pairs.
+inline __m512i row_pairs(const float* p, int64_t n) {
+    const __m512 lo = _mm512_maskz_loadu_ps(first_lanes(n), p);
+    const __m512 hi = _mm512_maskz_loadu_ps(first_lanes(n - 16), p + 16);
+    return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+}
+inline __m512i row_pairs(const uint16_t* p, int64_t n) {
+    const __m512 lo = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes(n), p));
+    const __m512 hi = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes(n - 16), p + 16));
+    return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+inline __m512i row_pairs(const Bf16* p, int64_t n) {  // already bf16: the pairs are the row's dwords
+    const __mmask32 words = n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1);
+    return _mm512_maskz_loadu_epi16(words, p);
+}
+
+// NR columns of B (rows j0.. of the B array, `cols` real, the rest zero), steps pc..pc+kc, as pair runs.
+template <typename T>
+void pair_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc, uint32_t* out) {
+    const int64_t kc2 = (kc + 1) / 2;
+    for (int64_t c = 0; c < NR; ++c, out += kc2) {
+        for (int64_t l = 0; l < kc; l += 32) {
+            const int64_t n = std::min<int64_t>(32, kc - l);
+            const __m512i pairs = c < cols ? row_pairs(B + (j0 + c) * ldb + pc + l, n) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(out + l / 2, first_lanes((n + 1) / 2), pairs);
+        }
+    }
+}
+
+// t[i] = dword i of 16 rows -> t[c] = dword c of each row, in row order.
+inline void transpose16(__m512i t[16]) {
+    __m512i a[16], b[16];
+    for (int k = 0; k < 16; k += 4) {
+        a[k + 0] = _mm512_unpacklo_epi32(t[k], t[k + 1]);
+        a[k + 1] = _mm512_unpackhi_epi32(t[k], t[k + 1]);
+        a[k + 2] = _mm512_unpacklo_epi32(t[k + 2], t[k + 3]);
+        a[k + 3] = _mm512_unpackhi_epi32(t[k + 2], t[k + 3]);
+        // Lane L of b[k + j]: rows k..k+3 of dword 4L + j.
+        b[k + 0] = _mm512_unpacklo_epi64(a[k], a[k + 2]);
+        b[k + 1] = _mm512_unpackhi_epi64(a[k], a[k + 2]);
+        b[k + 2] = _mm512_unpacklo_epi64(a[k + 1], a[k + 3]);
+        b[k + 3] = _mm512_unpackhi_epi64(a[k + 1], a[k + 3]);
+    }
+    for (int j = 0; j < 4; ++j) {
+        const __m512i even0 = _mm512_shuffle_i32x4(b[j], b[4 + j], 0x88), odd0 = _mm512_shuffle_i32x4(b[j], b[4 + j], 0xdd);
+        const __m512i even1 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], 0x88),
+                      odd1 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], 0xdd);
+        t[j] = _mm512_shuffle_i32x4(even0, even1, 0x88);
+        t[8 + j] = _mm512_shuffle_i32x4(even0, even1, 0xdd);
+        t[4 + j] = _mm512_shuffle_i32x4(odd0, odd1, 0x88);
+        t[12 + j] = _mm512_shuffle_i32x4(odd0, odd1, 0xdd);
+    }
+}
+
+// MR rows of A (from i0, `rows` real, the rest zero), steps pc..pc+kc, as an A sliver of pairs.
+template <typename T>
+void pair_rows_of_a(const T* A, int64_t lda, int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) {
+    __m512i t[16];
+    for (int64_t l = 0; l < kc; l += 32) {
+        const int64_t n = std::min<int64_t>(32, kc - l);
+        for (int64_t r = 0; r < MR; ++r) {
+            t[r] = r < rows ? row_pairs(A + (i0 + r) * lda + pc + l, n) : _mm512_setzero_si512();
+        }
+        transpose16(t);
+        const int64_t pairs = (n + 1) / 2;
+        for (int64_t q = 0; q < pairs; ++q) _mm512_storeu_si512(panel + (l / 2 + q) * MR, t[q]);
+    }
+}
+
+// A packed f32 panel (steps x width, panel[l*width + w]) as pairs: out[(l/2)*width + w]. For A operands that
+// pack f32 slivers of their own (the convolution's image columns, attention's packed heads).
+inline void pair_steps_bf16(const float* panel, int64_t steps, int64_t width, uint32_t* out) {
+    alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i order = _mm512_load_si512(interleave);
+    for (int64_t l = 0; l < steps; l += 2, out += width) {
+        const float* even = panel + l * width;
+        for (int64_t w = 0; w < width; w += 16) {
+            const __mmask16 lanes = first_lanes(width - w);
+            const __m512 e = _mm512_maskz_loadu_ps(lanes, even + w);
+            const __m512 o = l + 1 < steps ? _mm512_maskz_loadu_ps(lanes, even + width + w) : _mm512_setzero_ps();
+            // Low 16 words: the even step's lanes, high 16: the odd step's; then word pairs per lane.
+            const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(o, e));
+            _mm512_mask_storeu_epi32(out + w, lanes, _mm512_permutexvar_epi16(order, both));
+        }
+    }
+}
+
+// SLIVERS x 16 rows x NR columns over kc2 pair steps into C (column stride ldc).
+template <int SLIVERS>
+inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_stride, const uint32_t* b,
+                               float* C, int64_t ldc, bool accumulate) {
+    __m512 c[NR][SLIVERS];
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 2
+        for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_setzero_ps();
+    }
+    const uint32_t *b0 = b, *b1 = b + kc2, *b2 = b + 2 * kc2, *b3 = b + 3 * kc2, *b4 = b + 4 * kc2,
+                   *b5 = b + 5 * kc2;
+    const uint32_t* const columns[NR] = {b0, b1, b2, b3, b4, b5};
+    for (int64_t q = 0; q < kc2; ++q, a += MR) {
+        __m512bh av[SLIVERS];
+#pragma GCC unroll 2
+        for (int s = 0; s < SLIVERS; ++s) {
+            av[s] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(a + s * a_sliver_stride));
+        }
+#pragma GCC unroll 6
+        for (int j = 0; j < NR; ++j) {
+            const __m512bh bv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(columns[j][q])));
+#pragma GCC unroll 2
+            for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_dpbf16_ps(c[j][s], av[s], bv);
+        }
+    }
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 2
+        for (int s = 0; s < SLIVERS; ++s) {
+            float* col = C + j * ldc + s * MR;
+            _mm512_storeu_ps(col, accumulate ? _mm512_add_ps(_mm512_loadu_ps(col), c[j][s]) : c[j][s]);
+        }
+    }
+}
+
+// Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*MR*kc2, B's
+// column slivers at b_pairs + sj*NR*kc2. Two A slivers per tile where there are: 12 accumulators hide the
+// dot product's latency.
+inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint32_t* a_pairs, const uint32_t* b_pairs,
+                            float* C, int64_t ldc, bool accumulate) {
+    const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
+    const int64_t a_stride = MR * kc2;
+    alignas(64) float edge[NR * MR];
+    for (int64_t sj = 0; sj < n_slivers; ++sj) {
+        const int64_t j = sj * NR, sliver_cols = std::min(NR, cols - j);
+        const uint32_t* b = b_pairs + sj * NR * kc2;
+        for (int64_t si = 0; si < m_slivers;) {
+            const int64_t i = si * MR;
+            const uint32_t* a = a_pairs + si * a_stride;
+            float* c = C + j * ldc + i;
+            if (sliver_cols == NR && i + 2 * MR <= rows) {
+                register_tile_bf16<2>(kc2, a, a_stride, b, c, ldc, accumulate);
+                si += 2;
+                continue;
+            }
+            const int64_t sliver_rows = std::min(MR, rows - i);
+            if (sliver_cols == NR && sliver_rows == MR) {
+                register_tile_bf16<1>(kc2, a, a_stride, b, c, ldc, accumulate);
+            } else {
+                register_tile_bf16<1>(kc2, a, a_stride, b, edge, MR, false);
+                for (int64_t jj = 0; jj < sliver_cols; ++jj) {
+                    for (int64_t ii = 0; ii < sliver_rows; ++ii) {
+                        const float v = edge[jj * MR + ii];
+                        c[jj * ldc + ii] = accumulate ? c[jj * ldc + ii] + v : v;
+                    }
+                }
+            }
+            ++si;
+        }
+    }
+}
+#endif
+
 // Register tiles over a rows x cols block of C (C points at its first element) at depth kc. A: packed
 // slivers, sliver si at a_panels + si*MR*kc. B: packed slivers at b_panels + sj*NR*kc or, where b_rows is
 // given, whole slivers read in place as f32 rows (b_rows + j*ldb); a last short sliver is always packed.
@@ -199,7 +388,42 @@ struct RowsOfA {
     void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
         pack_rows_of_a(A, lda, i0, rows, pc, kc, panel);
     }
+#if defined(SDCPP_PY_BF16_GEMM)
+    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
+        pair_rows_of_a(A, lda, i0, rows, pc, kc, panel);
+    }
+#endif
 };
+
+#if defined(SDCPP_PY_BF16_GEMM)
+// gemm_block with bf16 products: the same blocks, B's columns paired once per KC-deep block, A's slivers per
+// MC block.
+template <typename APack, typename TB>
+void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const APack& A, const TB* B,
+                     int64_t ldb, float* C, int64_t ldc) {
+    thread_local std::vector<uint32_t> a_pairs, b_pairs;
+    for (int64_t jc = n0; jc < n1; jc += NC) {
+        const int64_t nc = std::min(NC, n1 - jc);
+        const int64_t n_slivers = (nc + NR - 1) / NR;
+        for (int64_t pc = 0; pc < k; pc += KC) {
+            const int64_t kc = std::min(KC, k - pc), kc2 = (kc + 1) / 2;
+            b_pairs.resize(n_slivers * NR * kc2);
+            for (int64_t s = 0; s < n_slivers; ++s) {
+                pair_cols_of_b(B, ldb, jc + s * NR, std::min(NR, nc - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
+            }
+            for (int64_t ic = m0; ic < m1; ic += MC) {
+                const int64_t mc = std::min(MC, m1 - ic);
+                const int64_t m_slivers = (mc + MR - 1) / MR;
+                a_pairs.resize(m_slivers * MR * kc2);
+                for (int64_t s = 0; s < m_slivers; ++s) {
+                    A.pack_pairs(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_pairs.data() + s * MR * kc2);
+                }
+                tile_block_bf16(mc, nc, kc2, a_pairs.data(), b_pairs.data(), C + jc * ldc + ic, ldc, pc > 0);
+            }
+        }
+    }
+}
+#endif
 
 // C rows [m0, m1) x columns [n0, n1), all of depth k.
 template <typename APack, typename TB>
@@ -258,14 +482,50 @@ template <typename APack, typename TB>
 Share gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
                  float* C, int64_t ldc) {
     const Share share = share_of(ith, nth, m, n);
-    if (share.m0 < share.m1) gemm_block(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
+    if (share.m0 >= share.m1) return share;
+#if defined(SDCPP_PY_BF16_GEMM)
+    if (bf16_products) {
+        gemm_block_bf16(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
+        return share;
+    }
+#endif
+    gemm_block(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
     return share;
 }
+
+#if defined(SDCPP_PY_BF16_GEMM)
+// gemm_share for operands only the bf16 path reads (bf16 weights).
+template <typename APack, typename TB>
+Share gemm_share_bf16(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
+                      float* C, int64_t ldc) {
+    const Share share = share_of(ith, nth, m, n);
+    if (share.m0 < share.m1) gemm_block_bf16(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
+    return share;
+}
+#endif
 
 // Types are ggml_type values (0 = F32, 1 = F16). False: not handled here, the caller falls back.
 inline bool packed_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
                         const void* B, int64_t ldb, float* C, int64_t ldc, int Atype, int Btype) {
     constexpr int F32 = 0, F16 = 1;
+#if defined(SDCPP_PY_BF16_GEMM)
+    if (bf16_products) {  // f32, f16 or bf16 operands (cpu_precision="bf16" loads weights as bf16)
+        constexpr int BF16 = 30;
+        const auto known = [](int type) { return type == F32 || type == F16 || type == BF16; };
+        if (!known(Atype) || !known(Btype) || m < MR || n < NR || k < 8) return false;
+        const auto with_a = [&](const auto* a) {
+            using T = std::remove_cv_t<std::remove_pointer_t<decltype(a)>>;
+            const RowsOfA<T> rows{a, lda};
+            if (Btype == F32) gemm_share_bf16(ith, nth, m, n, k, rows, static_cast<const float*>(B), ldb, C, ldc);
+            else if (Btype == F16) gemm_share_bf16(ith, nth, m, n, k, rows, static_cast<const uint16_t*>(B), ldb, C, ldc);
+            else gemm_share_bf16(ith, nth, m, n, k, rows, static_cast<const Bf16*>(B), ldb, C, ldc);
+        };
+        if (Atype == F32) with_a(static_cast<const float*>(A));
+        else if (Atype == F16) with_a(static_cast<const uint16_t*>(A));
+        else with_a(static_cast<const Bf16*>(A));
+        return true;
+    }
+#endif
     if ((Atype != F32 && Atype != F16) || (Btype != F32 && Btype != F16)) return false;
     // Tiny products are not worth packing.
     if (m < MR || n < NR || k < 8) return false;

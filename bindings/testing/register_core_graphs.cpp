@@ -62,7 +62,8 @@ py::tuple compute_core_graph(ggml_backend_t backend, ggml_context* ctx, ggml_ten
 // graph's node ops and the compute buffer the allocator needed.
 py::tuple cpu_attention(const py::array_t<float, py::array::c_style>& q, const py::array_t<float, py::array::c_style>& k,
                         const py::array_t<float, py::array::c_style>& v, int n_head, int n_threads,
-                        bool on_cpu_backend, bool per_head_inputs) {
+                        bool on_cpu_backend, bool per_head_inputs, bool bf16) {
+    const BuildPrecision precision(bf16);
     if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2) {
         throw std::invalid_argument("q, k, v: expected 2-D arrays (tokens, channels)");
     }
@@ -105,7 +106,9 @@ py::tuple cpu_attention(const py::array_t<float, py::array::c_style>& q, const p
 // other backends. Returns (output (N, OC, OH, OW), graph node ops, compute buffer bytes).
 py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
                        const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
-                       int n_threads, bool on_cpu_backend, std::optional<py::array_t<float, py::array::c_style>> bias) {
+                       int n_threads, bool on_cpu_backend, std::optional<py::array_t<float, py::array::c_style>> bias,
+                       bool bf16) {
+    const BuildPrecision precision(bf16);
     const ConvShape shape = checked_conv_shape(kernel_f16_bits, image, stride, padding, dilation, n_threads);
     const int64_t N = shape.N, IC = shape.IC, H = shape.H, W = shape.W, OC = shape.OC, KH = shape.KH, KW = shape.KW,
                   OH = shape.OH, OW = shape.OW;
@@ -156,10 +159,11 @@ py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_thre
 void register_core_graphs(py::module_& m) {
     m.def("_cpu_attention", &cpu_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true, py::arg("per_head_inputs") = false,
+          py::arg("bf16") = false,
           "Test hook: the core's attention on the CPU; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_conv_2d", &core_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
-          py::arg("bias") = py::none(),
+          py::arg("bias") = py::none(), py::arg("bf16") = false,
           "Test hook: the core's Conv2d convolution on the CPU; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_geglu", &core_geglu, py::arg("x"), py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
           "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");

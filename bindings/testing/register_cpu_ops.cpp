@@ -32,7 +32,8 @@ ggml_type float_type_of(const py::array& array, const char* name) {
 }
 
 // ggml_mul_mat(a, b) on the CPU backend: for a (m, k) and b (n, k), the (n, m) float32 array b @ a.T.
-py::array_t<float> cpu_mul_mat(const py::array& a_in, const py::array& b_in, int n_threads) {
+py::array_t<float> cpu_mul_mat(const py::array& a_in, const py::array& b_in, int n_threads, bool bf16) {
+    const BuildPrecision precision(bf16);
     const ggml_type a_type = float_type_of(a_in, "a"), b_type = float_type_of(b_in, "b");
     const auto a = py::array::ensure(a_in, py::array::c_style), b = py::array::ensure(b_in, py::array::c_style);
     const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(0);
@@ -83,7 +84,8 @@ void compute_on_cpu(ggml_context* ctx, ggml_tensor* result, int n_threads) {
 // ggml_conv_2d (im2col, then a matrix product): f16 kernel (OC, IC, KH, KW), f32 image (N, IC, H, W).
 py::array_t<float> cpu_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
                                const py::array_t<float, py::array::c_style>& image, int stride, int padding,
-                               int n_threads) {
+                               int n_threads, bool bf16) {
+    const BuildPrecision precision(bf16);
     const ConvShape shape = checked_conv_shape(kernel_f16_bits, image, stride, padding, 1, n_threads);
     const int64_t N = shape.N, IC = shape.IC, H = shape.H, W = shape.W, OC = shape.OC, KH = shape.KH, KW = shape.KW,
                   OH = shape.OH, OW = shape.OW;
@@ -125,10 +127,11 @@ ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& 
 }
 
 void register_cpu_ops(py::module_& m) {
-    m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1,
-          "Test hook: ggml_mul_mat on the CPU backend, b @ a.T for float16/float32 a (m, k) and b (n, k).");
+    m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1, py::arg("bf16") = false,
+          "Test hook: ggml_mul_mat on the CPU backend, b @ a.T for float16/float32 a (m, k) and b (n, k); bf16: "
+          "built as for cpu_precision='bf16'.");
     m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
-          py::arg("padding") = 0, py::arg("n_threads") = 1,
+          py::arg("padding") = 0, py::arg("n_threads") = 1, py::arg("bf16") = false,
           "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");
 }
 

@@ -10,9 +10,19 @@
 #include <stdexcept>
 #include <string>
 
+#include "sdcpp_py_precision.h"
+
 namespace py = pybind11;
 
 namespace sdcpp::testing {
+
+// Graphs built while it lives have bf16 products, as a Context's with cpu_precision="bf16" (patch 0014).
+struct BuildPrecision {
+    explicit BuildPrecision(bool bf16) { sdcpp_py_set_graph_bf16(bf16); }
+    ~BuildPrecision() { sdcpp_py_set_graph_bf16(0); }
+    BuildPrecision(const BuildPrecision&)            = delete;
+    BuildPrecision& operator=(const BuildPrecision&) = delete;
+};
 
 void register_cpu_ops(py::module_& m);
 void register_core_graphs(py::module_& m);

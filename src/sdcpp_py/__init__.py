@@ -25,7 +25,8 @@ from ._core import Cancelled, SdcppError, core_commit, core_patches, core_versio
 from ._headers import InvalidComponentError
 from ._inspect import ComponentInfo, inspect
 from ._enums import (
-    CacheMode, HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler, WeightType,
+    CacheMode, CpuPrecision, HiresUpscaler, LoraApplyMode, Prediction, Preview, RngType, Sampler, Scheduler,
+    WeightType,
 )
 from ._options import Cache, Hires, Lora, PhotoMaker
 from ._split import SplitResult, split
@@ -46,6 +47,7 @@ __all__ = [
     "COMPONENTS",
     "Cache",
     "CacheMode",
+    "CpuPrecision",
     "Cancelled",
     "ComponentInfo",
     "Context",

@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from ._checks import MAX_SEED, MAX_SIDE, check_tensor_type_rules, model_file
 from ._devices import accelerator_missing, default_device
-from ._enums import Sampler, Scheduler
+from ._enums import CpuPrecision, Sampler, Scheduler, WeightType
 from ._headers import check_component
 from ._images import ImageLike, fs_path, native_path
 from ._model import ModelFacts
@@ -107,6 +107,15 @@ def prepare_context(options: Mapping[str, object], where: str = "Context") -> Pr
     if values["n_threads"] is None:
         values["n_threads"] = _core.physical_cores()
     CONTEXT.fill(params, values, CONTEXT_NATIVE_FIELDS)
+    if params.cpu_precision == CpuPrecision.BF16 and not _core.cpu_bf16_products():
+        restricted = os.environ.get("SDCPP_PY_CPU_KERNELS") == "avx2"
+        raise ValueError("cpu_precision='bf16' needs bf16 products on the CPU, which "
+                         + ("SDCPP_PY_CPU_KERNELS=avx2 turns off" if restricted else
+                            "this CPU or build lacks (AVX512_BF16, in an x86-64 build with our kernels)")
+                         + "; use cpu_precision='f32'")
+    if params.cpu_precision == CpuPrecision.BF16 and values["weight_type"] is None:
+        # Weights rounded to bf16 once at load (the products would round them each step), in the same memory.
+        params.weight_type = int(WeightType.BF16)
     params.vae_decode_only = facts.vae_decode_only
     return PreparedContext(facts, lora_dir, params)
 

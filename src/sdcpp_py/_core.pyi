@@ -58,6 +58,12 @@ class ContextParams:
     def chroma_t5_mask_pad(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
+    def cpu_precision(self) -> int:
+        ...
+    @cpu_precision.setter
+    def cpu_precision(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
     def embeddings(self) -> list[tuple[str, str]]:
         ...
     @embeddings.setter
@@ -953,6 +959,10 @@ def core_patches() -> list[str]:
 def core_version() -> str:
     """
     Version tag of the vendored core.
+    """
+def cpu_bf16_products() -> bool:
+    """
+    Whether the loaded CPU backend can run products in bf16 (AVX512_BF16, patch 0014), unless SDCPP_PY_CPU_KERNELS=avx2 restricts it.
     """
 def cpu_features() -> dict:
     """

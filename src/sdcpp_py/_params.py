@@ -24,8 +24,8 @@ import numpy as np
 from . import _core
 from ._checks import MAX_SEED, MAX_SIDE, check_bool, check_enum, check_float, check_int, check_sequence
 from ._enums import (
-    PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO, LoraApplyMode, Prediction,
-    Preview, RngType, Sampler, Scheduler, WeightType,
+    PREDICTION_AUTO, RNG_TYPE_AUTO, SAMPLER_AUTO, SCHEDULER_AUTO, WEIGHT_TYPE_AUTO, CpuPrecision, LoraApplyMode,
+    Prediction, Preview, RngType, Sampler, Scheduler, WeightType,
 )
 
 CORE_CONTEXT = _core.ContextParams()
@@ -215,6 +215,9 @@ CONTEXT_VALUE_ROWS = (
     Option("sampler_rng", "enum", ("--sampler-rng",), enum=RngType, auto=RNG_TYPE_AUTO),
     Option("prediction", "enum", ("--prediction",), enum=Prediction, auto=PREDICTION_AUTO),
     Option("lora_apply_mode", "enum", ("--lora-apply-mode",), enum=LoraApplyMode),
+    # Ours (sd-cli has no such flag): "bf16" needs a CPU with AVX512_BF16; the Context refuses it elsewhere.
+    Option("cpu_precision", "enum", enum=CpuPrecision, default=CpuPrecision.F32,
+           help="f32, or bf16: the CPU's matrix products on bfloat16 operands (AVX512_BF16; ~2x, other pixels)"),
 )
 CONTEXT_FLAG_ROWS = (
     _flag("offload_params_to_cpu", "--offload-to-cpu"),

@@ -1,0 +1,170 @@
+"""cpu_precision="bf16" (patch 0014, kernels/sdcpp_py_packed_gemm.h's bf16 path): products on bf16 operands
+summed in f32 by vdpbf16ps, on CPUs with AVX512_BF16.
+
+The kernels are checked against numpy products of the operands rounded to bf16 (round to nearest even): the
+only difference left is the f32 summation. A Context opting in makes other pixels than the f32 one, close to
+them (PSNR), and its f32 neighbours keep theirs. SDCPP_PY_CPU_KERNELS=avx2 takes the bf16 path away on this
+CPU (a child process: it is read once), so the AVX2 kernels the f32 tests run are the only ones then.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from native_hooks import hooks
+
+import sdcpp_py
+from sdcpp_py import _core
+
+_test_hooks = hooks()
+BF16 = _core.cpu_bf16_products()
+needs_bf16 = pytest.mark.skipif(not BF16, reason="no bf16 products here (AVX512_BF16 CPU and x86-64 build)")
+
+
+def bf16(values) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest even), as float32."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def relative_error(result, expected):
+    return float(np.abs(result - expected).max() / np.sqrt(np.mean(expected**2)))
+
+
+@needs_bf16
+@pytest.mark.parametrize("m, n, k", [(16, 6, 8), (17, 7, 9), (33, 130, 517), (1024, 13, 40), (300, 301, 1000),
+                                     (1280, 64, 1152)])
+@pytest.mark.parametrize("a_dtype", [np.float16, np.float32])
+def test_products_are_those_of_bf16_operands(m, n, k, a_dtype):
+    rng = np.random.default_rng(m * 1000 + n)
+    a = rng.standard_normal((m, k)).astype(a_dtype)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    expected = bf16(b).astype(np.float64) @ bf16(a.astype(np.float32)).astype(np.float64).T
+    exact = b.astype(np.float64) @ a.astype(np.float64).T
+    for threads in (1, 2, 3):
+        result = _test_hooks._cpu_mul_mat(a, b, threads, bf16=True)
+        # f32 sums of exact bf16 products: ~1e-7; the f32 path's result is ~1e-3 away from these.
+        assert relative_error(result, expected) < 2e-6, (threads, a_dtype)
+        assert relative_error(result, exact) > 1e-4, "the operands were not rounded to bf16"
+    assert relative_error(_test_hooks._cpu_mul_mat(a, b, 2), exact) < 1e-4, "an f32 graph is still f32"
+
+
+@needs_bf16
+def test_bf16_results_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((200, 2880)).astype(np.float16)
+    b = rng.standard_normal((96, 2880)).astype(np.float32)
+    one = _test_hooks._cpu_mul_mat(a, b, 1, bf16=True)
+    assert all(np.array_equal(one, _test_hooks._cpu_mul_mat(a, b, t, bf16=True)) for t in (2, 4))
+
+
+def reference_conv(kernel, image, stride, padding):
+    kernel, image = bf16(kernel.astype(np.float32)).astype(np.float64), bf16(image).astype(np.float64)
+    OC, IC, KH, KW = kernel.shape
+    N, _, H, W = image.shape
+    padded = np.pad(image, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    OH, OW = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
+    out = np.zeros((N, OC, OH, OW))
+    for y in range(KH):
+        for x in range(KW):
+            patch = padded[:, :, y:y + stride * OH:stride, x:x + stride * OW:stride]
+            out += np.einsum("nchw,oc->nohw", patch, kernel[:, :, y, x])
+    return out
+
+
+@needs_bf16
+@pytest.mark.parametrize("shape, kernel_size, stride, padding", [
+    ((1, 4, 32, 32, 320), 3, 1, 1), ((2, 27, 9, 11, 13), 3, 2, 1), ((1, 64, 8, 8, 128), 1, 1, 0),
+    ((1, 3, 17, 5, 16), 3, 1, 1)])
+def test_fused_convolution_in_bf16(shape, kernel_size, stride, padding):
+    N, IC, H, W, OC = shape
+    rng = np.random.default_rng(IC * OC)
+    kernel = rng.standard_normal((OC, IC, kernel_size, kernel_size)).astype(np.float16)
+    image = rng.standard_normal((N, IC, H, W)).astype(np.float32)
+    expected = reference_conv(kernel, image, stride, padding)
+    result, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, stride=stride, padding=padding,
+                                              n_threads=2, bf16=True)
+    assert ops == ["CUSTOM"]
+    assert relative_error(result, expected) < 2e-6
+    f32, _, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, stride=stride, padding=padding, n_threads=2)
+    assert relative_error(f32, expected) > 1e-4
+
+
+def reference_attention(q, k, v, n_head):
+    d = q.shape[1] // n_head
+    out = np.zeros(q.shape)
+    for head in range(n_head):
+        cols = slice(head * d, (head + 1) * d)
+        scores = bf16(q[:, cols]).astype(np.float64) @ bf16(k[:, cols]).astype(np.float64).T / np.sqrt(d)
+        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+        weights /= weights.sum(axis=1, keepdims=True)
+        out[:, cols] = bf16(weights.astype(np.float32)).astype(np.float64) @ bf16(v[:, cols]).astype(np.float64)
+    return out
+
+
+@needs_bf16
+@pytest.mark.parametrize("L_q, L_k, C, n_head, per_head_inputs", [(64, 77, 320, 8, False), (200, 200, 128, 2, True),
+                                                                 (37, 300, 64, 1, False)])
+def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
+    rng = np.random.default_rng(L_q + L_k)
+    q, k, v = (rng.standard_normal((length, C)).astype(np.float32) for length in (L_q, L_k, L_k))
+    result, ops, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs, bf16=True)
+    assert "CUSTOM" in ops
+    # The kernel's softmax is f32 before its rounding to bf16, the reference's float64: a bf16 step apart at most.
+    assert relative_error(result, reference_attention(q, k, v, n_head)) < 5e-4
+
+
+def psnr(a, b) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@needs_bf16
+def test_bf16_context_rounds_products(sd1_checkpoint):
+    # The full-size synthetic SD1 UNet (its convolutions and attention on the fused nodes, weights loaded as
+    # bf16), at 128x128 so that its products are large enough for the packed kernel.
+    options = dict(width=128, height=128, steps=2, cfg_scale=7.0, seed=7, sampler="euler")
+    with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2, vae_decode_only=True) as f32_context:
+        f32_image = f32_context.txt2img("a lighthouse at dusk", **options)[0]
+        with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2, vae_decode_only=True,
+                              cpu_precision="bf16") as bf16_context:
+            bf16_image = bf16_context.txt2img("a lighthouse at dusk", **options)[0]
+            # One process, both precisions: each context's graphs carry their own.
+            f32_again = f32_context.txt2img("a lighthouse at dusk", **options)[0]
+    assert np.array_equal(f32_image, f32_again)
+    assert not np.array_equal(bf16_image, f32_image), "cpu_precision='bf16' made the f32 pixels"
+    assert psnr(bf16_image, f32_image) > 30
+
+
+def test_cpu_precision_is_checked_by_name(sd1_checkpoint):
+    with pytest.raises(ValueError, match="cpu_precision='fp8' is not a valid CpuPrecision"):
+        sdcpp_py.Context(model=sd1_checkpoint, cpu_precision="fp8")
+    assert sdcpp_py.CpuPrecision.coerce("BF16", "cpu_precision") is sdcpp_py.CpuPrecision.BF16
+
+
+RESTRICTED = """
+import sdcpp_py
+from sdcpp_py import _core
+import sys
+print(_core.cpu_bf16_products(), len(_core.fused_cpu_kernels()))
+try:
+    sdcpp_py.Context(model=sys.argv[1], cpu_precision="bf16")
+except ValueError as error:
+    print(error)
+"""
+
+
+def test_avx2_restriction_takes_bf16_away(sd1_checkpoint):
+    # On any CPU: with SDCPP_PY_CPU_KERNELS=avx2 (or without AVX512_BF16) the AVX2 kernels remain and a bf16
+    # Context is refused with the reason, not run in f32.
+    env = dict(os.environ, SDCPP_PY_CPU_KERNELS="avx2")
+    child = subprocess.run([sys.executable, "-c", RESTRICTED, str(sd1_checkpoint)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    first, message = child.stdout.splitlines()[:2]
+    assert first == f"False {len(_core.fused_cpu_kernels())}"
+    assert "cpu_precision='bf16' needs bf16 products" in message
+    assert "SDCPP_PY_CPU_KERNELS=avx2" in message or not BF16
