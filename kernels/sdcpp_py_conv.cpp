@@ -32,18 +32,29 @@ struct ImageColumns {
     void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
         const int64_t oh0 = i0 / OW, ow0 = i0 % OW;
         const bool one_row = rows == MR && ow0 + MR <= OW && s0 == 1;
+        // Elsewhere (images narrower than 16 pixels, as the 8x8 and 4x4 ones of an SD1 UNet at 256x256, a
+        // sliver crossing a row's end, strides) each step gathers its 16 pixels: their input positions at tap
+        // (0, 0), kept as vectors; a pixel past `rows` sits far outside the image and reads as zero.
+        __m256i y0[2], x0[2];
+        if (!one_row) {
+            alignas(32) int32_t ys[MR], xs[MR];
+            for (int64_t r = 0; r < MR; ++r) {
+                const int64_t i = i0 + r;
+                ys[r] = r < rows ? static_cast<int32_t>(i / OW * s1 - p1) : -(1 << 30);
+                xs[r] = r < rows ? static_cast<int32_t>(i % OW * s0 - p0) : -(1 << 30);
+            }
+            for (int half = 0; half < 2; ++half) {
+                y0[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(ys + 8 * half));
+                x0[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xs + 8 * half));
+            }
+        }
         // Step pc as (channel, kernel row, kernel column), then counted up: no division per step.
         int64_t ic = pc / (KH * KW), kh = pc / KW % KH, kw = pc % KW;
         for (int64_t l = 0; l < kc; ++l, panel += MR) {
             if (one_row) {
                 pack_run(ic, oh0 * s1 + kh * d1 - p1, ow0 + kw * d0 - p0, panel);
             } else {
-                for (int64_t r = 0; r < MR; ++r) {
-                    const int64_t i = i0 + r, oh = i / OW, ow = i % OW;
-                    const int64_t ih = oh * s1 + kh * d1 - p1, iw = ow * s0 + kw * d0 - p0;
-                    const bool inside = r < rows && ih >= 0 && ih < IH && iw >= 0 && iw < IW;
-                    panel[r] = inside ? value(x[(ic * IH + ih) * IW + iw]) : 0.0f;
-                }
+                pack_gathered(ic, kh, kw, y0, x0, panel);
             }
             if (++kw == KW) {
                 kw = 0;
@@ -63,6 +74,26 @@ struct ImageColumns {
         pair_steps_bf16(values.data(), kc, MR, panel);
     }
 #endif
+
+    // Tap (kh, kw) of channel ic for the 16 pixels whose tap-(0, 0) input positions are y0, x0.
+    void pack_gathered(int64_t ic, int64_t kh, int64_t kw, const __m256i y0[2], const __m256i x0[2],
+                       float* panel) const {
+        const float* channel = x + ic * IH * IW;
+        const __m256i dy = _mm256_set1_epi32(static_cast<int>(kh * d1)), dx = _mm256_set1_epi32(static_cast<int>(kw * d0));
+        const __m256i height = _mm256_set1_epi32(static_cast<int>(IH)), width = _mm256_set1_epi32(static_cast<int>(IW));
+        const __m256i minus_one = _mm256_set1_epi32(-1);
+        for (int half = 0; half < 2; ++half) {
+            const __m256i y = _mm256_add_epi32(y0[half], dy), xx = _mm256_add_epi32(x0[half], dx);
+            const __m256i inside = _mm256_and_si256(
+                _mm256_and_si256(_mm256_cmpgt_epi32(y, minus_one), _mm256_cmpgt_epi32(height, y)),
+                _mm256_and_si256(_mm256_cmpgt_epi32(xx, minus_one), _mm256_cmpgt_epi32(width, xx)));
+            const __m256i index = _mm256_add_epi32(_mm256_mullo_epi32(y, width), xx);
+            // Lanes outside the image are not read (masked) and come back zero.
+            const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), channel, index,
+                                                      _mm256_castsi256_ps(inside), 4);
+            _mm256_storeu_ps(panel + 8 * half, value(v));
+        }
+    }
 
     // Input row ih of channel ic, columns iw..iw+15 (zero outside the image), into panel[0..15].
     void pack_run(int64_t ic, int64_t ih, int64_t iw, float* panel) const {
