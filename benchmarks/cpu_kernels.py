@@ -54,9 +54,11 @@ def timed(call, repeats: int) -> float:
     return statistics.median(seconds)
 
 
-def kernels(size: int, threads: int, repeats: int) -> list:
+def kernels(size: int, threads: int, repeats: int, precision: str) -> list:
+    """(name, flops, seconds) per kernel; precision "bf16" builds the graphs as cpu_precision="bf16" does."""
     from sdcpp_py import _test_hooks as hooks
 
+    bf16 = precision == "bf16"
     rng = np.random.default_rng(0)
     side = size // 8  # the latent's side
     rows = []
@@ -64,18 +66,19 @@ def kernels(size: int, threads: int, repeats: int) -> list:
         h = side >> level
         kernel = rng.standard_normal((channels, channels, 3, 3)).astype(np.float16)
         image = rng.standard_normal((2, channels, h, h), dtype=np.float32)
-        seconds = timed(lambda: hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, threads, True), repeats)
+        seconds = timed(lambda: hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, threads, True,
+                                                    bf16=bf16), repeats)
         flops = 2 * 2 * channels * channels * 9 * h * h
         rows.append((f"fused conv 3x3 {channels}->{channels} at {h}x{h}, batch 2", flops, seconds))
     tokens = 2 * side * side
     for m, k, what in ((320, 320, "linear 320->320"), (2560, 320, "GEGLU projection 320->2560")):
         a = rng.standard_normal((m, k)).astype(np.float16)
         b = rng.standard_normal((tokens, k), dtype=np.float32)
-        seconds = timed(lambda: hooks._cpu_mul_mat(a, b, threads), repeats)
+        seconds = timed(lambda: hooks._cpu_mul_mat(a, b, threads, bf16=bf16), repeats)
         rows.append((f"packed mul_mat {what}, {tokens} tokens", 2 * m * tokens * k, seconds))
     length = side * side
     q, key, value = (rng.standard_normal((length, 320), dtype=np.float32) for _ in range(3))
-    seconds = timed(lambda: hooks._cpu_attention(q, key, value, 8, threads, True), repeats)
+    seconds = timed(lambda: hooks._cpu_attention(q, key, value, 8, threads, True, bf16=bf16), repeats)
     rows.append((f"fused attention, 8 heads of 40, {length} tokens, batch 1", 4 * length * length * 320, seconds))
     return rows
 
@@ -94,19 +97,23 @@ def main() -> int:
     say("peak")
     peak = peaks(args.threads)
     f32_peak = max(value for name, value in peak.items() if name.endswith("_f32"))
-    say("kernels")
-    rows = kernels(args.size, args.threads, args.repeats)
-    cpu = sdcpp_py.backends()["default_device"].description
+    bf16_peak = peak.get("avx512_bf16_dot")
+    backends = sdcpp_py.backends()
+    cpu = backends["default_device"].description
     lines = [f"{cpu}, {args.threads} threads, SD1 shapes at {args.size}x{args.size}; active fused kernels: "
-             f"{', '.join(sdcpp_py.backends()['fused_cpu_kernels']) or 'none'}", "",
-             "| peak | GFLOP/s |", "|---|---|"]
+             f"{', '.join(backends['fused_cpu_kernels']) or 'none'}; cpu_precision: "
+             f"{', '.join(backends['cpu_precisions'])}", "", "| peak | GFLOP/s |", "|---|---|"]
     lines += [f"| {name} | {value:.0f} |" for name, value in peak.items()]
-    lines += ["", "| kernel | ms | GFLOP/s | of the f32 peak |", "|---|---|---|---|"]
+    lines += ["", "| kernel | precision | ms | GFLOP/s | of that precision's peak |", "|---|---|---|---|---|"]
     results = {"peak": peak, "kernels": []}
-    for name, flops, seconds in rows:
-        gflops = flops / seconds / 1e9
-        lines.append(f"| {name} | {seconds * 1e3:.1f} | {gflops:.0f} | {gflops / f32_peak:.0%} |")
-        results["kernels"].append({"kernel": name, "seconds": seconds, "gflops": gflops})
+    for precision in backends["cpu_precisions"]:
+        say(f"kernels, {precision}")
+        reference = bf16_peak if precision == "bf16" and bf16_peak else f32_peak
+        for name, flops, seconds in kernels(args.size, args.threads, args.repeats, precision):
+            gflops = flops / seconds / 1e9
+            lines.append(f"| {name} | {precision} | {seconds * 1e3:.1f} | {gflops:.0f} | {gflops / reference:.0%} |")
+            results["kernels"].append({"kernel": name, "precision": precision, "seconds": seconds,
+                                       "gflops": gflops, "of_peak": gflops / reference})
     write_report(lines, results, args.markdown, args.json)
     return 0
 

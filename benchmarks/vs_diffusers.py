@@ -23,7 +23,9 @@ ru_maxrss) is that measurement's alone; tools are interleaved within each ``--ru
 
 sdcpp-py configurations (``--tools``): ``default`` (core defaults), ``fa`` (diffusion_flash_attn),
 ``fa+conv`` (diffusion_flash_attn + diffusion_conv_direct), ``f32`` (weight_type="f32") and, not in the
-default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16"), ``q8_0`` and ``bf16`` (weight_type).
+default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16"), ``q8_0`` and ``bf16`` (weight_type);
+``cpu-bf16`` is ``cpu_precision="bf16"`` (products on bf16 operands, AVX512_BF16). Each sdcpp-py
+configuration's decoded image is compared with ``default``'s (same seed and steps): PSNR in dB.
 
 - OpenVINO: ``openvino.convert_model`` of that UNet, compiled for the CPU with ``INFERENCE_NUM_THREADS`` and
   the latency hint; one warm-up inference, then the median of ``--repeats`` timed ones.
@@ -44,6 +46,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from harness import CACHE, run_measured, runner, say
@@ -67,9 +70,9 @@ SDCPP_CONFIGS = {
     "fa+f16": {"diffusion_flash_attn": True, "weight_type": "f16"},
     "q8_0": {"weight_type": "q8_0"},
     "bf16": {"weight_type": "bf16"},
-    "cpu-bf16": {"cpu_precision": "bf16"},  # bf16 products (AVX512_BF16), f16 weights as loaded
+    "cpu-bf16": {"cpu_precision": "bf16"},  # bf16 products (AVX512_BF16), weights loaded as bf16
 }
-DEFAULT_TOOLS = ("diffusers", "diffusers-bf16", "openvino-f32", "openvino", "default", "q8_0")
+DEFAULT_TOOLS = ("diffusers", "diffusers-bf16", "openvino-f32", "openvino", "default", "cpu-bf16", "q8_0")
 
 CORE_LINES = {
     "core_sampling_s": re.compile(r"sampling completed, taking ([0-9.]+)s"),
@@ -108,14 +111,25 @@ def run_child(python: str, program: str, job: dict) -> dict:
     return figures
 
 
-def measure(tool: str, size: int, args, peer_python: str | None) -> dict:
+def measure(tool: str, size: int, args, peer_python: str | None, image_dir: Path) -> dict:
     if tool in PEERS:
         program, fields = PEERS[tool]
         return run_child(peer_python, program, {"size": size, "threads": args.threads, "repeats": args.repeats,
                                                 **fields})
+    image_dir.mkdir(parents=True, exist_ok=True)
+    image = image_dir / f"{tool}-{size}.npy"
     job = {"size": size, "threads": args.threads, "steps": args.sdcpp_repeats + 1, "prompt": PROMPT,
-           "model_dir": str(args.model_dir), "options": SDCPP_CONFIGS[tool]}
-    return run_child(sys.executable, "sdcpp_unet_steps", job)
+           "model_dir": str(args.model_dir), "options": SDCPP_CONFIGS[tool], "image_out": str(image)}
+    figures = run_child(sys.executable, "sdcpp_unet_steps", job)
+    figures["image"] = str(image)
+    return figures
+
+
+def psnr_db(image, reference) -> float:
+    """PSNR of a decoded uint8 image against the reference image (inf: the same pixels)."""
+    import numpy as np
+    mse = float(np.mean((np.load(image).astype(np.float64) - np.load(reference).astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
 
 
 def summarize(results: dict, sizes, tools, reference: str) -> list:
@@ -136,6 +150,9 @@ def summarize(results: dict, sizes, tools, reference: str) -> list:
                    "peak_rss_mib": rss, "load_rss_mib": statistics.median(r["rss_model_mib"] for r in runs)}
             if tool not in PEERS:
                 row["core_avg_s_per_step"] = statistics.median(r["core_avg_s_per_step"] for r in runs)
+                f32 = results.get((size, "default"))
+                if f32 and tool != "default":  # image quality against the default (f32 products) image
+                    row["psnr_vs_default_db"] = psnr_db(runs[0]["image"], f32[0]["image"])
             if base_step and tool != reference:
                 row["time_ratio"] = step / base_step
                 row["rss_ratio"] = rss / base_rss
@@ -151,18 +168,19 @@ def markdown(rows: list, args, meta: dict) -> str:
         f"Ratios: tool / {meta['reference']} at the same resolution (above 1: slower / larger).",
         "",
         "| resolution | tool / config | s/step (median) | min-max | 1st step s | core avg s/step | peak RSS MiB "
-        "| RSS after load MiB | time ratio | RSS ratio |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| RSS after load MiB | time ratio | RSS ratio | PSNR vs default dB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         tool = row["tool"] if row["tool"] in PEERS else f"sdcpp-py {row['tool']}"
         core = f"{row['core_avg_s_per_step']:.2f}" if "core_avg_s_per_step" in row else ""
         ratio = f"{row['time_ratio']:.2f}" if "time_ratio" in row else ""
         rss_ratio = f"{row['rss_ratio']:.2f}" if "rss_ratio" in row else ""
+        psnr = f"{row['psnr_vs_default_db']:.1f}" if "psnr_vs_default_db" in row else ""
         lines.append(
             f"| {row['size']}x{row['size']} | {tool} | {row['s_per_step']:.2f} | {row['min_s']:.2f}-{row['max_s']:.2f} "
             f"| {row['warmup_s']:.2f} | {core} | {row['peak_rss_mib']:.0f} | {row['load_rss_mib']:.0f} | {ratio} "
-            f"| {rss_ratio} |")
+            f"| {rss_ratio} | {psnr} |")
     return "\n".join(lines) + "\n"
 
 
@@ -216,11 +234,12 @@ def main() -> int:
             "reference": reference}
     results: dict = {}
     raw = []
+    image_dir = Path(tempfile.mkdtemp(prefix="vs_diffusers-"))
     for run in range(args.runs):
         for size in sizes:
             for tool in tools:
                 say(f"run {run + 1}/{args.runs}: {tool} at {size}x{size}", "vs_diffusers")
-                figures = measure(tool, size, args, peer_python)
+                figures = measure(tool, size, args, peer_python, image_dir / f"run{run}")
                 say(f"  s/step {statistics.median(figures['step_times']):.2f} (steps {figures['step_times']}), "
                     f"peak RSS {figures['peak_rss_mib']:.0f} MiB, wall {figures['wall_s']:.1f}s", "vs_diffusers")
                 results.setdefault((size, tool), []).append(figures)

@@ -139,6 +139,10 @@ def test_bf16_context_rounds_products(sd1_checkpoint):
     assert psnr(bf16_image, f32_image) > 30
 
 
+def test_backends_say_which_precisions_a_context_takes():
+    assert sdcpp_py.backends()["cpu_precisions"] == (["f32", "bf16"] if BF16 else ["f32"])
+
+
 def test_cpu_precision_is_checked_by_name(sd1_checkpoint):
     with pytest.raises(ValueError, match="cpu_precision='fp8' is not a valid CpuPrecision"):
         sdcpp_py.Context(model=sd1_checkpoint, cpu_precision="fp8")
@@ -149,7 +153,7 @@ RESTRICTED = """
 import sdcpp_py
 from sdcpp_py import _core
 import sys
-print(_core.cpu_bf16_products(), len(_core.fused_cpu_kernels()))
+print(_core.cpu_bf16_products(), len(_core.fused_cpu_kernels()), sdcpp_py.backends()["cpu_precisions"])
 try:
     sdcpp_py.Context(model=sys.argv[1], cpu_precision="bf16")
 except ValueError as error:
@@ -165,6 +169,6 @@ def test_avx2_restriction_takes_bf16_away(sd1_checkpoint):
                            text=True, timeout=120)
     assert child.returncode == 0, child.stderr
     first, message = child.stdout.splitlines()[:2]
-    assert first == f"False {len(_core.fused_cpu_kernels())}"
+    assert first == f"False {len(_core.fused_cpu_kernels())} ['f32']"
     assert "cpu_precision='bf16' needs bf16 products" in message
     assert "SDCPP_PY_CPU_KERNELS=avx2" in message or not BF16

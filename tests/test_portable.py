@@ -31,7 +31,8 @@ package = Path(sdcpp_py.__file__).parent
 report = sdcpp_py.backends()
 print(json.dumps({"package": str(package), "variants": sorted(p.name for p in package.glob("libggml-cpu-*")),
                   "portable": report["portable_cpu"], "features": report["cpu_features"],
-                  "kernels": report["fused_cpu_kernels"], "system_info": sdcpp_py.system_info(),
+                  "kernels": report["fused_cpu_kernels"], "precisions": report["cpu_precisions"],
+                  "system_info": sdcpp_py.system_info(),
                   "devices": [(d.name, d.type) for d in sdcpp_py.devices()]}))
 """
 
@@ -55,6 +56,7 @@ a, b = rng.standard_normal((33, 64)).astype(np.float16), rng.standard_normal((7,
 q = rng.standard_normal((40, 64)).astype(np.float32)
 attention, ops, _ = _test_hooks._cpu_attention(q, q, q, 4, 2)
 print(json.dumps({"mul_mat": _test_hooks._cpu_mul_mat(a, b, 2).tolist(), "attention": attention.tolist(),
+                  "mul_mat_bf16": _test_hooks._cpu_mul_mat(a, b, 2, bf16=True).tolist(),
                   "ops": ops, "pieces": _test_hooks._parse_prompt_attention("a (b:1.5) BREAK c")}))
 """
 
@@ -106,6 +108,8 @@ def test_portable_build_loads_the_best_variant_for_this_cpu(portable_report):
         assert (feature in portable_report["features"]) == (feature in native["cpu_features"]), \
             (feature, portable_report["features"], native["cpu_features"])
     assert portable_report["kernels"] == native["fused_cpu_kernels"]
+    # bf16 products where the variant has AVX512_BF16 (zen4, cooperlake, sapphirerapids), as natively.
+    assert portable_report["precisions"] == native["cpu_precisions"]
 
 
 def test_portable_build_gives_the_native_build_pixels(tmp_path, sd1_checkpoint):
@@ -130,6 +134,8 @@ def test_portable_build_test_hooks_run_on_the_loaded_variant():
     q = rng.standard_normal((40, 64)).astype(np.float32)
     attention, ops, _ = native._cpu_attention(q, q, q, 4, 2)
     np.testing.assert_allclose(portable["mul_mat"], native._cpu_mul_mat(a, b, 2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(portable["mul_mat_bf16"], native._cpu_mul_mat(a, b, 2, bf16=True), rtol=1e-5,
+                               atol=1e-5)
     np.testing.assert_allclose(portable["attention"], attention, rtol=1e-5, atol=1e-6)
     assert portable["ops"] == ops
     assert [tuple(piece) for piece in portable["pieces"]] == native._parse_prompt_attention("a (b:1.5) BREAK c")

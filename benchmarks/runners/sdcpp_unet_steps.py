@@ -2,7 +2,7 @@
 timed from the progress callbacks (step 1 is the warm-up); one JSON line of figures on stdout.
 
     python benchmarks/runners/sdcpp_unet_steps.py '{"size": 256, "threads": 2, "steps": 2, "prompt": "...",
-        "model_dir": "...", "options": {}}'
+        "model_dir": "...", "options": {}, "image_out": "/tmp/image.npy"}'   (image_out: optional)
 """
 
 import json
@@ -31,6 +31,9 @@ def main() -> int:
     image = ctx.txt2img(job["prompt"], width=job["size"], height=job["size"], steps=job["steps"], cfg_scale=7.0,
                         seed=7, sampler="euler", progress=progress)[0]
     done = time.perf_counter()
+    if job.get("image_out"):  # for vs_diffusers' PSNR against the f32 image
+        import numpy as np
+        np.save(job["image_out"], image)
     steps = job["steps"]
     stamps = {}
     for stamp, step, total, seconds in events:
