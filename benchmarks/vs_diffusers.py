@@ -70,7 +70,7 @@ SDCPP_CONFIGS = {
     "fa+f16": {"diffusion_flash_attn": True, "weight_type": "f16"},
     "q8_0": {"weight_type": "q8_0"},
     "bf16": {"weight_type": "bf16"},
-    "cpu-bf16": {"cpu_precision": "bf16"},  # bf16 products (AVX512_BF16), weights loaded as bf16
+    "cpu-bf16": {"cpu_precision": "bf16"},  # bf16 products (AVX512_BF16), f16 weights rounded as packed
 }
 DEFAULT_TOOLS = ("diffusers", "diffusers-bf16", "openvino-f32", "openvino", "default", "cpu-bf16", "q8_0")
 

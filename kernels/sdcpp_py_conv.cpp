@@ -146,16 +146,7 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
         const ImageColumns image{static_cast<const float*>(x->data) + n * IC * IH * IW,
                                  IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1, !bf16_products};
         float* out = static_cast<float*>(dst->data) + n * OC * pixels;
-        Share share;
-#if defined(SDCPP_PY_BF16_GEMM)
-        if (w->type == GGML_TYPE_BF16) {  // only built for bf16 graphs
-            share = gemm_share_bf16(ith, nth, pixels, OC, IC * KH * KW, image, static_cast<const Bf16*>(w->data),
-                                    IC * KH * KW, out, pixels);
-        } else
-#endif
-        {
-            share = gemm_share(ith, nth, pixels, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, pixels);
-        }
+        const Share share = gemm_share(ith, nth, pixels, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, pixels);
         if (bias == nullptr) continue;
         // The graph's ggml_add of the bias, on this thread's finished share.
         for (int64_t j = share.n0; j < share.n1 && share.m0 < share.m1; ++j) {

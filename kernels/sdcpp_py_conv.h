@@ -17,8 +17,8 @@
 #define SDCPP_PY_CPU_CONV_2D "sdcpp_py_cpu_conv_2d"
 
 extern "C" {
-// The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16, or bf16
-// in a bf16 graph, (KW, KH, IC, OC), src[1] image f32 (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in
+// The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16
+// (KW, KH, IC, OC), src[1] image f32 (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in
 // userdata (see below).
 void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
@@ -41,11 +41,9 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     // Present when the loaded CPU backend has the packed kernel (patch 0004) the unfused product would use.
     const ggml_custom_op_t op = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_CONV_2D);
     if (op == nullptr) return nullptr;
-    // bf16 kernels (cpu_precision="bf16" loads weights as bf16) only where the products are bf16 anyway.
+    // The core's Conv2d keeps its kernels in f16 whatever the weight type; a bf16 graph rounds them as it packs.
     const bool bf16 = sdcpp_py_graph_bf16() != 0;
-    const bool kernel_type_ok = w->type == GGML_TYPE_F16 ||
-                                (w->type == GGML_TYPE_BF16 && bf16 && sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS));
-    if (!kernel_type_ok || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
+    if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
         return nullptr;
     }
     for (int value : {s0, s1, d0, d1}) {

@@ -11,8 +11,9 @@
 #include <cstring>
 
 namespace {
-// SDCPP_PY_CPU_KERNELS=avx2 keeps this backend to the AVX2 kernels on a CPU that has wider ones, so that
-// their speed and results can be measured there (issue 20). Read once: products must not change mid-run.
+// SDCPP_PY_CPU_KERNELS=avx2 keeps our kernels to their AVX2 code on a CPU that has wider units (the bf16
+// products off), so that path can be tested and timed there (issue 20); ggml's own code in the loaded
+// backend is not affected. Read once: products must not change mid-run.
 bool wider_kernels_allowed() {
     static const bool allowed = [] {
         const char* restrict_to = std::getenv("SDCPP_PY_CPU_KERNELS");

@@ -166,7 +166,7 @@ inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ld
 // sdcpp_py_gemm_set_bf16) or its userdata (the fused nodes). Only acted on where SDCPP_PY_BF16_GEMM is.
 inline thread_local bool bf16_products = false;
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
 #define SDCPP_PY_BF16_GEMM 1
 
 // The bf16 panels hold pairs of steps as one dword (step 2q in its low half, 2q+1 in its high half, rounded
@@ -509,7 +509,7 @@ inline bool packed_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const
                         const void* B, int64_t ldb, float* C, int64_t ldc, int Atype, int Btype) {
     constexpr int F32 = 0, F16 = 1;
 #if defined(SDCPP_PY_BF16_GEMM)
-    if (bf16_products) {  // f32, f16 or bf16 operands (cpu_precision="bf16" loads weights as bf16)
+    if (bf16_products) {  // f32, f16 or bf16 operands (bf16 weights: weight_type="bf16")
         constexpr int BF16 = 30;
         const auto known = [](int type) { return type == F32 || type == F16 || type == BF16; };
         if (!known(Atype) || !known(Btype) || m < MR || n < NR || k < 8) return false;

@@ -59,7 +59,7 @@ def test_bad_arguments_are_refused_by_name():
     a = np.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="b: expected 8 columns"):
         _test_hooks._cpu_mul_mat(a, np.zeros((4, 9), np.float32))
-    with pytest.raises(ValueError, match="a: expected float32 or float16"):
+    with pytest.raises(ValueError, match=r"a: expected float32, float16 or uint16 \(bfloat16 bits\)"):
         _test_hooks._cpu_mul_mat(a.astype(np.float64), a)
     with pytest.raises(ValueError, match="n_threads"):
         _test_hooks._cpu_mul_mat(a, a, 0)

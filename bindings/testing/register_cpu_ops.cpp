@@ -28,7 +28,8 @@ ggml_type float_type_of(const py::array& array, const char* name) {
     }
     if (array.dtype().is(py::dtype::of<float>())) return GGML_TYPE_F32;
     if (array.dtype().kind() == 'f' && array.dtype().itemsize() == 2) return GGML_TYPE_F16;
-    throw std::invalid_argument(std::string(name) + ": expected float32 or float16");
+    if (array.dtype().is(py::dtype::of<uint16_t>())) return GGML_TYPE_BF16;  // bfloat16 bits
+    throw std::invalid_argument(std::string(name) + ": expected float32, float16 or uint16 (bfloat16 bits)");
 }
 
 // ggml_mul_mat(a, b) on the CPU backend: for a (m, k) and b (n, k), the (n, m) float32 array b @ a.T.
@@ -128,8 +129,8 @@ ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& 
 
 void register_cpu_ops(py::module_& m) {
     m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1, py::arg("bf16") = false,
-          "Test hook: ggml_mul_mat on the CPU backend, b @ a.T for float16/float32 a (m, k) and b (n, k); bf16: "
-          "built as for cpu_precision='bf16'.");
+          "Test hook: ggml_mul_mat on the CPU backend, b @ a.T for float16/float32/uint16 (bfloat16 bits) a (m, k) "
+          "and b (n, k); bf16: built as for cpu_precision='bf16'.");
     m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("n_threads") = 1, py::arg("bf16") = false,
           "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");

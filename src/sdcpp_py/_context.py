@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from ._checks import MAX_SEED, MAX_SIDE, check_tensor_type_rules, model_file
 from ._devices import accelerator_missing, default_device
-from ._enums import CpuPrecision, Sampler, Scheduler, WeightType
+from ._enums import CpuPrecision, Sampler, Scheduler
 from ._headers import check_component
 from ._images import ImageLike, fs_path, native_path
 from ._model import ModelFacts
@@ -108,14 +108,12 @@ def prepare_context(options: Mapping[str, object], where: str = "Context") -> Pr
         values["n_threads"] = _core.physical_cores()
     CONTEXT.fill(params, values, CONTEXT_NATIVE_FIELDS)
     if params.cpu_precision == CpuPrecision.BF16 and not _core.cpu_bf16_products():
-        restricted = os.environ.get("SDCPP_PY_CPU_KERNELS") == "avx2"
-        raise ValueError("cpu_precision='bf16' needs bf16 products on the CPU, which "
-                         + ("SDCPP_PY_CPU_KERNELS=avx2 turns off" if restricted else
-                            "this CPU or build lacks (AVX512_BF16, in an x86-64 build with our kernels)")
-                         + "; use cpu_precision='f32'")
-    if params.cpu_precision == CpuPrecision.BF16 and values["weight_type"] is None:
-        # Weights rounded to bf16 once at load (the products would round them each step), in the same memory.
-        params.weight_type = int(WeightType.BF16)
+        # The loaded CPU backend has the bf16 kernel where it was compiled for AVX512_BF16: then only the
+        # SDCPP_PY_CPU_KERNELS restriction (read when the backend first needs it) can have taken it away.
+        compiled = _core.cpu_features().get("AVX512_BF16") == "1" and bool(_core.fused_cpu_kernels())
+        reason = ("SDCPP_PY_CPU_KERNELS=avx2 turned it off in this process" if compiled else
+                  "this CPU or build lacks it (AVX512_BF16, in an x86-64 build with our kernels)")
+        raise ValueError(f"cpu_precision='bf16' needs bf16 products on the CPU: {reason}; use cpu_precision='f32'")
     params.vae_decode_only = facts.vae_decode_only
     return PreparedContext(facts, lora_dir, params)
 
@@ -138,7 +136,7 @@ class Context(NativeOwner):
     (text encoders before sampling, ...), which lowers that call's peak memory by the text encoders' size; the
     context then refuses a second generation. ``cpu_precision="bf16"`` (ours) runs the matrix products on the
     CPU with bfloat16 operands summed in f32 where the CPU has AVX512_BF16 (other pixels, ~1.5-1.9x faster;
-    weights load as bf16 unless ``weight_type`` is given); elsewhere it raises ValueError with the reason.
+    weights stay as loaded and are rounded as they are packed); elsewhere it raises ValueError with the reason.
     ``architecture`` is what
     ``inspect()`` calls the model file ("Flux.1", "SD1", "Wan2.1-VACE-1.3B", ...).
 
