@@ -165,6 +165,17 @@ def test_cpu_precision_is_checked_by_name(sd1_checkpoint):
     assert sdcpp_py.CpuPrecision.coerce("BF16", "cpu_precision") is sdcpp_py.CpuPrecision.BF16
 
 
+def test_the_command_lines_take_cpu_precision(sd1_checkpoint):
+    from sdcpp_py import cli
+    from sdcpp_py.server._cli import build_parser
+
+    served = build_parser().parse_args(["-m", str(sd1_checkpoint), "--cpu-precision", "bf16"])
+    assert served.cpu_precision == "bf16"
+    generate = cli.build_parser().parse_args(["generate", "-m", str(sd1_checkpoint), "-p", "x", "--cpu-precision",
+                                              "bf16"])
+    assert generate.cpu_precision == "bf16"
+
+
 RESTRICTED = """
 import sdcpp_py
 from sdcpp_py import _core

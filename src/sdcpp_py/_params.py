@@ -215,8 +215,9 @@ CONTEXT_VALUE_ROWS = (
     Option("sampler_rng", "enum", ("--sampler-rng",), enum=RngType, auto=RNG_TYPE_AUTO),
     Option("prediction", "enum", ("--prediction",), enum=Prediction, auto=PREDICTION_AUTO),
     Option("lora_apply_mode", "enum", ("--lora-apply-mode",), enum=LoraApplyMode),
-    # Ours (sd-cli has no such flag): "bf16" needs a CPU with AVX512_BF16; the Context refuses it elsewhere.
-    Option("cpu_precision", "enum", enum=CpuPrecision, default=CpuPrecision.F32,
+    # Ours (sd-cli has no such flag; `sdcpp generate` and `sdcpp serve` take it): "bf16" needs a CPU with
+    # AVX512_BF16; the Context refuses it elsewhere.
+    Option("cpu_precision", "enum", ("--cpu-precision",), enum=CpuPrecision, default=CpuPrecision.F32,
            help="f32, or bf16: the CPU's matrix products on bfloat16 operands (AVX512_BF16; ~2x, other pixels)"),
 )
 CONTEXT_FLAG_ROWS = (
