@@ -478,23 +478,8 @@ inline Share share_of(int ith, int nth, int64_t m, int64_t n) {
     return t0 < t1 ? Share{0, m, t0 * NR, std::min(n, t1 * NR)} : Share{0, 0, 0, 0};
 }
 
-template <typename APack, typename TB>
-Share gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
-                 float* C, int64_t ldc) {
-    const Share share = share_of(ith, nth, m, n);
-    if (share.m0 >= share.m1) return share;
 #if defined(SDCPP_PY_BF16_GEMM)
-    if (bf16_products) {
-        gemm_block_bf16(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
-        return share;
-    }
-#endif
-    gemm_block(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
-    return share;
-}
-
-#if defined(SDCPP_PY_BF16_GEMM)
-// gemm_share for operands only the bf16 path reads (bf16 weights).
+// This thread's share on the bf16 path only (bf16 weights have no f32 path here).
 template <typename APack, typename TB>
 Share gemm_share_bf16(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
                       float* C, int64_t ldc) {
@@ -503,6 +488,17 @@ Share gemm_share_bf16(int ith, int nth, int64_t m, int64_t n, int64_t k, const A
     return share;
 }
 #endif
+
+template <typename APack, typename TB>
+Share gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack& A, const TB* B, int64_t ldb,
+                 float* C, int64_t ldc) {
+#if defined(SDCPP_PY_BF16_GEMM)
+    if (bf16_products) return gemm_share_bf16(ith, nth, m, n, k, A, B, ldb, C, ldc);
+#endif
+    const Share share = share_of(ith, nth, m, n);
+    if (share.m0 < share.m1) gemm_block(share.m0, share.m1, share.n0, share.n1, k, A, B, ldb, C, ldc);
+    return share;
+}
 
 // Types are ggml_type values (0 = F32, 1 = F16). False: not handled here, the caller falls back.
 inline bool packed_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
