@@ -134,19 +134,25 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
     for (int i = 5; i >= 0; --i, params >>= 8) unpacked[i] = static_cast<int64_t>(params & 0xff);
     const int64_t s0 = unpacked[0], s1 = unpacked[1], p0 = unpacked[2], p1 = unpacked[3], d0 = unpacked[4],
                   d1 = unpacked[5];
-    const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
+    const SdcppPyConvKernel sizes = sdcpp_py_conv_kernel(w, x->ne[2]);
+    const int64_t KW = sizes.side_w, KH = sizes.side_h, IC = sizes.in_channels, OC = sizes.out_channels;
     const int64_t IW = x->ne[0], IH = x->ne[1], N = x->ne[3];
     const int64_t OW = dst->ne[0], OH = dst->ne[1];
-    const auto* kernel = static_cast<const uint16_t*>(w->data);
+    const bool q8_kernel = w->type == GGML_TYPE_Q8_0;  // patch 0015's flattened kernel: rows of 32-value blocks
+    const int64_t depth = IC * KH * KW;
     const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
     // Per image: C (OH*OW) x OC with column stride OH*OW is the image's (OC, OH, OW) output. The unfused
     // product takes all images as one matrix; per element the sums are the same.
     const int64_t pixels = OH * OW;
     for (int64_t n = 0; n < N; ++n) {
         const ImageColumns image{static_cast<const float*>(x->data) + n * IC * IH * IW,
-                                 IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1, !bf16_products};
+                                 IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1, !bf16_products && !q8_kernel};
         float* out = static_cast<float*>(dst->data) + n * OC * pixels;
-        const Share share = gemm_share(ith, nth, pixels, OC, IC * KH * KW, image, kernel, IC * KH * KW, out, pixels);
+        const Share share =
+            q8_kernel ? gemm_share(ith, nth, pixels, OC, depth, image, static_cast<const Q8Block*>(w->data),
+                                   depth / Q8_VALUES, out, pixels)
+                      : gemm_share(ith, nth, pixels, OC, depth, image, static_cast<const uint16_t*>(w->data), depth,
+                                   out, pixels);
         if (bias == nullptr) continue;
         // The graph's ggml_add of the bias, on this thread's finished share.
         for (int64_t j = share.n0; j < share.n1 && share.m0 < share.m1; ++j) {

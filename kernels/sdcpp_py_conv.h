@@ -5,6 +5,8 @@
 // sdcpp_py_cpu_conv_2d() returns one custom node instead (sdcpp_py_conv.cpp, compiled into ggml-cpu) whose
 // product packs its operand straight from the image, rounded to f16 the same way, and writes the result
 // in place: the same values in the same sums, so bitwise the same output. nullptr where it does not apply.
+// A q8_0 kernel (patch 0015) is dequantized as it is packed and meets the image's f32 values (not rounded to
+// f16: the unfused graph's im2col is f32 for it), where ggml's product would round them to q8_0.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +34,21 @@ inline uintptr_t sdcpp_py_conv_2d_params(int s0, int s1, int p0, int p1, int d0,
     return packed | (static_cast<uintptr_t>(bf16) << SDCPP_PY_CONV_BF16_BIT);
 }
 
+// A kernel's sizes: an f16 (KW, KH, IC, OC) tensor, or a q8_0 (KW*KH*IC, OC) matrix of a square kernel for
+// an image of in_channels channels (side_w 0: not such a matrix).
+struct SdcppPyConvKernel {
+    int64_t side_w, side_h, in_channels, out_channels;
+};
+inline SdcppPyConvKernel sdcpp_py_conv_kernel(const ggml_tensor* w, int64_t in_channels) {
+    if (w->type != GGML_TYPE_Q8_0) return {w->ne[0], w->ne[1], w->ne[2], w->ne[3]};
+    if (in_channels < 1 || w->ne[0] % in_channels != 0) return {0, 0, 0, 0};
+    const int64_t taps = w->ne[0] / in_channels;
+    int64_t side = 1;
+    while (side * side < taps) ++side;
+    if (side * side != taps) return {0, 0, 0, 0};
+    return {side, side, in_channels, w->ne[1]};
+}
+
 // The graph's ggml_conv_2d(w, x, ...) as one node, for sizes where its product would run on the packed
 // kernel (it declines m < 16, n < 6, k < 8: only there are the sums the same). Given a bias the node can
 // add (f32, one per output channel: the same x + b as ggml_add), it takes it and sets *bias to nullptr.
@@ -41,9 +58,12 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     // Present when the loaded CPU backend has the packed kernel (patch 0004) the unfused product would use.
     const ggml_custom_op_t op = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_CONV_2D);
     if (op == nullptr) return nullptr;
-    // The core's Conv2d keeps its kernels in f16 whatever the weight type; a bf16 graph rounds them as it packs.
+    // The core's Conv2d keeps its kernels in f16, or (patch 0015) quantized to q8_0 as the flattened
+    // (KW*KH*IC, OC) matrix of a square kernel; a bf16 graph rounds them as it packs.
     const bool bf16 = sdcpp_py_graph_bf16() != 0;
-    if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || !ggml_is_contiguous(x)) {
+    const bool flat_q8 = w->type == GGML_TYPE_Q8_0 && ggml_n_dims(w) <= 2;
+    if ((w->type != GGML_TYPE_F16 && !flat_q8) || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) ||
+        !ggml_is_contiguous(x)) {
         return nullptr;
     }
     for (int value : {s0, s1, d0, d1}) {
@@ -52,9 +72,10 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     for (int value : {p0, p1}) {
         if (value < 0 || value > 255) return nullptr;
     }
-    const int64_t KW = w->ne[0], KH = w->ne[1], IC = w->ne[2], OC = w->ne[3];
+    const SdcppPyConvKernel kernel = sdcpp_py_conv_kernel(w, x->ne[2]);
+    const int64_t KW = kernel.side_w, KH = kernel.side_h, IC = kernel.in_channels, OC = kernel.out_channels;
     const int64_t IW = x->ne[0], IH = x->ne[1], N = x->ne[3];
-    if (x->ne[2] != IC) return nullptr;
+    if (KW < 1 || x->ne[2] != IC) return nullptr;
     const int64_t OW = (IW + 2 * p0 - d0 * (KW - 1) - 1) / s0 + 1, OH = (IH + 2 * p1 - d1 * (KH - 1) - 1) / s1 + 1;
     if (OW < 1 || OH < 1 || N * OH * OW < 16 || OC < 6 || IC * KH * KW < 8) return nullptr;
     ggml_tensor* args[3] = {w, x, nullptr};

@@ -113,6 +113,37 @@ void pack_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t p
     }
 }
 
+// A q8_0 block (ggml's block_q8_0): 32 int8 values and their f16 scale. Patch 0015's quantized conv kernels
+// are rows of them; a B operand of this type has ldb counted in blocks.
+constexpr int64_t Q8_VALUES = 32;
+struct Q8Block {
+    uint16_t scale;
+    int8_t values[Q8_VALUES];
+};
+static_assert(sizeof(Q8Block) == 34, "ggml's block_q8_0");
+
+// Values pc..pc+n of a row of blocks as f32, value * scale as ggml's dequantize_row_q8_0 computes them. pc is
+// a multiple of 32 (KC is) and so is n (a row fills whole blocks).
+inline void dequantize_q8(const Q8Block* row, int64_t pc, int64_t n, float* out) {
+    for (int64_t b = 0; b < n; b += Q8_VALUES) {
+        const Q8Block& block = row[(pc + b) / Q8_VALUES];
+        const __m256 scale = _mm256_set1_ps(_cvtsh_ss(block.scale));
+        for (int64_t v = 0; v < Q8_VALUES; v += 8) {
+            const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block.values + v)));
+            _mm256_storeu_ps(out + b + v, _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale));
+        }
+    }
+}
+
+// NR columns of a q8_0 B: dequantized, then packed as f32 rows are.
+inline void pack_cols_of_b(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc,
+                           float* panel) {
+    thread_local std::vector<float> rows;
+    rows.resize(NR * kc);
+    for (int64_t c = 0; c < cols; ++c) dequantize_q8(B + (j0 + c) * ldb, pc, kc, rows.data() + c * kc);
+    pack_cols_of_b(rows.data(), kc, 0, cols, 0, kc, panel);
+}
+
 // One 16x6 register tile over depth kc: C (column stride ldc) = or += a packed A panel times 6 columns of B:
 // a packed B panel, or (B_ROWS) 6 f32 rows of B in place, ldb apart.
 template <bool B_ROWS>
@@ -212,6 +243,15 @@ void pair_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t p
             _mm512_mask_storeu_epi32(out + l / 2, first_lanes((n + 1) / 2), pairs);
         }
     }
+}
+
+// The same for a q8_0 B: dequantized, then paired as f32 rows are.
+inline void pair_cols_of_b(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc,
+                           uint32_t* out) {
+    thread_local std::vector<float> rows;
+    rows.resize(NR * kc);
+    for (int64_t c = 0; c < cols; ++c) dequantize_q8(B + (j0 + c) * ldb, pc, kc, rows.data() + c * kc);
+    pair_cols_of_b(rows.data(), kc, 0, cols, 0, kc, out);
 }
 
 // t[i] = dword i of 16 rows -> t[c] = dword c of each row, in row order.
@@ -395,6 +435,29 @@ struct RowsOfA {
 #endif
 };
 
+// A q8_0 weight's rows (patch 0015: linear layers of a weight_type="q8_0" model), lda counted in blocks:
+// dequantized as ggml does, then packed as f32 rows, so that activations stay f32 (ggml's own q8_0 product
+// rounds them to q8_0 too).
+template <>
+struct RowsOfA<Q8Block> {
+    const Q8Block* A;
+    int64_t lda;
+    const float* dequantized(int64_t i0, int64_t rows, int64_t pc, int64_t kc) const {
+        thread_local std::vector<float> values;
+        values.resize(MR * kc);
+        for (int64_t r = 0; r < rows; ++r) dequantize_q8(A + (i0 + r) * lda, pc, kc, values.data() + r * kc);
+        return values.data();
+    }
+    void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
+        pack_rows_of_a(dequantized(i0, rows, pc, kc), kc, 0, rows, 0, kc, panel);
+    }
+#if defined(SDCPP_PY_BF16_GEMM)
+    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
+        pair_rows_of_a(dequantized(i0, rows, pc, kc), kc, 0, rows, 0, kc, panel);
+    }
+#endif
+};
+
 #if defined(SDCPP_PY_BF16_GEMM)
 // gemm_block with bf16 products: the same blocks, B's columns paired once per KC-deep block, A's slivers per
 // MC block.
@@ -500,10 +563,17 @@ Share gemm_share(int ith, int nth, int64_t m, int64_t n, int64_t k, const APack&
     return share;
 }
 
-// Types are ggml_type values (0 = F32, 1 = F16). False: not handled here, the caller falls back.
+// Types are ggml_type values (0 = F32, 1 = F16, 8 = Q8_0, 30 = BF16). False: not handled here, the caller
+// falls back. For a q8_0 A, k and lda count blocks of 32 (llamafile_sgemm's contract).
 inline bool packed_gemm(int ith, int nth, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
                         const void* B, int64_t ldb, float* C, int64_t ldc, int Atype, int Btype) {
-    constexpr int F32 = 0, F16 = 1;
+    constexpr int F32 = 0, F16 = 1, Q8_0 = 8;
+    if (Atype == Q8_0) {  // f32 activations only: after ggml has rounded them to q8_0 it is its own product
+        if (Btype != F32 || m < MR || n < NR) return false;
+        const RowsOfA<Q8Block> rows{static_cast<const Q8Block*>(A), lda};
+        gemm_share(ith, nth, m, n, k * Q8_VALUES, rows, static_cast<const float*>(B), ldb, C, ldc);
+        return true;
+    }
 #if defined(SDCPP_PY_BF16_GEMM)
     if (bf16_products) {  // f32, f16 or bf16 operands (bf16 weights: weight_type="bf16")
         constexpr int BF16 = 30;

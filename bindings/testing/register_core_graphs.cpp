@@ -107,7 +107,7 @@ py::tuple cpu_attention(const py::array_t<float, py::array::c_style>& q, const p
 py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f16_bits,
                        const py::array_t<float, py::array::c_style>& image, int stride, int padding, int dilation,
                        int n_threads, bool on_cpu_backend, std::optional<py::array_t<float, py::array::c_style>> bias,
-                       bool bf16) {
+                       bool bf16, bool q8_0) {
     const BuildPrecision precision(bf16);
     const ConvShape shape = checked_conv_shape(kernel_f16_bits, image, stride, padding, dilation, n_threads);
     const int64_t N = shape.N, IC = shape.IC, H = shape.H, W = shape.W, OC = shape.OC, KH = shape.KH, KW = shape.KW,
@@ -120,10 +120,22 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
     const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
     std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
     if (!ctx) throw std::runtime_error("ggml_init failed");
-    ggml_tensor* tk = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
+    // q8_0: the kernel as patch 0015's Conv2d holds a quantized one, the (KW*KH*IC, OC) matrix of blocks.
+    std::vector<char> q8_0_kernel;
+    if (q8_0) {
+        if (KW != KH) throw std::invalid_argument("q8_0: expected a square kernel");
+        std::vector<float> values(static_cast<size_t>(OC * IC * KH * KW));
+        ggml_fp16_to_fp32_row(reinterpret_cast<const ggml_fp16_t*>(kernel_f16_bits.data()), values.data(),
+                              static_cast<int64_t>(values.size()));
+        q8_0_kernel.resize(ggml_row_size(GGML_TYPE_Q8_0, IC * KH * KW) * OC);
+        quantize_q8_0_rows(values.data(), OC, IC * KH * KW, q8_0_kernel.data());
+    }
+    ggml_tensor* tk = q8_0 ? ggml_new_tensor_2d(ctx.get(), GGML_TYPE_Q8_0, IC * KH * KW, OC)
+                           : ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F16, KW, KH, IC, OC);
     ggml_tensor* ti = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, W, H, IC, N);
     ggml_tensor* tb = bias ? ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, OC) : nullptr;
-    std::vector<std::pair<ggml_tensor*, const void*>> inputs = {{tk, kernel_f16_bits.data()}, {ti, image.data()}};
+    const void* kernel_data = q8_0 ? static_cast<const void*>(q8_0_kernel.data()) : kernel_f16_bits.data();
+    std::vector<std::pair<ggml_tensor*, const void*>> inputs = {{tk, kernel_data}, {ti, image.data()}};
     if (tb != nullptr) inputs.emplace_back(tb, bias->data());
     for (const auto& input : inputs) ggml_set_input(input.first);
     ggml_tensor* out = ggml_ext_conv_2d(ctx.get(), ti, tk, tb, stride, stride, padding, padding, dilation, dilation,
@@ -163,8 +175,9 @@ void register_core_graphs(py::module_& m) {
           "Test hook: the core's attention on the CPU; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_conv_2d", &core_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
-          py::arg("bias") = py::none(), py::arg("bf16") = false,
-          "Test hook: the core's Conv2d convolution on the CPU; returns (output, graph node ops, compute buffer bytes).");
+          py::arg("bias") = py::none(), py::arg("bf16") = false, py::arg("q8_0") = false,
+          "Test hook: the core's Conv2d convolution on the CPU; returns (output, graph node ops, compute buffer bytes). "
+          "q8_0: the kernel quantized and flattened as a weight_type='q8_0' diffusion model holds it (patch 0015).");
     m.def("_core_geglu", &core_geglu, py::arg("x"), py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
           "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");
 }

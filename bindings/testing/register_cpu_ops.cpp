@@ -32,10 +32,36 @@ ggml_type float_type_of(const py::array& array, const char* name) {
     throw std::invalid_argument(std::string(name) + ": expected float32, float16 or uint16 (bfloat16 bits)");
 }
 
+}  // namespace
+
+// rows (rows, n) float32 values quantized to q8_0 as the loader does (ggml_quantize_chunk), into out.
+void quantize_q8_0_rows(const float* values, int64_t rows, int64_t n, void* out) {
+    if (n % ggml_blck_size(GGML_TYPE_Q8_0) != 0) {
+        throw std::invalid_argument("q8_0: a row's length must be a multiple of 32, got " + std::to_string(n));
+    }
+    ggml_quantize_chunk(GGML_TYPE_Q8_0, values, out, 0, rows, n, nullptr);
+}
+
+namespace {
+
+// x (rows, n) float32 through q8_0 and back: the values a q8_0 weight holds.
+py::array_t<float> q8_0_round_trip(const py::array_t<float, py::array::c_style>& x) {
+    if (x.ndim() != 2) throw std::invalid_argument("x: expected a 2-D array");
+    const int64_t rows = x.shape(0), n = x.shape(1);
+    std::vector<char> blocks(ggml_row_size(GGML_TYPE_Q8_0, n) * rows);
+    quantize_q8_0_rows(x.data(), rows, n, blocks.data());
+    py::array_t<float> result({rows, n});
+    ggml_get_type_traits(GGML_TYPE_Q8_0)->to_float(blocks.data(), result.mutable_data(), rows * n);
+    return result;
+}
+
 // ggml_mul_mat(a, b) on the CPU backend: for a (m, k) and b (n, k), the (n, m) float32 array b @ a.T.
-py::array_t<float> cpu_mul_mat(const py::array& a_in, const py::array& b_in, int n_threads, bool bf16) {
+// q8_0_a: a (float32) quantized to q8_0 first, as a weight_type="q8_0" weight.
+py::array_t<float> cpu_mul_mat(const py::array& a_in, const py::array& b_in, int n_threads, bool bf16, bool q8_0_a) {
     const BuildPrecision precision(bf16);
-    const ggml_type a_type = float_type_of(a_in, "a"), b_type = float_type_of(b_in, "b");
+    const ggml_type a_given = float_type_of(a_in, "a"), b_type = float_type_of(b_in, "b");
+    if (q8_0_a && a_given != GGML_TYPE_F32) throw std::invalid_argument("a: q8_0_a expects float32 values");
+    const ggml_type a_type = q8_0_a ? GGML_TYPE_Q8_0 : a_given;
     const auto a = py::array::ensure(a_in, py::array::c_style), b = py::array::ensure(b_in, py::array::c_style);
     const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(0);
     if (b.shape(1) != k) {
@@ -53,7 +79,11 @@ py::array_t<float> cpu_mul_mat(const py::array& a_in, const py::array& b_in, int
     if (!ctx) throw std::runtime_error("ggml_init failed");
     ggml_tensor* ta = ggml_new_tensor_2d(ctx.get(), a_type, k, m);
     ggml_tensor* tb = ggml_new_tensor_2d(ctx.get(), b_type, k, n);
-    std::memcpy(ta->data, a.data(), a.nbytes());
+    if (q8_0_a) {
+        quantize_q8_0_rows(static_cast<const float*>(a.data()), m, k, ta->data);
+    } else {
+        std::memcpy(ta->data, a.data(), a.nbytes());
+    }
     std::memcpy(tb->data, b.data(), b.nbytes());
     ggml_tensor* product = ggml_mul_mat(ctx.get(), ta, tb);
     compute_on_cpu(ctx.get(), product, n_threads);
@@ -129,8 +159,11 @@ ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& 
 
 void register_cpu_ops(py::module_& m) {
     m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1, py::arg("bf16") = false,
+          py::arg("q8_0_a") = false,
           "Test hook: ggml_mul_mat on the CPU backend, b @ a.T for float16/float32/uint16 (bfloat16 bits) a (m, k) "
-          "and b (n, k); bf16: built as for cpu_precision='bf16'.");
+          "and b (n, k); bf16: built as for cpu_precision='bf16'; q8_0_a: a (float32) quantized to q8_0 first.");
+    m.def("_q8_0_round_trip", &q8_0_round_trip, py::arg("x"),
+          "Test hook: float32 rows (rows, n) quantized to q8_0 as the loader does, and back.");
     m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("n_threads") = 1, py::arg("bf16") = false,
           "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");

@@ -32,6 +32,9 @@ void register_prompt(py::module_& m);
 struct ConvShape {
     int64_t N, IC, H, W, OC, KH, KW, OH, OW;
 };
+// rows x n float32 values quantized to q8_0 (ggml_quantize_chunk, as the loader does) into out.
+void quantize_q8_0_rows(const float* values, int64_t rows, int64_t n, void* out);
+
 ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& image, int stride, int padding,
                              int dilation, int n_threads);
 

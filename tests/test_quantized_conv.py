@@ -1,0 +1,155 @@
+"""Quantized convolution kernels (patch 0015): with weight_type="q8_0" (or a tensor_type_rules rule) a diffusion
+model's square conv kernels are held as q8_0 (KW*KH*IC, OC) matrices instead of staying f16, so the UNet takes
+about half the memory of f16. On the CPU our fused convolution and packed product dequantize q8_0 weights as
+they pack them (activations stay f32); elsewhere the core multiplies by the flattened kernel through im2col.
+
+Each path is checked against numpy with the kernel's q8_0 values (the loader's quantization, round-tripped by
+a hook); the SD1 model against its f16 self (memory, pixels) and against sd-cli built from the same sources.
+"""
+
+import logging
+import re
+
+import numpy as np
+import pytest
+from native_hooks import hooks
+from test_cpu_bf16 import BF16, bf16, needs_bf16, relative_error
+from test_cpu_matmul import conv_reference
+
+import sdcpp_py
+
+_test_hooks = hooks()
+
+
+def q8_0_values(kernel_f16: np.ndarray) -> np.ndarray:
+    """The values the loader's q8_0 copy of an (OC, IC, KH, KW) f16 kernel holds, as float32."""
+    oc = kernel_f16.shape[0]
+    rows = kernel_f16.astype(np.float32).reshape(oc, -1)
+    return _test_hooks._q8_0_round_trip(rows).reshape(kernel_f16.shape)
+
+
+CONV_CASES = [
+    # n, ic, oc, size, kernel_size, stride, padding
+    (1, 32, 64, 9, 3, 1, 1),      # 288 values per output channel: 9 blocks
+    (2, 64, 40, 12, 3, 2, 1),     # a downsampler, batch 2
+    (1, 64, 24, 7, 1, 1, 0),      # a 1x1 projection: two blocks
+    (1, 320, 96, 8, 3, 1, 1),     # SD1's widths at a small size
+]
+
+
+@pytest.mark.parametrize("n, ic, oc, size, kernel_size, stride, padding", CONV_CASES)
+def test_fused_convolution_with_a_q8_0_kernel_matches_numpy(n, ic, oc, size, kernel_size, stride, padding):
+    rng = np.random.default_rng(ic + oc)
+    kernel = rng.standard_normal((oc, ic, kernel_size, kernel_size)).astype(np.float16)
+    image = rng.standard_normal((n, ic, size, size)).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    values = q8_0_values(kernel)
+    assert not np.array_equal(values, kernel.astype(np.float32)), "the kernel was not quantized"
+    # f32 image values meet the dequantized kernel: only the f32 summation order differs.
+    expected = conv_reference(values, image, stride, padding) + bias[None, :, None, None]
+    for threads in (1, 2):
+        out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, stride, padding, 1, threads,
+                                                bias=bias, q8_0=True)
+        assert any("CUSTOM" in op for op in ops) and not any("IM2COL" in op for op in ops), ops
+        assert relative_error(out, expected) < 2e-6, threads
+
+
+@pytest.mark.parametrize("n, ic, oc, size, kernel_size, stride, padding", CONV_CASES[:3])
+def test_other_backends_multiply_by_the_flattened_q8_0_kernel(n, ic, oc, size, kernel_size, stride, padding):
+    rng = np.random.default_rng(ic * oc)
+    kernel = rng.standard_normal((oc, ic, kernel_size, kernel_size)).astype(np.float16)
+    image = rng.standard_normal((n, ic, size, size)).astype(np.float32)
+    expected = conv_reference(q8_0_values(kernel), image, stride, padding)
+    out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, stride, padding, 1, 2,
+                                            on_cpu_backend=False, q8_0=True)
+    assert "IM2COL" in ops and "MUL_MAT" in ops and not any("CUSTOM" in op for op in ops), ops
+    assert out.shape == expected.shape
+    # ggml's q8_0 product rounds the image columns to q8_0 as well: close, not exact.
+    assert relative_error(out, expected) < 3e-2
+
+
+@needs_bf16
+def test_bf16_convolution_with_a_q8_0_kernel_rounds_both_operands():
+    rng = np.random.default_rng(5)
+    kernel = rng.standard_normal((48, 64, 3, 3)).astype(np.float16)
+    image = rng.standard_normal((1, 64, 10, 10)).astype(np.float32)
+    values = q8_0_values(kernel)
+    expected = conv_reference(bf16(values), bf16(image), 1, 1)
+    out, _, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, q8_0=True, bf16=True)
+    assert relative_error(out, expected) < 2e-6
+    assert relative_error(out, conv_reference(values, image, 1, 1)) > 1e-4
+
+
+@pytest.mark.parametrize("m, n, k", [(16, 6, 32), (40, 77, 320), (320, 300, 640)])
+@pytest.mark.parametrize("use_bf16", [False, True])
+def test_q8_0_linear_weights_meet_f32_activations(m, n, k, use_bf16):
+    if use_bf16 and not BF16:
+        pytest.skip("no bf16 products here")
+    rng = np.random.default_rng(m + n + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    values = _test_hooks._q8_0_round_trip(a)
+    if use_bf16:
+        expected = bf16(b).astype(np.float64) @ bf16(values).astype(np.float64).T
+    else:
+        expected = b.astype(np.float64) @ values.astype(np.float64).T
+    result = _test_hooks._cpu_mul_mat(a, b, 2, bf16=use_bf16, q8_0_a=True)
+    # Our packed kernel reads the weights' q8_0 values and the activations as they are (ggml's own q8_0
+    # product, which rounds the activations to q8_0 too, is ~1e-2 away).
+    assert relative_error(result, expected) < 2e-6
+
+
+class _ParamsLog(logging.Handler):
+    """The core's 'total params memory size' line: the diffusion model's MB."""
+
+    def __init__(self):
+        super().__init__()
+        self.diffusion_mb = []
+
+    def emit(self, record):
+        found = re.search(r"diffusion_model ([0-9.]+)MB", record.getMessage())
+        if found:
+            self.diffusion_mb.append(float(found.group(1)))
+
+
+SD1_ARGS = dict(width=64, height=64, steps=2, cfg_scale=7.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def sd1_images(sd1_checkpoint):
+    """weight_type -> (image, diffusion model MB) for the SD1 checkpoint."""
+    logger = logging.getLogger("sdcpp_py")
+    handler, level = _ParamsLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        results = {}
+        for weight_type in ("f16", "q8_0"):
+            with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2, weight_type=weight_type) as ctx:
+                image = ctx.txt2img("a red cube", negative_prompt="blurry", **SD1_ARGS)[0]
+            results[weight_type] = (image, handler.diffusion_mb[-1])
+        return results
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_a_q8_0_unet_takes_about_half_the_memory_of_f16(sd1_images):
+    f16_mb, q8_mb = sd1_images["f16"][1], sd1_images["q8_0"][1]
+    # q8_0 is 8.5 bits a value: 0.53 of f16 when every weight is quantized; 0.85 when the kernels stayed f16.
+    assert q8_mb < 0.6 * f16_mb, (q8_mb, f16_mb)
+
+
+def test_a_q8_0_unet_draws_nearly_the_f16_picture(sd1_images):
+    full, quantized = sd1_images["f16"][0], sd1_images["q8_0"][0]
+    assert quantized.shape == full.shape and quantized.std() > 1.0
+    mse = np.mean((full.astype(np.float64) - quantized.astype(np.float64)) ** 2)
+    assert 0 < mse and 10 * np.log10(255**2 / mse) > 30
+
+
+def test_a_q8_0_unet_gives_sd_clis_pixels(sd1_images, sd1_checkpoint, run_sd_cli, tmp_path):
+    expected = run_sd_cli(tmp_path / "cli.png", {"model": sd1_checkpoint}, "-p", "a red cube", "-n", "blurry",
+                          "-W", "64", "-H", "64", "--steps", "2", "--cfg-scale", "7.0", "-s", "3", "-t", "2",
+                          "--type", "q8_0")
+    np.testing.assert_array_equal(sd1_images["q8_0"][0], expected)
+
