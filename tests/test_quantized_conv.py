@@ -7,8 +7,11 @@ Each path is checked against numpy with the kernel's q8_0 values (the loader's q
 a hook); the SD1 model against its f16 self (memory, pixels) and against sd-cli built from the same sources.
 """
 
+import json
 import logging
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -153,3 +156,50 @@ def test_a_q8_0_unet_gives_sd_clis_pixels(sd1_images, sd1_checkpoint, run_sd_cli
                           "--type", "q8_0")
     np.testing.assert_array_equal(sd1_images["q8_0"][0], expected)
 
+
+LORA_CHILD = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+import sdcpp_py
+from sdcpp_py.testing import extras, flux1, sd
+from sdcpp_py.testing.extras import write_safetensors
+
+synthetic, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+flux = flux1.flux_components(synthetic / "flux")
+flux_lora = extras.flux_lora(flux["diffusion_model"], tmp / "flux-lora.safetensors")
+sd1 = {"model": sd.sd1_checkpoint(synthetic / "sd1")}
+rng = np.random.default_rng(0)
+tensors = {}  # a LoRA of two of the UNet's convolutions (3x3, 1x1): their kernels are q8_0 matrices
+for layer, k in (("input_blocks.1.0.in_layers.2", 3), ("input_blocks.1.1.proj_in", 1)):
+    down, up = rng.standard_normal((4, 320, k, k)) * 0.5, rng.standard_normal((320, 4, 1, 1)) * 0.5
+    tensors[f"diffusion_model.{layer}.lora_down.weight"] = down.astype(np.float16)
+    tensors[f"diffusion_model.{layer}.lora_up.weight"] = up.astype(np.float16)
+    tensors[f"diffusion_model.{layer}.alpha"] = np.array(4.0, np.float32)
+sd1_lora = write_safetensors(tmp / "sd1-lora.safetensors", tensors)
+results = {}
+for name, parts, lora, cfg in (("flux", flux, flux_lora, 1.0), ("sd1", sd1, sd1_lora, 7.0)):
+    images = {}
+    for mode in ("immediately", "at_runtime"):
+        with sdcpp_py.Context(**parts, n_threads=2, weight_type="q8_0", lora_apply_mode=mode) as ctx:
+            args = dict(width=64, height=64, steps=2, cfg_scale=cfg, seed=1)
+            if mode == "at_runtime":
+                images["plain"] = ctx.txt2img("a cube", **args)[0]
+            images[mode] = ctx.txt2img("a cube", loras=[lora], **args)[0]
+    f = {k: v.astype(np.float64) for k, v in images.items()}
+    mse = max(np.mean((f["immediately"] - f["at_runtime"]) ** 2), 1e-12)
+    results[name] = {"effect": float(np.abs(f["immediately"] - f["plain"]).mean()),
+                     "psnr": float(10 * np.log10(255**2 / mse))}
+print(json.dumps(results))
+"""
+
+
+def test_a_lora_merges_into_quantized_weights(synthetic_dir, sd1_checkpoint, flux_parts, tmp_path):
+    # lora_apply_mode="immediately" on a q8_0 model: the merge used to abort the process (patch 0016), so it
+    # runs in a child. Merged or applied at runtime, the LoRA changes the picture the same way.
+    result = subprocess.run([sys.executable, "-c", LORA_CHILD, str(synthetic_dir), str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, figures in json.loads(result.stdout.strip().splitlines()[-1]).items():
+        assert figures["effect"] > 2.0, (name, figures)  # the LoRA shows
+        assert figures["psnr"] > 30, (name, figures)     # merged ~ at runtime (only rounding differs)
