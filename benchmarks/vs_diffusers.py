@@ -24,7 +24,8 @@ ru_maxrss) is that measurement's alone; tools are interleaved within each ``--ru
 sdcpp-py configurations (``--tools``): ``default`` (core defaults), ``fa`` (diffusion_flash_attn),
 ``fa+conv`` (diffusion_flash_attn + diffusion_conv_direct), ``f32`` (weight_type="f32") and, not in the
 default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16"), ``q8_0`` and ``bf16`` (weight_type);
-``cpu-bf16`` is ``cpu_precision="bf16"`` (products on bf16 operands, AVX512_BF16). Each sdcpp-py
+``cpu-bf16`` is ``cpu_precision="bf16"`` (products on bf16 operands, AVX512_BF16), ``q8_0-cpu-bf16`` both
+q8_0 weights and bf16 products. Each sdcpp-py
 configuration's decoded image is compared with ``default``'s (same seed and steps): PSNR in dB.
 
 - OpenVINO: ``openvino.convert_model`` of that UNet, compiled for the CPU with ``INFERENCE_NUM_THREADS`` and
@@ -71,8 +72,10 @@ SDCPP_CONFIGS = {
     "q8_0": {"weight_type": "q8_0"},
     "bf16": {"weight_type": "bf16"},
     "cpu-bf16": {"cpu_precision": "bf16"},  # bf16 products (AVX512_BF16), f16 weights rounded as packed
+    "q8_0-cpu-bf16": {"weight_type": "q8_0", "cpu_precision": "bf16"},  # half the weights' memory, bf16 products
 }
-DEFAULT_TOOLS = ("diffusers", "diffusers-bf16", "openvino-f32", "openvino", "default", "cpu-bf16", "q8_0")
+DEFAULT_TOOLS = ("diffusers", "diffusers-bf16", "openvino-f32", "openvino", "default", "cpu-bf16", "q8_0",
+                 "q8_0-cpu-bf16")
 
 CORE_LINES = {
     "core_sampling_s": re.compile(r"sampling completed, taking ([0-9.]+)s"),
