@@ -135,13 +135,19 @@ inline void dequantize_q8(const Q8Block* row, int64_t pc, int64_t n, float* out)
     }
 }
 
-// NR columns of a q8_0 B: dequantized, then packed as f32 rows are.
-inline void pack_cols_of_b(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc,
-                           float* panel) {
+// Steps pc..pc+kc of NR columns of a q8_0 B (`cols` real) as f32 rows, kc apart, in a per-thread buffer.
+inline const float* dequantized_cols(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc,
+                                     int64_t kc) {
     thread_local std::vector<float> rows;
     rows.resize(NR * kc);
     for (int64_t c = 0; c < cols; ++c) dequantize_q8(B + (j0 + c) * ldb, pc, kc, rows.data() + c * kc);
-    pack_cols_of_b(rows.data(), kc, 0, cols, 0, kc, panel);
+    return rows.data();
+}
+
+// NR columns of a q8_0 B: dequantized, then packed as f32 rows are.
+inline void pack_cols_of_b(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc,
+                           float* panel) {
+    pack_cols_of_b(dequantized_cols(B, ldb, j0, cols, pc, kc), kc, 0, cols, 0, kc, panel);
 }
 
 // One 16x6 register tile over depth kc: C (column stride ldc) = or += a packed A panel times 6 columns of B:
@@ -248,10 +254,7 @@ void pair_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t p
 // The same for a q8_0 B: dequantized, then paired as f32 rows are.
 inline void pair_cols_of_b(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc,
                            uint32_t* out) {
-    thread_local std::vector<float> rows;
-    rows.resize(NR * kc);
-    for (int64_t c = 0; c < cols; ++c) dequantize_q8(B + (j0 + c) * ldb, pc, kc, rows.data() + c * kc);
-    pair_cols_of_b(rows.data(), kc, 0, cols, 0, kc, out);
+    pair_cols_of_b(dequantized_cols(B, ldb, j0, cols, pc, kc), kc, 0, cols, 0, kc, out);
 }
 
 // t[i] = dword i of 16 rows -> t[c] = dword c of each row, in row order.
