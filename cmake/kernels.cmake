@@ -15,7 +15,8 @@ foreach(cpu_target IN LISTS SDCPP_CPU_TARGETS)
   target_include_directories(${cpu_target} PRIVATE "${SDCPP_KERNELS_DIR}")
   target_sources(${cpu_target} PRIVATE
     "${SDCPP_KERNELS_DIR}/sdcpp_py_attention.cpp" "${SDCPP_KERNELS_DIR}/sdcpp_py_conv.cpp"
-    "${SDCPP_KERNELS_DIR}/sdcpp_py_geglu.cpp" "${SDCPP_KERNELS_DIR}/sdcpp_py_kernels.cpp")
+    "${SDCPP_KERNELS_DIR}/sdcpp_py_geglu.cpp" "${SDCPP_KERNELS_DIR}/sdcpp_py_kernels.cpp"
+    "${SDCPP_KERNELS_DIR}/sdcpp_py_winograd.cpp")
 endforeach()
 target_include_directories(stable-diffusion PUBLIC "${SDCPP_KERNELS_DIR}")
 # ggml.c marks bf16 products (patch 0014: sdcpp_py_precision.h).

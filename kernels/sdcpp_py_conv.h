@@ -10,6 +10,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 
 #include "ggml.h"
@@ -17,12 +19,30 @@
 #include "sdcpp_py_precision.h"
 
 #define SDCPP_PY_CPU_CONV_2D "sdcpp_py_cpu_conv_2d"
+// Winograd F(2x2, 3x3) (sdcpp_py_winograd.cpp): the input transform, then the products and the output.
+#define SDCPP_PY_CPU_WINOGRAD_INPUT "sdcpp_py_cpu_winograd_input"
+#define SDCPP_PY_CPU_WINOGRAD_CONV "sdcpp_py_cpu_winograd_conv"
 
 extern "C" {
 // The custom op (in ggml-cpu, found by the name above): dst (OW, OH, OC, N) = conv(src[0] kernel f16
 // (KW, KH, IC, OC), src[1] image f32 (IW, IH, IC, N)) [+ src[2] bias f32 (OC)]; stride, padding, dilation in
 // userdata (see below).
 void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
+void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
+void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
+}
+
+// Winograd takes 3x3 stride-1 convolutions with at least this many 2x2 output tiles (an SD1 UNet's 16x16
+// latents and larger): below it the per-call kernel transform costs more than the products save. Its
+// transformed image (4x the image's f32 bytes) is held only up to the size below; larger images (a VAE's
+// full-resolution layers, SDXL's 128x128 latents) keep the direct node's memory.
+constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 64;
+constexpr int64_t SDCPP_PY_WINOGRAD_MAX_BYTES = int64_t{64} << 20;
+// SDCPP_PY_CPU_CONV=direct keeps every convolution on the direct fused node (bitwise the core's graph), to
+// test and time that path; read per graph build.
+inline bool sdcpp_py_winograd_allowed() {
+    const char* conv = std::getenv("SDCPP_PY_CPU_CONV");
+    return conv == nullptr || std::strcmp(conv, "direct") != 0;
 }
 
 // Stride, padding and dilation, 8 bits each (width then height), packed into the custom op's userdata;
@@ -85,7 +105,23 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
         args[n_args++] = *bias;
         *bias = nullptr;
     }
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, op, GGML_N_TASKS_MAX,
-                          reinterpret_cast<void*>(
-                              sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1, bf16)));
+    void* params = reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1, bf16));
+    // Winograd's transformed image: 16 values per tile (2x2 output pixels) and input channel, tiles in whole
+    // slivers of 16; f32, 4/9 of an f32 im2col's size, freed after the product.
+    const int64_t tile_rows = ((OW + 1) / 2 * ((OH + 1) / 2) + 15) / 16 * 16;
+    if (KW == 3 && KH == 3 && s0 == 1 && s1 == 1 && d0 == 1 && d1 == 1 && p0 <= 2 && p1 <= 2 &&
+        (OW + 1) / 2 * ((OH + 1) / 2) >= SDCPP_PY_WINOGRAD_MIN_TILES &&
+        tile_rows * IC * 16 * N * int64_t{sizeof(float)} <= SDCPP_PY_WINOGRAD_MAX_BYTES &&
+        sdcpp_py_winograd_allowed()) {
+        const ggml_custom_op_t input = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_INPUT);
+        const ggml_custom_op_t products = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_CONV);
+        if (input != nullptr && products != nullptr) {
+            ggml_tensor* transformed = ggml_custom_4d(ctx, GGML_TYPE_F32, tile_rows, IC, 16, N, &args[1], 1, input,
+                                                      GGML_N_TASKS_MAX, params);
+            args[1] = transformed;
+            return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, products, GGML_N_TASKS_MAX,
+                                  params);
+        }
+    }
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, op, GGML_N_TASKS_MAX, params);
 }

@@ -41,6 +41,8 @@ extern "C" void* sdcpp_py_cpu_kernel_by_name(const char* name) {
         {SDCPP_PY_CPU_ATTENTION, sdcpp_py_cpu_attention_compute},
         {SDCPP_PY_CPU_CONV_2D, sdcpp_py_cpu_conv_2d_compute},
         {SDCPP_PY_CPU_GEGLU, sdcpp_py_cpu_geglu_compute},
+        {SDCPP_PY_CPU_WINOGRAD_INPUT, sdcpp_py_cpu_winograd_input_compute},
+        {SDCPP_PY_CPU_WINOGRAD_CONV, sdcpp_py_cpu_winograd_conv_compute},
     };
     for (const Kernel& kernel : kernels) {
         if (std::strcmp(name, kernel.name) == 0) return reinterpret_cast<void*>(kernel.op);

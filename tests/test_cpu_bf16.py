@@ -92,7 +92,8 @@ def reference_conv(kernel, image, stride, padding):
 @pytest.mark.parametrize("shape, kernel_size, stride, padding", [
     ((1, 4, 32, 32, 320), 3, 1, 1), ((2, 27, 9, 11, 13), 3, 2, 1), ((1, 64, 8, 8, 128), 1, 1, 0),
     ((1, 3, 17, 5, 16), 3, 1, 1)])
-def test_fused_convolution_in_bf16(shape, kernel_size, stride, padding):
+def test_fused_convolution_in_bf16(shape, kernel_size, stride, padding, monkeypatch):
+    monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")  # the direct node (Winograd's: test_cpu_winograd.py)
     N, IC, H, W, OC = shape
     rng = np.random.default_rng(IC * OC)
     kernel = rng.standard_normal((OC, IC, kernel_size, kernel_size)).astype(np.float16)

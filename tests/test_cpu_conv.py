@@ -3,7 +3,8 @@
 Patch 0007 replaces ggml_conv_2d's im2col, matrix product and permuted copy with one node whose product
 reads the image directly. Its output must be bitwise the unfused graph's, so that pixels do not move; the
 shapes below cover what the fast path special-cases: 16 output pixels in one row, the image's edges,
-strides, dilation, 1x1 kernels, batches and rows narrower than 16 pixels.
+strides, dilation, 1x1 kernels, batches and rows narrower than 16 pixels. (Larger 3x3 stride-1 convolutions
+run as Winograd by default: test_cpu_winograd.py; here SDCPP_PY_CPU_CONV=direct keeps the direct node.)
 """
 
 import numpy as np
@@ -12,6 +13,13 @@ import pytest
 from native_hooks import PACKED_KERNEL, hooks
 
 _test_hooks = hooks()
+
+
+@pytest.fixture(autouse=True)
+def direct_convolution(monkeypatch):
+    """The direct node (3x3 stride-1 convolutions of 64 tiles or more run as Winograd: test_cpu_winograd.py)."""
+    monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")
+
 
 needs_fused_conv = pytest.mark.skipif(
     not PACKED_KERNEL, reason="patch 0007 fuses convolutions where patch 0004's AVX2 kernel is compiled")

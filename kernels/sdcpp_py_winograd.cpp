@@ -1,0 +1,303 @@
+// sdcpp-py (issue 20): 3x3 stride-1 convolutions on the CPU as Winograd F(2x2, 3x3), the graph side in
+// sdcpp_py_conv.h.
+//
+// Each 2x2 block of output pixels (a tile) is computed from its 4x4 input patch d and the 3x3 kernel g as
+// Y = A' [(G g G') . (B' d B)] A: 16 products per tile and channel pair instead of 36, so 2.25x fewer
+// multiplies. Per position xi of the 4x4 transformed tile it is one matrix product,
+// M_xi (tiles x OC) = V_xi (tiles x IC) U_xi (IC x OC), run on the packed kernel (f32 or bf16 products).
+// Two nodes: the input transform V of the whole image (shared by every output channel: a node of its own so
+// that each thread transforms only its part), then per thread a share of the output channels: their kernels
+// transformed (U), the 16 products and the output transform, with the bias added.
+// Sums differ from the direct convolution's in rounding only (f32 throughout; the kernel's 1/2 factors and
+// the transforms' additions are exact up to one f32 rounding each).
+#include "ggml-cpu-impl.h"
+#include "sdcpp_py_conv.h"
+#include "sdcpp_py_packed_gemm.h"
+
+#if defined(SDCPP_PY_CPU_KERNELS)
+
+#include <algorithm>
+#include <vector>
+
+namespace sdcpp_py_gemm {
+namespace {
+
+constexpr int64_t POSITIONS = 16;  // a transformed tile: 4x4
+
+// Stride (1), padding and dilation (1) from the node's userdata (sdcpp_py_conv_2d_params' packing).
+struct Padding {
+    int64_t left, top;
+};
+Padding padding_of(uintptr_t params) {
+    return {static_cast<int64_t>((params >> 24) & 0xff), static_cast<int64_t>((params >> 16) & 0xff)};
+}
+
+// The transformed image: per position xi, the tiles in slivers of MR (the packed kernel's A slivers), each
+// sliver channel by channel: v[((xi * slivers + s) * IC + ic) * MR + r] for tile s * MR + r. A sliver's
+// steps are then contiguous, as a packed A panel is.
+inline int64_t sliver_count(int64_t tiles) { return (tiles + MR - 1) / MR; }
+
+// Position xi's block of that as the product's A operand: rows are tiles, steps input channels.
+struct TileSlivers {
+    const float* v;
+    int64_t IC;
+    void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
+        // i0 is a multiple of MR (blocks of whole slivers); past `rows` the input node wrote zeros.
+        (void)rows;
+        const float* src = v + (i0 / MR * IC + pc) * MR;
+        std::copy(src, src + kc * MR, panel);
+    }
+#if defined(SDCPP_PY_BF16_GEMM)
+    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
+        pair_steps_bf16(v + (i0 / MR * IC + pc) * MR, kc, MR, panel);
+        (void)rows;
+    }
+#endif
+};
+
+// The kernel of output channel oc as f32 values in (ic, kh, kw) order: an f16 (3, 3, IC, OC) tensor or
+// patch 0015's flattened q8_0 (9*IC, OC) matrix, whose rows hold the same values in the same order.
+void kernel_values(const ggml_tensor* w, int64_t oc, int64_t depth, float* out) {
+    if (w->type == GGML_TYPE_Q8_0) {
+        dequantize_q8(static_cast<const Q8Block*>(w->data) + oc * (depth / Q8_VALUES), 0, depth, out);
+        return;
+    }
+    const uint16_t* row = static_cast<const uint16_t*>(w->data) + oc * depth;
+    int64_t i = 0;
+    for (; i + 8 <= depth; i += 8) _mm256_storeu_ps(out + i, load8(row + i));
+    for (; i < depth; ++i) out[i] = load1(row + i);
+}
+
+// U = G g G' of the 9 taps g (rows of 3) of input channels: 16 outputs, each a vector of lanes.
+template <typename V, typename Add, typename Sub, typename Half>
+inline void kernel_transform(const V g[9], V out[16], Add add, Sub sub, Half half) {
+    V gg[4][3];  // G g: the kernel's rows combined
+    for (int j = 0; j < 3; ++j) {
+        gg[0][j] = g[j];
+        gg[1][j] = half(add(add(g[j], g[3 + j]), g[6 + j]));
+        gg[2][j] = half(add(sub(g[j], g[3 + j]), g[6 + j]));
+        gg[3][j] = g[6 + j];
+    }
+    for (int i = 0; i < 4; ++i) {  // (G g) G': its columns combined the same way
+        out[4 * i + 0] = gg[i][0];
+        out[4 * i + 1] = half(add(add(gg[i][0], gg[i][1]), gg[i][2]));
+        out[4 * i + 2] = half(add(sub(gg[i][0], gg[i][1]), gg[i][2]));
+        out[4 * i + 3] = gg[i][2];
+    }
+}
+
+// U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the product's B
+// operand per position (rows of IC steps). Eight input channels at a time: their taps gathered 9 apart.
+void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u) {
+    thread_local std::vector<float> values;
+    values.resize(9 * IC);
+    const auto add = [](auto a, auto b) { return a + b; };
+    const auto sub = [](auto a, auto b) { return a - b; };
+    const auto half = [](auto a) { return a * 0.5f; };
+    const auto add8 = [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); };
+    const auto sub8 = [](__m256 a, __m256 b) { return _mm256_sub_ps(a, b); };
+    const auto half8 = [](__m256 a) { return _mm256_mul_ps(a, _mm256_set1_ps(0.5f)); };
+    const __m256i taps_apart = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63);
+    for (int64_t c = 0; c < cols; ++c) {
+        kernel_values(w, c0 + c, 9 * IC, values.data());
+        float* out = u + c * IC;
+        const int64_t position_stride = cols * IC;
+        int64_t ic = 0;
+        for (; ic + 8 <= IC; ic += 8) {
+            __m256 g[9], t[16];
+            for (int k = 0; k < 9; ++k) g[k] = _mm256_i32gather_ps(values.data() + ic * 9 + k, taps_apart, 4);
+            kernel_transform(g, t, add8, sub8, half8);
+            for (int xi = 0; xi < 16; ++xi) _mm256_storeu_ps(out + xi * position_stride + ic, t[xi]);
+        }
+        for (; ic < IC; ++ic) {
+            float g[9], t[16];
+            for (int k = 0; k < 9; ++k) g[k] = values[ic * 9 + k];
+            kernel_transform(g, t, add, sub, half);
+            for (int xi = 0; xi < 16; ++xi) out[xi * position_stride + ic] = t[xi];
+        }
+    }
+}
+
+// Y = A' M A: a tile's 2x2 output pixels from its 16 products; lanes of V are tiles.
+template <typename V, typename Add, typename Sub>
+inline void output_transform(const V m[16], V y[2][2], Add add, Sub sub) {
+    V s[2][4];  // A' M: rows combined
+    for (int j = 0; j < 4; ++j) {
+        s[0][j] = add(add(m[j], m[4 + j]), m[8 + j]);
+        s[1][j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+    }
+    for (int i = 0; i < 2; ++i) {  // (A' M) A: columns combined
+        y[i][0] = add(add(s[i][0], s[i][1]), s[i][2]);
+        y[i][1] = sub(sub(s[i][1], s[i][2]), s[i][3]);
+    }
+}
+
+// One output channel (OH x OW, plus its bias) from its products mm[xi * position_stride + tile]; the pixels
+// of a last half tile past an odd edge are dropped.
+void write_channel(const float* mm, int64_t position_stride, int64_t tiles_w, int64_t OW, int64_t OH, float bias,
+                   float* out) {
+    const auto add = [](float a, float b) { return a + b; };
+    const auto sub = [](float a, float b) { return a - b; };
+    const auto add8 = [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); };
+    const auto sub8 = [](__m256 a, __m256 b) { return _mm256_sub_ps(a, b); };
+    const __m256 bias8 = _mm256_set1_ps(bias);
+    const int64_t tiles_h = (OH + 1) / 2;
+    for (int64_t ty = 0; ty < tiles_h; ++ty) {
+        const int64_t oy = 2 * ty;
+        int64_t tx = 0;
+        // 8 tiles at a time where their 16 pixels of a row are all in the image: the two columns interleaved.
+        for (; tx + 8 <= tiles_w && 2 * (tx + 8) <= OW; tx += 8) {
+            __m256 m[16], y[2][2];
+            for (int xi = 0; xi < 16; ++xi) m[xi] = _mm256_loadu_ps(mm + xi * position_stride + ty * tiles_w + tx);
+            output_transform(m, y, add8, sub8);
+            for (int i = 0; i < 2 && oy + i < OH; ++i) {
+                const __m256 left = _mm256_add_ps(y[i][0], bias8), right = _mm256_add_ps(y[i][1], bias8);
+                const __m256 lo = _mm256_unpacklo_ps(left, right), hi = _mm256_unpackhi_ps(left, right);
+                float* row = out + (oy + i) * OW + 2 * tx;
+                _mm256_storeu_ps(row, _mm256_insertf128_ps(lo, _mm256_castps256_ps128(hi), 1));
+                _mm256_storeu_ps(row + 8, _mm256_insertf128_ps(hi, _mm256_extractf128_ps(lo, 1), 0));
+            }
+        }
+        for (; tx < tiles_w; ++tx) {
+            float m[16], y[2][2];
+            for (int xi = 0; xi < 16; ++xi) m[xi] = mm[xi * position_stride + ty * tiles_w + tx];
+            output_transform(m, y, add, sub);
+            const int64_t ox = 2 * tx;
+            for (int i = 0; i < 2 && oy + i < OH; ++i) {
+                float* row = out + (oy + i) * OW + ox;
+                row[0] = y[i][0] + bias;
+                if (ox + 1 < OW) row[1] = y[i][1] + bias;
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace sdcpp_py_gemm
+
+// Columns 2t..2t+3 of a row for 8 tiles t = t0..t0+7 (row points at column 2 t0): even and odd columns.
+inline void tile_columns(const float* row, __m256 col[4]) {
+    for (int shift = 0; shift < 2; ++shift) {
+        const __m256 a = _mm256_loadu_ps(row + 2 * shift), b = _mm256_loadu_ps(row + 2 * shift + 8);
+        const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        col[2 * shift] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), 0xd8));
+        col[2 * shift + 1] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), 0xd8));
+    }
+}
+
+// dst: V = B' d B of every tile of every channel in TileSlivers' layout, image after image (the tensor's
+// shape only sizes it: (slivers * MR, IC, 16, N)); src[0] the image (IW, IH, IC, N). Tiles are 2x2 output
+// pixels, row by row; their 4x4 input patches overlap by 2 and read zeros outside the image (padding).
+extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
+    using namespace sdcpp_py_gemm;
+    const ggml_tensor* x = dst->src[0];
+    const Padding pad = padding_of(reinterpret_cast<uintptr_t>(userdata));
+    const int64_t IW = x->ne[0], IH = x->ne[1], IC = x->ne[2], N = x->ne[3];
+    const int64_t tiles_w = (IW + 2 * pad.left - 2 + 1) / 2, tiles_h = (IH + 2 * pad.top - 2 + 1) / 2;
+    const int64_t tiles = tiles_w * tiles_h, slivers = sliver_count(tiles);
+    // The plane with its padding (and zeros past a last half tile, and room for 8-tile vectors) around it:
+    // no bounds checks below. A row of tiles' 16 transformed rows go to `row` first, then to their slivers.
+    const int64_t row_tiles = (tiles_w + 7) / 8 * 8;
+    const int64_t PW = 2 * row_tiles + 8, PH = 2 * tiles_h + 2;
+    thread_local std::vector<float> padded, row;
+    padded.resize(PW * PH);
+    row.resize(POSITIONS * row_tiles);
+    const int64_t planes = N * IC, first = planes * ith / nth, last = planes * (ith + 1) / nth;
+    for (int64_t plane = first; plane < last; ++plane) {
+        const int64_t n = plane / IC, ic = plane % IC;
+        const float* src = static_cast<const float*>(x->data) + plane * IH * IW;
+        std::fill(padded.begin(), padded.end(), 0.0f);
+        for (int64_t y = 0; y < IH && y + pad.top < PH; ++y) {
+            const int64_t width = std::min(IW, PW - pad.left);
+            std::copy(src + y * IW, src + y * IW + width, padded.data() + (y + pad.top) * PW + pad.left);
+        }
+        float* v = static_cast<float*>(dst->data) + (n * POSITIONS * slivers * IC + ic) * MR;
+        const int64_t position_stride = slivers * IC * MR;
+        for (int64_t ty = 0; ty < tiles_h; ++ty) {
+            const float* r0 = padded.data() + 2 * ty * PW;
+            for (int64_t tx = 0; tx < tiles_w; tx += 8) {
+                __m256 d[4][4], t[4][4];
+                for (int i = 0; i < 4; ++i) tile_columns(r0 + i * PW + 2 * tx, d[i]);
+                for (int j = 0; j < 4; ++j) {  // B' d: rows combined
+                    t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+                    t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+                    t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+                    t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+                }
+                for (int i = 0; i < 4; ++i) {  // (B' d) B: columns combined
+                    float* out = row.data() + 4 * i * row_tiles + tx;
+                    _mm256_storeu_ps(out, _mm256_sub_ps(t[i][0], t[i][2]));
+                    _mm256_storeu_ps(out + row_tiles, _mm256_add_ps(t[i][1], t[i][2]));
+                    _mm256_storeu_ps(out + 2 * row_tiles, _mm256_sub_ps(t[i][2], t[i][1]));
+                    _mm256_storeu_ps(out + 3 * row_tiles, _mm256_sub_ps(t[i][1], t[i][3]));
+                }
+            }
+            // The row's tiles into their slivers, in runs that stay within one sliver.
+            for (int64_t tx = 0; tx < tiles_w;) {
+                const int64_t tile = ty * tiles_w + tx, r = tile % MR;
+                const int64_t run = std::min(tiles_w - tx, MR - r);
+                for (int64_t xi = 0; xi < POSITIONS; ++xi) {
+                    const float* from = row.data() + xi * row_tiles + tx;
+                    std::copy(from, from + run, v + xi * position_stride + tile / MR * IC * MR + r);
+                }
+                tx += run;
+            }
+        }
+        // The last sliver's rows past the image's tiles: zeros, as the product's packed edge expects.
+        if (tiles % MR != 0) {
+            for (int64_t xi = 0; xi < POSITIONS; ++xi) {
+                float* last_sliver = v + xi * position_stride + (slivers - 1) * IC * MR;
+                std::fill(last_sliver + tiles % MR, last_sliver + MR, 0.0f);
+            }
+        }
+    }
+}
+
+// dst (OW, OH, OC, N) = the convolution of src[0] (the 3x3 kernel: f16, or flattened q8_0) with the image
+// whose transform is src[1] (the node above) [+ src[2] bias f32 (OC)].
+extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
+    using namespace sdcpp_py_gemm;
+    const ggml_tensor *w = dst->src[0], *transformed = dst->src[1];
+    const uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
+    sdcpp_py_gemm_set_bf16((params >> SDCPP_PY_CONV_BF16_BIT) & 1);
+    const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
+    const int64_t IC = transformed->ne[1];
+    const int64_t OW = dst->ne[0], OH = dst->ne[1], OC = dst->ne[2], N = dst->ne[3];
+    const int64_t tiles_w = (OW + 1) / 2, tiles = tiles_w * ((OH + 1) / 2), slivers = sliver_count(tiles);
+    // This thread's output channels: whole register-tile columns.
+    const int64_t columns = (OC + NR - 1) / NR;
+    const int64_t oc0 = columns * ith / nth * NR, oc1 = std::min(OC, columns * (ith + 1) / nth * NR);
+    // Channels per round: their 16 transformed kernels (16 * IC floats each) within ~4 MiB, in L2/L3.
+    const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 21) / (POSITIONS * IC) / NR * NR, NR, 192);
+    thread_local std::vector<float> u, m;
+    for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
+        const int64_t cols = std::min(chunk, oc1 - c0);
+        u.resize(POSITIONS * cols * IC);
+        m.resize(POSITIONS * cols * tiles);
+        transform_kernels(w, c0, cols, IC, u.data());
+        for (int64_t n = 0; n < N; ++n) {
+            const float* v = static_cast<const float*>(transformed->data) + n * POSITIONS * slivers * IC * MR;
+            for (int64_t xi = 0; xi < POSITIONS; ++xi) {
+                const TileSlivers a{v + xi * slivers * IC * MR, IC};
+                const float* b = u.data() + xi * cols * IC;
+                float* c = m.data() + xi * cols * tiles;
+#if defined(SDCPP_PY_BF16_GEMM)
+                if (bf16_products) {
+                    gemm_block_bf16(0, tiles, 0, cols, IC, a, b, IC, c, tiles);
+                    continue;
+                }
+#endif
+                gemm_block(0, tiles, 0, cols, IC, a, b, IC, c, tiles);
+            }
+            const int64_t position_stride = cols * tiles;
+            for (int64_t col = 0; col < cols; ++col) {
+                const int64_t oc = c0 + col;
+                write_channel(m.data() + col * tiles, position_stride, tiles_w, OW, OH, bias != nullptr ? bias[oc] : 0.0f,
+                              static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW);
+            }
+        }
+    }
+}
+
+#endif

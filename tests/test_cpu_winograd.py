@@ -1,0 +1,170 @@
+"""3x3 stride-1 convolutions as Winograd F(2x2, 3x3) on the CPU (kernels/sdcpp_py_winograd.cpp, issue 20).
+
+Where an image has at least 64 tiles of 2x2 output pixels, the core's Conv2d runs as two nodes: the input
+transform, then 16 products on the packed kernel and the output transform. Each is checked against numpy: the
+f32 result against a float64 convolution, the bf16 one against numpy's Winograd with the same operands
+rounded to bf16, for f16 and q8_0 kernels, odd sizes, padding 0-2, batches, a bias, 1 and 2 threads.
+SDCPP_PY_CPU_CONV=direct keeps the direct node (test_cpu_conv.py tests it bitwise against the core's graph).
+"""
+
+import numpy as np
+import pytest
+from native_hooks import PACKED_KERNEL, hooks
+from test_cpu_bf16 import bf16, needs_bf16, relative_error
+from test_cpu_matmul import conv_reference
+from test_quantized_conv import q8_0_values
+
+_test_hooks = hooks()
+
+pytestmark = pytest.mark.skipif(not PACKED_KERNEL, reason="the fused CPU kernels need the AVX2 packed kernel")
+
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+
+def input_transform(d):
+    """B' d B over the last two axes (4x4), in float32 in the kernel's order of operations."""
+    def rows(x):
+        return np.stack([x[..., 0, :] - x[..., 2, :], x[..., 1, :] + x[..., 2, :], x[..., 2, :] - x[..., 1, :],
+                         x[..., 1, :] - x[..., 3, :]], axis=-2)
+    return np.swapaxes(rows(np.swapaxes(rows(d), -1, -2)), -1, -2)
+
+
+def kernel_transform(g):
+    """G g G' over the last two axes (3x3 -> 4x4), in float32 in the kernel's order of operations."""
+    half = np.float32(0.5)
+
+    def rows(x):
+        return np.stack([x[..., 0, :], half * ((x[..., 0, :] + x[..., 1, :]) + x[..., 2, :]),
+                         half * ((x[..., 0, :] - x[..., 1, :]) + x[..., 2, :]), x[..., 2, :]], axis=-2)
+    return np.swapaxes(rows(np.swapaxes(rows(g), -1, -2)), -1, -2)
+
+
+def winograd_reference(kernel, image, padding, round_operands):
+    """F(2x2, 3x3) in numpy: transforms in float32, operands rounded by round_operands, products in float64."""
+    n, ic, h, w = image.shape
+    oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    padded = np.zeros((n, ic, 2 * th + 2, 2 * tw + 2), np.float32)
+    padded[:, :, padding:padding + h, padding:padding + w] = image[:, :, :2 * th + 2 - padding, :2 * tw + 2 - padding]
+    patches = np.lib.stride_tricks.sliding_window_view(padded, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
+    v = round_operands(input_transform(patches))
+    u = round_operands(kernel_transform(kernel.astype(np.float32)))
+    m = np.einsum("ncyxab,ocab->noyxab", v.astype(np.float64), u.astype(np.float64))
+    y = np.einsum("ia,noyxab,jb->noyixj", AT, m, AT).reshape(n, -1, 2 * th, 2 * tw)
+    return y[:, :, :oh, :ow]
+
+
+def random_case(n, ic, oc, h, w, seed):
+    rng = np.random.default_rng(seed)
+    kernel = rng.standard_normal((oc, ic, 3, 3)).astype(np.float16)
+    image = rng.standard_normal((n, ic, h, w)).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    return kernel, image, bias
+
+
+# (N, IC, OC, H, W, padding)
+CASES = [
+    (1, 64, 64, 32, 32, 1),    # SD1's level 0 in small: whole slivers of 16 tiles, 8-tile rows
+    (1, 13, 40, 20, 37, 1),    # odd width (a half tile dropped), channels not a multiple of 8, 190 tiles
+    (2, 32, 7, 17, 19, 2),     # batch 2, padding 2, 7 output channels (a short register-tile column)
+    (1, 24, 30, 18, 18, 0),    # no padding: 64 tiles, the fewest that take this path
+]
+
+
+@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES)
+def test_winograd_convolution_matches_numpy(n, ic, oc, h, w, padding):
+    kernel, image, bias = random_case(n, ic, oc, h, w, ic * oc)
+    expected = conv_reference(kernel, image, 1, padding) + bias[None, :, None, None]
+    results = []
+    for threads in (1, 2):
+        out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, threads, bias=bias)
+        assert ops == ["CUSTOM", "CUSTOM"], ops
+        # f32 throughout: the image is not rounded to f16 as the direct node's (im2col's) is.
+        assert relative_error(out, expected) < 2e-6, threads
+        results.append(out)
+    assert np.array_equal(results[0], results[1]), "each output summed by one thread, in one order"
+
+
+def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
+    kernel, image, _ = random_case(1, 16, 16, 16, 16, 1)
+    _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)
+    assert ops == ["CUSTOM", "CUSTOM"]
+    monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")
+    direct, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)
+    assert ops == ["CUSTOM"]
+    # The direct node rounds the image to f16 as im2col does.
+    expected = conv_reference(kernel, image.astype(np.float16), 1, 1)
+    assert relative_error(direct, expected) < 2e-6
+    monkeypatch.delenv("SDCPP_PY_CPU_CONV")
+    for shape, stride in (((1, 16, 14, 14), 1), ((1, 16, 32, 32), 2)):  # 49 tiles; a downsampler
+        _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), np.zeros(shape, np.float32), stride, 1, 1, 2)
+        assert ops == ["CUSTOM"], (shape, stride)
+
+
+def test_q8_0_kernels_are_transformed_from_their_quantized_values():
+    kernel, image, bias = random_case(1, 64, 48, 24, 24, 5)
+    values = q8_0_values(kernel)
+    expected = conv_reference(values, image, 1, 1) + bias[None, :, None, None]
+    for threads in (1, 2):
+        out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, threads, bias=bias,
+                                                q8_0=True)
+        assert ops == ["CUSTOM", "CUSTOM"], ops
+        assert relative_error(out, expected) < 2e-6
+
+
+@needs_bf16
+@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES[:3])
+def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding):
+    kernel, image, bias = random_case(n, ic, oc, h, w, ic + oc)
+    expected = winograd_reference(kernel, image, padding, bf16) + bias[None, :, None, None]
+    exact = conv_reference(kernel, image, 1, padding) + bias[None, :, None, None]
+    out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, 2, bias=bias, bf16=True)
+    assert ops == ["CUSTOM", "CUSTOM"]
+    assert relative_error(out, expected) < 1e-5
+    # Against the exact convolution: an RMS error of ~0.4% (the direct node's bf16 products: ~0.24%).
+    rms_error = np.sqrt(np.mean((out - exact) ** 2) / np.mean(exact**2))
+    assert 1e-3 < rms_error < 6e-3
+
+
+def test_numpys_winograd_is_the_convolution():
+    # The reference above is itself checked, so that the bf16 test compares against a convolution.
+    kernel, image, _ = random_case(2, 5, 6, 9, 12, 9)
+    for padding in (0, 1, 2):
+        np.testing.assert_allclose(winograd_reference(kernel, image, padding, lambda x: x),
+                                   conv_reference(kernel, image, 1, padding), rtol=1e-4, atol=1e-4)
+
+
+SD1_ARGS = dict(width=128, height=128, steps=2, cfg_scale=7.0, seed=5)
+
+
+@pytest.fixture(scope="module")
+def sd1_winograd_and_direct(sd1_checkpoint):
+    """SD1 at 128x128 (16x16 latents: the UNet's first level and the whole VAE decoder take Winograd), and the
+    same with SDCPP_PY_CPU_CONV=direct."""
+    import os
+
+    import sdcpp_py
+    images = {}
+    for mode in ("winograd", "direct"):
+        if mode == "direct":
+            os.environ["SDCPP_PY_CPU_CONV"] = "direct"
+        try:
+            with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2, vae_decode_only=True) as ctx:
+                images[mode] = ctx.txt2img("a red cube", negative_prompt="blurry", **SD1_ARGS)[0]
+        finally:
+            os.environ.pop("SDCPP_PY_CPU_CONV", None)
+    return images
+
+
+def test_an_sd1_picture_through_winograd_is_nearly_the_direct_one(sd1_winograd_and_direct):
+    winograd, direct = sd1_winograd_and_direct["winograd"], sd1_winograd_and_direct["direct"]
+    assert winograd.shape == direct.shape == (128, 128, 3) and winograd.std() > 1.0
+    mse = np.mean((winograd.astype(np.float64) - direct.astype(np.float64)) ** 2)
+    assert 0 < mse, "the same pixels: Winograd did not run"
+    assert 10 * np.log10(255**2 / mse) > 35
+
+
+def test_an_sd1_picture_through_winograd_is_sd_clis(sd1_winograd_and_direct, sd1_checkpoint, run_sd_cli, tmp_path):
+    expected = run_sd_cli(tmp_path / "cli.png", {"model": sd1_checkpoint}, "-p", "a red cube", "-n", "blurry",
+                          "-W", "128", "-H", "128", "--steps", "2", "--cfg-scale", "7.0", "-s", "5", "-t", "2")
+    np.testing.assert_array_equal(sd1_winograd_and_direct["winograd"], expected)
