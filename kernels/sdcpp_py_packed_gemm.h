@@ -391,10 +391,13 @@ inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint3
 #endif
 
 // Register tiles over a rows x cols block of C (C points at its first element) at depth kc. A: packed
-// slivers, sliver si at a_panels + si*MR*kc. B: packed slivers at b_panels + sj*NR*kc or, where b_rows is
-// given, whole slivers read in place as f32 rows (b_rows + j*ldb); a last short sliver is always packed.
+// slivers, sliver si at a_panels + si*a_stride (default MR*kc: back to back). B: packed slivers at
+// b_panels + sj*NR*kc or, where b_rows is given, whole slivers read in place as f32 rows (b_rows + j*ldb); a
+// last short sliver is always packed.
 inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_panels, const float* b_panels,
-                       const float* b_rows, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+                       const float* b_rows, int64_t ldb, float* C, int64_t ldc, bool accumulate,
+                       int64_t a_stride = 0) {
+    if (a_stride == 0) a_stride = MR * kc;
     alignas(32) float edge[NR * MR];
     const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
     for (int64_t sj = 0; sj < n_slivers; ++sj) {
@@ -403,7 +406,7 @@ inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_pa
         const float* b = in_place ? b_rows + j * ldb : b_panels + sj * NR * kc;
         for (int64_t si = 0; si < m_slivers; ++si) {
             const int64_t i = si * MR, sliver_rows = std::min(MR, rows - i);
-            const float* a = a_panels + si * MR * kc;
+            const float* a = a_panels + si * a_stride;
             float* c = C + j * ldc + i;
             if (sliver_rows == MR && sliver_cols == NR) {
                 if (in_place) register_tile<true>(kc, a, b, ldb, c, ldc, accumulate);

@@ -37,23 +37,38 @@ Padding padding_of(uintptr_t params) {
 // steps are then contiguous, as a packed A panel is.
 inline int64_t sliver_count(int64_t tiles) { return (tiles + MR - 1) / MR; }
 
-// Position xi's block of that as the product's A operand: rows are tiles, steps input channels.
+// Position xi's block of that as the product's A operand (bf16 products: paired as they are packed).
 struct TileSlivers {
     const float* v;
     int64_t IC;
-    void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
-        // i0 is a multiple of MR (blocks of whole slivers); past `rows` the input node wrote zeros.
-        (void)rows;
-        const float* src = v + (i0 / MR * IC + pc) * MR;
-        std::copy(src, src + kc * MR, panel);
-    }
 #if defined(SDCPP_PY_BF16_GEMM)
     void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
-        pair_steps_bf16(v + (i0 / MR * IC + pc) * MR, kc, MR, panel);
+        // i0 is a multiple of MR (blocks of whole slivers); past `rows` the input node wrote zeros.
         (void)rows;
+        pair_steps_bf16(v + (i0 / MR * IC + pc) * MR, kc, MR, panel);
     }
 #endif
 };
+
+// The f32 product for one position: C (tiles x cols, column-major) = A x B', A's slivers multiplied where the
+// input node wrote them (no packing), B (cols rows of IC) packed per KC-deep block as gemm_block packs it.
+void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const float* b, float* c) {
+    thread_local std::vector<float> b_panels;
+    const int64_t IC = a.IC, n_slivers = (cols + NR - 1) / NR;
+    const bool b_rows = tiles <= 4 * MR;  // as gemm_block: against few A slivers B is read in place
+    for (int64_t pc = 0; pc < IC; pc += KC) {
+        const int64_t kc = std::min(KC, IC - pc);
+        b_panels.resize(n_slivers * NR * kc + PANEL_SLACK);
+        for (int64_t s = 0; s < n_slivers; ++s) {
+            const int64_t sliver_cols = std::min(NR, cols - s * NR);
+            if (!b_rows || sliver_cols < NR) pack_cols_of_b(b, IC, s * NR, sliver_cols, pc, kc, b_panels.data() + s * NR * kc);
+        }
+        for (int64_t i = 0; i < tiles; i += MC) {  // MC rows of A (L2) against all of this block of B
+            tile_block(std::min(MC, tiles - i), cols, kc, a.v + (i / MR * IC + pc) * MR, b_panels.data(),
+                       b_rows ? b + pc : nullptr, IC, c + i, tiles, pc > 0, IC * MR);
+        }
+    }
+}
 
 // The kernel of output channel oc as f32 values in (ic, kh, kw) order: an f16 (3, 3, IC, OC) tensor or
 // patch 0015's flattened q8_0 (9*IC, OC) matrix, whose rows hold the same values in the same order.
@@ -197,12 +212,10 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
     const int64_t tiles_w = (IW + 2 * pad.left - 2 + 1) / 2, tiles_h = (IH + 2 * pad.top - 2 + 1) / 2;
     const int64_t tiles = tiles_w * tiles_h, slivers = sliver_count(tiles);
     // The plane with its padding (and zeros past a last half tile, and room for 8-tile vectors) around it:
-    // no bounds checks below. A row of tiles' 16 transformed rows go to `row` first, then to their slivers.
-    const int64_t row_tiles = (tiles_w + 7) / 8 * 8;
-    const int64_t PW = 2 * row_tiles + 8, PH = 2 * tiles_h + 2;
-    thread_local std::vector<float> padded, row;
+    // no bounds checks below.
+    const int64_t PW = 2 * ((tiles_w + 7) / 8 * 8) + 8, PH = 2 * tiles_h + 2;
+    thread_local std::vector<float> padded;
     padded.resize(PW * PH);
-    row.resize(POSITIONS * row_tiles);
     const int64_t planes = N * IC, first = planes * ith / nth, last = planes * (ith + 1) / nth;
     for (int64_t plane = first; plane < last; ++plane) {
         const int64_t n = plane / IC, ic = plane % IC;
@@ -225,23 +238,28 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
                     t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
                     t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
                 }
+                __m256 values[POSITIONS];
                 for (int i = 0; i < 4; ++i) {  // (B' d) B: columns combined
-                    float* out = row.data() + 4 * i * row_tiles + tx;
-                    _mm256_storeu_ps(out, _mm256_sub_ps(t[i][0], t[i][2]));
-                    _mm256_storeu_ps(out + row_tiles, _mm256_add_ps(t[i][1], t[i][2]));
-                    _mm256_storeu_ps(out + 2 * row_tiles, _mm256_sub_ps(t[i][2], t[i][1]));
-                    _mm256_storeu_ps(out + 3 * row_tiles, _mm256_sub_ps(t[i][1], t[i][3]));
+                    values[4 * i + 0] = _mm256_sub_ps(t[i][0], t[i][2]);
+                    values[4 * i + 1] = _mm256_add_ps(t[i][1], t[i][2]);
+                    values[4 * i + 2] = _mm256_sub_ps(t[i][2], t[i][1]);
+                    values[4 * i + 3] = _mm256_sub_ps(t[i][1], t[i][3]);
                 }
-            }
-            // The row's tiles into their slivers, in runs that stay within one sliver.
-            for (int64_t tx = 0; tx < tiles_w;) {
-                const int64_t tile = ty * tiles_w + tx, r = tile % MR;
-                const int64_t run = std::min(tiles_w - tx, MR - r);
-                for (int64_t xi = 0; xi < POSITIONS; ++xi) {
-                    const float* from = row.data() + xi * row_tiles + tx;
-                    std::copy(from, from + run, v + xi * position_stride + tile / MR * IC * MR + r);
+                // Into the tiles' sliver: one store per position where the 8 tiles are real and share one.
+                const int64_t tile = ty * tiles_w + tx, lanes = std::min<int64_t>(8, tiles_w - tx);
+                if (lanes == 8 && tile % MR + 8 <= MR) {
+                    float* out = v + tile / MR * IC * MR + tile % MR;
+                    for (int xi = 0; xi < POSITIONS; ++xi) _mm256_storeu_ps(out + xi * position_stride, values[xi]);
+                    continue;
                 }
-                tx += run;
+                alignas(32) float lane_values[8];
+                for (int xi = 0; xi < POSITIONS; ++xi) {
+                    _mm256_store_ps(lane_values, values[xi]);
+                    for (int64_t lane = 0; lane < lanes; ++lane) {
+                        const int64_t t_lane = tile + lane;
+                        v[xi * position_stride + t_lane / MR * IC * MR + t_lane % MR] = lane_values[lane];
+                    }
+                }
             }
         }
         // The last sliver's rows past the image's tiles: zeros, as the product's packed edge expects.
@@ -288,7 +306,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                     continue;
                 }
 #endif
-                gemm_block(0, tiles, 0, cols, IC, a, b, IC, c, tiles);
+                position_product(a, tiles, cols, b, c);
             }
             const int64_t position_stride = cols * tiles;
             for (int64_t col = 0; col < cols; ++col) {
