@@ -25,7 +25,8 @@ sdcpp-py configurations (``--tools``): ``default`` (core defaults), ``fa`` (diff
 ``fa+conv`` (diffusion_flash_attn + diffusion_conv_direct), ``f32`` (weight_type="f32") and, not in the
 default list, ``fa+f16`` (diffusion_flash_attn, weight_type="f16"), ``q8_0`` and ``bf16`` (weight_type);
 ``cpu-bf16`` is ``cpu_precision="bf16"`` (products on bf16 operands, AVX512_BF16), ``q8_0-cpu-bf16`` both
-q8_0 weights and bf16 products. Each sdcpp-py
+q8_0 weights and bf16 products; ``direct-conv`` and ``cpu-bf16-direct-conv`` set SDCPP_PY_CPU_CONV=direct
+(every convolution on the direct node, none as Winograd). Each sdcpp-py
 configuration's decoded image is compared with ``default``'s (same seed and steps): PSNR in dB.
 
 - OpenVINO: ``openvino.convert_model`` of that UNet, compiled for the CPU with ``INFERENCE_NUM_THREADS`` and
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -74,8 +76,12 @@ SDCPP_CONFIGS = {
     "cpu-bf16": {"cpu_precision": "bf16"},  # bf16 products (AVX512_BF16), f16 weights rounded as packed
     "q8_0-cpu-bf16": {"weight_type": "q8_0", "cpu_precision": "bf16"},  # half the weights' memory, bf16 products
 }
+# Configurations run with environment variables: the direct convolution node instead of Winograd's.
+SDCPP_ENV = {"direct-conv": ({}, {"SDCPP_PY_CPU_CONV": "direct"}),
+             "cpu-bf16-direct-conv": ({"cpu_precision": "bf16"}, {"SDCPP_PY_CPU_CONV": "direct"})}
+SDCPP_CONFIGS.update({name: options for name, (options, _) in SDCPP_ENV.items()})
 DEFAULT_TOOLS = ("diffusers", "diffusers-bf16", "openvino-f32", "openvino", "default", "cpu-bf16", "q8_0",
-                 "q8_0-cpu-bf16")
+                 "q8_0-cpu-bf16", "direct-conv")
 
 CORE_LINES = {
     "core_sampling_s": re.compile(r"sampling completed, taking ([0-9.]+)s"),
@@ -100,10 +106,11 @@ def ensure_peers(venv: Path) -> Path:
     return python
 
 
-def run_child(python: str, program: str, job: dict) -> dict:
+def run_child(python: str, program: str, job: dict, env_vars: dict | None = None) -> dict:
     """Run one measurement (``runners/<program>.py``) in a fresh process: its JSON figures plus wall time and
     peak RSS."""
-    wall, rss, stdout, stderr, _ = run_measured([python, runner(program), json.dumps(job)])
+    env = {**os.environ, **env_vars} if env_vars else None
+    wall, rss, stdout, stderr, _ = run_measured([python, runner(program), json.dumps(job)], env=env)
     figures = json.loads(stdout.strip().splitlines()[-1])
     figures["wall_s"] = wall
     figures["peak_rss_mib"] = rss
@@ -123,7 +130,7 @@ def measure(tool: str, size: int, args, peer_python: str | None, image_dir: Path
     image = image_dir / f"{tool}-{size}.npy"
     job = {"size": size, "threads": args.threads, "steps": args.sdcpp_repeats + 1, "prompt": PROMPT,
            "model_dir": str(args.model_dir), "options": SDCPP_CONFIGS[tool], "image_out": str(image)}
-    figures = run_child(sys.executable, "sdcpp_unet_steps", job)
+    figures = run_child(sys.executable, "sdcpp_unet_steps", job, SDCPP_ENV.get(tool, (None, None))[1])
     figures["image"] = str(image)
     return figures
 

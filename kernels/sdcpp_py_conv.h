@@ -33,10 +33,11 @@ void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nt
 }
 
 // Winograd takes 3x3 stride-1 convolutions with at least this many 2x2 output tiles (an SD1 UNet's 16x16
-// latents and larger): below it the per-call kernel transform costs more than the products save. Its
+// latents and larger) and input channels: below them the per-call kernel transform costs more than the
+// products save, and products 16 channels deep run slowly (an image-in layer keeps the direct node). Its
 // transformed image (4x the image's f32 bytes) is held only up to the size below; larger images (a VAE's
 // full-resolution layers, SDXL's 128x128 latents) keep the direct node's memory.
-constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 64;
+constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 64, SDCPP_PY_WINOGRAD_MIN_CHANNELS = 16;
 constexpr int64_t SDCPP_PY_WINOGRAD_MAX_BYTES = int64_t{64} << 20;
 // SDCPP_PY_CPU_CONV=direct keeps every convolution on the direct fused node (bitwise the core's graph), to
 // test and time that path; read per graph build.
@@ -107,10 +108,10 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     }
     void* params = reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1, bf16));
     // Winograd's transformed image: 16 values per tile (2x2 output pixels) and input channel, tiles in whole
-    // slivers of 16; f32, 4/9 of an f32 im2col's size, freed after the product.
+    // slivers of 16 (the packed kernel's MR); f32, 4/9 of an f32 im2col's size, freed after the product.
     const int64_t tile_rows = ((OW + 1) / 2 * ((OH + 1) / 2) + 15) / 16 * 16;
     if (KW == 3 && KH == 3 && s0 == 1 && s1 == 1 && d0 == 1 && d1 == 1 && p0 <= 2 && p1 <= 2 &&
-        (OW + 1) / 2 * ((OH + 1) / 2) >= SDCPP_PY_WINOGRAD_MIN_TILES &&
+        (OW + 1) / 2 * ((OH + 1) / 2) >= SDCPP_PY_WINOGRAD_MIN_TILES && IC >= SDCPP_PY_WINOGRAD_MIN_CHANNELS &&
         tile_rows * IC * 16 * N * int64_t{sizeof(float)} <= SDCPP_PY_WINOGRAD_MAX_BYTES &&
         sdcpp_py_winograd_allowed()) {
         const ggml_custom_op_t input = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_INPUT);

@@ -74,6 +74,7 @@ void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const f
 // patch 0015's flattened q8_0 (9*IC, OC) matrix, whose rows hold the same values in the same order.
 void kernel_values(const ggml_tensor* w, int64_t oc, int64_t depth, float* out) {
     if (w->type == GGML_TYPE_Q8_0) {
+        GGML_ASSERT(depth % Q8_VALUES == 0);  // patch 0015 flattens only kernels whose rows fill whole blocks
         dequantize_q8(static_cast<const Q8Block*>(w->data) + oc * (depth / Q8_VALUES), 0, depth, out);
         return;
     }
@@ -147,23 +148,24 @@ inline void output_transform(const V m[16], V y[2][2], Add add, Sub sub) {
     }
 }
 
-// One output channel (OH x OW, plus its bias) from its products mm[xi * position_stride + tile]; the pixels
-// of a last half tile past an odd edge are dropped.
-void write_channel(const float* mm, int64_t position_stride, int64_t tiles_w, int64_t OW, int64_t OH, float bias,
-                   float* out) {
+// Tiles t0..t1 of one output channel (OH x OW, plus its bias) from their products
+// mm[xi * position_stride + tile - t0]; the pixels of a last half tile past an odd edge are dropped.
+void write_channel(const float* mm, int64_t position_stride, int64_t t0, int64_t t1, int64_t tiles_w, int64_t OW,
+                   int64_t OH, float bias, float* out) {
     const auto add = [](float a, float b) { return a + b; };
     const auto sub = [](float a, float b) { return a - b; };
     const auto add8 = [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); };
     const auto sub8 = [](__m256 a, __m256 b) { return _mm256_sub_ps(a, b); };
     const __m256 bias8 = _mm256_set1_ps(bias);
-    const int64_t tiles_h = (OH + 1) / 2;
-    for (int64_t ty = 0; ty < tiles_h; ++ty) {
-        const int64_t oy = 2 * ty;
-        int64_t tx = 0;
+    for (int64_t ty = t0 / tiles_w; ty * tiles_w < t1; ++ty) {
+        const int64_t oy = 2 * ty, row_start = ty * tiles_w;
+        int64_t tx = std::max<int64_t>(0, t0 - row_start);
+        const int64_t end = std::min(tiles_w, t1 - row_start);
+        const float* row_products = mm + row_start - t0;
         // 8 tiles at a time where their 16 pixels of a row are all in the image: the two columns interleaved.
-        for (; tx + 8 <= tiles_w && 2 * (tx + 8) <= OW; tx += 8) {
+        for (; tx + 8 <= end && 2 * (tx + 8) <= OW; tx += 8) {
             __m256 m[16], y[2][2];
-            for (int xi = 0; xi < 16; ++xi) m[xi] = _mm256_loadu_ps(mm + xi * position_stride + ty * tiles_w + tx);
+            for (int xi = 0; xi < 16; ++xi) m[xi] = _mm256_loadu_ps(row_products + xi * position_stride + tx);
             output_transform(m, y, add8, sub8);
             for (int i = 0; i < 2 && oy + i < OH; ++i) {
                 const __m256 left = _mm256_add_ps(y[i][0], bias8), right = _mm256_add_ps(y[i][1], bias8);
@@ -173,9 +175,9 @@ void write_channel(const float* mm, int64_t position_stride, int64_t tiles_w, in
                 _mm256_storeu_ps(row + 8, _mm256_insertf128_ps(hi, _mm256_extractf128_ps(lo, 1), 0));
             }
         }
-        for (; tx < tiles_w; ++tx) {
+        for (; tx < end; ++tx) {
             float m[16], y[2][2];
-            for (int xi = 0; xi < 16; ++xi) m[xi] = mm[xi * position_stride + ty * tiles_w + tx];
+            for (int xi = 0; xi < 16; ++xi) m[xi] = row_products[xi * position_stride + tx];
             output_transform(m, y, add, sub);
             const int64_t ox = 2 * tx;
             for (int i = 0; i < 2 && oy + i < OH; ++i) {
@@ -186,9 +188,6 @@ void write_channel(const float* mm, int64_t position_stride, int64_t tiles_w, in
         }
     }
 }
-
-}  // namespace
-}  // namespace sdcpp_py_gemm
 
 // Columns 2t..2t+3 of a row for 8 tiles t = t0..t0+7 (row points at column 2 t0): even and odd columns.
 inline void tile_columns(const float* row, __m256 col[4]) {
@@ -201,6 +200,9 @@ inline void tile_columns(const float* row, __m256 col[4]) {
     }
 }
 
+}  // namespace
+}  // namespace sdcpp_py_gemm
+
 // dst: V = B' d B of every tile of every channel in TileSlivers' layout, image after image (the tensor's
 // shape only sizes it: (slivers * MR, IC, 16, N)); src[0] the image (IW, IH, IC, N). Tiles are 2x2 output
 // pixels, row by row; their 4x4 input patches overlap by 2 and read zeros outside the image (padding).
@@ -211,6 +213,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
     const int64_t IW = x->ne[0], IH = x->ne[1], IC = x->ne[2], N = x->ne[3];
     const int64_t tiles_w = (IW + 2 * pad.left - 2 + 1) / 2, tiles_h = (IH + 2 * pad.top - 2 + 1) / 2;
     const int64_t tiles = tiles_w * tiles_h, slivers = sliver_count(tiles);
+    GGML_ASSERT(dst->ne[0] == slivers * MR && dst->ne[1] == IC && dst->ne[2] == POSITIONS && dst->ne[3] == N);
     // The plane with its padding (and zeros past a last half tile, and room for 8-tile vectors) around it:
     // no bounds checks below.
     const int64_t PW = 2 * ((tiles_w + 7) / 8 * 8) + 8, PH = 2 * tiles_h + 2;
@@ -283,36 +286,42 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const int64_t IC = transformed->ne[1];
     const int64_t OW = dst->ne[0], OH = dst->ne[1], OC = dst->ne[2], N = dst->ne[3];
     const int64_t tiles_w = (OW + 1) / 2, tiles = tiles_w * ((OH + 1) / 2), slivers = sliver_count(tiles);
+    GGML_ASSERT(transformed->ne[0] == slivers * MR && transformed->ne[2] == POSITIONS && transformed->ne[3] == N);
     // This thread's output channels: whole register-tile columns.
     const int64_t columns = (OC + NR - 1) / NR;
     const int64_t oc0 = columns * ith / nth * NR, oc1 = std::min(OC, columns * (ith + 1) / nth * NR);
-    // Channels per round: their 16 transformed kernels (16 * IC floats each) within ~4 MiB, in L2/L3.
+    // Channels per round: their 16 transformed kernels (16 * IC floats each) within 8 MiB; tiles per band:
+    // their 16 products for those channels within 4 MiB (thread-local buffers, kept by ggml's threads).
     const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 21) / (POSITIONS * IC) / NR * NR, NR, 192);
+    const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (POSITIONS * chunk) / MR * MR);
     thread_local std::vector<float> u, m;
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
         u.resize(POSITIONS * cols * IC);
-        m.resize(POSITIONS * cols * tiles);
         transform_kernels(w, c0, cols, IC, u.data());
         for (int64_t n = 0; n < N; ++n) {
             const float* v = static_cast<const float*>(transformed->data) + n * POSITIONS * slivers * IC * MR;
-            for (int64_t xi = 0; xi < POSITIONS; ++xi) {
-                const TileSlivers a{v + xi * slivers * IC * MR, IC};
-                const float* b = u.data() + xi * cols * IC;
-                float* c = m.data() + xi * cols * tiles;
+            for (int64_t t0 = 0; t0 < tiles; t0 += band) {  // t0: a multiple of MR, the start of a sliver
+                const int64_t rows = std::min(band, tiles - t0);
+                m.resize(POSITIONS * cols * rows);
+                for (int64_t xi = 0; xi < POSITIONS; ++xi) {
+                    const TileSlivers a{v + (xi * slivers + t0 / MR) * IC * MR, IC};
+                    const float* b = u.data() + xi * cols * IC;
+                    float* c = m.data() + xi * cols * rows;
 #if defined(SDCPP_PY_BF16_GEMM)
-                if (bf16_products) {
-                    gemm_block_bf16(0, tiles, 0, cols, IC, a, b, IC, c, tiles);
-                    continue;
-                }
+                    if (bf16_products) {
+                        gemm_block_bf16(0, rows, 0, cols, IC, a, b, IC, c, rows);
+                        continue;
+                    }
 #endif
-                position_product(a, tiles, cols, b, c);
-            }
-            const int64_t position_stride = cols * tiles;
-            for (int64_t col = 0; col < cols; ++col) {
-                const int64_t oc = c0 + col;
-                write_channel(m.data() + col * tiles, position_stride, tiles_w, OW, OH, bias != nullptr ? bias[oc] : 0.0f,
-                              static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW);
+                    position_product(a, rows, cols, b, c);
+                }
+                for (int64_t col = 0; col < cols; ++col) {
+                    const int64_t oc = c0 + col;
+                    write_channel(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH,
+                                  bias != nullptr ? bias[oc] : 0.0f,
+                                  static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW);
+                }
             }
         }
     }
