@@ -70,6 +70,11 @@ void register_info(py::module_& m) {
         for (const char* name : {SDCPP_PY_CPU_ATTENTION, SDCPP_PY_CPU_CONV_2D, SDCPP_PY_CPU_GEGLU}) {
             if (sdcpp_py_cpu_kernel(name) != nullptr) names.append(name);
         }
+        // Winograd convolutions (kernels/sdcpp_py_winograd.cpp): both of their nodes
+        if (sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_INPUT) != nullptr &&
+            sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_CONV) != nullptr) {
+            names.append(SDCPP_PY_CPU_WINOGRAD_CONV);
+        }
         return names;
     }, "Our fused CPU kernels (patches 0006-0008) the loaded CPU backend has: none without AVX2 + FMA + F16C.");
     m.def("cpu_bf16_products", [] { return sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS) != nullptr; },

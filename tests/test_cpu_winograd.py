@@ -93,6 +93,11 @@ def test_winograd_convolution_matches_numpy(n, ic, oc, h, w, padding):
     assert all(np.array_equal(results[0], other) for other in results[1:]), "each output summed by one thread"
 
 
+def test_the_backend_reports_the_winograd_kernel():
+    from sdcpp_py import _core
+    assert "sdcpp_py_cpu_winograd_conv" in _core.fused_cpu_kernels()
+
+
 def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
     kernel, image, _ = random_case(1, 16, 16, 16, 16, 1)
     _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)
