@@ -28,6 +28,24 @@ def test_fused_geglu_is_one_node_bitwise_the_core_graph(rows, width):
         assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
 
 
+@needs_fused_geglu
+@pytest.mark.parametrize("rows, width", [(4096, 2560), (7, 66)])
+def test_the_projections_bias_add_is_folded_into_the_node_bitwise(rows, width):
+    # ggml_ext_linear's in-place bias add before GEGLU: the fused node adds it itself, so the ADD node is
+    # left out of the graph and the values are still the core's add / split / gelu / mul.
+    rng = np.random.default_rng(width)
+    x = (rng.standard_normal((rows, width), dtype=np.float32) * 4).astype(np.float32)
+    bias = (rng.standard_normal(width, dtype=np.float32) * 3).astype(np.float32)
+    unfused, core_ops, _ = _test_hooks._core_geglu(x, 2, on_cpu_backend=False, bias=bias)
+    assert {"ADD", "CONT", "GELU", "MUL"} <= set(core_ops), core_ops
+    unbiased, _, _ = _test_hooks._core_geglu(x, 2)
+    assert not np.array_equal(unfused, unbiased)  # the bias matters to the result
+    for threads in (1, 2, 3):
+        fused, ops, _ = _test_hooks._core_geglu(x.copy(), threads, bias=bias)
+        assert ops == ["CUSTOM"]
+        assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
+
+
 def test_geglu_matches_numpy():
     x = np.random.default_rng(0).standard_normal((64, 256), dtype=np.float32) * 3
     value, gate = x[:, :128].astype(np.float64), x[:, 128:].astype(np.float64)
@@ -40,3 +58,5 @@ def test_geglu_matches_numpy():
 def test_bad_shape_is_refused_with_the_argument_named():
     with pytest.raises(ValueError, match="x: expected"):
         _test_hooks._core_geglu(np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="bias: expected"):
+        _test_hooks._core_geglu(np.zeros((4, 6), np.float32), bias=np.zeros(3, np.float32))

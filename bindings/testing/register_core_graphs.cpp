@@ -3,7 +3,9 @@
 // ggml_extend.hpp brings the core's CPU-backend helpers, which clash with ggml-cpu.h.
 #include "testing.hpp"
 
+#include <chrono>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +21,10 @@
 namespace sdcpp::testing {
 
 namespace {
+
+// Seconds the last hook's ggml_backend_graph_compute took: benchmarks time the kernels without the graph's
+// set-up, allocation and input copies around them.
+double last_compute_seconds = 0.0;
 
 struct GgmlContextDeleter {
     void operator()(ggml_context* ctx) const { ggml_free(ctx); }
@@ -45,7 +51,9 @@ py::tuple compute_core_graph(ggml_backend_t backend, ggml_context* ctx, ggml_ten
     ggml_status status;
     {
         py::gil_scoped_release release;
+        const auto start = std::chrono::steady_clock::now();
         status = ggml_backend_graph_compute(backend, graph);
+        last_compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     if (status != GGML_STATUS_SUCCESS) throw std::runtime_error("ggml_backend_graph_compute failed");
     py::array_t<float> result(shape);
@@ -143,13 +151,18 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
     return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, {N, OC, OH, OW});
 }
 
-// GEGLU on x (rows, 2D): the node patch 0008 builds on the CPU backend or, with on_cpu_backend false, the
-// core's GEGLU::forward graph (split, cont of the gate, ggml_gelu, ggml_mul). Returns ((rows, D) output,
-// graph node ops, compute buffer bytes).
-py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_threads, bool on_cpu_backend) {
+// GEGLU on x (rows, 2D), after the projection's bias (2D,) where one is given (ggml_ext_linear's in-place
+// add): the node patch 0008 builds on the CPU backend or, with on_cpu_backend false, the core's
+// GEGLU::forward graph (split, cont of the gate, ggml_gelu, ggml_mul). Returns ((rows, D) output, graph node
+// ops, compute buffer bytes).
+py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_threads, bool on_cpu_backend,
+                     std::optional<py::array_t<float, py::array::c_style>> bias) {
     if (x.ndim() != 2 || x.shape(1) % 2 != 0) throw std::invalid_argument("x: expected (rows, 2*D)");
     if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
     const int64_t rows = x.shape(0), width = x.shape(1);
+    if (bias && (bias->ndim() != 1 || bias->shape(0) != width)) {
+        throw std::invalid_argument("bias: expected (2*D,) = (" + std::to_string(width) + ",)");
+    }
     std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
     if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
     const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
@@ -157,18 +170,75 @@ py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_thre
     if (!ctx) throw std::runtime_error("ggml_init failed");
     ggml_tensor* tx = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, width, rows);
     ggml_set_input(tx);
-    ggml_tensor* out = sdcpp_py_cpu_geglu(ctx.get(), on_cpu_backend, tx);
+    std::vector<std::pair<ggml_tensor*, const void*>> inputs = {{tx, x.data()}};
+    ggml_tensor* projected = tx;
+    if (bias) {
+        ggml_tensor* tb = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, width);
+        ggml_set_input(tb);
+        inputs.emplace_back(tb, bias->data());
+        projected = ggml_add_inplace(ctx.get(), tx, tb);
+    }
+    ggml_tensor* out = sdcpp_py_cpu_geglu(ctx.get(), on_cpu_backend, projected);
     if (out == nullptr) {  // GEGLU::forward's own graph
-        auto halves = ggml_ext_chunk(ctx.get(), tx, 2, 0, false);
+        auto halves = ggml_ext_chunk(ctx.get(), projected, 2, 0, false);
         ggml_tensor* gate = ggml_ext_gelu(ctx.get(), ggml_cont(ctx.get(), halves[1]), true);
         out = ggml_mul(ctx.get(), halves[0], gate);
     }
-    return compute_core_graph(backend.get(), ctx.get(), out, {{tx, x.data()}}, n_threads, {rows, width / 2});
+    return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, {rows, width / 2});
+}
+
+// The core's GroupNorm block (groups > 0; x (N, C, H, W), weight and bias (C,)) or LayerNorm block (groups 0;
+// x (rows, width), weight (width,), bias (width,) or none) with the given weights, run on the CPU backend or,
+// with on_cpu_backend false, built as for another backend. Patch 0017 makes either one node on the CPU.
+// Returns (output shaped as x, graph node ops, compute buffer bytes).
+py::tuple core_norm(const py::array_t<float, py::array::c_style>& x, const py::array_t<float, py::array::c_style>& weight,
+                    std::optional<py::array_t<float, py::array::c_style>> bias, int groups, float eps, int n_threads,
+                    bool on_cpu_backend) {
+    const bool group = groups > 0;
+    if (groups < 0) throw std::invalid_argument("groups: expected 0 (a layer norm) or more");
+    if (x.ndim() != (group ? 4 : 2)) {
+        throw std::invalid_argument(group ? "x: expected (N, C, H, W)" : "x: expected (rows, width)");
+    }
+    if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
+    const int64_t channels = group ? x.shape(1) : x.shape(1);
+    if (weight.ndim() != 1 || weight.shape(0) != channels) {
+        throw std::invalid_argument("weight: expected (" + std::to_string(channels) + ",)");
+    }
+    if (bias && (bias->ndim() != 1 || bias->shape(0) != channels)) {
+        throw std::invalid_argument("bias: expected (" + std::to_string(channels) + ",)");
+    }
+    if (group && !bias) throw std::invalid_argument("bias: a GroupNorm block has one");
+    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
+    if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
+    const size_t meta = ggml_graph_overhead() + 64 * ggml_tensor_overhead();
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    std::unique_ptr<GGMLBlock> block;
+    if (group) block = std::make_unique<GroupNorm>(groups, channels);
+    else block = std::make_unique<LayerNorm>(channels, eps, true, bias.has_value());
+    block->init(ctx.get());
+    std::map<std::string, ggml_tensor*> params;
+    block->get_param_tensors(params);
+    ggml_tensor* tx = group ? ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, x.shape(3), x.shape(2), x.shape(1), x.shape(0))
+                            : ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, x.shape(1), x.shape(0));
+    std::vector<std::pair<ggml_tensor*, const void*>> inputs = {{tx, x.data()}, {params.at("weight"), weight.data()}};
+    if (bias) inputs.emplace_back(params.at("bias"), bias->data());
+    for (const auto& input : inputs) ggml_set_input(input.first);
+    GGMLRunnerContext runner;
+    runner.backend = on_cpu_backend ? backend.get() : nullptr;
+    runner.ggml_ctx = ctx.get();
+    ggml_tensor* out = group ? static_cast<GroupNorm*>(block.get())->forward(&runner, tx)
+                             : static_cast<LayerNorm*>(block.get())->forward(&runner, tx);
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, shape);
 }
 
 }  // namespace
 
 void register_core_graphs(py::module_& m) {
+    m.def("_last_compute_seconds", [] { return last_compute_seconds; },
+          "Test hook: seconds the last _cpu_attention, _core_conv_2d, _core_norm or _core_geglu call spent computing "
+          "its graph.");
     m.def("_cpu_attention", &cpu_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true, py::arg("per_head_inputs") = false,
           py::arg("bf16") = false,
@@ -178,7 +248,12 @@ void register_core_graphs(py::module_& m) {
           py::arg("bias") = py::none(), py::arg("bf16") = false, py::arg("q8_0") = false,
           "Test hook: the core's Conv2d convolution on the CPU; returns (output, graph node ops, compute buffer bytes). "
           "q8_0: the kernel quantized and flattened as a weight_type='q8_0' diffusion model holds it (patch 0015).");
+    m.def("_core_norm", &core_norm, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
+          py::arg("groups") = 0, py::arg("eps") = 1e-5f, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
+          "Test hook: the core's GroupNorm (groups > 0, x (N, C, H, W)) or LayerNorm (groups 0, x (rows, width)) "
+          "block on the CPU; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_geglu", &core_geglu, py::arg("x"), py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
+          py::arg("bias") = py::none(),
           "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");
 }
 
