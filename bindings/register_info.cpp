@@ -8,6 +8,7 @@
 #include "sdcpp_py_attention.h"
 #include "sdcpp_py_conv.h"
 #include "sdcpp_py_geglu.h"
+#include "sdcpp_py_norm.h"
 
 namespace sdcpp {
 
@@ -67,7 +68,8 @@ void register_info(py::module_& m) {
     }, "The instruction sets and options the loaded CPU backend was compiled with, as ggml reports them.");
     m.def("fused_cpu_kernels", [] {
         py::list names;
-        for (const char* name : {SDCPP_PY_CPU_ATTENTION, SDCPP_PY_CPU_CONV_2D, SDCPP_PY_CPU_GEGLU}) {
+        for (const char* name : {SDCPP_PY_CPU_ATTENTION, SDCPP_PY_CPU_CONV_2D, SDCPP_PY_CPU_GEGLU, SDCPP_PY_CPU_GROUP_NORM,
+                                 SDCPP_PY_CPU_LAYER_NORM}) {
             if (sdcpp_py_cpu_kernel(name) != nullptr) names.append(name);
         }
         // Winograd convolutions (kernels/sdcpp_py_winograd.cpp): both of their nodes
@@ -76,7 +78,7 @@ void register_info(py::module_& m) {
             names.append(SDCPP_PY_CPU_WINOGRAD_CONV);
         }
         return names;
-    }, "Our fused CPU kernels (patches 0006-0008) the loaded CPU backend has: none without AVX2 + FMA + F16C.");
+    }, "Our fused CPU kernels (patches 0006-0008, 0017) the loaded CPU backend has: none without AVX2 + FMA + F16C.");
     m.def("cpu_bf16_products", [] { return sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS) != nullptr; },
           "Whether the loaded CPU backend can run products in bf16 (AVX512_BF16, patch 0014), unless "
           "SDCPP_PY_CPU_KERNELS=avx2 restricts it.");

@@ -4,6 +4,7 @@
 #include "sdcpp_py_attention.h"
 #include "sdcpp_py_conv.h"
 #include "sdcpp_py_geglu.h"
+#include "sdcpp_py_norm.h"
 #include "sdcpp_py_packed_gemm.h"
 #include "sdcpp_py_precision.h"
 
@@ -41,6 +42,8 @@ extern "C" void* sdcpp_py_cpu_kernel_by_name(const char* name) {
         {SDCPP_PY_CPU_ATTENTION, sdcpp_py_cpu_attention_compute},
         {SDCPP_PY_CPU_CONV_2D, sdcpp_py_cpu_conv_2d_compute},
         {SDCPP_PY_CPU_GEGLU, sdcpp_py_cpu_geglu_compute},
+        {SDCPP_PY_CPU_GROUP_NORM, sdcpp_py_cpu_group_norm_compute},
+        {SDCPP_PY_CPU_LAYER_NORM, sdcpp_py_cpu_layer_norm_compute},
         {SDCPP_PY_CPU_WINOGRAD_INPUT, sdcpp_py_cpu_winograd_input_compute},
         {SDCPP_PY_CPU_WINOGRAD_CONV, sdcpp_py_cpu_winograd_conv_compute},
     };

@@ -974,7 +974,7 @@ def devices() -> list:
     """
 def fused_cpu_kernels() -> list:
     """
-    Our fused CPU kernels (patches 0006-0008) the loaded CPU backend has: none without AVX2 + FMA + F16C.
+    Our fused CPU kernels (patches 0006-0008, 0017) the loaded CPU backend has: none without AVX2 + FMA + F16C.
     """
 def max_prompt_bytes() -> int:
     """
