@@ -46,6 +46,22 @@ def test_the_projections_bias_add_is_folded_into_the_node_bitwise(rows, width):
         assert np.array_equal(fused, unfused), (threads, float(np.abs(fused - unfused).max()))
 
 
+@needs_fused_geglu
+def test_every_f16_table_entry_and_the_cut_offs_bitwise():
+    # The node's vectorised GELU reads ggml's f16 table itself: every f16 value (infinities and NaNs
+    # included), the +-10 cut-offs and their neighbours, f16 rounding ties.
+    gates = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    edges = np.array([10, -10, np.nextafter(10, 0), np.nextafter(-10, 0), 65520, -65520, 1e-8, -1e-8,
+                      1 + 2.0**-11, 1 + 3 * 2.0**-11], np.float32)
+    gates = np.concatenate([gates, edges, np.full(6, np.nan, np.float32)])  # 65552 = 32 rows of 2 x 1024 + 16
+    gates = np.concatenate([gates, np.zeros(1024 - len(gates) % 1024, np.float32)]).reshape(-1, 1024)
+    x = np.concatenate([np.full_like(gates, 1.5), gates], axis=1)
+    unfused, _, _ = _test_hooks._core_geglu(x, 2, on_cpu_backend=False)
+    fused, ops, _ = _test_hooks._core_geglu(x, 2)
+    assert ops == ["CUSTOM"]
+    assert np.array_equal(fused.view(np.uint32), unfused.view(np.uint32))
+
+
 def test_geglu_matches_numpy():
     x = np.random.default_rng(0).standard_normal((64, 256), dtype=np.float32) * 3
     value, gate = x[:, :128].astype(np.float64), x[:, 128:].astype(np.float64)
