@@ -43,7 +43,9 @@ extern "C" void* sdcpp_py_cpu_kernel_by_name(const char* name) {
         {SDCPP_PY_CPU_CONV_2D, sdcpp_py_cpu_conv_2d_compute},
         {SDCPP_PY_CPU_GEGLU, sdcpp_py_cpu_geglu_compute},
         {SDCPP_PY_CPU_GROUP_NORM, sdcpp_py_cpu_group_norm_compute},
+#if !defined(GGML_USE_ACCELERATE)  // there ggml_norm centres with vDSP, which the node does not
         {SDCPP_PY_CPU_LAYER_NORM, sdcpp_py_cpu_layer_norm_compute},
+#endif
         {SDCPP_PY_CPU_WINOGRAD_INPUT, sdcpp_py_cpu_winograd_input_compute},
         {SDCPP_PY_CPU_WINOGRAD_CONV, sdcpp_py_cpu_winograd_conv_compute},
     };

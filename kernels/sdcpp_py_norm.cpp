@@ -21,7 +21,7 @@ struct NormParams {
     int64_t groups;
 };
 NormParams norm_params(void* userdata) {
-    const uintptr_t bits = reinterpret_cast<uintptr_t>(userdata);
+    const uint64_t bits = reinterpret_cast<uintptr_t>(userdata);
     const uint32_t eps_bits = static_cast<uint32_t>(bits & 0xffffffffu);
     NormParams params;
     std::memcpy(&params.eps, &eps_bits, sizeof params.eps);
@@ -29,7 +29,7 @@ NormParams norm_params(void* userdata) {
     return params;
 }
 
-// An empty asm on the product: GCC and clang may not contract it and the bias's sum into one FMA (other
+// An empty asm on the product stops GCC and clang contracting it and the bias's sum into one FMA (other
 // compilers do not contract by default).
 template <typename V>
 inline V rounded(V v) {

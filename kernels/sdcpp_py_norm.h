@@ -19,21 +19,22 @@
 
 extern "C" {
 // The custom ops (in ggml-cpu, found by the names above). userdata: the eps's bits, and for the group norm
-// the number of groups in the upper 32 bits. dst = norm(src[0]) * src[1] + src[2] (a node without a bias
-// has two sources); the group norm's weight and bias run along src[0]'s ne[2] (channels), the layer norm's
-// along its rows (ne[0]).
+// the number of groups in the upper 32 bits. dst = norm(src[0]) * src[1] + src[2]; the group norm's weight
+// and bias run along src[0]'s ne[2] (channels), the layer norm's along its rows (ne[0]), and a layer norm
+// without a bias has two sources.
 void sdcpp_py_cpu_group_norm_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 void sdcpp_py_cpu_layer_norm_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata);
 }
 
 inline bool sdcpp_py_norm_vector(const ggml_tensor* v, int64_t length) {
-    return v->type == GGML_TYPE_F32 && ggml_is_contiguous(v) && ggml_nelements(v) == length;
+    return v->type == GGML_TYPE_F32 && ggml_is_contiguous(v) && v->ne[0] == length && ggml_nelements(v) == length;
 }
 
 inline void* sdcpp_py_norm_params(float eps, uint32_t groups) {
     uint32_t eps_bits;
     std::memcpy(&eps_bits, &eps, sizeof eps_bits);
-    return reinterpret_cast<void*>((static_cast<uintptr_t>(groups) << 32) | eps_bits);
+    // 64-bit only (the builders check): on a 32-bit target the groups are cut off.
+    return reinterpret_cast<void*>(static_cast<uintptr_t>((static_cast<uint64_t>(groups) << 32) | eps_bits));
 }
 
 // ggml_ext_group_norm(x, w, b, groups) on an (W, H, C, N) x: ggml_group_norm(x, groups, eps), then the

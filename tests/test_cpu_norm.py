@@ -34,6 +34,7 @@ def _affine(channels, seed):
     ((1, 320, 64, 64), 32),  # SD1 UNet level 0 at 512x512
     ((2, 64, 5, 7), 32),     # a batch, odd planes, rows not a multiple of the four summed at once
     ((1, 40, 3, 3), 32),     # channels not a multiple of the groups: the last groups are empty
+    ((1, 70, 3, 3), 32),     # 3 per group: the 24th holds one channel, the rest are empty
     ((1, 6, 1, 1), 3),
 ])
 def test_group_norm_block_is_one_node_bitwise_the_core_graph(shape, groups):

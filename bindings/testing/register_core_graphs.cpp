@@ -22,9 +22,9 @@ namespace sdcpp::testing {
 
 namespace {
 
-// Seconds the last hook's ggml_backend_graph_compute took: benchmarks time the kernels without the graph's
+// Seconds this thread's last hook's ggml_backend_graph_compute took: benchmarks time the kernels without the graph's
 // set-up, allocation and input copies around them.
-double last_compute_seconds = 0.0;
+thread_local double last_compute_seconds = 0.0;
 
 struct GgmlContextDeleter {
     void operator()(ggml_context* ctx) const { ggml_free(ctx); }
@@ -187,8 +187,9 @@ py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_thre
     return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, {rows, width / 2});
 }
 
-// The core's GroupNorm block (groups > 0; x (N, C, H, W), weight and bias (C,)) or LayerNorm block (groups 0;
-// x (rows, width), weight (width,), bias (width,) or none) with the given weights, run on the CPU backend or,
+// The core's GroupNorm block (groups > 0; x (N, C, H, W), weight and bias (C,); its eps is the core's 1e-6,
+// not eps) or LayerNorm block (groups 0; x (rows, width), weight (width,), bias (width,) or none) with the
+// given weights, run on the CPU backend or,
 // with on_cpu_backend false, built as for another backend. Patch 0017 makes either one node on the CPU.
 // Returns (output shaped as x, graph node ops, compute buffer bytes).
 py::tuple core_norm(const py::array_t<float, py::array::c_style>& x, const py::array_t<float, py::array::c_style>& weight,
@@ -200,7 +201,7 @@ py::tuple core_norm(const py::array_t<float, py::array::c_style>& x, const py::a
         throw std::invalid_argument(group ? "x: expected (N, C, H, W)" : "x: expected (rows, width)");
     }
     if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
-    const int64_t channels = group ? x.shape(1) : x.shape(1);
+    const int64_t channels = x.shape(1);
     if (weight.ndim() != 1 || weight.shape(0) != channels) {
         throw std::invalid_argument("weight: expected (" + std::to_string(channels) + ",)");
     }
@@ -250,8 +251,8 @@ void register_core_graphs(py::module_& m) {
           "q8_0: the kernel quantized and flattened as a weight_type='q8_0' diffusion model holds it (patch 0015).");
     m.def("_core_norm", &core_norm, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
           py::arg("groups") = 0, py::arg("eps") = 1e-5f, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
-          "Test hook: the core's GroupNorm (groups > 0, x (N, C, H, W)) or LayerNorm (groups 0, x (rows, width)) "
-          "block on the CPU; returns (output, graph node ops, compute buffer bytes).");
+          "Test hook: the core's GroupNorm (groups > 0, x (N, C, H, W); eps fixed at the core's 1e-6) or LayerNorm "
+          "(groups 0, x (rows, width)) block on the CPU; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_geglu", &core_geglu, py::arg("x"), py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
           py::arg("bias") = py::none(),
           "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");
