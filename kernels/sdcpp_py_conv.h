@@ -19,7 +19,8 @@
 #include "sdcpp_py_precision.h"
 
 #define SDCPP_PY_CPU_CONV_2D "sdcpp_py_cpu_conv_2d"
-// Winograd F(2x2, 3x3) (sdcpp_py_winograd.cpp): the input transform, then the products and the output.
+// Winograd F(2x2, 3x3) or F(4x4, 3x3) (sdcpp_py_winograd.cpp): the input transform, then the products and
+// the output.
 #define SDCPP_PY_CPU_WINOGRAD_INPUT "sdcpp_py_cpu_winograd_input"
 #define SDCPP_PY_CPU_WINOGRAD_CONV "sdcpp_py_cpu_winograd_conv"
 
@@ -34,16 +35,21 @@ void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nt
 
 // Winograd takes 3x3 stride-1 convolutions with at least this many 2x2 output tiles (an SD1 UNet's 16x16
 // latents and larger) and input channels: below them the per-call kernel transform costs more than the
-// products save, and products 16 channels deep run slowly (an image-in layer keeps the direct node). Its
-// transformed image (4x the image's f32 bytes) is held only up to the size below; larger images (a VAE's
-// full-resolution layers, SDXL's 128x128 latents) keep the direct node's memory.
+// products save, and products 16 channels deep run slowly (an image-in layer keeps the direct node). With
+// at least as many 4x4 tiles (32x32 outputs and larger) and f32 products it runs as F(4x4, 3x3): 36
+// products per 16 pixels instead of 64. Its transformed image (4x the image's f32 bytes for F(2x2), 2.25x for F(4x4)) is held only
+// up to the size below; larger images (a VAE's full-resolution layers, SDXL's 128x128 latents) keep the
+// direct node's memory.
 constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 64, SDCPP_PY_WINOGRAD_MIN_CHANNELS = 16;
 constexpr int64_t SDCPP_PY_WINOGRAD_MAX_BYTES = int64_t{64} << 20;
-// SDCPP_PY_CPU_CONV=direct keeps every convolution on the direct fused node (bitwise the core's graph), to
-// test and time that path; read per graph build.
-inline bool sdcpp_py_winograd_allowed() {
+// SDCPP_PY_CPU_CONV=direct keeps every convolution on the direct fused node (bitwise the core's graph),
+// =winograd2x2 keeps Winograd to F(2x2, 3x3), to test and time those paths; read per graph build. Returns
+// the largest Winograd output tile allowed: 0 (none), 2 or 4.
+inline int sdcpp_py_winograd_tile_limit() {
     const char* conv = std::getenv("SDCPP_PY_CPU_CONV");
-    return conv == nullptr || std::strcmp(conv, "direct") != 0;
+    if (conv == nullptr) return 4;
+    if (std::strcmp(conv, "direct") == 0) return 0;
+    return std::strcmp(conv, "winograd2x2") == 0 ? 2 : 4;
 }
 
 // Stride, padding and dilation, 8 bits each (width then height), packed into the custom op's userdata;
@@ -107,18 +113,22 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
         *bias = nullptr;
     }
     void* params = reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1, bf16));
-    // Winograd's transformed image: 16 values per tile (2x2 output pixels) and input channel, tiles in whole
-    // slivers of 16 (the packed kernel's MR); f32, 4/9 of an f32 im2col's size, freed after the product.
-    const int64_t tile_rows = ((OW + 1) / 2 * ((OH + 1) / 2) + 15) / 16 * 16;
-    if (KW == 3 && KH == 3 && s0 == 1 && s1 == 1 && d0 == 1 && d1 == 1 && p0 <= 2 && p1 <= 2 &&
-        (OW + 1) / 2 * ((OH + 1) / 2) >= SDCPP_PY_WINOGRAD_MIN_TILES && IC >= SDCPP_PY_WINOGRAD_MIN_CHANNELS &&
-        tile_rows * IC * 16 * N * int64_t{sizeof(float)} <= SDCPP_PY_WINOGRAD_MAX_BYTES &&
-        sdcpp_py_winograd_allowed()) {
+    // Winograd's transformed image: 16 (36) values per tile of 2x2 (4x4) output pixels and input channel,
+    // tiles in whole slivers of 16 (the packed kernel's MR); f32, freed after the product.
+    const int limit = sdcpp_py_winograd_tile_limit();
+    const auto tile_count = [&](int64_t side) { return (OW + side - 1) / side * ((OH + side - 1) / side); };
+    // F(4x4)'s transformed operands span more magnitudes: rounded to bf16 they cost a picture 13 dB (30 dB
+    // from f32 instead of 40), so bf16 products keep F(2x2).
+    const int64_t side = limit >= 4 && !bf16 && tile_count(4) >= SDCPP_PY_WINOGRAD_MIN_TILES ? 4 : 2;
+    const int64_t positions = (side + 2) * (side + 2), tile_rows = (tile_count(side) + 15) / 16 * 16;
+    if (limit > 0 && KW == 3 && KH == 3 && s0 == 1 && s1 == 1 && d0 == 1 && d1 == 1 && p0 <= 2 && p1 <= 2 &&
+        tile_count(2) >= SDCPP_PY_WINOGRAD_MIN_TILES && IC >= SDCPP_PY_WINOGRAD_MIN_CHANNELS &&
+        tile_rows * IC * positions * N * int64_t{sizeof(float)} <= SDCPP_PY_WINOGRAD_MAX_BYTES) {
         const ggml_custom_op_t input = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_INPUT);
         const ggml_custom_op_t products = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_CONV);
         if (input != nullptr && products != nullptr) {
-            ggml_tensor* transformed = ggml_custom_4d(ctx, GGML_TYPE_F32, tile_rows, IC, 16, N, &args[1], 1, input,
-                                                      GGML_N_TASKS_MAX, params);
+            ggml_tensor* transformed = ggml_custom_4d(ctx, GGML_TYPE_F32, tile_rows, IC, positions, N, &args[1], 1,
+                                                      input, GGML_N_TASKS_MAX, params);
             args[1] = transformed;
             return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, products, GGML_N_TASKS_MAX,
                                   params);

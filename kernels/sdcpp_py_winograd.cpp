@@ -1,5 +1,9 @@
-// sdcpp-py (issue 20): 3x3 stride-1 convolutions on the CPU as Winograd F(2x2, 3x3), the graph side in
-// sdcpp_py_conv.h.
+// sdcpp-py (issue 20): 3x3 stride-1 convolutions on the CPU as Winograd F(2x2, 3x3) or F(4x4, 3x3), the
+// graph side in sdcpp_py_conv.h (which picks one; the transformed image's 16 or 36 positions say which).
+//
+// F(4x4, 3x3) (Lavin's points 0, +-1, +-2): 6x6 patches, 36 products per tile of 16 pixels instead of 144,
+// kernel factors 1/4, 1/6, 1/12, 1/24 (rounded, unlike F(2x2)'s halves), so sums differ a little more from
+// the direct convolution's. The rest of this comment describes F(2x2); F(4x4) runs the same way.
 //
 // Each 2x2 block of output pixels (a tile) is computed from its 4x4 input patch d and the 3x3 kernel g as
 // Y = A' [(G g G') . (B' d B)] A: 16 products per tile and channel pair instead of 36, so 2.25x fewer
@@ -22,7 +26,9 @@
 namespace sdcpp_py_gemm {
 namespace {
 
-constexpr int64_t POSITIONS = 16;  // a transformed tile: 4x4
+constexpr int64_t POSITIONS = 16;          // a transformed F(2x2) tile: 4x4
+constexpr int64_t POSITIONS_4X4 = 36;      // F(4x4): 6x6
+inline int64_t tile_side(int64_t positions) { return positions == POSITIONS_4X4 ? 4 : 2; }
 
 // Stride (1), padding and dilation (1) from the node's userdata (sdcpp_py_conv_2d_params' packing).
 struct Padding {
@@ -102,17 +108,128 @@ inline void kernel_transform(const V g[9], V out[16], Add add, Sub sub, Half hal
     }
 }
 
+// F(4x4, 3x3)'s three transforms on 6 (or 3) values of a row or column; V a vector of lanes.
+// B' d: d0..d5 -> t0..t5.
+inline void input_rows_4x4(const __m256 d[6], __m256 t[6]) {
+    const __m256 two = _mm256_set1_ps(2.0f), four = _mm256_set1_ps(4.0f), five = _mm256_set1_ps(5.0f);
+    t[0] = _mm256_add_ps(_mm256_fnmadd_ps(five, d[2], _mm256_mul_ps(four, d[0])), d[4]);
+    t[1] = _mm256_fnmadd_ps(four, _mm256_add_ps(d[1], d[2]), _mm256_add_ps(d[3], d[4]));
+    t[2] = _mm256_fmadd_ps(four, _mm256_sub_ps(d[1], d[2]), _mm256_sub_ps(d[4], d[3]));
+    t[3] = _mm256_fmadd_ps(two, _mm256_sub_ps(d[3], d[1]), _mm256_sub_ps(d[4], d[2]));
+    t[4] = _mm256_fnmadd_ps(two, _mm256_sub_ps(d[3], d[1]), _mm256_sub_ps(d[4], d[2]));
+    t[5] = _mm256_add_ps(_mm256_fnmadd_ps(five, d[3], _mm256_mul_ps(four, d[1])), d[5]);
+}
+
+// G g: 3 taps -> 6.
+template <typename V, typename Add, typename Sub, typename Mul>
+inline void kernel_rows_4x4(const V g[3], V out[6], Add add, Sub sub, Mul mul) {
+    const V outer = add(g[0], g[2]);
+    out[0] = mul(g[0], 0.25f);
+    out[1] = mul(add(outer, g[1]), -1.0f / 6);
+    out[2] = mul(sub(outer, g[1]), -1.0f / 6);
+    const V even = add(mul(g[0], 1.0f / 24), mul(g[2], 1.0f / 6)), odd = mul(g[1], 1.0f / 12);
+    out[3] = add(even, odd);
+    out[4] = sub(even, odd);
+    out[5] = g[2];
+}
+
+// U = G g G' for F(4x4): the 9 taps (rows of 3) -> 36 values (rows of 6).
+template <typename V, typename Add, typename Sub, typename Mul>
+inline void kernel_transform_4x4(const V g[9], V out[36], Add add, Sub sub, Mul mul) {
+    V gg[6][3];  // G g: the kernel's rows combined, per column
+    for (int j = 0; j < 3; ++j) {
+        const V column[3] = {g[j], g[3 + j], g[6 + j]};
+        V rows[6];
+        kernel_rows_4x4(column, rows, add, sub, mul);
+        for (int i = 0; i < 6; ++i) gg[i][j] = rows[i];
+    }
+    for (int i = 0; i < 6; ++i) kernel_rows_4x4(gg[i], out + 6 * i, add, sub, mul);  // (G g) G'
+}
+
+// A' m: 6 -> 4.
+template <typename V, typename Add, typename Sub, typename Mul>
+inline void output_rows_4x4(const V m[6], V y[4], Add add, Sub sub, Mul mul) {
+    const V sum12 = add(m[1], m[2]), diff12 = sub(m[1], m[2]), sum34 = add(m[3], m[4]), diff34 = sub(m[3], m[4]);
+    y[0] = add(add(m[0], sum12), sum34);
+    y[1] = add(diff12, mul(diff34, 2.0f));
+    y[2] = add(sum12, mul(sum34, 4.0f));
+    y[3] = add(add(diff12, mul(diff34, 8.0f)), m[5]);
+}
+
+// Y = A' M A for F(4x4): 36 products -> 4x4 pixels.
+template <typename V, typename Add, typename Sub, typename Mul>
+inline void output_transform_4x4(const V m[36], V y[4][4], Add add, Sub sub, Mul mul) {
+    V s[4][6];  // A' M: rows combined, per column
+    for (int j = 0; j < 6; ++j) {
+        const V column[6] = {m[j], m[6 + j], m[12 + j], m[18 + j], m[24 + j], m[30 + j]};
+        V rows[4];
+        output_rows_4x4(column, rows, add, sub, mul);
+        for (int i = 0; i < 4; ++i) s[i][j] = rows[i];
+    }
+    for (int i = 0; i < 4; ++i) output_rows_4x4(s[i], y[i], add, sub, mul);  // (A' M) A
+}
+
+// write_channel for F(4x4) tiles.
+void write_channel_4x4(const float* mm, int64_t position_stride, int64_t t0, int64_t t1, int64_t tiles_w,
+                       int64_t OW, int64_t OH, float bias, float* out) {
+    const auto add = [](float a, float b) { return a + b; };
+    const auto sub = [](float a, float b) { return a - b; };
+    const auto mul = [](float a, float b) { return a * b; };
+    const auto add8 = [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); };
+    const auto sub8 = [](__m256 a, __m256 b) { return _mm256_sub_ps(a, b); };
+    const auto mul8 = [](__m256 a, float b) { return _mm256_mul_ps(a, _mm256_set1_ps(b)); };
+    const __m256 bias8 = _mm256_set1_ps(bias);
+    for (int64_t ty = t0 / tiles_w; ty * tiles_w < t1; ++ty) {
+        const int64_t oy = 4 * ty, row_start = ty * tiles_w;
+        int64_t tx = std::max<int64_t>(0, t0 - row_start);
+        const int64_t end = std::min(tiles_w, t1 - row_start);
+        const float* row_products = mm + row_start - t0;
+        // 8 tiles at a time where their 32 pixels of a row are all in the image: 4x8 lanes transposed.
+        for (; tx + 8 <= end && 4 * (tx + 8) <= OW; tx += 8) {
+            __m256 m[36], y[4][4];
+            for (int xi = 0; xi < 36; ++xi) m[xi] = _mm256_loadu_ps(row_products + xi * position_stride + tx);
+            output_transform_4x4(m, y, add8, sub8, mul8);
+            for (int i = 0; i < 4 && oy + i < OH; ++i) {
+                __m256 c[4];
+                for (int j = 0; j < 4; ++j) c[j] = _mm256_add_ps(y[i][j], bias8);
+                const __m256 a = _mm256_unpacklo_ps(c[0], c[1]), b = _mm256_unpackhi_ps(c[0], c[1]);
+                const __m256 e = _mm256_unpacklo_ps(c[2], c[3]), f = _mm256_unpackhi_ps(c[2], c[3]);
+                const __m256 t04 = _mm256_shuffle_ps(a, e, 0x44), t15 = _mm256_shuffle_ps(a, e, 0xee);
+                const __m256 t26 = _mm256_shuffle_ps(b, f, 0x44), t37 = _mm256_shuffle_ps(b, f, 0xee);
+                float* row = out + (oy + i) * OW + 4 * tx;
+                _mm256_storeu_ps(row, _mm256_permute2f128_ps(t04, t15, 0x20));
+                _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(t26, t37, 0x20));
+                _mm256_storeu_ps(row + 16, _mm256_permute2f128_ps(t04, t15, 0x31));
+                _mm256_storeu_ps(row + 24, _mm256_permute2f128_ps(t26, t37, 0x31));
+            }
+        }
+        for (; tx < end; ++tx) {
+            float m[36], y[4][4];
+            for (int xi = 0; xi < 36; ++xi) m[xi] = row_products[xi * position_stride + tx];
+            output_transform_4x4(m, y, add, sub, mul);
+            const int64_t ox = 4 * tx;
+            for (int i = 0; i < 4 && oy + i < OH; ++i) {
+                for (int j = 0; j < 4 && ox + j < OW; ++j) out[(oy + i) * OW + ox + j] = y[i][j] + bias;
+            }
+        }
+    }
+}
+
 // U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the product's B
-// operand per position (rows of IC steps). Eight input channels at a time: their taps gathered 9 apart.
+// operand per position (rows of IC steps), P = 16 (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at
+// a time: their taps gathered 9 apart.
+template <int P>
 void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u) {
     thread_local std::vector<float> values;
     values.resize(9 * IC);
     const auto add = [](auto a, auto b) { return a + b; };
     const auto sub = [](auto a, auto b) { return a - b; };
     const auto half = [](auto a) { return a * 0.5f; };
+    const auto mul = [](float a, float b) { return a * b; };
     const auto add8 = [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); };
     const auto sub8 = [](__m256 a, __m256 b) { return _mm256_sub_ps(a, b); };
     const auto half8 = [](__m256 a) { return _mm256_mul_ps(a, _mm256_set1_ps(0.5f)); };
+    const auto mul8 = [](__m256 a, float b) { return _mm256_mul_ps(a, _mm256_set1_ps(b)); };
     const __m256i taps_apart = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63);
     for (int64_t c = 0; c < cols; ++c) {
         kernel_values(w, c0 + c, 9 * IC, values.data());
@@ -120,16 +237,18 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
         const int64_t position_stride = cols * IC;
         int64_t ic = 0;
         for (; ic + 8 <= IC; ic += 8) {
-            __m256 g[9], t[16];
+            __m256 g[9], t[P];
             for (int k = 0; k < 9; ++k) g[k] = _mm256_i32gather_ps(values.data() + ic * 9 + k, taps_apart, 4);
-            kernel_transform(g, t, add8, sub8, half8);
-            for (int xi = 0; xi < 16; ++xi) _mm256_storeu_ps(out + xi * position_stride + ic, t[xi]);
+            if constexpr (P == POSITIONS) kernel_transform(g, t, add8, sub8, half8);
+            else kernel_transform_4x4(g, t, add8, sub8, mul8);
+            for (int xi = 0; xi < P; ++xi) _mm256_storeu_ps(out + xi * position_stride + ic, t[xi]);
         }
         for (; ic < IC; ++ic) {
-            float g[9], t[16];
+            float g[9], t[P];
             for (int k = 0; k < 9; ++k) g[k] = values[ic * 9 + k];
-            kernel_transform(g, t, add, sub, half);
-            for (int xi = 0; xi < 16; ++xi) out[xi * position_stride + ic] = t[xi];
+            if constexpr (P == POSITIONS) kernel_transform(g, t, add, sub, half);
+            else kernel_transform_4x4(g, t, add, sub, mul);
+            for (int xi = 0; xi < P; ++xi) out[xi * position_stride + ic] = t[xi];
         }
     }
 }
@@ -204,21 +323,26 @@ inline void tile_columns(const float* row, __m256 col[4]) {
 }  // namespace sdcpp_py_gemm
 
 // dst: V = B' d B of every tile of every channel in TileSlivers' layout, image after image (the tensor's
-// shape only sizes it: (slivers * MR, IC, 16, N)); src[0] the image (IW, IH, IC, N). Tiles are 2x2 output
-// pixels, row by row; their 4x4 input patches overlap by 2 and read zeros outside the image (padding).
+// shape only sizes it: (slivers * MR, IC, P, N), P = 16 for F(2x2) or 36 for F(4x4)); src[0] the image (IW,
+// IH, IC, N). Tiles are 2x2 (4x4) output pixels, row by row; their 4x4 (6x6) input patches overlap by 2 and
+// read zeros outside the image (padding).
 extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor* x = dst->src[0];
     const Padding pad = padding_of(reinterpret_cast<uintptr_t>(userdata));
     const int64_t IW = x->ne[0], IH = x->ne[1], IC = x->ne[2], N = x->ne[3];
-    const int64_t tiles_w = (IW + 2 * pad.left - 2 + 1) / 2, tiles_h = (IH + 2 * pad.top - 2 + 1) / 2;
+    const int64_t P = dst->ne[2], side = tile_side(P);
+    GGML_ASSERT(P == POSITIONS || P == POSITIONS_4X4);
+    const int64_t tiles_w = (IW + 2 * pad.left - 2 + side - 1) / side;
+    const int64_t tiles_h = (IH + 2 * pad.top - 2 + side - 1) / side;
     const int64_t tiles = tiles_w * tiles_h, slivers = sliver_count(tiles);
-    GGML_ASSERT(dst->ne[0] == slivers * MR && dst->ne[1] == IC && dst->ne[2] == POSITIONS && dst->ne[3] == N);
-    // The plane with its padding (and zeros past a last half tile, and room for 8-tile vectors) around it:
+    GGML_ASSERT(dst->ne[0] == slivers * MR && dst->ne[1] == IC && dst->ne[3] == N);
+    // The plane with its padding (and zeros past a last part tile, and room for 8-tile vectors) around it:
     // no bounds checks below.
-    const int64_t PW = 2 * ((tiles_w + 7) / 8 * 8) + 8, PH = 2 * tiles_h + 2;
+    const int64_t PW = side * ((tiles_w + 7) / 8 * 8) + 8, PH = side * tiles_h + 2;
     thread_local std::vector<float> padded;
     padded.resize(PW * PH);
+    const __m256i every_fourth = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     const int64_t planes = N * IC, first = planes * ith / nth, last = planes * (ith + 1) / nth;
     for (int64_t plane = first; plane < last; ++plane) {
         const int64_t n = plane / IC, ic = plane % IC;
@@ -228,35 +352,48 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
             const int64_t width = std::min(IW, PW - pad.left);
             std::copy(src + y * IW, src + y * IW + width, padded.data() + (y + pad.top) * PW + pad.left);
         }
-        float* v = static_cast<float*>(dst->data) + (n * POSITIONS * slivers * IC + ic) * MR;
+        float* v = static_cast<float*>(dst->data) + (n * P * slivers * IC + ic) * MR;
         const int64_t position_stride = slivers * IC * MR;
         for (int64_t ty = 0; ty < tiles_h; ++ty) {
-            const float* r0 = padded.data() + 2 * ty * PW;
+            const float* r0 = padded.data() + side * ty * PW;
             for (int64_t tx = 0; tx < tiles_w; tx += 8) {
-                __m256 d[4][4], t[4][4];
-                for (int i = 0; i < 4; ++i) tile_columns(r0 + i * PW + 2 * tx, d[i]);
-                for (int j = 0; j < 4; ++j) {  // B' d: rows combined
-                    t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
-                    t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
-                    t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
-                    t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
-                }
-                __m256 values[POSITIONS];
-                for (int i = 0; i < 4; ++i) {  // (B' d) B: columns combined
-                    values[4 * i + 0] = _mm256_sub_ps(t[i][0], t[i][2]);
-                    values[4 * i + 1] = _mm256_add_ps(t[i][1], t[i][2]);
-                    values[4 * i + 2] = _mm256_sub_ps(t[i][2], t[i][1]);
-                    values[4 * i + 3] = _mm256_sub_ps(t[i][1], t[i][3]);
+                __m256 values[POSITIONS_4X4];
+                if (P == POSITIONS) {
+                    __m256 d[4][4], t[4][4];
+                    for (int i = 0; i < 4; ++i) tile_columns(r0 + i * PW + 2 * tx, d[i]);
+                    for (int j = 0; j < 4; ++j) {  // B' d: rows combined
+                        t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+                        t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+                        t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+                        t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+                    }
+                    for (int i = 0; i < 4; ++i) {  // (B' d) B: columns combined
+                        values[4 * i + 0] = _mm256_sub_ps(t[i][0], t[i][2]);
+                        values[4 * i + 1] = _mm256_add_ps(t[i][1], t[i][2]);
+                        values[4 * i + 2] = _mm256_sub_ps(t[i][2], t[i][1]);
+                        values[4 * i + 3] = _mm256_sub_ps(t[i][1], t[i][3]);
+                    }
+                } else {
+                    __m256 t[6][6];  // B' d, column by column: each column's 6 rows gathered 4 apart per tile
+                    for (int j = 0; j < 6; ++j) {
+                        __m256 column[6], rows[6];
+                        for (int i = 0; i < 6; ++i) {
+                            column[i] = _mm256_i32gather_ps(r0 + i * PW + 4 * tx + j, every_fourth, 4);
+                        }
+                        input_rows_4x4(column, rows);
+                        for (int i = 0; i < 6; ++i) t[i][j] = rows[i];
+                    }
+                    for (int i = 0; i < 6; ++i) input_rows_4x4(t[i], values + 6 * i);  // (B' d) B
                 }
                 // Into the tiles' sliver: one store per position where the 8 tiles are real and share one.
                 const int64_t tile = ty * tiles_w + tx, lanes = std::min<int64_t>(8, tiles_w - tx);
                 if (lanes == 8 && tile % MR + 8 <= MR) {
                     float* out = v + tile / MR * IC * MR + tile % MR;
-                    for (int xi = 0; xi < POSITIONS; ++xi) _mm256_storeu_ps(out + xi * position_stride, values[xi]);
+                    for (int64_t xi = 0; xi < P; ++xi) _mm256_storeu_ps(out + xi * position_stride, values[xi]);
                     continue;
                 }
                 alignas(32) float lane_values[8];
-                for (int xi = 0; xi < POSITIONS; ++xi) {
+                for (int64_t xi = 0; xi < P; ++xi) {
                     _mm256_store_ps(lane_values, values[xi]);
                     for (int64_t lane = 0; lane < lanes; ++lane) {
                         const int64_t t_lane = tile + lane;
@@ -267,7 +404,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
         }
         // The last sliver's rows past the image's tiles: zeros, as the product's packed edge expects.
         if (tiles % MR != 0) {
-            for (int64_t xi = 0; xi < POSITIONS; ++xi) {
+            for (int64_t xi = 0; xi < P; ++xi) {
                 float* last_sliver = v + xi * position_stride + (slivers - 1) * IC * MR;
                 std::fill(last_sliver + tiles % MR, last_sliver + MR, 0.0f);
             }
@@ -285,26 +422,30 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
     const int64_t IC = transformed->ne[1];
     const int64_t OW = dst->ne[0], OH = dst->ne[1], OC = dst->ne[2], N = dst->ne[3];
-    const int64_t tiles_w = (OW + 1) / 2, tiles = tiles_w * ((OH + 1) / 2), slivers = sliver_count(tiles);
-    GGML_ASSERT(transformed->ne[0] == slivers * MR && transformed->ne[2] == POSITIONS && transformed->ne[3] == N);
+    const int64_t P = transformed->ne[2], side = tile_side(P);
+    GGML_ASSERT(P == POSITIONS || P == POSITIONS_4X4);
+    const int64_t tiles_w = (OW + side - 1) / side, tiles = tiles_w * ((OH + side - 1) / side);
+    const int64_t slivers = sliver_count(tiles);
+    GGML_ASSERT(transformed->ne[0] == slivers * MR && transformed->ne[3] == N);
     // This thread's output channels: whole register-tile columns.
     const int64_t columns = (OC + NR - 1) / NR;
     const int64_t oc0 = columns * ith / nth * NR, oc1 = std::min(OC, columns * (ith + 1) / nth * NR);
-    // Channels per round: their 16 transformed kernels (16 * IC floats each) within 8 MiB; tiles per band:
-    // their 16 products for those channels within 4 MiB (thread-local buffers, kept by ggml's threads).
-    const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 21) / (POSITIONS * IC) / NR * NR, NR, 192);
-    const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (POSITIONS * chunk) / MR * MR);
+    // Channels per round: their P transformed kernels (P * IC floats each) within 8 MiB; tiles per band:
+    // their P products for those channels within 4 MiB (thread-local buffers, kept by ggml's threads).
+    const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 21) / (P * IC) / NR * NR, NR, 192);
+    const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (P * chunk) / MR * MR);
     thread_local std::vector<float> u, m;
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
-        u.resize(POSITIONS * cols * IC);
-        transform_kernels(w, c0, cols, IC, u.data());
+        u.resize(P * cols * IC);
+        if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, u.data());
+        else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, u.data());
         for (int64_t n = 0; n < N; ++n) {
-            const float* v = static_cast<const float*>(transformed->data) + n * POSITIONS * slivers * IC * MR;
+            const float* v = static_cast<const float*>(transformed->data) + n * P * slivers * IC * MR;
             for (int64_t t0 = 0; t0 < tiles; t0 += band) {  // t0: a multiple of MR, the start of a sliver
                 const int64_t rows = std::min(band, tiles - t0);
-                m.resize(POSITIONS * cols * rows);
-                for (int64_t xi = 0; xi < POSITIONS; ++xi) {
+                m.resize(P * cols * rows);
+                for (int64_t xi = 0; xi < P; ++xi) {
                     const TileSlivers a{v + (xi * slivers + t0 / MR) * IC * MR, IC};
                     const float* b = u.data() + xi * cols * IC;
                     float* c = m.data() + xi * cols * rows;
@@ -318,9 +459,15 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                 }
                 for (int64_t col = 0; col < cols; ++col) {
                     const int64_t oc = c0 + col;
-                    write_channel(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH,
-                                  bias != nullptr ? bias[oc] : 0.0f,
-                                  static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW);
+                    const float channel_bias = bias != nullptr ? bias[oc] : 0.0f;
+                    float* channel = static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW;
+                    if (P == POSITIONS) {
+                        write_channel(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH,
+                                      channel_bias, channel);
+                    } else {
+                        write_channel_4x4(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH,
+                                          channel_bias, channel);
+                    }
                 }
             }
         }

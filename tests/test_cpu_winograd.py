@@ -1,7 +1,9 @@
-"""3x3 stride-1 convolutions as Winograd F(2x2, 3x3) on the CPU (kernels/sdcpp_py_winograd.cpp, issue 20).
+"""3x3 stride-1 convolutions as Winograd F(2x2, 3x3) and F(4x4, 3x3) on the CPU (kernels/sdcpp_py_winograd.cpp,
+issue 20).
 
 Where an image has at least 64 tiles of 2x2 output pixels, the core's Conv2d runs as two nodes: the input
-transform, then 16 products on the packed kernel and the output transform. Each is checked against numpy: the
+transform, then 16 products on the packed kernel and the output transform; with at least 64 tiles of 4x4
+pixels as F(4x4), 36 products (SDCPP_PY_CPU_CONV=winograd2x2 keeps F(2x2)). Each is checked against numpy: the
 f32 result against a float64 convolution, the bf16 one against numpy's Winograd with the same operands
 rounded to bf16, for f16 and q8_0 kernels, odd sizes, padding 0-2, batches, a bias, 1 and 2 threads, images
 whose tiles take more than one band of products.
@@ -63,7 +65,12 @@ def random_case(n, ic, oc, h, w, seed):
     return kernel, image, bias
 
 
-# (N, IC, OC, H, W, padding)
+# (N, IC, OC, H, W, padding); the first two have 64+ 4x4 tiles: F(4x4) by default.
+CASES_4X4 = [
+    (2, 17, 7, 33, 35, 0),     # batch 2, part tiles at both edges, 7 output channels, channels not a multiple of 8
+    (1, 16, 24, 66, 66, 1),    # 289 tiles: three bands of products, the second starting mid-row
+    (1, 320, 200, 34, 34, 2),  # two blocks of depth, two rounds of kernels on one thread, padding 2
+]
 CASES = [
     (1, 64, 64, 32, 32, 1),    # SD1's level 0 in small: whole slivers of 16 tiles, 8-tile rows
     (1, 17, 40, 20, 37, 1),    # odd width (a half tile dropped), channels not a multiple of 8, 190 tiles
@@ -79,18 +86,28 @@ def winograd_allowed(monkeypatch):
     monkeypatch.delenv("SDCPP_PY_CPU_CONV", raising=False)
 
 
-@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES)
-def test_winograd_convolution_matches_numpy(n, ic, oc, h, w, padding):
+@pytest.mark.parametrize("mode", ["winograd2x2", "default"])
+@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES + CASES_4X4)
+def test_winograd_convolution_matches_numpy(n, ic, oc, h, w, padding, mode, monkeypatch):
+    if mode != "default":
+        monkeypatch.setenv("SDCPP_PY_CPU_CONV", mode)
+    four_by_four = mode == "default" and (h + 2 * padding - 2 + 3) // 4 * ((w + 2 * padding - 2 + 3) // 4) >= 64
     kernel, image, bias = random_case(n, ic, oc, h, w, ic * oc)
     expected = conv_reference(kernel, image, 1, padding) + bias[None, :, None, None]
     results = []
     for threads in (1, 2, 3):
         out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, threads, bias=bias)
         assert ops == ["CUSTOM", "CUSTOM"], ops
-        # f32 throughout: the image is not rounded to f16 as the direct node's (im2col's) is.
-        assert relative_error(out, expected) < 5e-6, threads
+        # f32 throughout: the image is not rounded to f16 as the direct node's (im2col's) is. F(4x4)'s kernel
+        # factors (1/6, 1/12, 1/24) are rounded and its sums larger: about 5x F(2x2)'s error.
+        assert relative_error(out, expected) < (5e-5 if four_by_four else 5e-6), threads
         results.append(out)
     assert all(np.array_equal(results[0], other) for other in results[1:]), "each output summed by one thread"
+    if four_by_four:  # it is not F(2x2)'s result
+        monkeypatch.setenv("SDCPP_PY_CPU_CONV", "winograd2x2")
+        two_by_two = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, 2, bias=bias)[0]
+        assert not np.array_equal(results[0], two_by_two)
+        assert relative_error(two_by_two, expected) < 5e-6
 
 
 def test_the_backend_reports_the_winograd_kernel():
@@ -112,15 +129,22 @@ def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
     for shape, stride in (((1, 16, 14, 14), 1), ((1, 16, 32, 32), 2)):  # 49 tiles; a downsampler
         _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), np.zeros(shape, np.float32), stride, 1, 1, 2)
         assert ops == ["CUSTOM"], (shape, stride)
-    # An image-in layer (4 channels) and a transformed image over 64 MiB (129x129 tiles x 64 channels).
+    # An image-in layer (4 channels) and transformed images over 64 MiB: F(2x2), 129x129 tiles x 64 channels
+    # x 16 positions (128x128: 64 MiB exactly); F(4x4), 87x87 tiles x 64 channels x 36 (85x85: 63.6 MiB).
     few_channels = np.zeros((16, 4, 3, 3), np.float16)
     _, ops, _ = _test_hooks._core_conv_2d(few_channels.view(np.uint16), np.zeros((1, 4, 32, 32), np.float32), 1, 1)
     assert ops == ["CUSTOM"]
     wide = np.zeros((8, 64, 3, 3), np.float16)
-    _, ops, _ = _test_hooks._core_conv_2d(wide.view(np.uint16), np.zeros((1, 64, 258, 258), np.float32), 1, 1, 1, 2)
-    assert ops == ["CUSTOM"]
-    _, ops, _ = _test_hooks._core_conv_2d(wide.view(np.uint16), np.zeros((1, 64, 256, 256), np.float32), 1, 1, 1, 2)
-    assert ops == ["CUSTOM", "CUSTOM"], "64 MiB exactly is allowed"
+    for mode, over, at in (("winograd2x2", 258, 256), ("default", 346, 338)):
+        if mode == "default":
+            monkeypatch.delenv("SDCPP_PY_CPU_CONV")
+        else:
+            monkeypatch.setenv("SDCPP_PY_CPU_CONV", mode)
+        _, ops, _ = _test_hooks._core_conv_2d(wide.view(np.uint16), np.zeros((1, 64, over, over), np.float32), 1, 1,
+                                              1, 2)
+        assert ops == ["CUSTOM"], mode
+        _, ops, _ = _test_hooks._core_conv_2d(wide.view(np.uint16), np.zeros((1, 64, at, at), np.float32), 1, 1, 1, 2)
+        assert ops == ["CUSTOM", "CUSTOM"], (mode, "up to 64 MiB is allowed")
 
 
 @pytest.mark.parametrize("ic", [64, 320])  # 320: two blocks of depth
@@ -137,7 +161,8 @@ def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic):
 
 @needs_bf16
 @pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES[:3] + CASES[-1:])
-def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding):
+def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding, monkeypatch):
+    monkeypatch.setenv("SDCPP_PY_CPU_CONV", "winograd2x2")  # the reference is F(2x2)
     kernel, image, bias = random_case(n, ic, oc, h, w, ic + oc)
     expected = winograd_reference(kernel, image, padding, bf16) + bias[None, :, None, None]
     exact = conv_reference(kernel, image, 1, padding) + bias[None, :, None, None]
@@ -149,6 +174,18 @@ def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding):
     # Against the exact convolution: an RMS error of ~0.4% (the direct node's bf16 products: ~0.24%).
     rms_error = np.sqrt(np.mean((out - exact) ** 2) / np.mean(exact**2))
     assert 1e-3 < rms_error < 6e-3
+
+
+@needs_bf16
+def test_bf16_products_keep_2x2_tiles(monkeypatch):
+    # F(4x4)'s operands rounded to bf16 cost an SD1 picture 13 dB: bf16 graphs take F(2x2) on any image.
+    n, ic, oc, h, w, padding = CASES_4X4[0]
+    kernel, image, bias = random_case(n, ic, oc, h, w, 3)
+    default = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, 2, bias=bias, bf16=True)[0]
+    monkeypatch.setenv("SDCPP_PY_CPU_CONV", "winograd2x2")
+    two_by_two = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, 2, bias=bias, bf16=True)[0]
+    assert np.array_equal(default, two_by_two)
+    assert relative_error(default, winograd_reference(kernel, image, padding, bf16) + bias[None, :, None, None]) < 1e-5
 
 
 def test_numpys_winograd_is_the_convolution():
