@@ -37,14 +37,14 @@ void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nt
 // latents and larger) and input channels: below them the per-call kernel transform costs more than the
 // products save, and products 16 channels deep run slowly (an image-in layer keeps the direct node). With
 // at least as many 4x4 tiles (32x32 outputs and larger) and f32 products it runs as F(4x4, 3x3): 36
-// products per 16 pixels instead of 64. Its transformed image (4x the image's f32 bytes for F(2x2), 2.25x for F(4x4)) is held only
-// up to the size below; larger images (a VAE's full-resolution layers, SDXL's 128x128 latents) keep the
-// direct node's memory.
+// products per 16 pixels instead of 64. Its transformed image (4x the image's f32 bytes for F(2x2), 2.25x
+// for F(4x4)) is held only up to the size below; larger images (a VAE's full-resolution layers at 512x512,
+// SDXL's 128x128 latents with 640 channels and more) keep the direct node's memory.
 constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 64, SDCPP_PY_WINOGRAD_MIN_CHANNELS = 16;
 constexpr int64_t SDCPP_PY_WINOGRAD_MAX_BYTES = int64_t{64} << 20;
 // SDCPP_PY_CPU_CONV=direct keeps every convolution on the direct fused node (bitwise the core's graph),
-// =winograd2x2 keeps Winograd to F(2x2, 3x3), to test and time those paths; read per graph build. Returns
-// the largest Winograd output tile allowed: 0 (none), 2 or 4.
+// =winograd2x2 keeps Winograd to F(2x2, 3x3), to test and time those paths (any other value: the default);
+// read per graph build. Returns the largest Winograd output tile allowed: 0 (none), 2 or 4.
 inline int sdcpp_py_winograd_tile_limit() {
     const char* conv = std::getenv("SDCPP_PY_CPU_CONV");
     if (conv == nullptr) return 4;

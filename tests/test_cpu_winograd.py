@@ -65,11 +65,13 @@ def random_case(n, ic, oc, h, w, seed):
     return kernel, image, bias
 
 
-# (N, IC, OC, H, W, padding); the first two have 64+ 4x4 tiles: F(4x4) by default.
+# (N, IC, OC, H, W, padding) with 64+ 4x4 tiles: F(4x4) by default.
 CASES_4X4 = [
     (2, 17, 7, 33, 35, 0),     # batch 2, part tiles at both edges, 7 output channels, channels not a multiple of 8
     (1, 16, 24, 66, 66, 1),    # 289 tiles: three bands of products, the second starting mid-row
     (1, 320, 200, 34, 34, 2),  # two blocks of depth, two rounds of kernels on one thread, padding 2
+    (2, 16, 12, 90, 26, 1),    # 7 tiles a row (no 8-tile vectors), two bands in each of two images
+    (1, 16, 8, 3, 258, 1),     # one row of 65 tiles
 ]
 CASES = [
     (1, 64, 64, 32, 32, 1),    # SD1's level 0 in small: whole slivers of 16 tiles, 8-tile rows
@@ -147,16 +149,16 @@ def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
         assert ops == ["CUSTOM", "CUSTOM"], (mode, "up to 64 MiB is allowed")
 
 
-@pytest.mark.parametrize("ic", [64, 320])  # 320: two blocks of depth
-def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic):
-    kernel, image, bias = random_case(1, ic, 48, 24, 24, 5)
+@pytest.mark.parametrize("ic, side", [(64, 24), (320, 24), (64, 32)])  # 320: two blocks of depth; 32: F(4x4)
+def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic, side):
+    kernel, image, bias = random_case(1, ic, 48, side, side, 5)
     values = q8_0_values(kernel)
     expected = conv_reference(values, image, 1, 1) + bias[None, :, None, None]
     for threads in (1, 2):
         out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, threads, bias=bias,
                                                 q8_0=True)
         assert ops == ["CUSTOM", "CUSTOM"], ops
-        assert relative_error(out, expected) < 5e-6
+        assert relative_error(out, expected) < (5e-5 if side >= 32 else 5e-6)
 
 
 @needs_bf16
