@@ -3,6 +3,8 @@
 A speed-only patch: the node must give bitwise the values of the core's split / cont / gelu / mul graph.
 """
 
+import time
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,16 @@ def test_geglu_matches_numpy():
     result, _, _ = _test_hooks._core_geglu(x, 2)
     # ggml's GELU reads an f16 table: about 3 significant digits.
     assert np.allclose(result, value * gelu, rtol=2e-3, atol=2e-3)
+
+
+def test_the_hooks_clock_times_the_graph_compute_alone():
+    # benchmarks/cpu_kernels.py reads it: the compute, inside the call, without the graph's set-up.
+    x = np.ones((512, 256), np.float32)
+    for call in (lambda: _test_hooks._core_geglu(x, 2), lambda: _test_hooks._cpu_mul_mat(x[:, :64], x[:, :64], 2)):
+        started = time.perf_counter()
+        call()
+        wall = time.perf_counter() - started
+        assert 0 < _test_hooks._last_compute_seconds() <= wall
 
 
 def test_bad_shape_is_refused_with_the_argument_named():

@@ -22,10 +22,6 @@ namespace sdcpp::testing {
 
 namespace {
 
-// Seconds this thread's last hook's ggml_backend_graph_compute took: benchmarks time the kernels without the graph's
-// set-up, allocation and input copies around them.
-thread_local double last_compute_seconds = 0.0;
-
 struct GgmlContextDeleter {
     void operator()(ggml_context* ctx) const { ggml_free(ctx); }
 };
@@ -236,10 +232,12 @@ py::tuple core_norm(const py::array_t<float, py::array::c_style>& x, const py::a
 
 }  // namespace
 
+thread_local double last_compute_seconds = 0.0;
+
 void register_core_graphs(py::module_& m) {
     m.def("_last_compute_seconds", [] { return last_compute_seconds; },
-          "Test hook: seconds the last _cpu_attention, _core_conv_2d, _core_norm or _core_geglu call spent computing "
-          "its graph.");
+          "Test hook: seconds this thread's last graph hook (_cpu_attention, _core_conv_2d, _core_norm, "
+          "_core_geglu, _cpu_mul_mat, ...) spent computing its graph.");
     m.def("_cpu_attention", &cpu_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true, py::arg("per_head_inputs") = false,
           py::arg("bf16") = false,

@@ -3,6 +3,8 @@
 // The core's attention, convolution and GEGLU (patches 0006-0008) have theirs in register_core_graphs.cpp.
 #include "testing.hpp"
 
+#include <chrono>
+
 #include <cstring>
 #include <memory>
 
@@ -107,7 +109,9 @@ void compute_on_cpu(ggml_context* ctx, ggml_tensor* result, int n_threads) {
     ggml_status status;
     {
         py::gil_scoped_release release;
+        const auto start = std::chrono::steady_clock::now();
         status = ggml_backend_graph_compute(backend.get(), graph);
+        last_compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     if (status != GGML_STATUS_SUCCESS) throw std::runtime_error("ggml_graph_compute failed");
 }

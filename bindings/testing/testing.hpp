@@ -35,6 +35,10 @@ struct ConvShape {
 // rows x n float32 values quantized to q8_0 (ggml_quantize_chunk, as the loader does) into out.
 void quantize_q8_0_rows(const float* values, int64_t rows, int64_t n, void* out);
 
+// Seconds this thread's last hook spent in ggml_backend_graph_compute: benchmarks time the kernels without
+// the graph's set-up, allocation and input copies around them.
+extern thread_local double last_compute_seconds;
+
 ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& image, int stride, int padding,
                              int dilation, int n_threads);
 
