@@ -1,7 +1,7 @@
 // sdcpp-py (issue 20): 3x3 stride-1 convolutions on the CPU as Winograd F(2x2, 3x3) or F(4x4, 3x3), the
 // graph side in sdcpp_py_conv.h (which picks one; the transformed image's 16 or 36 positions say which).
 //
-// F(4x4, 3x3) (Lavin's points 0, +-1, +-2): 6x6 patches, 36 products per tile of 16 pixels instead of 144,
+// F(4x4, 3x3) (Lavin's points 0, +-1, +-2): 6x6 patches, 36 products per tile of 16 pixels (F(2x2): 64),
 // kernel factors 1/4, 1/6, 1/12, 1/24 (rounded, unlike F(2x2)'s halves), so sums differ a little more from
 // the direct convolution's. The rest of this comment describes F(2x2); F(4x4) runs the same way.
 //
@@ -169,52 +169,6 @@ inline void output_transform_4x4(const V m[36], V y[4][4], Add add, Sub sub, Mul
     for (int i = 0; i < 4; ++i) output_rows_4x4(s[i], y[i], add, sub, mul);  // (A' M) A
 }
 
-// write_channel for F(4x4) tiles.
-void write_channel_4x4(const float* mm, int64_t position_stride, int64_t t0, int64_t t1, int64_t tiles_w,
-                       int64_t OW, int64_t OH, float bias, float* out) {
-    const auto add = [](float a, float b) { return a + b; };
-    const auto sub = [](float a, float b) { return a - b; };
-    const auto mul = [](float a, float b) { return a * b; };
-    const auto add8 = [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); };
-    const auto sub8 = [](__m256 a, __m256 b) { return _mm256_sub_ps(a, b); };
-    const auto mul8 = [](__m256 a, float b) { return _mm256_mul_ps(a, _mm256_set1_ps(b)); };
-    const __m256 bias8 = _mm256_set1_ps(bias);
-    for (int64_t ty = t0 / tiles_w; ty * tiles_w < t1; ++ty) {
-        const int64_t oy = 4 * ty, row_start = ty * tiles_w;
-        int64_t tx = std::max<int64_t>(0, t0 - row_start);
-        const int64_t end = std::min(tiles_w, t1 - row_start);
-        const float* row_products = mm + row_start - t0;
-        // 8 tiles at a time where their 32 pixels of a row are all in the image: 4x8 lanes transposed.
-        for (; tx + 8 <= end && 4 * (tx + 8) <= OW; tx += 8) {
-            __m256 m[36], y[4][4];
-            for (int xi = 0; xi < 36; ++xi) m[xi] = _mm256_loadu_ps(row_products + xi * position_stride + tx);
-            output_transform_4x4(m, y, add8, sub8, mul8);
-            for (int i = 0; i < 4 && oy + i < OH; ++i) {
-                __m256 c[4];
-                for (int j = 0; j < 4; ++j) c[j] = _mm256_add_ps(y[i][j], bias8);
-                const __m256 a = _mm256_unpacklo_ps(c[0], c[1]), b = _mm256_unpackhi_ps(c[0], c[1]);
-                const __m256 e = _mm256_unpacklo_ps(c[2], c[3]), f = _mm256_unpackhi_ps(c[2], c[3]);
-                const __m256 t04 = _mm256_shuffle_ps(a, e, 0x44), t15 = _mm256_shuffle_ps(a, e, 0xee);
-                const __m256 t26 = _mm256_shuffle_ps(b, f, 0x44), t37 = _mm256_shuffle_ps(b, f, 0xee);
-                float* row = out + (oy + i) * OW + 4 * tx;
-                _mm256_storeu_ps(row, _mm256_permute2f128_ps(t04, t15, 0x20));
-                _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(t26, t37, 0x20));
-                _mm256_storeu_ps(row + 16, _mm256_permute2f128_ps(t04, t15, 0x31));
-                _mm256_storeu_ps(row + 24, _mm256_permute2f128_ps(t26, t37, 0x31));
-            }
-        }
-        for (; tx < end; ++tx) {
-            float m[36], y[4][4];
-            for (int xi = 0; xi < 36; ++xi) m[xi] = row_products[xi * position_stride + tx];
-            output_transform_4x4(m, y, add, sub, mul);
-            const int64_t ox = 4 * tx;
-            for (int i = 0; i < 4 && oy + i < OH; ++i) {
-                for (int j = 0; j < 4 && ox + j < OW; ++j) out[(oy + i) * OW + ox + j] = y[i][j] + bias;
-            }
-        }
-    }
-}
-
 // U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the product's B
 // operand per position (rows of IC steps), P = 16 (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at
 // a time: their taps gathered 9 apart.
@@ -267,42 +221,65 @@ inline void output_transform(const V m[16], V y[2][2], Add add, Sub sub) {
     }
 }
 
-// Tiles t0..t1 of one output channel (OH x OW, plus its bias) from their products
-// mm[xi * position_stride + tile - t0]; the pixels of a last half tile past an odd edge are dropped.
+// One output row of 8 side x side tiles, c[j] their column j (lanes: tiles): 8 * side pixels stored in order.
+inline void store_tile_row(float* row, const __m256* c, int side) {
+    if (side == 2) {  // the two columns interleaved
+        const __m256 lo = _mm256_unpacklo_ps(c[0], c[1]), hi = _mm256_unpackhi_ps(c[0], c[1]);
+        _mm256_storeu_ps(row, _mm256_insertf128_ps(lo, _mm256_castps256_ps128(hi), 1));
+        _mm256_storeu_ps(row + 8, _mm256_insertf128_ps(hi, _mm256_extractf128_ps(lo, 1), 0));
+        return;
+    }
+    // 4x8 lanes transposed: tiles 0 and 4, 1 and 5, ... in the halves of t04, t15, ...
+    const __m256 a = _mm256_unpacklo_ps(c[0], c[1]), b = _mm256_unpackhi_ps(c[0], c[1]);
+    const __m256 e = _mm256_unpacklo_ps(c[2], c[3]), f = _mm256_unpackhi_ps(c[2], c[3]);
+    const __m256 t04 = _mm256_shuffle_ps(a, e, 0x44), t15 = _mm256_shuffle_ps(a, e, 0xee);
+    const __m256 t26 = _mm256_shuffle_ps(b, f, 0x44), t37 = _mm256_shuffle_ps(b, f, 0xee);
+    _mm256_storeu_ps(row, _mm256_permute2f128_ps(t04, t15, 0x20));
+    _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(t26, t37, 0x20));
+    _mm256_storeu_ps(row + 16, _mm256_permute2f128_ps(t04, t15, 0x31));
+    _mm256_storeu_ps(row + 24, _mm256_permute2f128_ps(t26, t37, 0x31));
+}
+
+// Tiles t0..t1 of one output channel (OH x OW, plus its bias) from their P = (SIDE + 2)^2 products
+// mm[xi * position_stride + tile - t0]; the pixels of a last part tile past an edge are dropped.
+template <int SIDE>
 void write_channel(const float* mm, int64_t position_stride, int64_t t0, int64_t t1, int64_t tiles_w, int64_t OW,
                    int64_t OH, float bias, float* out) {
-    const auto add = [](float a, float b) { return a + b; };
-    const auto sub = [](float a, float b) { return a - b; };
+    constexpr int P = (SIDE + 2) * (SIDE + 2);
+    const auto add = [](auto a, auto b) { return a + b; };
+    const auto sub = [](auto a, auto b) { return a - b; };
+    const auto mul = [](float a, float b) { return a * b; };
     const auto add8 = [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); };
     const auto sub8 = [](__m256 a, __m256 b) { return _mm256_sub_ps(a, b); };
+    const auto mul8 = [](__m256 a, float b) { return _mm256_mul_ps(a, _mm256_set1_ps(b)); };
+    const auto transform = [&](const auto* m, auto y[SIDE][SIDE], auto add_op, auto sub_op, auto mul_op) {
+        if constexpr (SIDE == 2) output_transform(m, y, add_op, sub_op);
+        else output_transform_4x4(m, y, add_op, sub_op, mul_op);
+    };
     const __m256 bias8 = _mm256_set1_ps(bias);
     for (int64_t ty = t0 / tiles_w; ty * tiles_w < t1; ++ty) {
-        const int64_t oy = 2 * ty, row_start = ty * tiles_w;
+        const int64_t oy = SIDE * ty, row_start = ty * tiles_w;
         int64_t tx = std::max<int64_t>(0, t0 - row_start);
         const int64_t end = std::min(tiles_w, t1 - row_start);
         const float* row_products = mm + row_start - t0;
-        // 8 tiles at a time where their 16 pixels of a row are all in the image: the two columns interleaved.
-        for (; tx + 8 <= end && 2 * (tx + 8) <= OW; tx += 8) {
-            __m256 m[16], y[2][2];
-            for (int xi = 0; xi < 16; ++xi) m[xi] = _mm256_loadu_ps(row_products + xi * position_stride + tx);
-            output_transform(m, y, add8, sub8);
-            for (int i = 0; i < 2 && oy + i < OH; ++i) {
-                const __m256 left = _mm256_add_ps(y[i][0], bias8), right = _mm256_add_ps(y[i][1], bias8);
-                const __m256 lo = _mm256_unpacklo_ps(left, right), hi = _mm256_unpackhi_ps(left, right);
-                float* row = out + (oy + i) * OW + 2 * tx;
-                _mm256_storeu_ps(row, _mm256_insertf128_ps(lo, _mm256_castps256_ps128(hi), 1));
-                _mm256_storeu_ps(row + 8, _mm256_insertf128_ps(hi, _mm256_extractf128_ps(lo, 1), 0));
+        // 8 tiles at a time where their 8 * SIDE pixels of a row are all in the image.
+        for (; tx + 8 <= end && SIDE * (tx + 8) <= OW; tx += 8) {
+            __m256 m[P], y[SIDE][SIDE];
+            for (int xi = 0; xi < P; ++xi) m[xi] = _mm256_loadu_ps(row_products + xi * position_stride + tx);
+            transform(m, y, add8, sub8, mul8);
+            for (int i = 0; i < SIDE && oy + i < OH; ++i) {
+                __m256 columns[SIDE];
+                for (int j = 0; j < SIDE; ++j) columns[j] = _mm256_add_ps(y[i][j], bias8);
+                store_tile_row(out + (oy + i) * OW + SIDE * tx, columns, SIDE);
             }
         }
         for (; tx < end; ++tx) {
-            float m[16], y[2][2];
-            for (int xi = 0; xi < 16; ++xi) m[xi] = row_products[xi * position_stride + tx];
-            output_transform(m, y, add, sub);
-            const int64_t ox = 2 * tx;
-            for (int i = 0; i < 2 && oy + i < OH; ++i) {
-                float* row = out + (oy + i) * OW + ox;
-                row[0] = y[i][0] + bias;
-                if (ox + 1 < OW) row[1] = y[i][1] + bias;
+            float m[P], y[SIDE][SIDE];
+            for (int xi = 0; xi < P; ++xi) m[xi] = row_products[xi * position_stride + tx];
+            transform(m, y, add, sub, mul);
+            const int64_t ox = SIDE * tx;
+            for (int i = 0; i < SIDE && oy + i < OH; ++i) {
+                for (int j = 0; j < SIDE && ox + j < OW; ++j) out[(oy + i) * OW + ox + j] = y[i][j] + bias;
             }
         }
     }
@@ -461,13 +438,8 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                     const int64_t oc = c0 + col;
                     const float channel_bias = bias != nullptr ? bias[oc] : 0.0f;
                     float* channel = static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW;
-                    if (P == POSITIONS) {
-                        write_channel(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH,
-                                      channel_bias, channel);
-                    } else {
-                        write_channel_4x4(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH,
-                                          channel_bias, channel);
-                    }
+                    const auto write = P == POSITIONS ? write_channel<2> : write_channel<4>;
+                    write(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH, channel_bias, channel);
                 }
             }
         }

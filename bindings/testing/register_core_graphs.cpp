@@ -185,8 +185,8 @@ py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_thre
 
 // The core's GroupNorm block (groups > 0; x (N, C, H, W), weight and bias (C,); its eps is the core's 1e-6,
 // not eps) or LayerNorm block (groups 0; x (rows, width), weight (width,), bias (width,) or none) with the
-// given weights, run on the CPU backend or,
-// with on_cpu_backend false, built as for another backend. Patch 0017 makes either one node on the CPU.
+// given weights, run on the CPU backend or, with on_cpu_backend false, built as for another backend. Patch
+// 0017 makes either one node on the CPU.
 // Returns (output shaped as x, graph node ops, compute buffer bytes).
 py::tuple core_norm(const py::array_t<float, py::array::c_style>& x, const py::array_t<float, py::array::c_style>& weight,
                     std::optional<py::array_t<float, py::array::c_style>> bias, int groups, float eps, int n_threads,
