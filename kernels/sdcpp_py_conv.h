@@ -114,7 +114,8 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     }
     void* params = reinterpret_cast<void*>(sdcpp_py_conv_2d_params(s0, s1, p0, p1, d0, d1, bf16));
     // Winograd's transformed image: 16 (36) values per tile of 2x2 (4x4) output pixels and input channel,
-    // tiles in whole slivers of 16 (the packed kernel's MR); f32, freed after the product.
+    // tiles in whole slivers of 16 (the packed kernel's MR); f32 (bf16 products: bf16 pairs of channels),
+    // freed after the product.
     const int limit = sdcpp_py_winograd_tile_limit();
     const auto tile_count = [&](int64_t side) { return (OW + side - 1) / side * ((OH + side - 1) / side); };
     // F(4x4)'s transformed operands span more magnitudes: rounded to bf16 they cost a picture 13 dB (30 dB
@@ -127,8 +128,11 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
         const ggml_custom_op_t input = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_INPUT);
         const ggml_custom_op_t products = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_CONV);
         if (input != nullptr && products != nullptr) {
-            ggml_tensor* transformed = ggml_custom_4d(ctx, GGML_TYPE_F32, tile_rows, IC, positions, N, &args[1], 1,
-                                                      input, GGML_N_TASKS_MAX, params);
+            // bf16 products: channels stored in pairs, as the product reads them (half the f32 bytes; the
+            // cap above still counts f32, so that both precisions take Winograd on the same layers).
+            const int64_t steps = bf16 ? (IC + 1) / 2 : IC;
+            ggml_tensor* transformed = ggml_custom_4d(ctx, GGML_TYPE_F32, tile_rows, steps, positions, N, &args[1],
+                                                      1, input, GGML_N_TASKS_MAX, params);
             args[1] = transformed;
             return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, products, GGML_N_TASKS_MAX,
                                   params);

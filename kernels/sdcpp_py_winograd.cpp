@@ -21,6 +21,7 @@
 #if defined(SDCPP_PY_CPU_KERNELS)
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace sdcpp_py_gemm {
@@ -55,6 +56,20 @@ struct TileSlivers {
     }
 #endif
 };
+
+#if defined(SDCPP_PY_BF16_GEMM)
+// The same block stored as bf16 pairs by the input node (bf16 products): pairs[(s * IC2 + q) * MR + r] for
+// sliver s, channel pair q. A sliver's block is copied as it is: the layout is already the product's.
+struct TilePairs {
+    const uint32_t* pairs;
+    int64_t IC2;
+    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
+        (void)rows;  // as TileSlivers: the input node wrote zeros past the image's tiles
+        std::memcpy(panel, pairs + (i0 / MR * IC2 + pc / 2) * MR, (kc + 1) / 2 * MR * sizeof(uint32_t));
+    }
+};
+
+#endif
 
 // The f32 product for one position: C (tiles x cols, column-major) = A x B', A's slivers multiplied where the
 // input node wrote them (no packing), B (cols rows of IC) packed per KC-deep block as gemm_block packs it.
@@ -302,88 +317,121 @@ inline void tile_columns(const float* row, __m256 col[4]) {
 // dst: V = B' d B of every tile of every channel in TileSlivers' layout, image after image (the tensor's
 // shape only sizes it: (slivers * MR, IC, P, N), P = 16 for F(2x2) or 36 for F(4x4)); src[0] the image (IW,
 // IH, IC, N). Tiles are 2x2 (4x4) output pixels, row by row; their 4x4 (6x6) input patches overlap by 2 and
-// read zeros outside the image (padding).
+// read zeros outside the image (padding). For bf16 products (the params' bf16 bit) V is stored as the
+// product's A operand pairs it, channels 2q and 2q+1 of a tile in one dword (TilePairs' layout, (IC + 1) / 2
+// pairs in place of IC channels): half the bytes, and nothing left for the product to convert.
 extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor* x = dst->src[0];
-    const Padding pad = padding_of(reinterpret_cast<uintptr_t>(userdata));
+    const uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
+    const Padding pad = padding_of(params);
+    const bool pairs = (params >> SDCPP_PY_CONV_BF16_BIT) & 1;
     const int64_t IW = x->ne[0], IH = x->ne[1], IC = x->ne[2], N = x->ne[3];
     const int64_t P = dst->ne[2], side = tile_side(P);
     GGML_ASSERT(P == POSITIONS || P == POSITIONS_4X4);
     const int64_t tiles_w = (IW + 2 * pad.left - 2 + side - 1) / side;
     const int64_t tiles_h = (IH + 2 * pad.top - 2 + side - 1) / side;
     const int64_t tiles = tiles_w * tiles_h, slivers = sliver_count(tiles);
-    GGML_ASSERT(dst->ne[0] == slivers * MR && dst->ne[1] == IC && dst->ne[3] == N);
+    // Rows of a sliver's step: channels, or pairs of them.
+    const int64_t steps = pairs ? (IC + 1) / 2 : IC;
+    GGML_ASSERT(dst->ne[0] == slivers * MR && dst->ne[1] == steps && dst->ne[3] == N);
+#if !defined(SDCPP_PY_BF16_GEMM)
+    GGML_ASSERT(!pairs);  // bf16 graphs are built only where the bf16 product is compiled
+#endif
     // The plane with its padding (and zeros past a last part tile, and room for 8-tile vectors) around it:
     // no bounds checks below.
     const int64_t PW = side * ((tiles_w + 7) / 8 * 8) + 8, PH = side * tiles_h + 2;
     thread_local std::vector<float> padded;
-    padded.resize(PW * PH);
+    padded.resize(2 * PW * PH);
     const __m256i every_fourth = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    const int64_t planes = N * IC, first = planes * ith / nth, last = planes * (ith + 1) / nth;
-    for (int64_t plane = first; plane < last; ++plane) {
-        const int64_t n = plane / IC, ic = plane % IC;
-        const float* src = static_cast<const float*>(x->data) + plane * IH * IW;
-        std::fill(padded.begin(), padded.end(), 0.0f);
+    // V of 8 tiles from their padded plane: one vector per position, lanes the tiles.
+    const auto transform_tiles = [&](const float* r0, int64_t tx, __m256 values[POSITIONS_4X4]) {
+        if (P == POSITIONS) {
+            __m256 d[4][4], t[4][4];
+            for (int i = 0; i < 4; ++i) tile_columns(r0 + i * PW + 2 * tx, d[i]);
+            for (int j = 0; j < 4; ++j) {  // B' d: rows combined
+                t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+                t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+                t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+                t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+            }
+            for (int i = 0; i < 4; ++i) {  // (B' d) B: columns combined
+                values[4 * i + 0] = _mm256_sub_ps(t[i][0], t[i][2]);
+                values[4 * i + 1] = _mm256_add_ps(t[i][1], t[i][2]);
+                values[4 * i + 2] = _mm256_sub_ps(t[i][2], t[i][1]);
+                values[4 * i + 3] = _mm256_sub_ps(t[i][1], t[i][3]);
+            }
+            return;
+        }
+        __m256 t[6][6];  // B' d, column by column: each column's 6 rows gathered 4 apart per tile
+        for (int j = 0; j < 6; ++j) {
+            __m256 column[6], rows[6];
+            for (int i = 0; i < 6; ++i) column[i] = _mm256_i32gather_ps(r0 + i * PW + 4 * tx + j, every_fourth, 4);
+            input_rows_4x4(column, rows);
+            for (int i = 0; i < 6; ++i) t[i][j] = rows[i];
+        }
+        for (int i = 0; i < 6; ++i) input_rows_4x4(t[i], values + 6 * i);  // (B' d) B
+    };
+    // Channel ic of image n with its padding into plane (zeros where the channel does not exist).
+    const auto pad_plane = [&](int64_t n, int64_t ic, float* plane) {
+        std::fill(plane, plane + PW * PH, 0.0f);
+        if (ic >= IC) return;
+        const float* src = static_cast<const float*>(x->data) + (n * IC + ic) * IH * IW;
         for (int64_t y = 0; y < IH && y + pad.top < PH; ++y) {
             const int64_t width = std::min(IW, PW - pad.left);
-            std::copy(src + y * IW, src + y * IW + width, padded.data() + (y + pad.top) * PW + pad.left);
+            std::copy(src + y * IW, src + y * IW + width, plane + (y + pad.top) * PW + pad.left);
         }
-        float* v = static_cast<float*>(dst->data) + (n * P * slivers * IC + ic) * MR;
-        const int64_t position_stride = slivers * IC * MR;
+    };
+    // Units: one channel (f32) or one pair of channels (bf16) of one image.
+    const int64_t units = N * steps, first = units * ith / nth, last = units * (ith + 1) / nth;
+    const int64_t position_stride = slivers * steps * MR;
+    for (int64_t unit = first; unit < last; ++unit) {
+        const int64_t n = unit / steps, step = unit % steps;
+        float* plane0 = padded.data();
+        float* plane1 = padded.data() + PW * PH;
+        pad_plane(n, pairs ? 2 * step : step, plane0);
+        if (pairs) pad_plane(n, 2 * step + 1, plane1);
+        // 32-bit words: f32 values, or bf16 pairs.
+        uint32_t* v = static_cast<uint32_t*>(dst->data) + (n * P * slivers * steps + step) * MR;
         for (int64_t ty = 0; ty < tiles_h; ++ty) {
-            const float* r0 = padded.data() + side * ty * PW;
             for (int64_t tx = 0; tx < tiles_w; tx += 8) {
                 __m256 values[POSITIONS_4X4];
-                if (P == POSITIONS) {
-                    __m256 d[4][4], t[4][4];
-                    for (int i = 0; i < 4; ++i) tile_columns(r0 + i * PW + 2 * tx, d[i]);
-                    for (int j = 0; j < 4; ++j) {  // B' d: rows combined
-                        t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
-                        t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
-                        t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
-                        t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+                transform_tiles(plane0 + side * ty * PW, tx, values);
+#if defined(SDCPP_PY_BF16_GEMM)
+                if (pairs) {
+                    __m256 odd[POSITIONS_4X4];
+                    transform_tiles(plane1 + side * ty * PW, tx, odd);
+                    // bf16 of each lane, nearest even as pair_steps_bf16 rounds; channel 2q in the low half.
+                    for (int64_t xi = 0; xi < P; ++xi) {
+                        const __m128i e = reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(values[xi]));
+                        const __m128i o = reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(odd[xi]));
+                        values[xi] = _mm256_castsi256_ps(_mm256_set_m128i(_mm_unpackhi_epi16(e, o), _mm_unpacklo_epi16(e, o)));
                     }
-                    for (int i = 0; i < 4; ++i) {  // (B' d) B: columns combined
-                        values[4 * i + 0] = _mm256_sub_ps(t[i][0], t[i][2]);
-                        values[4 * i + 1] = _mm256_add_ps(t[i][1], t[i][2]);
-                        values[4 * i + 2] = _mm256_sub_ps(t[i][2], t[i][1]);
-                        values[4 * i + 3] = _mm256_sub_ps(t[i][1], t[i][3]);
-                    }
-                } else {
-                    __m256 t[6][6];  // B' d, column by column: each column's 6 rows gathered 4 apart per tile
-                    for (int j = 0; j < 6; ++j) {
-                        __m256 column[6], rows[6];
-                        for (int i = 0; i < 6; ++i) {
-                            column[i] = _mm256_i32gather_ps(r0 + i * PW + 4 * tx + j, every_fourth, 4);
-                        }
-                        input_rows_4x4(column, rows);
-                        for (int i = 0; i < 6; ++i) t[i][j] = rows[i];
-                    }
-                    for (int i = 0; i < 6; ++i) input_rows_4x4(t[i], values + 6 * i);  // (B' d) B
                 }
+#endif
                 // Into the tiles' sliver: one store per position where the 8 tiles are real and share one.
                 const int64_t tile = ty * tiles_w + tx, lanes = std::min<int64_t>(8, tiles_w - tx);
                 if (lanes == 8 && tile % MR + 8 <= MR) {
-                    float* out = v + tile / MR * IC * MR + tile % MR;
-                    for (int64_t xi = 0; xi < P; ++xi) _mm256_storeu_ps(out + xi * position_stride, values[xi]);
+                    uint32_t* out = v + tile / MR * steps * MR + tile % MR;
+                    for (int64_t xi = 0; xi < P; ++xi) _mm256_storeu_ps(reinterpret_cast<float*>(out + xi * position_stride), values[xi]);
                     continue;
                 }
-                alignas(32) float lane_values[8];
+                alignas(32) uint32_t lane_words[8];
                 for (int64_t xi = 0; xi < P; ++xi) {
-                    _mm256_store_ps(lane_values, values[xi]);
+                    _mm256_store_ps(reinterpret_cast<float*>(lane_words), values[xi]);
                     for (int64_t lane = 0; lane < lanes; ++lane) {
                         const int64_t t_lane = tile + lane;
-                        v[xi * position_stride + t_lane / MR * IC * MR + t_lane % MR] = lane_values[lane];
+                        v[xi * position_stride + t_lane / MR * steps * MR + t_lane % MR] = lane_words[lane];
                     }
                 }
             }
         }
-        // The last sliver's rows past the image's tiles: zeros, as the product's packed edge expects.
+        // The last sliver's rows past the image's tiles: zeros (f32 0 and a pair of bf16 0 are both all-zero
+        // bits), as the product's packed edge expects.
         if (tiles % MR != 0) {
             for (int64_t xi = 0; xi < P; ++xi) {
-                float* last_sliver = v + xi * position_stride + (slivers - 1) * IC * MR;
-                std::fill(last_sliver + tiles % MR, last_sliver + MR, 0.0f);
+                uint32_t* last_sliver = v + xi * position_stride + (slivers - 1) * steps * MR;
+                std::fill(last_sliver + tiles % MR, last_sliver + MR, 0u);
             }
         }
     }
@@ -397,7 +445,11 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
     sdcpp_py_gemm_set_bf16((params >> SDCPP_PY_CONV_BF16_BIT) & 1);
     const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
-    const int64_t IC = transformed->ne[1];
+    // Input channels: from the kernel (an f16 (3, 3, IC, OC) tensor or a q8_0 (9 * IC, OC) matrix), since
+    // a bf16 graph's transformed image holds pairs of them.
+    const int64_t IC = w->type == GGML_TYPE_Q8_0 ? w->ne[0] / 9 : w->ne[2];
+    const int64_t steps = (params >> SDCPP_PY_CONV_BF16_BIT) & 1 ? (IC + 1) / 2 : IC;
+    GGML_ASSERT(transformed->ne[1] == steps);
     const int64_t OW = dst->ne[0], OH = dst->ne[1], OC = dst->ne[2], N = dst->ne[3];
     const int64_t P = transformed->ne[2], side = tile_side(P);
     GGML_ASSERT(P == POSITIONS || P == POSITIONS_4X4);
@@ -418,7 +470,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
         if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, u.data());
         else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, u.data());
         for (int64_t n = 0; n < N; ++n) {
-            const float* v = static_cast<const float*>(transformed->data) + n * P * slivers * IC * MR;
+            const float* v = static_cast<const float*>(transformed->data) + n * P * slivers * steps * MR;
             for (int64_t t0 = 0; t0 < tiles; t0 += band) {  // t0: a multiple of MR, the start of a sliver
                 const int64_t rows = std::min(band, tiles - t0);
                 m.resize(P * cols * rows);
@@ -428,7 +480,9 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                     float* c = m.data() + xi * cols * rows;
 #if defined(SDCPP_PY_BF16_GEMM)
                     if (bf16_products) {
-                        gemm_block_bf16(0, rows, 0, cols, IC, a, b, IC, c, rows);
+                        const TilePairs paired{reinterpret_cast<const uint32_t*>(v) + (xi * slivers + t0 / MR) * steps * MR,
+                                               steps};
+                        gemm_block_bf16(0, rows, 0, cols, IC, paired, b, IC, c, rows);
                         continue;
                     }
 #endif
