@@ -26,7 +26,7 @@ constexpr int64_t QB = 4 * NR;  // queries per block: 4096 keys' scores for them
 template <typename PackSliver>
 void pack_all(int64_t m, int64_t depth, std::vector<float>& panels, PackSliver pack_sliver) {
     const int64_t m_slivers = (m + MR - 1) / MR;
-    panels.resize(m_slivers * MR * depth);
+    scratch(panels, m_slivers * MR * depth);
     for (int64_t pc = 0; pc < depth; pc += KC) {
         const int64_t kc = std::min(KC, depth - pc);
         float* block = panels.data() + m_slivers * MR * pc;
@@ -60,7 +60,7 @@ void product(int64_t rows, int64_t cols, int64_t depth, const std::vector<float>
     const int64_t m_padded = (rows + MR - 1) / MR * MR, n_slivers = (cols + NR - 1) / NR;
     for (int64_t pc = 0; pc < depth; pc += KC) {
         const int64_t kc = std::min(KC, depth - pc);
-        b_panels.resize(n_slivers * NR * kc + PANEL_SLACK);
+        scratch(b_panels, n_slivers * NR * kc + PANEL_SLACK);
         for (int64_t s = 0; s < n_slivers; ++s) {
             const int64_t sliver_cols = std::min(NR, cols - s * NR);
             if (!b_in_place || sliver_cols < NR) {
@@ -79,7 +79,7 @@ void product(int64_t rows, int64_t cols, int64_t depth, const std::vector<float>
 // An m x depth matrix's packed blocks (pack_all) as bf16 pairs: block pc at pairs + m_padded * pc / 2.
 void pair_all(int64_t m, int64_t depth, const std::vector<float>& panels, std::vector<uint32_t>& pairs) {
     const int64_t m_padded = (m + MR - 1) / MR * MR;
-    pairs.resize(m_padded * ((depth + 1) / 2 + 1));
+    scratch(pairs, m_padded * ((depth + 1) / 2 + 1));
     for (int64_t pc = 0; pc < depth; pc += KC) {
         const int64_t kc = std::min(KC, depth - pc), kc2 = (kc + 1) / 2;
         for (int64_t s = 0; s < m_padded / MR; ++s) {
@@ -96,7 +96,7 @@ void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<u
     const int64_t m_padded = (rows + MR - 1) / MR * MR, n_slivers = (cols + NR - 1) / NR;
     for (int64_t pc = 0; pc < depth; pc += KC) {
         const int64_t kc = std::min(KC, depth - pc), kc2 = (kc + 1) / 2;
-        b_pairs.resize(n_slivers * NR * kc2);
+        scratch(b_pairs, n_slivers * NR * kc2);
         for (int64_t s = 0; s < n_slivers; ++s) {
             pair_cols_of_b(B, ldb, s * NR, std::min(NR, cols - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
         }
@@ -157,8 +157,10 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
     // and V once. No barrier: units write disjoint outputs.
     const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = batches * heads * blocks_per_head;
     const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
-    std::vector<float> k_packed, v_packed, b_panels, scores(L_k * QB);
-    std::vector<uint32_t> k_pairs, v_pairs;
+    // Kept by ggml's threads from call to call, as the packed product's buffers are.
+    thread_local std::vector<float> k_packed, v_packed, b_panels, score_rows;
+    thread_local std::vector<uint32_t> k_pairs, v_pairs;
+    float* const scores = scratch(score_rows, L_k * QB);
     int64_t packed_head = -1;
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
@@ -181,17 +183,17 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
 #if defined(SDCPP_PY_BF16_GEMM)
         if (bf16_products) {  // the same steps, both products on bf16 operands
-            product_bf16(L_k, nq, d_head, k_pairs, head_row(q, j0, h, n), q_stride, scores.data(), L_k);
-            for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores.data() + j * L_k, L_k, scale);
-            product_bf16(d_head, nq, L_k, v_pairs, scores.data(), L_k, out, out_stride);
+            product_bf16(L_k, nq, d_head, k_pairs, head_row(q, j0, h, n), q_stride, scores, L_k);
+            for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
+            product_bf16(d_head, nq, L_k, v_pairs, scores, L_k, out, out_stride);
             continue;
         }
 #endif
         // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
-        product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores.data(), L_k);
-        for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores.data() + j * L_k, L_k, scale);
+        product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores, L_k);
+        for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
         // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
-        product(d_head, nq, L_k, v_packed, scores.data(), L_k, true, b_panels, out, out_stride);
+        product(d_head, nq, L_k, v_packed, scores, L_k, true, b_panels, out, out_stride);
     }
 }
 

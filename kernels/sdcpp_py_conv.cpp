@@ -69,7 +69,7 @@ struct ImageColumns {
 #if defined(SDCPP_PY_BF16_GEMM)
     void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
         thread_local std::vector<float> values;
-        values.resize(MR * kc);
+        scratch(values, MR * kc);
         pack(i0, rows, pc, kc, values.data());
         pair_steps_bf16(values.data(), kc, MR, panel);
     }

@@ -113,6 +113,15 @@ void pack_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t p
     }
 }
 
+// A thread's scratch buffer of at least n elements, never shrunk: resize() value-initializes what a vector
+// grows back, so a buffer whose size alternates (a last short block of depth, a last band) was zero-filled
+// again on every call (~1% of an SD1 step).
+template <typename T>
+inline T* scratch(std::vector<T>& buffer, size_t n) {
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
+}
+
 // A q8_0 block (ggml's block_q8_0): 32 int8 values and their f16 scale. Patch 0015's quantized conv kernels
 // are rows of them; a B operand of this type has ldb counted in blocks.
 constexpr int64_t Q8_VALUES = 32;
@@ -139,7 +148,7 @@ inline void dequantize_q8(const Q8Block* row, int64_t pc, int64_t n, float* out)
 inline const float* dequantized_cols(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc,
                                      int64_t kc) {
     thread_local std::vector<float> rows;
-    rows.resize(NR * kc);
+    scratch(rows, NR * kc);
     for (int64_t c = 0; c < cols; ++c) dequantize_q8(B + (j0 + c) * ldb, pc, kc, rows.data() + c * kc);
     return rows.data();
 }
@@ -450,7 +459,7 @@ struct RowsOfA<Q8Block> {
     int64_t lda;
     const float* dequantized(int64_t i0, int64_t rows, int64_t pc, int64_t kc) const {
         thread_local std::vector<float> values;
-        values.resize(MR * kc);
+        scratch(values, MR * kc);
         for (int64_t r = 0; r < rows; ++r) dequantize_q8(A + (i0 + r) * lda, pc, kc, values.data() + r * kc);
         return values.data();
     }
@@ -476,14 +485,14 @@ void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, 
         const int64_t n_slivers = (nc + NR - 1) / NR;
         for (int64_t pc = 0; pc < k; pc += KC) {
             const int64_t kc = std::min(KC, k - pc), kc2 = (kc + 1) / 2;
-            b_pairs.resize(n_slivers * NR * kc2);
+            scratch(b_pairs, n_slivers * NR * kc2);
             for (int64_t s = 0; s < n_slivers; ++s) {
                 pair_cols_of_b(B, ldb, jc + s * NR, std::min(NR, nc - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
             }
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 const int64_t m_slivers = (mc + MR - 1) / MR;
-                a_pairs.resize(m_slivers * MR * kc2);
+                scratch(a_pairs, m_slivers * MR * kc2);
                 for (int64_t s = 0; s < m_slivers; ++s) {
                     A.pack_pairs(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_pairs.data() + s * MR * kc2);
                 }
@@ -510,7 +519,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
             // by 4096 x 4096) f32 B is read in place, its rows being the broadcast streams; only a last sliver
             // of fewer than NR columns is packed then.
             const bool b_rows = std::is_same<TB, float>::value && m1 - m0 <= 4 * MR;
-            b_panels.resize(n_slivers * NR * kc + PANEL_SLACK);
+            scratch(b_panels, n_slivers * NR * kc + PANEL_SLACK);
             for (int64_t s = 0; s < n_slivers; ++s) {
                 const int64_t cols = std::min(NR, nc - s * NR);
                 if (!b_rows || cols < NR) {
@@ -521,7 +530,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 const int64_t m_slivers = (mc + MR - 1) / MR;
-                a_panels.resize(m_slivers * MR * kc);
+                scratch(a_panels, m_slivers * MR * kc);
                 for (int64_t s = 0; s < m_slivers; ++s) {
                     A.pack(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
                 }

@@ -79,7 +79,7 @@ void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const f
     const bool b_rows = tiles <= 4 * MR;  // as gemm_block: against few A slivers B is read in place
     for (int64_t pc = 0; pc < IC; pc += KC) {
         const int64_t kc = std::min(KC, IC - pc);
-        b_panels.resize(n_slivers * NR * kc + PANEL_SLACK);
+        scratch(b_panels, n_slivers * NR * kc + PANEL_SLACK);
         for (int64_t s = 0; s < n_slivers; ++s) {
             const int64_t sliver_cols = std::min(NR, cols - s * NR);
             if (!b_rows || sliver_cols < NR) pack_cols_of_b(b, IC, s * NR, sliver_cols, pc, kc, b_panels.data() + s * NR * kc);
@@ -190,7 +190,7 @@ inline void output_transform_4x4(const V m[36], V y[4][4], Add add, Sub sub, Mul
 template <int P>
 void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u) {
     thread_local std::vector<float> values;
-    values.resize(9 * IC);
+    scratch(values, 9 * IC);
     const auto add = [](auto a, auto b) { return a + b; };
     const auto sub = [](auto a, auto b) { return a - b; };
     const auto half = [](auto a) { return a * 0.5f; };
@@ -342,7 +342,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
     // no bounds checks below.
     const int64_t PW = side * ((tiles_w + 7) / 8 * 8) + 8, PH = side * tiles_h + 2;
     thread_local std::vector<float> padded;
-    padded.resize(2 * PW * PH);
+    scratch(padded, 2 * PW * PH);
     const __m256i every_fourth = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     // V of 8 tiles from their padded plane: one vector per position, lanes the tiles.
     const auto transform_tiles = [&](const float* r0, int64_t tx, __m256 values[POSITIONS_4X4]) {
@@ -466,14 +466,14 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     thread_local std::vector<float> u, m;
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
-        u.resize(P * cols * IC);
+        scratch(u, P * cols * IC);
         if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, u.data());
         else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, u.data());
         for (int64_t n = 0; n < N; ++n) {
             const float* v = static_cast<const float*>(transformed->data) + n * P * slivers * steps * MR;
             for (int64_t t0 = 0; t0 < tiles; t0 += band) {  // t0: a multiple of MR, the start of a sliver
                 const int64_t rows = std::min(band, tiles - t0);
-                m.resize(P * cols * rows);
+                scratch(m, P * cols * rows);
                 for (int64_t xi = 0; xi < P; ++xi) {
                     const TileSlivers a{v + (xi * slivers + t0 / MR) * IC * MR, IC};
                     const float* b = u.data() + xi * cols * IC;
