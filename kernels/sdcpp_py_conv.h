@@ -87,7 +87,9 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     if (op == nullptr) return nullptr;
     // The core's Conv2d keeps its kernels in f16, or (patch 0015) quantized to q8_0 as the flattened
     // (KW*KH*IC, OC) matrix of a square kernel; a bf16 graph rounds them as it packs.
-    const bool bf16 = sdcpp_py_graph_bf16() != 0;
+    // bf16 only where the products can run so (a bf16 graph's Winograd nodes store the transformed image as
+    // bf16 pairs: under SDCPP_PY_CPU_KERNELS=avx2 they would meet an f32 product).
+    const bool bf16 = sdcpp_py_graph_bf16() != 0 && sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS) != nullptr;
     const bool flat_q8 = w->type == GGML_TYPE_Q8_0 && ggml_n_dims(w) <= 2;
     if ((w->type != GGML_TYPE_F16 && !flat_q8) || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) ||
         !ggml_is_contiguous(x)) {

@@ -448,7 +448,10 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // Input channels: from the kernel (an f16 (3, 3, IC, OC) tensor or a q8_0 (9 * IC, OC) matrix), since
     // a bf16 graph's transformed image holds pairs of them.
     const int64_t IC = w->type == GGML_TYPE_Q8_0 ? w->ne[0] / 9 : w->ne[2];
-    const int64_t steps = (params >> SDCPP_PY_CONV_BF16_BIT) & 1 ? (IC + 1) / 2 : IC;
+    // The input node's layout: bf16 pairs exactly where the bit is set (the graph sets it only where the
+    // bf16 products run).
+    const bool pairs = (params >> SDCPP_PY_CONV_BF16_BIT) & 1;
+    const int64_t steps = pairs ? (IC + 1) / 2 : IC;
     GGML_ASSERT(transformed->ne[1] == steps);
     const int64_t OW = dst->ne[0], OH = dst->ne[1], OC = dst->ne[2], N = dst->ne[3];
     const int64_t P = transformed->ne[2], side = tile_side(P);
@@ -475,18 +478,17 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                 const int64_t rows = std::min(band, tiles - t0);
                 scratch(m, P * cols * rows);
                 for (int64_t xi = 0; xi < P; ++xi) {
-                    const TileSlivers a{v + (xi * slivers + t0 / MR) * IC * MR, IC};
                     const float* b = u.data() + xi * cols * IC;
                     float* c = m.data() + xi * cols * rows;
 #if defined(SDCPP_PY_BF16_GEMM)
-                    if (bf16_products) {
+                    if (pairs) {
                         const TilePairs paired{reinterpret_cast<const uint32_t*>(v) + (xi * slivers + t0 / MR) * steps * MR,
                                                steps};
                         gemm_block_bf16(0, rows, 0, cols, IC, paired, b, IC, c, rows);
                         continue;
                     }
 #endif
-                    position_product(a, rows, cols, b, c);
+                    position_product(TileSlivers{v + (xi * slivers + t0 / MR) * IC * MR, IC}, rows, cols, b, c);
                 }
                 for (int64_t col = 0; col < cols; ++col) {
                     const int64_t oc = c0 + col;

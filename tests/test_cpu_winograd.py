@@ -10,6 +10,10 @@ whose tiles take more than one band of products.
 SDCPP_PY_CPU_CONV=direct keeps the direct node (test_cpu_conv.py tests it bitwise against the core's graph).
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from native_hooks import PACKED_KERNEL, hooks
@@ -162,7 +166,9 @@ def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic, side):
 
 
 @needs_bf16
-@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES[:3] + CASES[-2:])
+@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES[:3] + CASES[-2:] + [
+    (2, 259, 8, 16, 16, 1),  # an odd channel count past one block of depth: the last pair half zero, batch 2
+])
 def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding, monkeypatch):
     monkeypatch.setenv("SDCPP_PY_CPU_CONV", "winograd2x2")  # the reference is F(2x2)
     kernel, image, bias = random_case(n, ic, oc, h, w, ic + oc)
@@ -188,6 +194,28 @@ def test_bf16_graphs_hold_the_transformed_image_as_pairs(monkeypatch):
     _, _, f32_bytes = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, 2, bias=bias)
     _, _, bf16_bytes = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, 2, bias=bias, bf16=True)
     assert f32_bytes - bf16_bytes >= 0.45 * transformed_f32, (f32_bytes, bf16_bytes)
+
+
+RESTRICTED_BF16_GRAPH = """
+import numpy as np
+from sdcpp_py import _test_hooks
+rng = np.random.default_rng(6)
+kernel = rng.standard_normal((24, 33, 3, 3)).astype(np.float16)
+image = rng.standard_normal((1, 33, 20, 20), dtype=np.float32)
+bf16 = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, bf16=True)
+f32 = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)
+print(bf16[1], np.array_equal(bf16[0], f32[0]))
+"""
+
+
+def test_a_bf16_graph_under_the_avx2_restriction_runs_f32_winograd():
+    # With SDCPP_PY_CPU_KERNELS=avx2 the products cannot run in bf16: a bf16 graph's Winograd nodes then keep
+    # the f32 layout (the input node's bf16 pairs would meet an f32 product), and compute the f32 result.
+    env = dict(os.environ, SDCPP_PY_CPU_KERNELS="avx2")
+    child = subprocess.run([sys.executable, "-c", RESTRICTED_BF16_GRAPH], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["['CUSTOM',", "'CUSTOM']", "True"], child.stdout
 
 
 @needs_bf16
