@@ -89,8 +89,9 @@ void pair_all(int64_t m, int64_t depth, const std::vector<float>& panels, std::v
     }
 }
 
-// product() with bf16 products: A's blocks paired (pair_all), B's rows paired per block.
-void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<uint32_t>& a_pairs, const float* B,
+// product() with bf16 products: A's blocks paired (pair_all), B's rows (f32, or bf16 already) paired per block.
+template <typename TB>
+void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<uint32_t>& a_pairs, const TB* B,
                   int64_t ldb, float* C, int64_t ldc) {
     thread_local std::vector<uint32_t> b_pairs;
     const int64_t m_padded = (rows + MR - 1) / MR * MR, n_slivers = (cols + NR - 1) / NR;
@@ -106,6 +107,46 @@ void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<u
                             pc > 0);
         }
     }
+}
+
+// e^y for y <= 0 (a softmax's shifted scores), to 1-2 ulp like ggml's: y = n ln2 + r (n = round(y / ln2), ln2
+// in two parts so that r is exact), e^r from its degree-6 Taylor polynomial on |r| <= ln2 / 2 (error < 2e-7),
+// times 2^n; 0 far below. Rounded to bf16 next, but an exp off by more ulps moves more weights across a bf16
+// rounding boundary.
+inline __m512 exp_nonpositive(__m512 y) {
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), y);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// With bf16 products the softmax's weights are rounded to bf16 anyway: one pass writes e^(scale x - scale max)
+// as the product's bf16 operand (weights[i]), and the normalization moves to the output (returned: 1 / the
+// f32 sum), instead of ggml's scale, softmax and normalization passes over f32 scores and a pairing pass.
+float softmax_weights_bf16(const float* x, int64_t n, float scale, Bf16* weights) {
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, first_lanes(n - i), x + i));
+    const __m512 vscale = _mm512_set1_ps(scale), shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 32) {
+        const __mmask16 lo_lanes = first_lanes(n - i), hi_lanes = first_lanes(n - i - 16);
+        const __m512 lo = _mm512_maskz_mov_ps(
+            lo_lanes, exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(lo_lanes, x + i), vscale, shift)));
+        const __m512 hi = _mm512_maskz_mov_ps(
+            hi_lanes, exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(hi_lanes, x + i + 16), vscale, shift)));
+        sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
+        const __mmask32 words = n - i >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (n - i)) - 1);
+        _mm512_mask_storeu_epi16(weights + i, words, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    }
+    return 1.0f / _mm512_reduce_add_ps(sum);
 }
 #endif
 
@@ -161,6 +202,10 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
     thread_local std::vector<float> k_packed, v_packed, b_panels, score_rows;
     thread_local std::vector<uint32_t> k_pairs, v_pairs;
     float* const scores = scratch(score_rows, L_k * QB);
+#if defined(SDCPP_PY_BF16_GEMM)
+    thread_local std::vector<Bf16> weight_rows;
+    Bf16* const weights = bf16_products ? scratch(weight_rows, L_k * QB) : nullptr;
+#endif
     int64_t packed_head = -1;
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
@@ -184,8 +229,14 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
 #if defined(SDCPP_PY_BF16_GEMM)
         if (bf16_products) {  // the same steps, both products on bf16 operands
             product_bf16(L_k, nq, d_head, k_pairs, head_row(q, j0, h, n), q_stride, scores, L_k);
-            for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
-            product_bf16(d_head, nq, L_k, v_pairs, scores, L_k, out, out_stride);
+            float normalize[QB];
+            for (int64_t j = 0; j < nq; ++j) {
+                normalize[j] = softmax_weights_bf16(scores + j * L_k, L_k, scale, weights + j * L_k);
+            }
+            product_bf16(d_head, nq, L_k, v_pairs, weights, L_k, out, out_stride);
+            for (int64_t j = 0; j < nq; ++j) {
+                for (int64_t i = 0; i < d_head; ++i) out[j * out_stride + i] *= normalize[j];
+            }
             continue;
         }
 #endif
@@ -195,6 +246,11 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
         product(d_head, nq, L_k, v_packed, scores, L_k, true, b_panels, out, out_stride);
     }
+    for (auto* buffer : {&k_packed, &v_packed, &b_panels, &score_rows}) release_if_large(*buffer);
+    for (auto* buffer : {&k_pairs, &v_pairs}) release_if_large(*buffer);
+#if defined(SDCPP_PY_BF16_GEMM)
+    release_if_large(weight_rows);
+#endif
 }
 
 #endif

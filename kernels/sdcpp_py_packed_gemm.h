@@ -122,6 +122,13 @@ inline T* scratch(std::vector<T>& buffer, size_t n) {
     return buffer.data();
 }
 
+// A scratch buffer given back once it holds more than 8 MiB: one large call (a VAE's single-head attention
+// over 16384 pixels packs 66 MiB per thread) must not stay allocated on every worker thread afterwards.
+template <typename T>
+inline void release_if_large(std::vector<T>& buffer) {
+    if (buffer.capacity() * sizeof(T) > (size_t{8} << 20)) std::vector<T>().swap(buffer);
+}
+
 // A q8_0 block (ggml's block_q8_0): 32 int8 values and their f16 scale. Patch 0015's quantized conv kernels
 // are rows of them; a B operand of this type has ldb counted in blocks.
 constexpr int64_t Q8_VALUES = 32;

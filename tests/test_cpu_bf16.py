@@ -34,6 +34,10 @@ def relative_error(result, expected):
     return float(np.abs(result - expected).max() / np.sqrt(np.mean(expected**2)))
 
 
+def rms_error(result, expected):
+    return float(np.sqrt(np.mean((result - expected) ** 2) / np.mean(expected**2)))
+
+
 @needs_bf16
 @pytest.mark.parametrize("m, n, k", [(16, 6, 8), (17, 7, 9), (33, 130, 517), (1024, 13, 40), (300, 301, 1000),
                                      (1280, 64, 1152), (20, 4200, 33)])
@@ -113,9 +117,10 @@ def reference_attention(q, k, v, n_head):
     for head in range(n_head):
         cols = slice(head * d, (head + 1) * d)
         scores = bf16(q[:, cols]).astype(np.float64) @ bf16(k[:, cols]).astype(np.float64).T / np.sqrt(d)
+        # exp(score - max) rounded to bf16 is the product's operand; the sum normalizes the output after it.
         weights = np.exp(scores - scores.max(axis=1, keepdims=True))
-        weights /= weights.sum(axis=1, keepdims=True)
         out[:, cols] = bf16(weights.astype(np.float32)).astype(np.float64) @ bf16(v[:, cols]).astype(np.float64)
+        out[:, cols] /= weights.sum(axis=1, keepdims=True)
     return out
 
 
@@ -127,11 +132,13 @@ def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
     q, k, v = (rng.standard_normal((length, C)).astype(np.float32) for length in (L_q, L_k, L_k))
     result, ops, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs, bf16=True)
     assert "CUSTOM" in ops
-    # The kernel's softmax is f32 before its rounding to bf16, the reference's float64: a bf16 step apart at most.
+    # The kernel's weights are f32 before their rounding to bf16, the reference's float64: now and then one lands
+    # a bf16 step from the reference's (one output element then ~2e-4 away), the rest agree to f32 rounding.
     expected = reference_attention(q, k, v, n_head)
-    assert relative_error(result, expected) < 5e-4
+    assert rms_error(result, expected) < 5e-5
+    assert relative_error(result, expected) < 3e-3
     f32, _, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs)
-    assert relative_error(f32, expected) > 2 * relative_error(result, expected), "the operands were not rounded"
+    assert rms_error(f32, expected) > 30 * rms_error(result, expected), "the operands were not rounded"
 
 
 def psnr(a, b) -> float:
