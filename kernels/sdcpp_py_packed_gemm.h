@@ -481,6 +481,10 @@ struct RowsOfA<Q8Block> {
 };
 
 #if defined(SDCPP_PY_BF16_GEMM)
+// Depth of a bf16 block: twice the f32 one, so that its paired panels hold the f32 panels' bytes (a B sliver
+// in L1, A slivers in L2), and a weight's rows are read in 1 KiB runs (f16) rather than 512 bytes.
+constexpr int64_t KC_BF16 = 2 * KC;
+
 // gemm_block with bf16 products: the same blocks, B's columns paired once per KC-deep block, A's slivers per
 // MC block.
 template <typename APack, typename TB>
@@ -490,8 +494,8 @@ void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, 
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);
         const int64_t n_slivers = (nc + NR - 1) / NR;
-        for (int64_t pc = 0; pc < k; pc += KC) {
-            const int64_t kc = std::min(KC, k - pc), kc2 = (kc + 1) / 2;
+        for (int64_t pc = 0; pc < k; pc += KC_BF16) {
+            const int64_t kc = std::min(KC_BF16, k - pc), kc2 = (kc + 1) / 2;
             scratch(b_pairs, n_slivers * NR * kc2);
             for (int64_t s = 0; s < n_slivers; ++s) {
                 pair_cols_of_b(B, ldb, jc + s * NR, std::min(NR, nc - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
