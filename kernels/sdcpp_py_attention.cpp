@@ -4,7 +4,9 @@
 // kernel's register tiles, ggml's scale and softmax steps on each score row while it is in cache, and its
 // outputs from the tiles again with the scores read in place. Every score and output element is summed in
 // the order the unfused mul_mat nodes use (one tile's FMA chain per KC-deep block, blocks added in order),
-// and the softmax calls ggml's own vector functions, so the result is bitwise that of the four nodes.
+// and the softmax calls ggml's own vector functions, so the result is bitwise that of the four nodes. With
+// bf16 products (cpu_precision="bf16") there is no such reference: the softmax's weights are written once as
+// the second product's bf16 operand, and the output normalized after it (softmax_weights_bf16).
 #include "sdcpp_py_attention.h"
 
 #include "ggml-cpu-impl.h"
@@ -114,6 +116,9 @@ void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<u
 // times 2^n; 0 far below. Rounded to bf16 next, but an exp off by more ulps moves more weights across a bf16
 // rounding boundary.
 inline __m512 exp_nonpositive(__m512 y) {
+    // Below -86 e^y is under the smallest normal float: 4e-38 there instead of denormals, 0 or (from -inf or a
+    // huge gap, through inf - inf in the reduction) NaN. A NaN y stays NaN (max_ps returns its second operand).
+    y = _mm512_max_ps(_mm512_set1_ps(-86.0f), y);
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), y);
@@ -132,6 +137,8 @@ inline __m512 exp_nonpositive(__m512 y) {
 // as the product's bf16 operand (weights[i]), and the normalization moves to the output (returned: 1 / the
 // f32 sum), instead of ggml's scale, softmax and normalization passes over f32 scores and a pairing pass.
 float softmax_weights_bf16(const float* x, int64_t n, float scale, Bf16* weights) {
+    // scale * max x is the scaled scores' maximum for scale > 0 (the core's 1 / sqrt(d_head); asserted by the
+    // caller).
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, first_lanes(n - i), x + i));
     const __m512 vscale = _mm512_set1_ps(scale), shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
@@ -228,6 +235,7 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
 #if defined(SDCPP_PY_BF16_GEMM)
         if (bf16_products) {  // the same steps, both products on bf16 operands
+            GGML_ASSERT(scale > 0.0f);
             product_bf16(L_k, nq, d_head, k_pairs, head_row(q, j0, h, n), q_stride, scores, L_k);
             float normalize[QB];
             for (int64_t j = 0; j < nq; ++j) {

@@ -139,7 +139,7 @@ struct Q8Block {
 static_assert(sizeof(Q8Block) == 34, "ggml's block_q8_0");
 
 // Values pc..pc+n of a row of blocks as f32, value * scale as ggml's dequantize_row_q8_0 computes them. pc is
-// a multiple of 32 (KC is) and so is n (a row fills whole blocks).
+// a multiple of 32 (KC and KC_BF16 are) and so is n (a row fills whole blocks).
 inline void dequantize_q8(const Q8Block* row, int64_t pc, int64_t n, float* out) {
     for (int64_t b = 0; b < n; b += Q8_VALUES) {
         const Q8Block& block = row[(pc + b) / Q8_VALUES];
@@ -485,8 +485,8 @@ struct RowsOfA<Q8Block> {
 // in L1, A slivers in L2), and a weight's rows are read in 1 KiB runs (f16) rather than 512 bytes.
 constexpr int64_t KC_BF16 = 2 * KC;
 
-// gemm_block with bf16 products: the same blocks, B's columns paired once per KC-deep block, A's slivers per
-// MC block.
+// gemm_block with bf16 products: the same blocks, KC_BF16 deep, B's columns paired once per block, A's
+// slivers per MC block.
 template <typename APack, typename TB>
 void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const APack& A, const TB* B,
                      int64_t ldb, float* C, int64_t ldc) {

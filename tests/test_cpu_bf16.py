@@ -95,7 +95,7 @@ def reference_conv(kernel, image, stride, padding):
 @needs_bf16
 @pytest.mark.parametrize("shape, kernel_size, stride, padding", [
     ((1, 4, 32, 32, 320), 3, 1, 1), ((2, 27, 9, 11, 13), 3, 2, 1), ((1, 64, 8, 8, 128), 1, 1, 0),
-    ((1, 3, 17, 5, 16), 3, 1, 1)])
+    ((1, 3, 17, 5, 16), 3, 1, 1), ((1, 59, 8, 8, 24), 3, 1, 1)])  # the last: 531 steps, past one bf16 block
 def test_fused_convolution_in_bf16(shape, kernel_size, stride, padding, monkeypatch):
     monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")  # the direct node (Winograd's: test_cpu_winograd.py)
     N, IC, H, W, OC = shape
@@ -139,6 +139,20 @@ def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
     assert relative_error(result, expected) < 3e-3
     f32, _, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs)
     assert rms_error(f32, expected) > 30 * rms_error(result, expected), "the operands were not rounded"
+
+
+@needs_bf16
+def test_bf16_attention_with_huge_score_gaps_stays_finite():
+    # Scores ~1e16 apart: every weight but the largest underflows (ggml's f32 softmax: exactly 0). The bf16
+    # path's exp must give ~0 there too, not NaN from its range reduction, and so the max key's value row.
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.standard_normal((48, 64)).astype(np.float32) for _ in range(3))
+    q *= np.float32(1e15)
+    result, _, _ = _test_hooks._cpu_attention(q, k, v, 1, 2, bf16=True)
+    f32, _, _ = _test_hooks._cpu_attention(q, k, v, 1, 2)
+    assert np.isfinite(result).all()
+    assert all((f32[i] == v).all(axis=1).any() for i in range(len(q))), "f32: one key's value row each"
+    assert relative_error(result, f32) < 1e-2
 
 
 def psnr(a, b) -> float:
