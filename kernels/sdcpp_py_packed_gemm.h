@@ -160,9 +160,35 @@ inline const float* dequantized_cols(const Q8Block* B, int64_t ldb, int64_t j0, 
     return rows.data();
 }
 
-// NR columns of a q8_0 B: dequantized, then packed as f32 rows are.
+// Steps l..l+7 (within one block) of ROWS q8_0 rows (ld blocks apart) dequantized as dequantize_q8 does
+// and transposed as transpose_8_steps transposes f16 or f32 rows: one pass, no f32 copy of the rows first.
+// Where few A slivers use each packed weight (a 1280-channel layer's 64 tokens or pixels at 256x256) the
+// packing is a large part of the product.
+template <int ROWS>
+inline void transpose_8_q8_steps(const Q8Block* row, int64_t ld, int64_t l, float* dst, int64_t dst_stride) {
+    const int64_t block = l / Q8_VALUES, offset = l % Q8_VALUES;
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) {
+        if (i >= ROWS) {
+            r[i] = _mm256_setzero_ps();
+            continue;
+        }
+        const Q8Block& b = row[i * ld + block];
+        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.values + offset)));
+        r[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(_cvtsh_ss(b.scale)));
+    }
+    transpose8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+    for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + t * dst_stride, r[t]);
+}
+
+// NR columns of a q8_0 B: full slivers dequantized straight into the panel (kc is a multiple of 32), a last
+// short one dequantized first, then packed as f32 rows are.
 inline void pack_cols_of_b(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc,
                            float* panel) {
+    if (cols == NR) {
+        for (int64_t l = 0; l < kc; l += 8) transpose_8_q8_steps<NR>(B + j0 * ldb, ldb, pc + l, panel + l * NR, NR);
+        return;
+    }
     pack_cols_of_b(dequantized_cols(B, ldb, j0, cols, pc, kc), kc, 0, cols, 0, kc, panel);
 }
 
@@ -471,6 +497,14 @@ struct RowsOfA<Q8Block> {
         return values.data();
     }
     void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
+        if (rows == MR) {  // straight into the panel, 8 rows by 8 steps at a time (kc is a multiple of 32)
+            for (int64_t l = 0; l < kc; l += 8) {
+                for (int64_t half = 0; half < MR; half += 8) {
+                    transpose_8_q8_steps<8>(A + (i0 + half) * lda, lda, pc + l, panel + l * MR + half, MR);
+                }
+            }
+            return;
+        }
         pack_rows_of_a(dequantized(i0, rows, pc, kc), kc, 0, rows, 0, kc, panel);
     }
 #if defined(SDCPP_PY_BF16_GEMM)
