@@ -293,10 +293,27 @@ void pair_cols_of_b(const T* B, int64_t ldb, int64_t j0, int64_t cols, int64_t p
     }
 }
 
-// The same for a q8_0 B: dequantized, then paired as f32 rows are.
+// One q8_0 block's 32 values as 16 pairs: dequantized as dequantize_q8 does (int8 -> f32 times the f16
+// scale), rounded as row_pairs rounds f32 values. q8_0 slivers are paired from their blocks in one pass.
+inline __m512i block_pairs(const Q8Block& block) {
+    const __m512 scale = _mm512_set1_ps(_cvtsh_ss(block.scale));
+    const auto values = [&](int v) {
+        const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block.values + v)));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale);
+    };
+    return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(values(16), values(0)));
+}
+
+// The same for a q8_0 B (ldb counted in blocks; pc and kc multiples of 32).
 inline void pair_cols_of_b(const Q8Block* B, int64_t ldb, int64_t j0, int64_t cols, int64_t pc, int64_t kc,
                            uint32_t* out) {
-    pair_cols_of_b(dequantized_cols(B, ldb, j0, cols, pc, kc), kc, 0, cols, 0, kc, out);
+    const int64_t kc2 = kc / 2;
+    for (int64_t c = 0; c < NR; ++c, out += kc2) {
+        for (int64_t l = 0; l < kc; l += Q8_VALUES) {
+            _mm512_storeu_si512(out + l / 2, c < cols ? block_pairs(B[(j0 + c) * ldb + (pc + l) / Q8_VALUES])
+                                                      : _mm512_setzero_si512());
+        }
+    }
 }
 
 // t[i] = dword i of 16 rows -> t[c] = dword c of each row, in row order.
@@ -336,6 +353,19 @@ void pair_rows_of_a(const T* A, int64_t lda, int64_t i0, int64_t rows, int64_t p
         transpose16(t);
         const int64_t pairs = (n + 1) / 2;
         for (int64_t q = 0; q < pairs; ++q) _mm512_storeu_si512(panel + (l / 2 + q) * MR, t[q]);
+    }
+}
+
+// The same for q8_0 rows (lda counted in blocks; pc and kc multiples of 32: a block per row and 32 steps).
+inline void pair_rows_of_a(const Q8Block* A, int64_t lda, int64_t i0, int64_t rows, int64_t pc, int64_t kc,
+                           uint32_t* panel) {
+    __m512i t[16];
+    for (int64_t l = 0; l < kc; l += Q8_VALUES) {
+        for (int64_t r = 0; r < MR; ++r) {
+            t[r] = r < rows ? block_pairs(A[(i0 + r) * lda + (pc + l) / Q8_VALUES]) : _mm512_setzero_si512();
+        }
+        transpose16(t);
+        for (int64_t q = 0; q < Q8_VALUES / 2; ++q) _mm512_storeu_si512(panel + (l / 2 + q) * MR, t[q]);
     }
 }
 
@@ -509,7 +539,7 @@ struct RowsOfA<Q8Block> {
     }
 #if defined(SDCPP_PY_BF16_GEMM)
     void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
-        pair_rows_of_a(dequantized(i0, rows, pc, kc), kc, 0, rows, 0, kc, panel);
+        pair_rows_of_a(A, lda, i0, rows, pc, kc, panel);
     }
 #endif
 };
