@@ -212,6 +212,7 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
 #if defined(SDCPP_PY_BF16_GEMM)
     thread_local std::vector<Bf16> weight_rows;
     Bf16* const weights = bf16_products ? scratch(weight_rows, L_k * QB) : nullptr;
+    GGML_ASSERT(!bf16_products || scale > 0.0f);  // softmax_weights_bf16 scales the maximum
 #endif
     int64_t packed_head = -1;
     for (int64_t u = u0; u < u1; ++u) {
@@ -235,7 +236,6 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
 #if defined(SDCPP_PY_BF16_GEMM)
         if (bf16_products) {  // the same steps, both products on bf16 operands
-            GGML_ASSERT(scale > 0.0f);
             product_bf16(L_k, nq, d_head, k_pairs, head_row(q, j0, h, n), q_stride, scores, L_k);
             float normalize[QB];
             for (int64_t j = 0; j < nq; ++j) {

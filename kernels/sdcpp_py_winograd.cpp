@@ -342,7 +342,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
     // no bounds checks below.
     const int64_t PW = side * ((tiles_w + 7) / 8 * 8) + 8, PH = side * tiles_h + 2;
     thread_local std::vector<float> padded;
-    scratch(padded, 2 * PW * PH);
+    scratch(padded, (pairs ? 2 : 1) * PW * PH);  // bf16 pairs: both channels' planes
     const __m256i every_fourth = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     // V of 8 tiles from their padded plane: one vector per position, lanes the tiles.
     const auto transform_tiles = [&](const float* r0, int64_t tx, __m256 values[POSITIONS_4X4]) {
