@@ -121,6 +121,70 @@ struct ImageColumns {
     }
 };
 
+// A batch's images one after another as one A operand (rows n * pixels + i: image n's pixel i), so that the
+// kernel's weights are packed once for all of them. pixels is a multiple of MR and a share starts at a
+// whole sliver, so no sliver crosses an image; `first` is the share's first row.
+struct StackedImages {
+    ImageColumns image;  // image 0; image n starts image_size floats further on
+    int64_t image_size, pixels, first;
+
+    ImageColumns at(int64_t row) const {
+        ImageColumns columns = image;
+        columns.x += row / pixels * image_size;
+        return columns;
+    }
+    void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
+        at(first + i0).pack((first + i0) % pixels, rows, pc, kc, panel);
+    }
+#if defined(SDCPP_PY_BF16_GEMM)
+    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
+        at(first + i0).pack_pairs((first + i0) % pixels, rows, pc, kc, panel);
+    }
+#endif
+};
+
+// Stacked images' products up to this many pixels per image: above it each image alone reuses the packed
+// weights enough, and the stacked result's per-thread buffer would grow with the image.
+constexpr int64_t STACKED_MAX_PIXELS = 1024;
+
+// This thread's share of the N stacked images' products (rows n * pixels + i, columns the output channels)
+// into a per-thread buffer, then into out's (N, OC, pixels) layout with the bias added as the unstacked
+// path adds it.
+template <typename TB>
+void stacked_conv_share(int ith, int nth, const ImageColumns& image, int64_t N, int64_t pixels, int64_t OC,
+                        int64_t depth, const TB* w, int64_t ldw, const float* bias, float* out) {
+    const Share share = share_of(ith, nth, N * pixels, OC);
+    if (share.m0 >= share.m1) return;
+    const int64_t rows = share.m1 - share.m0, cols = share.n1 - share.n0;
+    const StackedImages A{image, image.IW * image.IH * (depth / (image.KW * image.KH)), pixels, share.m0};
+    thread_local std::vector<float> result;
+    scratch(result, rows * cols);
+    const TB* weights = w + share.n0 * ldw;
+#if defined(SDCPP_PY_BF16_GEMM)
+    if (bf16_products) {
+        gemm_block_bf16(0, rows, 0, cols, depth, A, weights, ldw, result.data(), rows);
+    } else
+#endif
+    {
+        gemm_block(0, rows, 0, cols, depth, A, weights, ldw, result.data(), rows);
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+        const float* column = result.data() + j * rows;
+        for (int64_t i = share.m0; i < share.m1;) {
+            const int64_t n = i / pixels, p = i % pixels, run = std::min(pixels - p, share.m1 - i);
+            float* channel = out + (n * OC + share.n0 + j) * pixels + p;
+            const float* values = column + (i - share.m0);
+            if (bias == nullptr) {
+                std::memcpy(channel, values, run * sizeof(float));
+            } else {
+                const float b = bias[share.n0 + j];
+                for (int64_t r = 0; r < run; ++r) channel[r] = values[r] + b;
+            }
+            i += run;
+        }
+    }
+}
+
 }  // namespace
 }  // namespace sdcpp_py_gemm
 
@@ -144,6 +208,19 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
     // Per image: C (OH*OW) x OC with column stride OH*OW is the image's (OC, OH, OW) output. The unfused
     // product takes all images as one matrix; per element the sums are the same.
     const int64_t pixels = OH * OW;
+    if (N > 1 && pixels % MR == 0 && pixels <= STACKED_MAX_PIXELS) {
+        const ImageColumns image{static_cast<const float*>(x->data), IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1,
+                                 !bf16_products && !q8_kernel};
+        float* out = static_cast<float*>(dst->data);
+        if (q8_kernel) {
+            stacked_conv_share(ith, nth, image, N, pixels, OC, depth, static_cast<const Q8Block*>(w->data),
+                               depth / Q8_VALUES, bias, out);
+        } else {
+            stacked_conv_share(ith, nth, image, N, pixels, OC, depth, static_cast<const uint16_t*>(w->data), depth,
+                               bias, out);
+        }
+        return;
+    }
     for (int64_t n = 0; n < N; ++n) {
         const ImageColumns image{static_cast<const float*>(x->data) + n * IC * IH * IW,
                                  IW, IH, KW, KH, OW, s0, s1, p0, p1, d0, d1, !bf16_products && !q8_kernel};

@@ -38,8 +38,9 @@ void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nt
 // products save, and products 16 channels deep run slowly (an image-in layer keeps the direct node). With
 // at least as many 4x4 tiles (32x32 outputs and larger) and f32 products it runs as F(4x4, 3x3): 36
 // products per 16 pixels instead of 64. Its transformed image (4x the image's f32 bytes for F(2x2), 2.25x
-// for F(4x4)) is held only up to the size below; larger images (a VAE's full-resolution layers at 512x512,
-// SDXL's 128x128 latents with 640 channels and more) keep the direct node's memory.
+// for F(4x4)) is held only up to the size below per image; larger images (a VAE's full-resolution layers at
+// 512x512, SDXL's 128x128 latents with 640 channels and more) keep the direct node's memory. Per image, so that
+// an image's convolution does not depend on the batch it is in (a UNet's two guidance passes run as one).
 constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 64, SDCPP_PY_WINOGRAD_MIN_CHANNELS = 16;
 constexpr int64_t SDCPP_PY_WINOGRAD_MAX_BYTES = int64_t{64} << 20;
 // SDCPP_PY_CPU_CONV=direct keeps every convolution on the direct fused node (bitwise the core's graph),
@@ -126,7 +127,7 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     const int64_t positions = (side + 2) * (side + 2), tile_rows = (tile_count(side) + 15) / 16 * 16;
     if (limit > 0 && KW == 3 && KH == 3 && s0 == 1 && s1 == 1 && d0 == 1 && d1 == 1 && p0 <= 2 && p1 <= 2 &&
         tile_count(2) >= SDCPP_PY_WINOGRAD_MIN_TILES && IC >= SDCPP_PY_WINOGRAD_MIN_CHANNELS &&
-        tile_rows * IC * positions * N * int64_t{sizeof(float)} <= SDCPP_PY_WINOGRAD_MAX_BYTES) {
+        tile_rows * IC * positions * int64_t{sizeof(float)} <= SDCPP_PY_WINOGRAD_MAX_BYTES) {
         const ggml_custom_op_t input = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_INPUT);
         const ggml_custom_op_t products = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_CONV);
         if (input != nullptr && products != nullptr) {

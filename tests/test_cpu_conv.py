@@ -12,6 +12,8 @@ import pytest
 
 from native_hooks import PACKED_KERNEL, hooks
 
+from sdcpp_py import _core
+
 _test_hooks = hooks()
 
 
@@ -57,6 +59,8 @@ SHAPES = [
     (1, 12, 20, 17, 19, 3, 1, 2, 2),   # dilation 2, padding 2
     (1, 20, 8, 8, 8, 3, 1, 1, 1),      # rows of 8: two per sliver
     (1, 30, 7, 6, 40, 5, 1, 2, 1),     # 5x5, wide rows, 7 output channels (a short register-tile edge)
+    (3, 40, 26, 8, 8, 3, 1, 1, 1),     # batch 3 of 64 pixels: the images stacked into one product
+    (2, 24, 16, 8, 8, 3, 2, 1, 1),     # batch 2 of 16 pixels (stride 2), stacked
 ]
 
 
@@ -127,3 +131,23 @@ def test_bad_arguments_are_refused_with_the_argument_named():
         _test_hooks._core_conv_2d(kernel.view(np.uint16), image[:, :, :2, :2].copy())
     with pytest.raises(ValueError, match="bias"):
         _test_hooks._core_conv_2d(kernel.view(np.uint16), image, bias=np.zeros(3, np.float32))
+
+
+@needs_fused_conv
+@pytest.mark.parametrize("precision", ["f16", "bf16", "q8_0"])
+def test_a_batch_of_small_images_is_each_image_alone(precision):
+    # Up to 1024 pixels in whole slivers of 16 a batch's images are one product (the kernel packed once:
+    # a UNet's two guidance passes run as one batch); each image's values are those it has alone.
+    if precision == "bf16" and not _core.cpu_bf16_products():
+        pytest.skip("no bf16 products here (AVX512_BF16 CPU and x86-64 build)")
+    options = {"bf16": precision == "bf16", "q8_0": precision == "q8_0"}
+    for n, ic, oc, side, stride in [(2, 64, 70, 8, 1), (3, 32, 13, 4, 1), (2, 32, 20, 8, 2), (2, 32, 20, 32, 1)]:
+        kernel, image = random_conv(n, ic, oc, side, side, 3, seed=side + n)
+        bits = kernel.view(np.uint16)
+        bias = np.random.default_rng(side).standard_normal(oc, dtype=np.float32)
+        for threads in (1, 2, 3):
+            together, _, _ = _test_hooks._core_conv_2d(bits, image, stride, 1, 1, threads, True, bias, **options)
+            for i in range(n):
+                alone, _, _ = _test_hooks._core_conv_2d(bits, image[i:i + 1], stride, 1, 1, threads, True, bias,
+                                                        **options)
+                assert np.array_equal(together[i:i + 1], alone), (n, side, stride, threads, i)

@@ -55,6 +55,21 @@ def test_results_do_not_depend_on_the_thread_count():
     assert all(np.array_equal(one, _test_hooks._cpu_mul_mat(a, b, threads)) for threads in (2, 4))
 
 
+@pytest.mark.skipif(not PACKED_KERNEL, reason="patch 0018 changes the products of builds with patch 0004's kernel")
+@pytest.mark.parametrize("a_dtype", [np.float16, np.float32])
+def test_products_of_few_columns_equal_one_column_at_a_time(a_dtype):
+    # Patch 0018: 2-5 columns (a batch-of-two UNet's timestep layers) are ggml's dot products column by column,
+    # as one column is; tinyBLAS summed them in another order (differences ~1e-5 without the patch).
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((96, 1280)).astype(a_dtype)
+    for n in range(1, 6):
+        b = rng.standard_normal((n, 1280)).astype(np.float32)
+        for threads in (1, 2):
+            together = _test_hooks._cpu_mul_mat(a, b, threads)
+            apart = np.concatenate([_test_hooks._cpu_mul_mat(a, b[i:i + 1], threads) for i in range(n)])
+            np.testing.assert_array_equal(together, apart)
+
+
 def test_bad_arguments_are_refused_by_name():
     a = np.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="b: expected 8 columns"):

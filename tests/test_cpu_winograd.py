@@ -151,6 +151,21 @@ def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
         assert ops == ["CUSTOM"], mode
         _, ops, _ = _test_hooks._core_conv_2d(wide.view(np.uint16), np.zeros((1, 64, at, at), np.float32), 1, 1, 1, 2)
         assert ops == ["CUSTOM", "CUSTOM"], (mode, "up to 64 MiB is allowed")
+        # The limit is per image: an image's convolution does not depend on its batch (guidance passes as one).
+        _, ops, _ = _test_hooks._core_conv_2d(wide.view(np.uint16), np.zeros((2, 64, at, at), np.float32), 1, 1, 1, 2)
+        assert ops == ["CUSTOM", "CUSTOM"], (mode, "up to 64 MiB per image, in a batch of two")
+
+
+@pytest.mark.parametrize("precision", ["f32", pytest.param("bf16", marks=needs_bf16)])
+def test_a_batch_is_each_image_alone(precision):
+    for side in (16, 32):  # F(2x2); F(4x4) in f32
+        kernel, image, bias = random_case(2, 64, 40, side, side, side)
+        bits = kernel.view(np.uint16)
+        together, ops, _ = _test_hooks._core_conv_2d(bits, image, 1, 1, 1, 2, True, bias, precision == "bf16")
+        assert ops == ["CUSTOM", "CUSTOM"]
+        for i in range(2):
+            alone, _, _ = _test_hooks._core_conv_2d(bits, image[i:i + 1], 1, 1, 1, 2, True, bias, precision == "bf16")
+            assert np.array_equal(together[i:i + 1], alone), (side, i)
 
 
 @pytest.mark.parametrize("ic, side", [(64, 24), (320, 24), (64, 32)])  # 320: two blocks of depth; 32: F(4x4)
