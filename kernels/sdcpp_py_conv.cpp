@@ -183,6 +183,7 @@ void stacked_conv_share(int ith, int nth, const ImageColumns& image, int64_t N, 
             i += run;
         }
     }
+    release_if_large(result);
 }
 
 }  // namespace

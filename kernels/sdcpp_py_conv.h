@@ -78,8 +78,11 @@ inline SdcppPyConvKernel sdcpp_py_conv_kernel(const ggml_tensor* w, int64_t in_c
 }
 
 // The graph's ggml_conv_2d(w, x, ...) as one node, for sizes where its product would run on the packed
-// kernel (it declines m < 16, n < 6, k < 8: only there are the sums the same). Given a bias the node can
-// add (f32, one per output channel: the same x + b as ggml_add), it takes it and sets *bias to nullptr.
+// kernel (it declines m < 16, n < 6, k < 8: only there are the sums the same). Batches with fewer than 16
+// output pixels in all (m) are fused too: their sums are then the packed kernel's rather than tinyBLAS's,
+// and an image's convolution is the same alone or in a batch (a UNet's two guidance passes run as one).
+// Given a bias the node can add (f32, one per output channel: the same x + b as ggml_add), it takes it and
+// sets *bias to nullptr.
 inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu, ggml_tensor* w, ggml_tensor* x,
                                          ggml_tensor** bias, int s0, int s1, int p0, int p1, int d0, int d1) {
     if (!backend_is_cpu) return nullptr;
@@ -107,7 +110,7 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     const int64_t IW = x->ne[0], IH = x->ne[1], N = x->ne[3];
     if (KW < 1 || x->ne[2] != IC) return nullptr;
     const int64_t OW = (IW + 2 * p0 - d0 * (KW - 1) - 1) / s0 + 1, OH = (IH + 2 * p1 - d1 * (KH - 1) - 1) / s1 + 1;
-    if (OW < 1 || OH < 1 || N * OH * OW < 16 || OC < 6 || IC * KH * KW < 8) return nullptr;
+    if (OW < 1 || OH < 1 || OC < 6 || IC * KH * KW < 8) return nullptr;
     ggml_tensor* args[3] = {w, x, nullptr};
     int n_args = 2;
     if (bias != nullptr && *bias != nullptr && (*bias)->type == GGML_TYPE_F32 && ggml_is_contiguous(*bias) &&

@@ -102,7 +102,8 @@ def test_raising_progress_stops_the_generation_and_its_exception_arrives_unchang
     np.testing.assert_array_equal(flux.txt2img("a red cube", **FLUX_CALL)[0], flux_reference)
 
 
-def test_cancel_from_another_thread_stops_inside_a_long_step(sd1_checkpoint):
+@pytest.mark.parametrize("cfg_scale", [1.0, 7.0])  # 7.0: both guidance passes in one compute (patch 0018)
+def test_cancel_from_another_thread_stops_inside_a_long_step(sd1_checkpoint, cfg_scale):
     with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2) as ctx:
         steps_seen = []
         timers = []
@@ -114,7 +115,7 @@ def test_cancel_from_another_thread_stops_inside_a_long_step(sd1_checkpoint):
                 timers[0].start()
 
         with pytest.raises(sdcpp_py.Cancelled):
-            ctx.txt2img("a red cube", progress=progress, **SLOW_STEP)
+            ctx.txt2img("a red cube", progress=progress, **{**SLOW_STEP, "cfg_scale": cfg_scale})
         timers[0].join()
         assert steps_seen == [0], f"the step was not interrupted: {steps_seen}"
         after = ctx.txt2img("a red cube", **SD1_SMALL)[0]

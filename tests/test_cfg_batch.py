@@ -13,9 +13,11 @@ from sdcpp_py import _core
 pytestmark = pytest.mark.skipif(not PACKED_KERNEL, reason="the batch's products are bitwise the same with patch "
                                                           "0004's kernel; ggml's own can sum a batch otherwise")
 
-# 64x64: the direct convolutions' stacked images (8x8 and 4x4 latents) and per-image ones (2x2, 1x1);
-# 128x128: Winograd at the 16x16 latent.
 GUIDED = dict(steps=2, cfg_scale=7.0, seed=5, negative_prompt="blurry, dark")
+# (width, height): latents of 8x8 down to 1x1 (images of 64 and 16 pixels stacked into one product, of 4 and 1
+# in the batch's product), 16x16 (Winograd), 24x24 down to 3x3 (9 pixels: below the packed kernel's 16 rows
+# alone, not in a batch), 32x16 down to 4x2.
+SIZES = [(64, 64), (128, 128), (192, 192), (256, 128)]
 
 
 def generate(ctx, monkeypatch, batched, size):
@@ -23,7 +25,8 @@ def generate(ctx, monkeypatch, batched, size):
         monkeypatch.delenv("SDCPP_PY_CFG_BATCH", raising=False)
     else:
         monkeypatch.setenv("SDCPP_PY_CFG_BATCH", "0")
-    return ctx.txt2img("a lighthouse at dusk", width=size, height=size, **GUIDED)[0]
+    width, height = size
+    return ctx.txt2img("a lighthouse at dusk", width=width, height=height, **GUIDED)[0]
 
 
 @pytest.fixture(scope="module", params=["f32", "bf16"])
@@ -35,7 +38,7 @@ def sd1_ctx(request, sd1_checkpoint):
         yield ctx
 
 
-@pytest.mark.parametrize("size", [64, 128])
+@pytest.mark.parametrize("size", SIZES)
 def test_one_batch_gives_the_pixels_of_two_passes(sd1_ctx, monkeypatch, size):
     together = generate(sd1_ctx, monkeypatch, True, size)
     apart = generate(sd1_ctx, monkeypatch, False, size)
@@ -46,34 +49,37 @@ def test_one_batch_gives_the_pixels_of_two_passes(sd1_ctx, monkeypatch, size):
 def unet_compute_buffer_mib(ctx, monkeypatch, caplog, batched):
     caplog.clear()
     with caplog.at_level("DEBUG", logger="sdcpp_py"):
-        generate(ctx, monkeypatch, batched, 64)
+        image = generate(ctx, monkeypatch, batched, (64, 64))
     sizes = [float(m.group(1)) for r in caplog.records
              if (m := re.search(r"unet compute buffer size: ([0-9.]+) MB", r.getMessage()))]
     assert sizes, "the core logged no UNet compute buffer"
-    return max(sizes)
+    return image, max(sizes)
 
 
 def test_the_two_passes_run_as_one_batch(sd1_ctx, monkeypatch, caplog):
     # The UNet's compute buffer holds the activations of the images it runs at once: one per pass, or both.
-    two_passes = unet_compute_buffer_mib(sd1_ctx, monkeypatch, caplog, False)
-    one_batch = unet_compute_buffer_mib(sd1_ctx, monkeypatch, caplog, True)
+    _, two_passes = unet_compute_buffer_mib(sd1_ctx, monkeypatch, caplog, False)
+    _, one_batch = unet_compute_buffer_mib(sd1_ctx, monkeypatch, caplog, True)
     assert one_batch > 1.5 * two_passes
 
 
-def test_flash_attention_keeps_two_passes(sd1_checkpoint, monkeypatch):
-    # The core's flash-attention graph is built for a batch of one (a batch of two failed its reshape).
-    with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2, diffusion_flash_attn=True) as ctx:
-        together = generate(ctx, monkeypatch, True, 64)
-        apart = generate(ctx, monkeypatch, False, 64)
+# The core's flash-attention graph is built for a batch of one (a batch of two failed its reshape); ggml's
+# direct convolution sums a 2x2 latent's product of 4 columns otherwise than the batch's 8.
+@pytest.mark.parametrize("option", ["diffusion_flash_attn", "diffusion_conv_direct"])
+def test_options_that_keep_two_passes(sd1_checkpoint, monkeypatch, option):
+    with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2, **{option: True}) as ctx:
+        together = generate(ctx, monkeypatch, True, (64, 64))
+        apart = generate(ctx, monkeypatch, False, (64, 64))
     np.testing.assert_array_equal(together, apart)
 
 
-def test_sdxl_batch_gives_the_pixels_of_two_passes(synthetic_dir, monkeypatch):
+def test_sdxl_batch_gives_the_pixels_of_two_passes(synthetic_dir, monkeypatch, caplog):
     # SDXL adds the pooled text vector y (and its label embedding) to the batch.
     from sdcpp_py.testing import sd
 
     with sdcpp_py.Context(model=sd.sdxl_checkpoint(synthetic_dir / "sdxl"), n_threads=2) as ctx:
-        together = generate(ctx, monkeypatch, True, 64)
-        apart = generate(ctx, monkeypatch, False, 64)
+        together, one_batch = unet_compute_buffer_mib(ctx, monkeypatch, caplog, True)
+        apart, two_passes = unet_compute_buffer_mib(ctx, monkeypatch, caplog, False)
+    assert one_batch > 1.5 * two_passes
     assert together.std() > 1.0
     np.testing.assert_array_equal(together, apart)

@@ -104,7 +104,8 @@ def test_fused_conv_adds_the_bias_bitwise_as_the_core_graph(n, ic, oc, h, w, k, 
     assert np.array_equal(fused, without_bias + bias[None, :, None, None])
 
 
-@pytest.mark.parametrize("n, ic, oc, h, w, k, stride, padding, dilation", SHAPES + [(1, 2, 3, 4, 4, 3, 1, 1, 1)])
+@pytest.mark.parametrize("n, ic, oc, h, w, k, stride, padding, dilation",
+                         SHAPES + [(1, 2, 3, 4, 4, 3, 1, 1, 1), (1, 24, 16, 3, 3, 3, 1, 1, 1)])
 def test_core_conv_matches_numpy(n, ic, oc, h, w, k, stride, padding, dilation):
     kernel, image = random_conv(n, ic, oc, h, w, k, seed=ic)
     expected = reference(kernel, image, stride, padding, dilation)
@@ -141,12 +142,15 @@ def test_a_batch_of_small_images_is_each_image_alone(precision):
     if precision == "bf16" and not _core.cpu_bf16_products():
         pytest.skip("no bf16 products here (AVX512_BF16 CPU and x86-64 build)")
     options = {"bf16": precision == "bf16", "q8_0": precision == "q8_0"}
-    for n, ic, oc, side, stride in [(2, 64, 70, 8, 1), (3, 32, 13, 4, 1), (2, 32, 20, 8, 2), (2, 32, 20, 32, 1)]:
+    # Images of fewer than 16 pixels (3x3, 2x2, alone below the packed kernel's 16 rows) are fused too.
+    for n, ic, oc, side, stride in [(2, 64, 70, 8, 1), (3, 32, 13, 4, 1), (2, 32, 20, 8, 2), (2, 32, 20, 32, 1),
+                                    (2, 32, 20, 3, 1), (2, 64, 24, 2, 1)]:
         kernel, image = random_conv(n, ic, oc, side, side, 3, seed=side + n)
         bits = kernel.view(np.uint16)
         bias = np.random.default_rng(side).standard_normal(oc, dtype=np.float32)
         for threads in (1, 2, 3):
-            together, _, _ = _test_hooks._core_conv_2d(bits, image, stride, 1, 1, threads, True, bias, **options)
+            together, ops, _ = _test_hooks._core_conv_2d(bits, image, stride, 1, 1, threads, True, bias, **options)
+            assert ops == ["CUSTOM"]
             for i in range(n):
                 alone, _, _ = _test_hooks._core_conv_2d(bits, image[i:i + 1], stride, 1, 1, threads, True, bias,
                                                         **options)
