@@ -39,9 +39,10 @@ Padding padding_of(uintptr_t params) {
     return {static_cast<int64_t>((params >> 24) & 0xff), static_cast<int64_t>((params >> 16) & 0xff)};
 }
 
-// The transformed image: per position xi, the tiles in slivers of MR (the packed kernel's A slivers), each
-// sliver channel by channel: v[((xi * slivers + s) * IC + ic) * MR + r] for tile s * MR + r. A sliver's
-// steps are then contiguous, as a packed A panel is.
+// The transformed images: per position xi, each image's tiles in slivers of MR (the packed kernel's A
+// slivers), each sliver channel by channel: v[(((xi * N + n) * slivers + s) * IC + ic) * MR + r] for tile
+// s * MR + r of image n. A sliver's steps are then contiguous, as a packed A panel is, and a position's
+// slivers of all images are one A operand: a batch's images share each product (weights packed once).
 inline int64_t sliver_count(int64_t tiles) { return (tiles + MR - 1) / MR; }
 
 // Position xi's block of that as the product's A operand (bf16 products: paired as they are packed).
@@ -76,7 +77,9 @@ struct TilePairs {
 void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const float* b, float* c) {
     thread_local std::vector<float> b_panels;
     const int64_t IC = a.IC, n_slivers = (cols + NR - 1) / NR;
-    const bool b_rows = tiles <= 4 * MR;  // as gemm_block: against few A slivers B is read in place
+    // B is read in place: its rows (an output channel's IC steps, contiguous) are already what the register
+    // tile broadcasts from, 6 rows of one KC block staying in L1; only a last short sliver is packed.
+    constexpr bool b_rows = true;
     for (int64_t pc = 0; pc < IC; pc += KC) {
         const int64_t kc = std::min(KC, IC - pc);
         scratch(b_panels, n_slivers * NR * kc + PANEL_SLACK);
@@ -314,10 +317,10 @@ inline void tile_columns(const float* row, __m256 col[4]) {
 }  // namespace
 }  // namespace sdcpp_py_gemm
 
-// dst: V = B' d B of every tile of every channel in TileSlivers' layout, image after image (the tensor's
-// shape only sizes it: (slivers * MR, IC, P, N), P = 16 for F(2x2) or 36 for F(4x4)); src[0] the image (IW,
-// IH, IC, N). Tiles are 2x2 (4x4) output pixels, row by row; their 4x4 (6x6) input patches overlap by 2 and
-// read zeros outside the image (padding). For bf16 products (the params' bf16 bit) V is stored as the
+// dst: V = B' d B of every tile of every channel in TileSlivers' layout, images side by side per position
+// (the tensor's shape only sizes it: (slivers * MR, IC, P, N), P = 16 for F(2x2) or 36 for F(4x4)); src[0]
+// the image (IW, IH, IC, N). Tiles are 2x2 (4x4) output pixels, row by row; their 4x4 (6x6) input patches
+// overlap by 2 and read zeros outside the image (padding). For bf16 products (the params' bf16 bit) V is stored as the
 // product's A operand pairs it, channels 2q and 2q+1 of a tile in one dword (TilePairs' layout, (IC + 1) / 2
 // pairs in place of IC channels): half the bytes, and nothing left for the product to convert.
 extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
@@ -384,7 +387,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
     };
     // Units: one channel (f32) or one pair of channels (bf16) of one image.
     const int64_t units = N * steps, first = units * ith / nth, last = units * (ith + 1) / nth;
-    const int64_t position_stride = slivers * steps * MR;
+    const int64_t position_stride = N * slivers * steps * MR;
     for (int64_t unit = first; unit < last; ++unit) {
         const int64_t n = unit / steps, step = unit % steps;
         float* plane0 = padded.data();
@@ -392,7 +395,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
         pad_plane(n, pairs ? 2 * step : step, plane0);
         if (pairs) pad_plane(n, 2 * step + 1, plane1);
         // 32-bit words: f32 values, or bf16 pairs.
-        uint32_t* v = static_cast<uint32_t*>(dst->data) + (n * P * slivers * steps + step) * MR;
+        uint32_t* v = static_cast<uint32_t*>(dst->data) + (n * slivers * steps + step) * MR;
         for (int64_t ty = 0; ty < tiles_h; ++ty) {
             for (int64_t tx = 0; tx < tiles_w; tx += 8) {
                 __m256 values[POSITIONS_4X4];
@@ -467,35 +470,42 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 21) / (P * IC) / NR * NR, NR, 192);
     const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (P * chunk) / MR * MR);
     thread_local std::vector<float> u, m;
+    // Rows of each product: the batch's images one after another, each in whole slivers (a last sliver's
+    // rows past an image's tiles are the input node's zeros: computed, then dropped).
+    const int64_t image_rows = slivers * MR, all_rows = N * image_rows;
+    const float* v = static_cast<const float*>(transformed->data);
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
         scratch(u, P * cols * IC);
         if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, u.data());
         else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, u.data());
-        for (int64_t n = 0; n < N; ++n) {
-            const float* v = static_cast<const float*>(transformed->data) + n * P * slivers * steps * MR;
-            for (int64_t t0 = 0; t0 < tiles; t0 += band) {  // t0: a multiple of MR, the start of a sliver
-                const int64_t rows = std::min(band, tiles - t0);
-                scratch(m, P * cols * rows);
-                for (int64_t xi = 0; xi < P; ++xi) {
-                    const float* b = u.data() + xi * cols * IC;
-                    float* c = m.data() + xi * cols * rows;
+        for (int64_t r0 = 0; r0 < all_rows; r0 += band) {  // r0: a multiple of MR, the start of a sliver
+            const int64_t rows = std::min(band, all_rows - r0);
+            scratch(m, P * cols * rows);
+            for (int64_t xi = 0; xi < P; ++xi) {
+                const float* b = u.data() + xi * cols * IC;
+                float* c = m.data() + xi * cols * rows;
+                const int64_t first_sliver = xi * N * slivers + r0 / MR;
 #if defined(SDCPP_PY_BF16_GEMM)
-                    if (pairs) {
-                        const TilePairs paired{reinterpret_cast<const uint32_t*>(v) + (xi * slivers + t0 / MR) * steps * MR,
-                                               steps};
-                        gemm_block_bf16(0, rows, 0, cols, IC, paired, b, IC, c, rows);
-                        continue;
-                    }
-#endif
-                    position_product(TileSlivers{v + (xi * slivers + t0 / MR) * IC * MR, IC}, rows, cols, b, c);
+                if (pairs) {
+                    const TilePairs paired{reinterpret_cast<const uint32_t*>(v) + first_sliver * steps * MR, steps};
+                    gemm_block_bf16(0, rows, 0, cols, IC, paired, b, IC, c, rows);
+                    continue;
                 }
+#endif
+                position_product(TileSlivers{v + first_sliver * IC * MR, IC}, rows, cols, b, c);
+            }
+            // Each image's tiles within these rows, written into its channels.
+            for (int64_t n = r0 / image_rows; n < N && n * image_rows < r0 + rows; ++n) {
+                const int64_t lo = std::max(r0, n * image_rows), hi = std::min(r0 + rows, n * image_rows + tiles);
+                if (lo >= hi) continue;
                 for (int64_t col = 0; col < cols; ++col) {
                     const int64_t oc = c0 + col;
                     const float channel_bias = bias != nullptr ? bias[oc] : 0.0f;
                     float* channel = static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW;
                     const auto write = P == POSITIONS ? write_channel<2> : write_channel<4>;
-                    write(m.data() + col * rows, cols * rows, t0, t0 + rows, tiles_w, OW, OH, channel_bias, channel);
+                    write(m.data() + col * rows + (lo - r0), cols * rows, lo - n * image_rows, hi - n * image_rows,
+                          tiles_w, OW, OH, channel_bias, channel);
                 }
             }
         }

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not PACKED_KERNEL, reason="the batch's products 
                                                           "0004's kernel; ggml's own can sum a batch otherwise")
 
 GUIDED = dict(steps=2, cfg_scale=7.0, seed=5, negative_prompt="blurry, dark")
-# (width, height): latents of 8x8 down to 1x1 (images of 64 and 16 pixels stacked into one product, of 4 and 1
-# in the batch's product), 16x16 (Winograd), 24x24 down to 3x3 (9 pixels: below the packed kernel's 16 rows
-# alone, not in a batch), 32x16 down to 4x2.
+# (width, height): latents of 8x8 (f32 Winograd: both images' 16 tiles in each product) down to 1x1 (images of
+# 64 and 16 pixels stacked into one product, of 4 and 1 in the batch's product), 16x16 (Winograd, F(4x4) in
+# f32), 24x24 down to 3x3 (9 pixels: below the packed kernel's 16 rows alone, not in a batch), 32x16 down to 4x2.
 SIZES = [(64, 64), (128, 128), (192, 192), (256, 128)]
 
 

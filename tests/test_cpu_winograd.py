@@ -1,9 +1,10 @@
 """3x3 stride-1 convolutions as Winograd F(2x2, 3x3) and F(4x4, 3x3) on the CPU (kernels/sdcpp_py_winograd.cpp,
 issue 20).
 
-Where an image has at least 64 tiles of 2x2 output pixels, the core's Conv2d runs as two nodes: the input
-transform, then 16 products on the packed kernel and the output transform; with at least 64 tiles of 4x4
-pixels as F(4x4), 36 products (SDCPP_PY_CPU_CONV=winograd2x2 keeps F(2x2)). Each is checked against numpy: the
+Where an image has at least 16 tiles of 2x2 output pixels (bf16 products: 64), the core's Conv2d runs as two
+nodes: the input transform, then 16 products on the packed kernel and the output transform (a batch's images
+share each product); with at least 16 tiles of 4x4 pixels and f32 products as F(4x4), 36 products
+(SDCPP_PY_CPU_CONV=winograd2x2 keeps F(2x2)). Each is checked against numpy: the
 f32 result against a float64 convolution, the bf16 one against numpy's Winograd with the same operands
 rounded to bf16, for f16 and q8_0 kernels, odd sizes, padding 0-2, batches, a bias, 1 and 2 threads, images
 whose tiles take more than one band of products.
@@ -69,19 +70,22 @@ def random_case(n, ic, oc, h, w, seed):
     return kernel, image, bias
 
 
-# (N, IC, OC, H, W, padding) with 64+ 4x4 tiles: F(4x4) by default.
+# (N, IC, OC, H, W, padding) with 16+ 4x4 tiles: F(4x4) by default.
 CASES_4X4 = [
     (2, 17, 7, 33, 35, 0),     # batch 2, part tiles at both edges, 7 output channels, channels not a multiple of 8
     (1, 16, 24, 66, 66, 1),    # 289 tiles: three bands of products, the second starting mid-row
     (1, 320, 200, 34, 34, 2),  # two blocks of depth, two rounds of kernels on one thread, padding 2
-    (2, 16, 12, 90, 26, 1),    # 7 tiles a row (no 8-tile vectors), two bands in each of two images
+    (2, 16, 12, 90, 26, 1),    # 7 tiles a row (no 8-tile vectors), 161 tiles an image: bands across images
     (1, 16, 8, 3, 258, 1),     # one row of 65 tiles
 ]
 CASES = [
     (1, 64, 64, 32, 32, 1),    # SD1's level 0 in small: whole slivers of 16 tiles, 8-tile rows
     (1, 17, 40, 20, 37, 1),    # odd width (a half tile dropped), channels not a multiple of 8, 190 tiles
     (2, 32, 7, 17, 19, 2),     # batch 2, padding 2, 7 output channels (a short register-tile column)
-    (1, 24, 30, 18, 18, 0),    # no padding: 64 tiles, the fewest that take this path
+    (1, 24, 30, 18, 18, 0),    # no padding: 16 4x4 tiles, the fewest that take F(4x4)
+    (1, 24, 30, 10, 10, 0),    # 16 2x2 tiles, the fewest that take this path
+    (2, 40, 30, 8, 8, 1),      # batch 2 of 16 tiles: both images in one sliver-aligned product each
+    (3, 24, 14, 14, 6, 1),     # batch 3 of 21 tiles (part slivers between the images)
     (1, 16, 24, 43, 43, 1),    # 484 tiles: two bands of products, the second starting mid-row
     (1, 320, 200, 16, 16, 1),  # two blocks of depth (KC 256); 200 channels: two rounds of kernels on one thread
 ]
@@ -97,7 +101,7 @@ def winograd_allowed(monkeypatch):
 def test_winograd_convolution_matches_numpy(n, ic, oc, h, w, padding, mode, monkeypatch):
     if mode != "default":
         monkeypatch.setenv("SDCPP_PY_CPU_CONV", mode)
-    four_by_four = mode == "default" and (h + 2 * padding - 2 + 3) // 4 * ((w + 2 * padding - 2 + 3) // 4) >= 64
+    four_by_four = mode == "default" and (h + 2 * padding - 2 + 3) // 4 * ((w + 2 * padding - 2 + 3) // 4) >= 16
     kernel, image, bias = random_case(n, ic, oc, h, w, ic * oc)
     expected = conv_reference(kernel, image, 1, padding) + bias[None, :, None, None]
     results = []
@@ -121,7 +125,7 @@ def test_the_backend_reports_the_winograd_kernel():
     assert "sdcpp_py_cpu_winograd_conv" in _core.fused_cpu_kernels()
 
 
-def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
+def test_direct_convolution_stays_on_request_and_below_16_tiles(monkeypatch):
     kernel, image, _ = random_case(1, 16, 16, 16, 16, 1)
     _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)
     assert ops == ["CUSTOM", "CUSTOM"]
@@ -132,9 +136,11 @@ def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
     expected = conv_reference(kernel, image.astype(np.float16), 1, 1)
     assert relative_error(direct, expected) < 2e-6
     monkeypatch.delenv("SDCPP_PY_CPU_CONV")
-    for shape, stride in (((1, 16, 14, 14), 1), ((1, 16, 32, 32), 2)):  # 49 tiles; a downsampler
+    for shape, stride in (((1, 16, 6, 6), 1), ((2, 16, 4, 4), 1), ((1, 16, 32, 32), 2)):  # 9 tiles; 4; stride 2
         _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), np.zeros(shape, np.float32), stride, 1, 1, 2)
         assert ops == ["CUSTOM"], (shape, stride)
+    _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), np.zeros((1, 16, 8, 8), np.float32), 1, 1, 1, 2)
+    assert ops == ["CUSTOM", "CUSTOM"], "16 tiles take Winograd"
     # An image-in layer (4 channels) and transformed images over 64 MiB: F(2x2), 129x129 tiles x 64 channels
     # x 16 positions (128x128: 64 MiB exactly); F(4x4), 87x87 tiles x 64 channels x 36 (85x85: 63.6 MiB).
     few_channels = np.zeros((16, 4, 3, 3), np.float16)
@@ -158,17 +164,17 @@ def test_direct_convolution_stays_on_request_and_below_64_tiles(monkeypatch):
 
 @pytest.mark.parametrize("precision", ["f32", pytest.param("bf16", marks=needs_bf16)])
 def test_a_batch_is_each_image_alone(precision):
-    for side in (16, 32):  # F(2x2); F(4x4) in f32
+    for side in (8, 16, 32):  # f32: F(2x2), then F(4x4); bf16: direct, then F(2x2)
         kernel, image, bias = random_case(2, 64, 40, side, side, side)
         bits = kernel.view(np.uint16)
         together, ops, _ = _test_hooks._core_conv_2d(bits, image, 1, 1, 1, 2, True, bias, precision == "bf16")
-        assert ops == ["CUSTOM", "CUSTOM"]
+        assert len(ops) == (1 if precision == "bf16" and side == 8 else 2), (side, ops)
         for i in range(2):
             alone, _, _ = _test_hooks._core_conv_2d(bits, image[i:i + 1], 1, 1, 1, 2, True, bias, precision == "bf16")
             assert np.array_equal(together[i:i + 1], alone), (side, i)
 
 
-@pytest.mark.parametrize("ic, side", [(64, 24), (320, 24), (64, 32)])  # 320: two blocks of depth; 32: F(4x4)
+@pytest.mark.parametrize("ic, side", [(64, 10), (320, 10), (64, 24)])  # 320: two blocks of depth; 24: F(4x4)
 def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic, side):
     kernel, image, bias = random_case(1, ic, 48, side, side, 5)
     values = q8_0_values(kernel)
@@ -177,7 +183,7 @@ def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic, side):
         out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, threads, bias=bias,
                                                 q8_0=True)
         assert ops == ["CUSTOM", "CUSTOM"], ops
-        assert relative_error(out, expected) < (5e-5 if side >= 32 else 5e-6)
+        assert relative_error(out, expected) < (5e-5 if side >= 16 else 5e-6)
 
 
 @needs_bf16
@@ -231,6 +237,16 @@ def test_a_bf16_graph_under_the_avx2_restriction_runs_f32_winograd():
                            timeout=120)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["['CUSTOM',", "'CUSTOM']", "True"], child.stdout
+
+
+@needs_bf16
+def test_bf16_products_take_winograd_from_64_tiles():
+    # At 16-63 tiles the per-call kernel transform and its pairing cost bf16 products more than they save.
+    kernel, _, _ = random_case(1, 16, 16, 8, 8, 2)
+    for side, nodes in ((8, 1), (14, 1), (16, 2)):  # 16, 49 and 64 tiles
+        image = np.zeros((2, 16, side, side), np.float32)
+        _, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, bf16=True)
+        assert len(ops) == nodes, (side, ops)
 
 
 @needs_bf16
