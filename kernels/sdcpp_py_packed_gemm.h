@@ -424,13 +424,13 @@ inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_
     }
 }
 
-// Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*MR*kc2, B's
-// column slivers at b_pairs + sj*NR*kc2. Two A slivers per tile where there are: 12 accumulators hide the
-// dot product's latency.
+// Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*a_stride
+// (default MR*kc2: back to back), B's column slivers at b_pairs + sj*NR*kc2. Two A slivers per tile where
+// there are: 12 accumulators hide the dot product's latency.
 inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint32_t* a_pairs, const uint32_t* b_pairs,
-                            float* C, int64_t ldc, bool accumulate) {
+                            float* C, int64_t ldc, bool accumulate, int64_t a_stride = 0) {
     const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
-    const int64_t a_stride = MR * kc2;
+    if (a_stride == 0) a_stride = MR * kc2;
     alignas(64) float edge[NR * MR];
     for (int64_t sj = 0; sj < n_slivers; ++sj) {
         const int64_t j = sj * NR, sliver_cols = std::min(NR, cols - j);

@@ -45,32 +45,11 @@ Padding padding_of(uintptr_t params) {
 // slivers of all images are one A operand: a batch's images share each product (weights packed once).
 inline int64_t sliver_count(int64_t tiles) { return (tiles + MR - 1) / MR; }
 
-// Position xi's block of that as the product's A operand (bf16 products: paired as they are packed).
+// Position xi's block of that as the f32 product's A operand.
 struct TileSlivers {
     const float* v;
     int64_t IC;
-#if defined(SDCPP_PY_BF16_GEMM)
-    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
-        // i0 is a multiple of MR (blocks of whole slivers); past `rows` the input node wrote zeros.
-        (void)rows;
-        pair_steps_bf16(v + (i0 / MR * IC + pc) * MR, kc, MR, panel);
-    }
-#endif
 };
-
-#if defined(SDCPP_PY_BF16_GEMM)
-// The same block stored as bf16 pairs by the input node (bf16 products): pairs[(s * IC2 + q) * MR + r] for
-// sliver s, channel pair q. A sliver's block is copied as it is: the layout is already the product's.
-struct TilePairs {
-    const uint32_t* pairs;
-    int64_t IC2;
-    void pack_pairs(int64_t i0, int64_t rows, int64_t pc, int64_t kc, uint32_t* panel) const {
-        (void)rows;  // as TileSlivers: the input node wrote zeros past the image's tiles
-        std::memcpy(panel, pairs + (i0 / MR * IC2 + pc / 2) * MR, (kc + 1) / 2 * MR * sizeof(uint32_t));
-    }
-};
-
-#endif
 
 // The f32 product for one position: C (tiles x cols, column-major) = A x B', A's slivers multiplied where the
 // input node wrote them (no packing), B (cols rows of IC) packed per KC-deep block as gemm_block packs it.
@@ -93,6 +72,25 @@ void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const f
         }
     }
 }
+
+#if defined(SDCPP_PY_BF16_GEMM)
+// The bf16 product for one position: C (rows x cols, column-major) = A x B', both operands paired where
+// they were written: A, the input node's slivers of channel pairs (pairs[(s * IC2 + q) * MR + r] for sliver
+// s, channel pair q: the layout of the product's packed A slivers, so read in place), B the kernels'
+// transform paired as pair_cols_of_b pairs it (PairedKernels). The sums of gemm_block_bf16's blocks, in its
+// order: bitwise its result.
+void position_product_bf16(const uint32_t* a, int64_t IC, int64_t rows, int64_t cols, const uint32_t* b,
+                           int64_t padded_cols, float* c) {
+    const int64_t IC2 = (IC + 1) / 2;
+    for (int64_t pc = 0; pc < IC; pc += KC_BF16) {
+        const int64_t kc2 = (std::min(KC_BF16, IC - pc) + 1) / 2;
+        for (int64_t i = 0; i < rows; i += MC) {
+            tile_block_bf16(std::min(MC, rows - i), cols, kc2, a + (i / MR * IC2 + pc / 2) * MR,
+                            b + padded_cols * (pc / 2), c + i, rows, pc > 0, IC2 * MR);
+        }
+    }
+}
+#endif
 
 // The kernel of output channel oc as f32 values in (ic, kh, kw) order: an f16 (3, 3, IC, OC) tensor or
 // patch 0015's flattened q8_0 (9*IC, OC) matrix, whose rows hold the same values in the same order.
@@ -190,8 +188,30 @@ inline void output_transform_4x4(const V m[36], V y[4][4], Add add, Sub sub, Mul
 // U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the product's B
 // operand per position (rows of IC steps), P = 16 (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at
 // a time: their taps gathered 9 apart.
+#if defined(SDCPP_PY_BF16_GEMM)
+// U for bf16 products, paired once as it is transformed (not per product from an f32 copy): per position, per
+// KC_BF16 block of input channels, a run of pairs per output channel (pair_cols_of_b's panel: columns
+// `padded_cols` apart from cols up to whole slivers, the extra ones zero), rounded as pair_cols_of_b rounds:
+// pairs[xi * padded_cols * IC2 + padded_cols * (pc / 2) + c * kc2 + q] for block pc of kc2 pairs.
+struct PairedKernels {
+    uint32_t* pairs;
+    int64_t IC, padded_cols;
+    uint32_t* position(int64_t xi) const { return pairs + xi * padded_cols * ((IC + 1) / 2); }
+    // Where channel ic (even) of column c goes in position xi's block: its pair's dword.
+    uint32_t* pair_of(int64_t xi, int64_t c, int64_t ic) const {
+        const int64_t pc = ic / KC_BF16 * KC_BF16, kc2 = (std::min(KC_BF16, IC - pc) + 1) / 2;
+        return position(xi) + padded_cols * (pc / 2) + c * kc2 + (ic - pc) / 2;
+    }
+};
+#endif
+
+// The transformed kernels go to u (f32, below) or, for bf16 products, paired (u_pairs.pairs set).
 template <int P>
-void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u) {
+void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u
+#if defined(SDCPP_PY_BF16_GEMM)
+                       , const PairedKernels& u_pairs = {nullptr, 0, 0}
+#endif
+) {
     thread_local std::vector<float> values;
     scratch(values, 9 * IC);
     const auto add = [](auto a, auto b) { return a + b; };
@@ -205,7 +225,7 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
     const __m256i taps_apart = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63);
     for (int64_t c = 0; c < cols; ++c) {
         kernel_values(w, c0 + c, 9 * IC, values.data());
-        float* out = u + c * IC;
+        float* out = u != nullptr ? u + c * IC : nullptr;  // f32 output (u_pairs unset)
         const int64_t position_stride = cols * IC;
         int64_t ic = 0;
         for (; ic + 8 <= IC; ic += 8) {
@@ -213,6 +233,15 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             for (int k = 0; k < 9; ++k) g[k] = _mm256_i32gather_ps(values.data() + ic * 9 + k, taps_apart, 4);
             if constexpr (P == POSITIONS) kernel_transform(g, t, add8, sub8, half8);
             else kernel_transform_4x4(g, t, add8, sub8, mul8);
+#if defined(SDCPP_PY_BF16_GEMM)
+            if (u_pairs.pairs != nullptr) {  // 8 channels: 4 pairs (KC_BF16 blocks hold whole groups of 8)
+                for (int xi = 0; xi < P; ++xi) {
+                    _mm_storeu_si128(reinterpret_cast<__m128i*>(u_pairs.pair_of(xi, c, ic)),
+                                     reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(t[xi])));
+                }
+                continue;
+            }
+#endif
             for (int xi = 0; xi < P; ++xi) _mm256_storeu_ps(out + xi * position_stride + ic, t[xi]);
         }
         for (; ic < IC; ++ic) {
@@ -220,9 +249,31 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             for (int k = 0; k < 9; ++k) g[k] = values[ic * 9 + k];
             if constexpr (P == POSITIONS) kernel_transform(g, t, add, sub, half);
             else kernel_transform_4x4(g, t, add, sub, mul);
+#if defined(SDCPP_PY_BF16_GEMM)
+            if (u_pairs.pairs != nullptr) {  // one half of a pair; an odd last channel's partner is zero
+                for (int xi = 0; xi < P; ++xi) {
+                    const __m128bh rounded = _mm_cvtneps_pbh(_mm_set_ss(t[xi]));  // as row_pairs rounds
+                    uint16_t* halves = reinterpret_cast<uint16_t*>(u_pairs.pair_of(xi, c, ic & ~int64_t{1}));
+                    halves[ic & 1] = static_cast<uint16_t>(_mm_extract_epi16(reinterpret_cast<__m128i>(rounded), 0));
+                    if (ic % 2 == 0) halves[1] = 0;
+                }
+                continue;
+            }
+#endif
             for (int xi = 0; xi < P; ++xi) out[xi * position_stride + ic] = t[xi];
         }
     }
+#if defined(SDCPP_PY_BF16_GEMM)
+    if (u_pairs.pairs != nullptr && cols < u_pairs.padded_cols) {  // a last short sliver's missing columns
+        for (int xi = 0; xi < P; ++xi) {
+            for (int64_t pc = 0; pc < IC; pc += KC_BF16) {
+                const int64_t kc2 = (std::min(KC_BF16, IC - pc) + 1) / 2;
+                uint32_t* block = u_pairs.position(xi) + u_pairs.padded_cols * (pc / 2);
+                std::fill(block + cols * kc2, block + u_pairs.padded_cols * kc2, 0u);
+            }
+        }
+    }
+#endif
 }
 
 // Y = A' M A: a tile's 2x2 output pixels from its 16 products; lanes of V are tiles.
@@ -470,30 +521,43 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 21) / (P * IC) / NR * NR, NR, 192);
     const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (P * chunk) / MR * MR);
     thread_local std::vector<float> u, m;
+#if defined(SDCPP_PY_BF16_GEMM)
+    thread_local std::vector<uint32_t> paired_kernels;
+#endif
     // Rows of each product: the batch's images one after another, each in whole slivers (a last sliver's
     // rows past an image's tiles are the input node's zeros: computed, then dropped).
     const int64_t image_rows = slivers * MR, all_rows = N * image_rows;
     const float* v = static_cast<const float*>(transformed->data);
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
-        scratch(u, P * cols * IC);
-        if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, u.data());
-        else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, u.data());
+#if defined(SDCPP_PY_BF16_GEMM)
+        const int64_t padded_cols = (cols + NR - 1) / NR * NR;
+        uint32_t* paired = pairs ? scratch(paired_kernels, P * padded_cols * steps) : nullptr;
+        const PairedKernels u_pairs{paired, IC, padded_cols};
+        if (pairs) {
+            if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, nullptr, u_pairs);
+            else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, nullptr, u_pairs);
+        }
+#endif
+        if (!pairs) {
+            scratch(u, P * cols * IC);
+            if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, u.data());
+            else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, u.data());
+        }
         for (int64_t r0 = 0; r0 < all_rows; r0 += band) {  // r0: a multiple of MR, the start of a sliver
             const int64_t rows = std::min(band, all_rows - r0);
             scratch(m, P * cols * rows);
             for (int64_t xi = 0; xi < P; ++xi) {
-                const float* b = u.data() + xi * cols * IC;
                 float* c = m.data() + xi * cols * rows;
                 const int64_t first_sliver = xi * N * slivers + r0 / MR;
 #if defined(SDCPP_PY_BF16_GEMM)
                 if (pairs) {
-                    const TilePairs paired{reinterpret_cast<const uint32_t*>(v) + first_sliver * steps * MR, steps};
-                    gemm_block_bf16(0, rows, 0, cols, IC, paired, b, IC, c, rows);
+                    position_product_bf16(reinterpret_cast<const uint32_t*>(v) + first_sliver * steps * MR, IC, rows,
+                                          cols, u_pairs.position(xi), padded_cols, c);
                     continue;
                 }
 #endif
-                position_product(TileSlivers{v + first_sliver * IC * MR, IC}, rows, cols, b, c);
+                position_product(TileSlivers{v + first_sliver * IC * MR, IC}, rows, cols, u.data() + xi * cols * IC, c);
             }
             // Each image's tiles within these rows, written into its channels.
             for (int64_t n = r0 / image_rows; n < N && n * image_rows < r0 + rows; ++n) {
