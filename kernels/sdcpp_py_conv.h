@@ -142,7 +142,7 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
         const ggml_custom_op_t products = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_CONV);
         if (input != nullptr && products != nullptr) {
             // bf16 products: channels stored in pairs, as the product reads them (half the f32 bytes; the
-            // cap above still counts f32, so that both precisions take Winograd on the same layers).
+            // cap above counts f32: a bf16 graph holds no larger transformed image than an f32 one).
             const int64_t steps = bf16 ? (IC + 1) / 2 : IC;
             ggml_tensor* transformed = ggml_custom_4d(ctx, GGML_TYPE_F32, tile_rows, steps, positions, N, &args[1],
                                                       1, input, GGML_N_TASKS_MAX, params);

@@ -40,9 +40,10 @@ Padding padding_of(uintptr_t params) {
 }
 
 // The transformed images: per position xi, each image's tiles in slivers of MR (the packed kernel's A
-// slivers), each sliver channel by channel: v[(((xi * N + n) * slivers + s) * IC + ic) * MR + r] for tile
-// s * MR + r of image n. A sliver's steps are then contiguous, as a packed A panel is, and a position's
-// slivers of all images are one A operand: a batch's images share each product (weights packed once).
+// slivers), each sliver step by step: v[(((xi * N + n) * slivers + s) * steps + step) * MR + r] for tile
+// s * MR + r of image n, a step being a channel (f32) or a pair of channels (bf16 products). A sliver's steps
+// are then contiguous, as a packed A panel is, and a position's slivers of all images are one A operand: a
+// batch's images share each product (weights packed once).
 inline int64_t sliver_count(int64_t tiles) { return (tiles + MR - 1) / MR; }
 
 // Position xi's block of that as the f32 product's A operand.
@@ -52,7 +53,7 @@ struct TileSlivers {
 };
 
 // The f32 product for one position: C (tiles x cols, column-major) = A x B', A's slivers multiplied where the
-// input node wrote them (no packing), B (cols rows of IC) packed per KC-deep block as gemm_block packs it.
+// input node wrote them (no packing), B (cols rows of IC) read in place (a last short sliver packed).
 void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const float* b, float* c) {
     thread_local std::vector<float> b_panels;
     const int64_t IC = a.IC, n_slivers = (cols + NR - 1) / NR;
@@ -253,9 +254,9 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             if (u_pairs.pairs != nullptr) {  // one half of a pair; an odd last channel's partner is zero
                 for (int xi = 0; xi < P; ++xi) {
                     const __m128bh rounded = _mm_cvtneps_pbh(_mm_set_ss(t[xi]));  // as row_pairs rounds
-                    uint16_t* halves = reinterpret_cast<uint16_t*>(u_pairs.pair_of(xi, c, ic & ~int64_t{1}));
-                    halves[ic & 1] = static_cast<uint16_t>(_mm_extract_epi16(reinterpret_cast<__m128i>(rounded), 0));
-                    if (ic % 2 == 0) halves[1] = 0;
+                    const uint32_t half = static_cast<uint16_t>(_mm_extract_epi16(reinterpret_cast<__m128i>(rounded), 0));
+                    uint32_t* pair = u_pairs.pair_of(xi, c, ic & ~int64_t{1});
+                    *pair = ic % 2 == 0 ? half : (*pair & 0xffffu) | (half << 16);
                 }
                 continue;
             }
@@ -369,11 +370,11 @@ inline void tile_columns(const float* row, __m256 col[4]) {
 }  // namespace sdcpp_py_gemm
 
 // dst: V = B' d B of every tile of every channel in TileSlivers' layout, images side by side per position
-// (the tensor's shape only sizes it: (slivers * MR, IC, P, N), P = 16 for F(2x2) or 36 for F(4x4)); src[0]
-// the image (IW, IH, IC, N). Tiles are 2x2 (4x4) output pixels, row by row; their 4x4 (6x6) input patches
-// overlap by 2 and read zeros outside the image (padding). For bf16 products (the params' bf16 bit) V is stored as the
-// product's A operand pairs it, channels 2q and 2q+1 of a tile in one dword (TilePairs' layout, (IC + 1) / 2
-// pairs in place of IC channels): half the bytes, and nothing left for the product to convert.
+// (the tensor's shape only sizes it: (slivers * MR, steps, P, N), P = 16 for F(2x2) or 36 for F(4x4));
+// src[0] the image (IW, IH, IC, N). Tiles are 2x2 (4x4) output pixels, row by row; their 4x4 (6x6) input
+// patches overlap by 2 and read zeros outside the image (padding). For bf16 products (the params' bf16 bit) V
+// is stored as the product's A operand pairs it, channels 2q and 2q+1 of a tile in one dword ((IC + 1) / 2
+// steps in place of IC channels): half the bytes, read in place by the product.
 extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor* x = dst->src[0];

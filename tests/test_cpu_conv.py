@@ -19,7 +19,7 @@ _test_hooks = hooks()
 
 @pytest.fixture(autouse=True)
 def direct_convolution(monkeypatch):
-    """The direct node (3x3 stride-1 convolutions of 64 tiles or more run as Winograd: test_cpu_winograd.py)."""
+    """The direct node (3x3 stride-1 convolutions of 16 tiles or more run as Winograd: test_cpu_winograd.py)."""
     monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")
 
 

@@ -41,7 +41,10 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("n, ic, oc, size, kernel_size, stride, padding", CONV_CASES)
-def test_fused_convolution_with_a_q8_0_kernel_matches_numpy(n, ic, oc, size, kernel_size, stride, padding):
+def test_fused_convolution_with_a_q8_0_kernel_matches_numpy(n, ic, oc, size, kernel_size, stride, padding,
+                                                            monkeypatch):
+    # The direct node (3x3 stride-1 cases of 16+ tiles run as Winograd otherwise: test_cpu_winograd.py).
+    monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")
     rng = np.random.default_rng(ic + oc)
     kernel = rng.standard_normal((oc, ic, kernel_size, kernel_size)).astype(np.float16)
     image = rng.standard_normal((n, ic, size, size)).astype(np.float32)
