@@ -11,18 +11,9 @@
 #include <cstdlib>
 #include <cstring>
 
-namespace {
-// SDCPP_PY_CPU_KERNELS=avx2 keeps our kernels to their AVX2 code on a CPU that has wider units (the bf16
-// products off), so that path can be tested and timed there (issue 20); ggml's own code in the loaded
-// backend is not affected. Read once: products must not change mid-run.
-bool wider_kernels_allowed() {
-    static const bool allowed = [] {
-        const char* restrict_to = std::getenv("SDCPP_PY_CPU_KERNELS");
-        return restrict_to == nullptr || std::strcmp(restrict_to, "avx2") != 0;
-    }();
-    return allowed;
-}
-}  // namespace
+#if defined(SDCPP_PY_PACKED_GEMM)
+using sdcpp_py_gemm::wider_kernels_allowed;  // SDCPP_PY_CPU_KERNELS=avx2 (sdcpp_py_packed_gemm.h)
+#endif
 
 extern "C" void sdcpp_py_gemm_set_bf16(int bf16) {
 #if defined(SDCPP_PY_BF16_GEMM)

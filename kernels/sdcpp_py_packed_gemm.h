@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -462,6 +464,55 @@ inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint3
 }
 #endif
 
+// SDCPP_PY_CPU_KERNELS=avx2 keeps our kernels to their AVX2 code on a CPU that has wider units (the
+// AVX-512 f32 tiles and the bf16 products off), so that path can be tested and timed there (issue 20);
+// ggml's own code in the loaded backend is not affected. Read once: products must not change mid-run.
+inline bool wider_kernels_allowed() {
+    static const bool allowed = [] {
+        const char* restrict_to = std::getenv("SDCPP_PY_CPU_KERNELS");
+        return restrict_to == nullptr || std::strcmp(restrict_to, "avx2") != 0;
+    }();
+    return allowed;
+}
+
+#if defined(__AVX512F__)
+// register_tile on AVX-512: SLIVERS A slivers (a_sliver_stride apart) x NR columns, a zmm per sliver and
+// step: two slivers' 12 accumulators do the 16x6 tile's work twice per step with half the loads and
+// instructions per FMA. Each lane's FMA chain is the 16x6 tile's, so the sums are bitwise the same.
+template <bool B_ROWS, int SLIVERS>
+inline void register_tile_512(int64_t kc, const float* a, int64_t a_sliver_stride, const float* b, int64_t ldb,
+                              float* C, int64_t ldc, bool accumulate) {
+    const int64_t b_col = B_ROWS ? ldb : 1, b_step = B_ROWS ? 1 : NR;
+    const float* const columns[NR] = {b, b + b_col, b + 2 * b_col, b + 3 * b_col, b + 4 * b_col, b + 5 * b_col};
+    __m512 c[NR][SLIVERS];
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 2
+        for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_setzero_ps();
+    }
+    for (int64_t l = 0; l < kc; ++l, a += MR) {
+        const int64_t o = l * b_step;
+        __m512 av[SLIVERS];
+#pragma GCC unroll 2
+        for (int s = 0; s < SLIVERS; ++s) av[s] = _mm512_loadu_ps(a + s * a_sliver_stride);
+#pragma GCC unroll 6
+        for (int j = 0; j < NR; ++j) {
+            const __m512 bv = _mm512_set1_ps(columns[j][o]);
+#pragma GCC unroll 2
+            for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_fmadd_ps(av[s], bv, c[j][s]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 2
+        for (int s = 0; s < SLIVERS; ++s) {
+            float* col = C + j * ldc + s * MR;
+            _mm512_storeu_ps(col, accumulate ? _mm512_add_ps(_mm512_loadu_ps(col), c[j][s]) : c[j][s]);
+        }
+    }
+}
+#endif
+
 // Register tiles over a rows x cols block of C (C points at its first element) at depth kc. A: packed
 // slivers, sliver si at a_panels + si*a_stride (default MR*kc: back to back). B: packed slivers at
 // b_panels + sj*NR*kc or, where b_rows is given, whole slivers read in place as f32 rows (b_rows + j*ldb); a
@@ -472,6 +523,9 @@ inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_pa
     if (a_stride == 0) a_stride = MR * kc;
     alignas(32) float edge[NR * MR];
     const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
+#if defined(__AVX512F__)
+    const bool zmm = wider_kernels_allowed();
+#endif
     for (int64_t sj = 0; sj < n_slivers; ++sj) {
         const int64_t j = sj * NR, sliver_cols = std::min(NR, cols - j);
         const bool in_place = b_rows != nullptr && sliver_cols == NR;
@@ -480,6 +534,20 @@ inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_pa
             const int64_t i = si * MR, sliver_rows = std::min(MR, rows - i);
             const float* a = a_panels + si * a_stride;
             float* c = C + j * ldc + i;
+#if defined(__AVX512F__)
+            if (zmm && sliver_cols == NR && sliver_rows == MR) {
+                if (i + 2 * MR <= rows) {  // two whole slivers
+                    if (in_place) register_tile_512<true, 2>(kc, a, a_stride, b, ldb, c, ldc, accumulate);
+                    else register_tile_512<false, 2>(kc, a, a_stride, b, ldb, c, ldc, accumulate);
+                    ++si;
+                } else if (in_place) {
+                    register_tile_512<true, 1>(kc, a, a_stride, b, ldb, c, ldc, accumulate);
+                } else {
+                    register_tile_512<false, 1>(kc, a, a_stride, b, ldb, c, ldc, accumulate);
+                }
+                continue;
+            }
+#endif
             if (sliver_rows == MR && sliver_cols == NR) {
                 if (in_place) register_tile<true>(kc, a, b, ldb, c, ldc, accumulate);
                 else register_tile<false>(kc, a, b, ldb, c, ldc, accumulate);

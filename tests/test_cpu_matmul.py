@@ -4,6 +4,10 @@ Every convolution and linear layer of every model runs through this product, so 
 show up only as subtly wrong pixels: odd shapes are checked directly.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from native_hooks import PACKED_KERNEL, hooks
@@ -53,6 +57,44 @@ def test_results_do_not_depend_on_the_thread_count():
     b = rng.standard_normal((96, 2880)).astype(np.float16)
     one = _test_hooks._cpu_mul_mat(a, b, 1)
     assert all(np.array_equal(one, _test_hooks._cpu_mul_mat(a, b, threads)) for threads in (2, 4))
+
+
+TILE_PRODUCTS = """
+import sys
+import numpy as np
+from sdcpp_py import _test_hooks as hooks
+rng = np.random.default_rng(11)
+a = rng.standard_normal((83, 300)).astype(np.float16)  # 5 slivers + 3 rows: pairs, a single, an edge
+b = rng.standard_normal((50, 300), dtype=np.float32)
+few = rng.standard_normal((40, 300), dtype=np.float32)  # against few slivers of A, B read in place
+kernel = rng.standard_normal((30, 24, 3, 3)).astype(np.float16)
+image = rng.standard_normal((2, 24, 13, 11), dtype=np.float32)  # direct (stride 2) and Winograd nodes
+q, k, v = (rng.standard_normal((70, 64), dtype=np.float32) for _ in range(3))
+results = [hooks._cpu_mul_mat(a, b, 2), hooks._cpu_mul_mat(a[:40], few, 2),
+           hooks._core_conv_2d(kernel.view(np.uint16), image, 2, 1, 1, 2)[0],
+           hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)[0],
+           hooks._cpu_attention(q, k, v, 2, 2, on_cpu_backend=True)[0]]
+np.savez(sys.argv[1], *results)
+"""
+
+
+@pytest.mark.skipif(not PACKED_KERNEL, reason="patch 0004's kernel is not in this build")
+def test_avx2_tiles_give_the_avx512_tiles_sums(tmp_path):
+    # On an AVX-512 build the f32 register tiles are zmm pairs of slivers; SDCPP_PY_CPU_KERNELS=avx2 keeps the
+    # AVX2 16x6 tiles (on an AVX2-only CPU both runs take them). Each lane's FMA chain is the same: bitwise
+    # equal products, convolutions and attention.
+    outputs = {}
+    for name, restriction in (("default", None), ("avx2", "avx2")):
+        env = {key: value for key, value in os.environ.items() if key != "SDCPP_PY_CPU_KERNELS"}
+        if restriction:
+            env["SDCPP_PY_CPU_KERNELS"] = restriction
+        path = tmp_path / f"{name}.npz"
+        child = subprocess.run([sys.executable, "-c", TILE_PRODUCTS, str(path)], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert child.returncode == 0, child.stderr
+        outputs[name] = np.load(path)
+    for key in outputs["default"].files:
+        assert np.array_equal(outputs["default"][key], outputs["avx2"][key]), key
 
 
 @pytest.mark.skipif(not PACKED_KERNEL, reason="patch 0018 changes the products of builds with patch 0004's kernel")
