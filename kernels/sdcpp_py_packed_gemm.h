@@ -7,7 +7,8 @@
 // activations are read as they are instead of being rounded to f16 first.
 // Each C element is summed by one thread in a fixed order, so results do not depend on the thread count.
 // AVX-512 builds use it too (issue 20): ggml's AVX-512 tinyBLAS streams rows as its AVX2 one does, and the
-// fused nodes that rely on this kernel then run there as well (SD1 UNet, 256x256, Zen 4: 3.29 -> 2.49 s/step).
+// fused nodes that rely on this kernel then run there as well (SD1 UNet, 256x256, Zen 4: 3.29 -> 2.49 s/step);
+// there whole pairs of 16-row slivers take zmm tiles (register_tile_512), with the same sums.
 // With AVX512_BF16 the products of a context with cpu_precision="bf16" (patch 0014) take the bf16 path below:
 // the same blocks, operands rounded to bf16 in pairs of steps, vdpbf16ps into f32 sums (SD1, 256x256: ~1.5
 // s/step against 2.3).
