@@ -428,6 +428,12 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
     thread_local std::vector<float> padded;
     scratch(padded, (pairs ? 2 : 1) * PW * PH);  // bf16 pairs: both channels' planes
     const __m256i every_fourth = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+#if defined(__AVX512F__)
+    // On AVX-512 F(4x4)'s columns come from two loads and a permute instead of a gather (the plane's PW
+    // leaves room for the second load); SDCPP_PY_CPU_KERNELS=avx2 keeps the gathers. The same values.
+    const bool permute_columns = wider_kernels_allowed();
+    const __m512i every_fourth_512 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+#endif
     // V of 8 tiles from their padded plane: one vector per position, lanes the tiles.
     const auto transform_tiles = [&](const float* r0, int64_t tx, __m256 values[POSITIONS_4X4]) {
         if (P == POSITIONS) {
@@ -450,6 +456,15 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
         __m256 t[6][6];  // B' d, column by column: each column's 6 rows gathered 4 apart per tile
         for (int j = 0; j < 6; ++j) {
             __m256 column[6], rows[6];
+#if defined(__AVX512F__)
+            if (permute_columns) {  // floats j .. j + 31 of the row hold the 8 tiles' column j, 4 apart
+                for (int i = 0; i < 6; ++i) {
+                    const float* row = r0 + i * PW + 4 * tx + j;
+                    column[i] = _mm512_castps512_ps256(
+                        _mm512_permutex2var_ps(_mm512_loadu_ps(row), every_fourth_512, _mm512_loadu_ps(row + 16)));
+                }
+            } else
+#endif
             for (int i = 0; i < 6; ++i) column[i] = _mm256_i32gather_ps(r0 + i * PW + 4 * tx + j, every_fourth, 4);
             input_rows_4x4(column, rows);
             for (int i = 0; i < 6; ++i) t[i][j] = rows[i];

@@ -68,7 +68,7 @@ a = rng.standard_normal((83, 300)).astype(np.float16)  # 5 slivers + 3 rows: pai
 b = rng.standard_normal((50, 300), dtype=np.float32)
 few = rng.standard_normal((40, 300), dtype=np.float32)  # against few slivers of A, B read in place
 kernel = rng.standard_normal((30, 27, 3, 3)).astype(np.float16)  # 27 channels: 3 groups of 8 and a tail
-image = rng.standard_normal((2, 27, 13, 11), dtype=np.float32)  # direct (stride 2) and Winograd nodes
+image = rng.standard_normal((2, 27, 17, 19), dtype=np.float32)  # direct (stride 2) and F(4x4) nodes
 q, k, v = (rng.standard_normal((70, 64), dtype=np.float32) for _ in range(3))
 results = [hooks._cpu_mul_mat(a, b, 2), hooks._cpu_mul_mat(a[:40], few, 2),
            hooks._core_conv_2d(kernel.view(np.uint16), image, 2, 1, 1, 2)[0],
@@ -81,8 +81,8 @@ np.savez(sys.argv[1], *results)
 @pytest.mark.skipif(not PACKED_KERNEL, reason="patch 0004's kernel is not in this build")
 def test_avx2_tiles_give_the_avx512_tiles_sums(tmp_path):
     # On an AVX-512 build the f32 register tiles are zmm pairs of slivers and Winograd picks an f16 kernel's
-    # taps by word permutes; SDCPP_PY_CPU_KERNELS=avx2 keeps the AVX2 16x6 tiles and gathers (on an AVX2-only
-    # CPU both runs take them). The same operations per value: bitwise equal products, convolutions and
+    # taps and F(4x4)'s image columns by permutes; SDCPP_PY_CPU_KERNELS=avx2 keeps the AVX2 16x6 tiles and
+    # gathers (on an AVX2-only CPU both runs take them). The same operations per value: bitwise equal products, convolutions and
     # attention.
     outputs = {}
     for name, restriction in (("default", None), ("avx2", "avx2")):
