@@ -248,6 +248,22 @@ inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ld
 // sdcpp_py_gemm_set_bf16) or its userdata (the fused nodes). Only acted on where SDCPP_PY_BF16_GEMM is.
 inline thread_local bool bf16_products = false;
 
+#if defined(__AVX512F__)
+// A zmm register tile's sums into C (column stride ldc): SLIVERS slivers of 16 rows by NR columns, stored or
+// added to what C holds (the f32 and bf16 tiles alike).
+template <int SLIVERS>
+inline void store_tile_512(const __m512 (&c)[NR][SLIVERS], float* C, int64_t ldc, bool accumulate) {
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 2
+        for (int s = 0; s < SLIVERS; ++s) {
+            float* col = C + j * ldc + s * MR;
+            _mm512_storeu_ps(col, accumulate ? _mm512_add_ps(_mm512_loadu_ps(col), c[j][s]) : c[j][s]);
+        }
+    }
+}
+#endif
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
 #define SDCPP_PY_BF16_GEMM 1
 
@@ -417,14 +433,7 @@ inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_
             for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_dpbf16_ps(c[j][s], av[s], bv);
         }
     }
-#pragma GCC unroll 6
-    for (int j = 0; j < NR; ++j) {
-#pragma GCC unroll 2
-        for (int s = 0; s < SLIVERS; ++s) {
-            float* col = C + j * ldc + s * MR;
-            _mm512_storeu_ps(col, accumulate ? _mm512_add_ps(_mm512_loadu_ps(col), c[j][s]) : c[j][s]);
-        }
-    }
+    store_tile_512<SLIVERS>(c, C, ldc, accumulate);
 }
 
 // Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*a_stride
@@ -503,14 +512,7 @@ inline void register_tile_512(int64_t kc, const float* a, int64_t a_sliver_strid
             for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_fmadd_ps(av[s], bv, c[j][s]);
         }
     }
-#pragma GCC unroll 6
-    for (int j = 0; j < NR; ++j) {
-#pragma GCC unroll 2
-        for (int s = 0; s < SLIVERS; ++s) {
-            float* col = C + j * ldc + s * MR;
-            _mm512_storeu_ps(col, accumulate ? _mm512_add_ps(_mm512_loadu_ps(col), c[j][s]) : c[j][s]);
-        }
-    }
+    store_tile_512<SLIVERS>(c, C, ldc, accumulate);
 }
 #endif
 

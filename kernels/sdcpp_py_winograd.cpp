@@ -186,9 +186,6 @@ inline void output_transform_4x4(const V m[36], V y[4][4], Add add, Sub sub, Mul
     for (int i = 0; i < 4; ++i) output_rows_4x4(s[i], y[i], add, sub, mul);  // (A' M) A
 }
 
-// U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the product's B
-// operand per position (rows of IC steps), P = 16 (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at
-// a time: their taps gathered 9 apart.
 #if defined(SDCPP_PY_BF16_GEMM)
 // U for bf16 products, paired once as it is transformed (not per product from an f32 copy): per position, per
 // KC_BF16 block of input channels, a run of pairs per output channel (pair_cols_of_b's panel: columns
@@ -206,7 +203,10 @@ struct PairedKernels {
 };
 #endif
 
-// The transformed kernels go to u (f32, below) or, for bf16 products, paired (u_pairs.pairs set).
+// U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the f32 product's B
+// operand per position (rows of IC steps), or for bf16 products paired (u_pairs.pairs set, u null); P = 16
+// (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at a time: their taps gathered 9 apart (picked by
+// word permutes from an f16 row on AVX-512).
 template <int P>
 void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u
 #if defined(SDCPP_PY_BF16_GEMM)
@@ -575,20 +575,16 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const float* v = static_cast<const float*>(transformed->data);
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
+        float* const u_f32 = pairs ? nullptr : scratch(u, P * cols * IC);
+        const auto transform = P == POSITIONS ? transform_kernels<POSITIONS> : transform_kernels<POSITIONS_4X4>;
 #if defined(SDCPP_PY_BF16_GEMM)
         const int64_t padded_cols = (cols + NR - 1) / NR * NR;
-        uint32_t* paired = pairs ? scratch(paired_kernels, P * padded_cols * steps) : nullptr;
-        const PairedKernels u_pairs{paired, IC, padded_cols};
-        if (pairs) {
-            if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, nullptr, u_pairs);
-            else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, nullptr, u_pairs);
-        }
+        const PairedKernels u_pairs{pairs ? scratch(paired_kernels, P * padded_cols * steps) : nullptr, IC,
+                                    padded_cols};
+        transform(w, c0, cols, IC, u_f32, u_pairs);
+#else
+        transform(w, c0, cols, IC, u_f32);
 #endif
-        if (!pairs) {
-            scratch(u, P * cols * IC);
-            if (P == POSITIONS) transform_kernels<POSITIONS>(w, c0, cols, IC, u.data());
-            else transform_kernels<POSITIONS_4X4>(w, c0, cols, IC, u.data());
-        }
         for (int64_t r0 = 0; r0 < all_rows; r0 += band) {  // r0: a multiple of MR, the start of a sliver
             const int64_t rows = std::min(band, all_rows - r0);
             scratch(m, P * cols * rows);
@@ -602,7 +598,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                     continue;
                 }
 #endif
-                position_product(TileSlivers{v + first_sliver * IC * MR, IC}, rows, cols, u.data() + xi * cols * IC, c);
+                position_product(TileSlivers{v + first_sliver * IC * MR, IC}, rows, cols, u_f32 + xi * cols * IC, c);
             }
             // Each image's tiles within these rows, written into its channels.
             for (int64_t n = r0 / image_rows; n < N && n * image_rows < r0 + rows; ++n) {
