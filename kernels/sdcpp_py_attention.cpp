@@ -111,25 +111,22 @@ void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<u
     }
 }
 
-// e^y for y <= 0 (a softmax's shifted scores), to 1-2 ulp like ggml's: y = n ln2 + r (n = round(y / ln2), ln2
-// in two parts so that r is exact), e^r from its degree-6 Taylor polynomial on |r| <= ln2 / 2 (error < 2e-7),
-// times 2^n; 0 far below. Rounded to bf16 next, but an exp off by more ulps moves more weights across a bf16
-// rounding boundary.
-inline __m512 exp_nonpositive(__m512 y) {
-    // Below -86 e^y is under the smallest normal float: 4e-38 there instead of denormals, 0 or (from -inf or a
-    // huge gap, through inf - inf in the reduction) NaN. A NaN y stays NaN (max_ps returns its second operand).
-    y = _mm512_max_ps(_mm512_set1_ps(-86.0f), y);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), y);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+// 2^y for y <= 0 (a softmax's shifted scores in base 2), to ~2e-7 like ggml's e^y: y = n + r (n = round(y),
+// r exact, |r| <= 1/2), 2^r from a degree-5 polynomial fitted to it on that range (relative error 2.4e-7),
+// times 2^n. Base 2 saves e^y's two-part ln 2 reduction: 10 instructions per 16 values instead of 13. Rounded to
+// bf16 next, but an exp off by more ulps moves more weights across a bf16 rounding boundary.
+inline __m512 exp2_nonpositive(__m512 y) {
+    // Below -126 2^y is under the smallest normal float: 2^-126 there instead of denormals, 0 or (from -inf or a
+    // huge gap, through inf - inf) NaN. A NaN y stays NaN (max_ps returns its second operand).
+    y = _mm512_max_ps(_mm512_set1_ps(-126.0f), y);
+    const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(y, n);
+    __m512 p = _mm512_set1_ps(1.32764713e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.67554189e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.55071346e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.40221202e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.93146944e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.00000012f));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -139,19 +136,34 @@ inline __m512 exp_nonpositive(__m512 y) {
 float softmax_weights_bf16(const float* x, int64_t n, float scale, Bf16* weights) {
     // scale * max x is the scaled scores' maximum for scale > 0 (the core's 1 / sqrt(d_head); asserted by the
     // caller).
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int64_t i = 0; i < n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, first_lanes(n - i), x + i));
-    const __m512 vscale = _mm512_set1_ps(scale), shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
+    __m512 vmax = _mm512_set1_ps(-INFINITY), vmax2 = vmax;  // two chains: max's latency, not its throughput
+    int64_t m = 0;
+    for (; m + 32 <= n; m += 32) {
+        vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + m));
+        vmax2 = _mm512_max_ps(vmax2, _mm512_loadu_ps(x + m + 16));
+    }
+    for (; m < n; m += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, first_lanes(n - m), x + m));
+    vmax = _mm512_max_ps(vmax, vmax2);
+    // e^(scale (x - max)) = 2^(scale2 (x - max)), scale2 = scale log2(e). x - max first: 0 at the maximum however
+    // large the scores (scale2 x - scale2 max would be the rounding of a ~1e16 product there, ~1e9 either way).
+    const __m512 vscale = _mm512_set1_ps(scale * 1.44269504f), shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     __m512 sum = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 32) {
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 lo = exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shift), vscale));
+        const __m512 hi = exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), shift), vscale));
+        sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
+        _mm512_storeu_si512(weights + i, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    }
+    if (i < n) {  // the last 1-31 values: lanes past n are 0, not written
         const __mmask16 lo_lanes = first_lanes(n - i), hi_lanes = first_lanes(n - i - 16);
         const __m512 lo = _mm512_maskz_mov_ps(
-            lo_lanes, exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(lo_lanes, x + i), vscale, shift)));
+            lo_lanes, exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lo_lanes, x + i), shift), vscale)));
         const __m512 hi = _mm512_maskz_mov_ps(
-            hi_lanes, exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(hi_lanes, x + i + 16), vscale, shift)));
+            hi_lanes, exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(hi_lanes, x + i + 16), shift), vscale)));
         sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
-        const __mmask32 words = n - i >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << (n - i)) - 1);
-        _mm512_mask_storeu_epi16(weights + i, words, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+        _mm512_mask_storeu_epi16(weights + i, __mmask32((1u << (n - i)) - 1),
+                                 reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
     }
     return 1.0f / _mm512_reduce_add_ps(sum);
 }

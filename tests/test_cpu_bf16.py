@@ -142,11 +142,13 @@ def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
 
 
 @needs_bf16
-def test_bf16_attention_with_huge_score_gaps_stays_finite():
+@pytest.mark.parametrize("d_head", [64, 40])
+def test_bf16_attention_with_huge_score_gaps_stays_finite(d_head):
     # Scores ~1e16 apart: every weight but the largest underflows (ggml's f32 softmax: exactly 0). The bf16
-    # path's exp must give ~0 there too, not NaN from its range reduction, and so the max key's value row.
+    # path's exp must give ~0 there too, not NaN from its range reduction, and so the max key's value row, its
+    # weight 1 also where the scale (1 / sqrt(40)) rounds the maximum's scaled score.
     rng = np.random.default_rng(11)
-    q, k, v = (rng.standard_normal((48, 64)).astype(np.float32) for _ in range(3))
+    q, k, v = (rng.standard_normal((48, d_head)).astype(np.float32) for _ in range(3))
     q *= np.float32(1e15)
     result, _, _ = _test_hooks._cpu_attention(q, k, v, 1, 2, bf16=True)
     f32, _, _ = _test_hooks._cpu_attention(q, k, v, 1, 2)
