@@ -5,8 +5,9 @@
 // outputs from the tiles again with the scores read in place. Every score and output element is summed in
 // the order the unfused mul_mat nodes use (one tile's FMA chain per KC-deep block, blocks added in order),
 // and the softmax calls ggml's own vector functions, so the result is bitwise that of the four nodes. With
-// bf16 products (cpu_precision="bf16") there is no such reference: the softmax's weights are written once as
-// the second product's bf16 operand, and the output normalized after it (softmax_weights_bf16).
+// bf16 products (cpu_precision="bf16") there is no such reference: blocks of 32 queries, the scores a key at a
+// time with the queries side by side, the softmax's weights written once as the second product's bf16 operand
+// and the output normalized after it (softmax_columns_bf16), the channels that product's columns.
 #include "sdcpp_py_attention.h"
 
 #include "ggml-cpu-impl.h"
@@ -78,35 +79,65 @@ void product(int64_t rows, int64_t cols, int64_t depth, const std::vector<float>
 }
 
 #if defined(SDCPP_PY_BF16_GEMM)
-// An m x depth matrix's packed blocks (pack_all) as bf16 pairs: block pc at pairs + m_padded * pc / 2.
-void pair_all(int64_t m, int64_t depth, const std::vector<float>& panels, std::vector<uint32_t>& pairs) {
-    const int64_t m_padded = (m + MR - 1) / MR * MR;
-    scratch(pairs, m_padded * ((depth + 1) / 2 + 1));
-    for (int64_t pc = 0; pc < depth; pc += KC) {
-        const int64_t kc = std::min(KC, depth - pc), kc2 = (kc + 1) / 2;
-        for (int64_t s = 0; s < m_padded / MR; ++s) {
-            pair_steps_bf16(panels.data() + m_padded * pc + s * MR * kc, kc, MR,
-                            pairs.data() + m_padded * pc / 2 + s * MR * kc2);
-        }
-    }
-}
+// With bf16 products a block is QB_BF16 queries, the rows of one two-sliver register tile: the scores come out
+// a key at a time with the block's queries side by side (two vectors), the softmax runs down those columns and
+// writes its weights as the output product's A slivers, and that product's columns are the head's channels
+// (d_head 40: 7 slivers of 6 columns, where as rows they took 3 slivers of 16).
+constexpr int64_t QB_BF16 = 2 * MR;
 
-// product() with bf16 products: A's blocks paired (pair_all), B's rows (f32, or bf16 already) paired per block.
-template <typename TB>
-void product_bf16(int64_t rows, int64_t cols, int64_t depth, const std::vector<uint32_t>& a_pairs, const TB* B,
-                  int64_t ldb, float* C, int64_t ldc) {
-    thread_local std::vector<uint32_t> b_pairs;
-    const int64_t m_padded = (rows + MR - 1) / MR * MR, n_slivers = (cols + NR - 1) / NR;
-    for (int64_t pc = 0; pc < depth; pc += KC) {
-        const int64_t kc = std::min(KC, depth - pc), kc2 = (kc + 1) / 2;
-        scratch(b_pairs, n_slivers * NR * kc2);
-        for (int64_t s = 0; s < n_slivers; ++s) {
-            pair_cols_of_b(B, ldb, s * NR, std::min(NR, cols - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
+// The head's operands as the two products' B: K's rows are the score product's columns (each key's d_head
+// values as pairs, NR keys per sliver); V's channels the output product's, paired along the keys per KC_BF16
+// block (block pc at v + v_cols * pc / 2), channels padded to whole slivers (v_cols) with zeros.
+struct HeadPairs {
+    std::vector<uint32_t> k, v;
+    std::vector<float> v_t;
+    int64_t v_cols = 0;
+};
+
+// V: element (key, c) at V[key * v_key_stride + c * v_channel_stride].
+void pair_head(const float* K, int64_t k_stride, const float* V, int64_t v_key_stride, int64_t v_channel_stride,
+               int64_t L_k, int64_t d_head, HeadPairs& head) {
+    const int64_t d2 = (d_head + 1) / 2, key_slivers = (L_k + NR - 1) / NR;
+    scratch(head.k, key_slivers * NR * d2);
+    for (int64_t s = 0; s < key_slivers; ++s) {
+        pair_cols_of_b(K, k_stride, s * NR, std::min(NR, L_k - s * NR), 0, d_head, head.k.data() + s * NR * d2);
+    }
+    // V^T's rows (keys contiguous): V's own where its keys are contiguous, else a transposed copy.
+    const float* vt = V;
+    int64_t vt_stride = v_channel_stride;
+    if (v_key_stride != 1) {
+        float* t = scratch(head.v_t, d_head * L_k);
+        if (v_channel_stride == 1) {  // rows of channels: 16 keys x 16 channels at a time, transposed
+            for (int64_t key0 = 0; key0 < L_k; key0 += 16) {
+                for (int64_t c0 = 0; c0 < d_head; c0 += 16) {
+                    __m512i rows[16];
+                    const __mmask16 channels = first_lanes(d_head - c0), keys = first_lanes(L_k - key0);
+                    for (int64_t r = 0; r < 16; ++r) {
+                        rows[r] = key0 + r < L_k ? _mm512_maskz_loadu_epi32(channels, V + (key0 + r) * v_key_stride + c0)
+                                                 : _mm512_setzero_si512();
+                    }
+                    transpose16(rows);
+                    for (int64_t c = 0; c < std::min<int64_t>(16, d_head - c0); ++c) {
+                        _mm512_mask_storeu_epi32(t + (c0 + c) * L_k + key0, keys, rows[c]);
+                    }
+                }
+            }
+        } else {
+            for (int64_t key = 0; key < L_k; ++key) {
+                for (int64_t c = 0; c < d_head; ++c) t[c * L_k + key] = V[key * v_key_stride + c * v_channel_stride];
+            }
         }
-        const uint32_t* a_block = a_pairs.data() + m_padded * pc / 2;
-        for (int64_t ic = 0; ic < rows; ic += MC) {
-            tile_block_bf16(std::min(MC, rows - ic), cols, kc2, a_block + ic * kc2, b_pairs.data(), C + ic, ldc,
-                            pc > 0);
+        vt = t;
+        vt_stride = L_k;
+    }
+    const int64_t channel_slivers = (d_head + NR - 1) / NR;
+    head.v_cols = channel_slivers * NR;
+    scratch(head.v, head.v_cols * ((L_k + 1) / 2));
+    for (int64_t pc = 0; pc < L_k; pc += KC_BF16) {
+        const int64_t kc = std::min(KC_BF16, L_k - pc), kc2 = (kc + 1) / 2;
+        uint32_t* block = head.v.data() + head.v_cols * pc / 2;
+        for (int64_t s = 0; s < channel_slivers; ++s) {
+            pair_cols_of_b(vt, vt_stride, s * NR, std::min(NR, d_head - s * NR), pc, kc, block + s * NR * kc2);
         }
     }
 }
@@ -130,42 +161,97 @@ inline __m512 exp2_nonpositive(__m512 y) {
     return _mm512_scalef_ps(p, n);
 }
 
-// With bf16 products the softmax's weights are rounded to bf16 anyway: one pass writes e^(scale x - scale max)
-// as the product's bf16 operand (weights[i]), and the normalization moves to the output (returned: 1 / the
-// f32 sum), instead of ggml's scale, softmax and normalization passes over f32 scores and a pairing pass.
-float softmax_weights_bf16(const float* x, int64_t n, float scale, Bf16* weights) {
-    // scale * max x is the scaled scores' maximum for scale > 0 (the core's 1 / sqrt(d_head); asserted by the
-    // caller).
-    __m512 vmax = _mm512_set1_ps(-INFINITY), vmax2 = vmax;  // two chains: max's latency, not its throughput
-    int64_t m = 0;
-    for (; m + 32 <= n; m += 32) {
-        vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + m));
-        vmax2 = _mm512_max_ps(vmax2, _mm512_loadu_ps(x + m + 16));
+// The softmax of a block's scores (scores[key * QB_BF16 + query], the score product's C): one pass finds each
+// query's maximum (lanes are queries), one writes e^(scale (x - max)), rounded to bf16, as the output product's
+// A slivers (weights[(s * L_k2 + p) * MR + r]: keys 2p and 2p + 1 for query s * MR + r; a last odd key's partner
+// 0), and the normalization moves to the output: inverse_sums[query] = 1 / the f32 sum.
+void softmax_columns_bf16(const float* scores, int64_t L_k, float scale, uint32_t* weights, float* inverse_sums) {
+    // Two chains per half (max's latency, not its throughput).
+    __m512 max_lo = _mm512_set1_ps(-INFINITY), max_hi = max_lo, max_lo2 = max_lo, max_hi2 = max_lo;
+    int64_t key = 0;
+    for (; key + 2 <= L_k; key += 2) {
+        const float* column = scores + key * QB_BF16;
+        max_lo = _mm512_max_ps(max_lo, _mm512_loadu_ps(column));
+        max_hi = _mm512_max_ps(max_hi, _mm512_loadu_ps(column + 16));
+        max_lo2 = _mm512_max_ps(max_lo2, _mm512_loadu_ps(column + QB_BF16));
+        max_hi2 = _mm512_max_ps(max_hi2, _mm512_loadu_ps(column + QB_BF16 + 16));
     }
-    for (; m < n; m += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, first_lanes(n - m), x + m));
-    vmax = _mm512_max_ps(vmax, vmax2);
+    if (key < L_k) {
+        max_lo = _mm512_max_ps(max_lo, _mm512_loadu_ps(scores + key * QB_BF16));
+        max_hi = _mm512_max_ps(max_hi, _mm512_loadu_ps(scores + key * QB_BF16 + 16));
+    }
+    max_lo = _mm512_max_ps(max_lo, max_lo2);
+    max_hi = _mm512_max_ps(max_hi, max_hi2);
     // e^(scale (x - max)) = 2^(scale2 (x - max)), scale2 = scale log2(e). x - max first: 0 at the maximum however
     // large the scores (scale2 x - scale2 max would be the rounding of a ~1e16 product there, ~1e9 either way).
-    const __m512 vscale = _mm512_set1_ps(scale * 1.44269504f), shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-    __m512 sum = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        const __m512 lo = exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shift), vscale));
-        const __m512 hi = exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), shift), vscale));
-        sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
-        _mm512_storeu_si512(weights + i, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    const __m512 vscale = _mm512_set1_ps(scale * 1.44269504f);
+    const auto weight = [&](const float* x, __m512 max) {
+        return exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x), max), vscale));
+    };
+    alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i order = _mm512_load_si512(interleave);
+    const auto pairs = [&](__m512 even, __m512 odd) {  // low words the even key's, high the odd's; then per query
+        return _mm512_permutexvar_epi16(order, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even)));
+    };
+    const int64_t L_k2 = (L_k + 1) / 2;
+    uint32_t *lo_sliver = weights, *hi_sliver = weights + L_k2 * MR;
+    __m512 sum_lo = _mm512_setzero_ps(), sum_hi = _mm512_setzero_ps();
+    for (int64_t p = 0; p < L_k2; ++p) {
+        const float* even = scores + 2 * p * QB_BF16;
+        const bool odd_exists = 2 * p + 1 < L_k;
+        const __m512 even_lo = weight(even, max_lo), even_hi = weight(even + 16, max_hi);
+        const __m512 odd_lo = odd_exists ? weight(even + QB_BF16, max_lo) : _mm512_setzero_ps();
+        const __m512 odd_hi = odd_exists ? weight(even + QB_BF16 + 16, max_hi) : _mm512_setzero_ps();
+        sum_lo = _mm512_add_ps(sum_lo, _mm512_add_ps(even_lo, odd_lo));
+        sum_hi = _mm512_add_ps(sum_hi, _mm512_add_ps(even_hi, odd_hi));
+        _mm512_storeu_si512(lo_sliver + p * MR, pairs(even_lo, odd_lo));
+        _mm512_storeu_si512(hi_sliver + p * MR, pairs(even_hi, odd_hi));
     }
-    if (i < n) {  // the last 1-31 values: lanes past n are 0, not written
-        const __mmask16 lo_lanes = first_lanes(n - i), hi_lanes = first_lanes(n - i - 16);
-        const __m512 lo = _mm512_maskz_mov_ps(
-            lo_lanes, exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lo_lanes, x + i), shift), vscale)));
-        const __m512 hi = _mm512_maskz_mov_ps(
-            hi_lanes, exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(hi_lanes, x + i + 16), shift), vscale)));
-        sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
-        _mm512_mask_storeu_epi16(weights + i, __mmask32((1u << (n - i)) - 1),
-                                 reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    _mm512_storeu_ps(inverse_sums, _mm512_div_ps(_mm512_set1_ps(1.0f), sum_lo));
+    _mm512_storeu_ps(inverse_sums + 16, _mm512_div_ps(_mm512_set1_ps(1.0f), sum_hi));
+}
+
+// nq <= QB_BF16 queries (q_stride apart) of one head against its paired K and V: their outputs, out_stride apart.
+// A block's buffers, kept by the thread from block to block.
+struct BlockBuffers {
+    std::vector<uint32_t> query_pairs, weight_slivers;
+    std::vector<float> score_columns, outputs;
+};
+
+void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const HeadPairs& head, int64_t L_k,
+                          int64_t d_head, float scale, float* out, int64_t out_stride, BlockBuffers& buffers) {
+    auto& [query_pairs, weight_slivers, score_columns, outputs] = buffers;
+    const int64_t d2 = (d_head + 1) / 2, L_k2 = (L_k + 1) / 2;
+    uint32_t* const q_pairs = scratch(query_pairs, QB_BF16 * d2);
+    for (int64_t s = 0; s < QB_BF16 / MR; ++s) {  // queries past nq: zero rows, their outputs dropped
+        pair_rows_of_a(Q, q_stride, s * MR, std::clamp<int64_t>(nq - s * MR, 0, MR), 0, d_head, q_pairs + s * MR * d2);
     }
-    return 1.0f / _mm512_reduce_add_ps(sum);
+    float* const scores = scratch(score_columns, L_k * QB_BF16);
+    tile_block_bf16(QB_BF16, L_k, d2, q_pairs, head.k.data(), scores, QB_BF16, false);
+    uint32_t* const weights = scratch(weight_slivers, QB_BF16 * L_k2);
+    alignas(64) float inverse_sums[QB_BF16];
+    softmax_columns_bf16(scores, L_k, scale, weights, inverse_sums);
+    // o[c * QB_BF16 + query], rows to a multiple of 16 for the transposes below (those past v_cols unread).
+    float* const o = scratch(outputs, std::max(head.v_cols, (d_head + 15) / 16 * 16) * QB_BF16);
+    for (int64_t pc = 0; pc < L_k; pc += KC_BF16) {
+        const int64_t kc2 = (std::min(KC_BF16, L_k - pc) + 1) / 2;
+        tile_block_bf16(QB_BF16, head.v_cols, kc2, weights + pc / 2 * MR, head.v.data() + head.v_cols * pc / 2, o,
+                        QB_BF16, pc > 0, L_k2 * MR);
+    }
+    // Normalized and transposed, 16 channels x 16 queries at a time.
+    for (int64_t j0 = 0; j0 < nq; j0 += 16) {
+        for (int64_t c0 = 0; c0 < d_head; c0 += 16) {
+            __m512i rows[16];
+            for (int64_t c = 0; c < 16; ++c) rows[c] = _mm512_loadu_si512(o + (c0 + c) * QB_BF16 + j0);
+            transpose16(rows);
+            const __mmask16 channels = first_lanes(d_head - c0);
+            for (int64_t j = 0; j < std::min<int64_t>(16, nq - j0); ++j) {
+                const __m512 normalized = _mm512_mul_ps(reinterpret_cast<__m512>(rows[j]), _mm512_set1_ps(inverse_sums[j0 + j]));
+                _mm512_mask_storeu_ps(out + (j0 + j) * out_stride + c0, channels, normalized);
+            }
+        }
+    }
 }
 #endif
 
@@ -202,6 +288,35 @@ inline const float* head_row(const ggml_tensor* t, int64_t j, int64_t h, int64_t
                                           n * t->nb[3]);
 }
 
+#if defined(SDCPP_PY_BF16_GEMM)
+// The node with bf16 products: units of (batch, head, QB_BF16 queries), each thread a contiguous run, pairing
+// each head's K and V once.
+static void attention_bf16(ggml_tensor* dst, int ith, int nth, float scale) {
+    using namespace sdcpp_py_gemm;
+    const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];
+    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2], batches = q->ne[3];
+    GGML_ASSERT(scale > 0.0f);  // the softmax's weights are 2^(scale log2(e) (x - max))
+    const int64_t blocks_per_head = (L_q + QB_BF16 - 1) / QB_BF16, units = batches * heads * blocks_per_head;
+    const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
+    thread_local HeadPairs head;
+    thread_local BlockBuffers buffers;
+    int64_t paired_head = -1;
+    for (int64_t u = u0; u < u1; ++u) {
+        const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
+        const int64_t j0 = (u % blocks_per_head) * QB_BF16, nq = std::min(QB_BF16, L_q - j0);
+        if (head_index != paired_head) {
+            pair_head(head_row(k, 0, h, n), k->nb[1] / sizeof(float), head_row(v, 0, h, n), v->nb[1] / sizeof(float),
+                      v->nb[0] / sizeof(float), L_k, d_head, head);
+            paired_head = head_index;
+        }
+        attention_block_bf16(head_row(q, j0, h, n), q->nb[1] / sizeof(float), nq, head, L_k, d_head, scale,
+                             static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head, heads * d_head, buffers);
+    }
+    for (auto* buffer : {&head.k, &head.v, &buffers.query_pairs, &buffers.weight_slivers}) release_if_large(*buffer);
+    for (auto* buffer : {&head.v_t, &buffers.score_columns, &buffers.outputs}) release_if_large(*buffer);
+}
+#endif
+
 extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];
@@ -213,19 +328,19 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
     std::memcpy(&scale, &scale_bits, sizeof scale);
     sdcpp_py_gemm_set_bf16(static_cast<int>((reinterpret_cast<uintptr_t>(userdata) >> 32) & 1));
 
+#if defined(SDCPP_PY_BF16_GEMM)
+    if (bf16_products) {
+        attention_bf16(dst, ith, nth, scale);
+        return;
+    }
+#endif
     // Units are (batch, head, query block); each thread takes a contiguous run, so it packs each head's K
     // and V once. No barrier: units write disjoint outputs.
     const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = batches * heads * blocks_per_head;
     const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
     // Kept by ggml's threads from call to call, as the packed product's buffers are.
     thread_local std::vector<float> k_packed, v_packed, b_panels, score_rows;
-    thread_local std::vector<uint32_t> k_pairs, v_pairs;
     float* const scores = scratch(score_rows, L_k * QB);
-#if defined(SDCPP_PY_BF16_GEMM)
-    thread_local std::vector<Bf16> weight_rows;
-    Bf16* const weights = bf16_products ? scratch(weight_rows, L_k * QB) : nullptr;
-    GGML_ASSERT(!bf16_products || scale > 0.0f);  // softmax_weights_bf16 scales the maximum
-#endif
     int64_t packed_head = -1;
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
@@ -238,28 +353,8 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
                 pack_all_rows(head_row(v, 0, h, n), v->nb[0] / sizeof(float), d_head, L_k, v_packed);
             }
             packed_head = head_index;
-#if defined(SDCPP_PY_BF16_GEMM)
-            if (bf16_products) {
-                pair_all(L_k, d_head, k_packed, k_pairs);
-                pair_all(d_head, L_k, v_packed, v_pairs);
-            }
-#endif
         }
         float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
-#if defined(SDCPP_PY_BF16_GEMM)
-        if (bf16_products) {  // the same steps, both products on bf16 operands
-            product_bf16(L_k, nq, d_head, k_pairs, head_row(q, j0, h, n), q_stride, scores, L_k);
-            float normalize[QB];
-            for (int64_t j = 0; j < nq; ++j) {
-                normalize[j] = softmax_weights_bf16(scores + j * L_k, L_k, scale, weights + j * L_k);
-            }
-            product_bf16(d_head, nq, L_k, v_pairs, weights, L_k, out, out_stride);
-            for (int64_t j = 0; j < nq; ++j) {
-                for (int64_t i = 0; i < d_head; ++i) out[j * out_stride + i] *= normalize[j];
-            }
-            continue;
-        }
-#endif
         // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
         product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores, L_k);
         for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
@@ -267,10 +362,6 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         product(d_head, nq, L_k, v_packed, scores, L_k, true, b_panels, out, out_stride);
     }
     for (auto* buffer : {&k_packed, &v_packed, &b_panels, &score_rows}) release_if_large(*buffer);
-    for (auto* buffer : {&k_pairs, &v_pairs}) release_if_large(*buffer);
-#if defined(SDCPP_PY_BF16_GEMM)
-    release_if_large(weight_rows);
-#endif
 }
 
 #endif

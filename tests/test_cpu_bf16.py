@@ -126,7 +126,8 @@ def reference_attention(q, k, v, n_head):
 
 @needs_bf16
 @pytest.mark.parametrize("L_q, L_k, C, n_head, per_head_inputs", [(64, 77, 320, 8, False), (200, 200, 128, 2, True),
-                                                                 (37, 300, 64, 1, False)])
+                                                                 (37, 300, 64, 1, False), (70, 1030, 320, 8, False),
+                                                                 (40, 1101, 80, 2, True)])
 def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
     rng = np.random.default_rng(L_q + L_k)
     q, k, v = (rng.standard_normal((length, C)).astype(np.float32) for length in (L_q, L_k, L_k))
