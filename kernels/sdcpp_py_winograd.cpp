@@ -247,6 +247,39 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             for (int64_t i = 9 * whole; i < 9 * IC; ++i) values[i] = _cvtsh_ss(f16_row[i]);
         }
 #endif
+#if defined(__AVX512BW__)
+        // Sixteen channels at a time as zmm lanes: each tap of channels ic..ic+7 and ic+8..ic+15 picked as above,
+        // both halves converted at once; the same operations per lane as the 8-channel loop below.
+        if (f16_rows) {
+            const auto add16 = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
+            const auto sub16 = [](__m512 a, __m512 b) { return _mm512_sub_ps(a, b); };
+            const auto half16 = [](__m512 a) { return _mm512_mul_ps(a, _mm512_set1_ps(0.5f)); };
+            const auto mul16 = [](__m512 a, float b) { return _mm512_mul_ps(a, _mm512_set1_ps(b)); };
+            const auto taps_of = [&](const uint16_t* first) {  // tap k of 8 channels from their f16 row
+                return _mm512_castsi512_si128(
+                    _mm512_permutex2var_epi16(_mm512_loadu_si512(first), words_apart, _mm512_loadu_si512(first + 32)));
+            };
+            for (; ic + 16 <= IC; ic += 16) {
+                __m512 g[9], t[P];
+                for (int k = 0; k < 9; ++k) {
+                    const uint16_t* first = f16_row + ic * 9 + k;
+                    g[k] = _mm512_cvtph_ps(_mm256_set_m128i(taps_of(first + 72), taps_of(first)));
+                }
+                if constexpr (P == POSITIONS) kernel_transform(g, t, add16, sub16, half16);
+                else kernel_transform_4x4(g, t, add16, sub16, mul16);
+#if defined(SDCPP_PY_BF16_GEMM)
+                if (u_pairs.pairs != nullptr) {  // 16 channels: 8 pairs (KC_BF16 blocks hold whole groups of 16)
+                    for (int xi = 0; xi < P; ++xi) {
+                        _mm256_storeu_si256(reinterpret_cast<__m256i*>(u_pairs.pair_of(xi, c, ic)),
+                                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(t[xi])));
+                    }
+                    continue;
+                }
+#endif
+                for (int xi = 0; xi < P; ++xi) _mm512_storeu_ps(out + xi * position_stride + ic, t[xi]);
+            }
+        }
+#endif
         for (; ic + 8 <= IC; ic += 8) {
             __m256 g[9], t[P];
 #if defined(__AVX512BW__)
@@ -561,9 +594,15 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // This thread's output channels: whole register-tile columns.
     const int64_t columns = (OC + NR - 1) / NR;
     const int64_t oc0 = columns * ith / nth * NR, oc1 = std::min(OC, columns * (ith + 1) / nth * NR);
-    // Channels per round: their P transformed kernels (P * IC floats each) within 8 MiB; tiles per band:
-    // their P products for those channels within 4 MiB (thread-local buffers, kept by ggml's threads).
-    const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 21) / (P * IC) / NR * NR, NR, 192);
+    // Channels per round: their P transformed kernels (P * IC floats each) within 1 MiB, so that they stay in
+    // L2 from their transform to their products, where the transformed image is at most 16 MiB: it is then read
+    // again each round, from L3, which costs less than the kernels' round trip through memory (their stores
+    // were most of the transform: 640 channels at 16x16 9.1 -> 6.6 ms, 1280 at 16x16 31 -> 27). A larger image
+    // is read once per round of up to 8 MiB of kernels (320 channels at 64x64, 24 MB: 30 ms, 35 in 1 MiB
+    // rounds). Tiles per band: their P products for those channels within 4 MiB (thread-local buffers, kept by
+    // ggml's threads).
+    const int64_t kernel_floats = ggml_nbytes(transformed) <= (int64_t{16} << 20) ? int64_t{1} << 18 : int64_t{1} << 21;
+    const int64_t chunk = std::clamp<int64_t>(kernel_floats / (P * IC) / NR * NR, NR, 192);
     const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (P * chunk) / MR * MR);
     thread_local std::vector<float> u, m;
 #if defined(SDCPP_PY_BF16_GEMM)
