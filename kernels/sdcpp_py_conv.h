@@ -38,15 +38,16 @@ void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nt
 // channels deep run slowly (an image-in layer keeps the direct node). f32 products: from 16 tiles (8x8
 // outputs: SD1's 1280-channel level at 256x256; a batch's images share each product, so a guidance batch of
 // two has 32 rows: 1280->1280 at 8x8 in 17 ms against 25 direct, alone the same as direct; 4x4 images, 4
-// tiles, stay direct: 15 ms against 7). bf16 products: from 64 tiles (16x16), since at 8x8 the kernel
-// transform and its pairing outweigh the halved multiplies (20 ms against 13). With at least 16 4x4 tiles
+// tiles, stay direct: 15 ms against 7). bf16 products too, since the transformed kernels stay in L2 between
+// their transform and their products (1280->1280 at 8x8, batch of two: 8.1 ms against 10.8 direct; alone the
+// same as direct; before, their round trip through memory made it 20 ms against 13). With at least 16 4x4 tiles
 // (16x16 outputs) and f32 products it runs as F(4x4, 3x3): 36 products per 16 pixels instead of 64 (640
 // channels at 16x16, batch of two: 10 ms against F(2x2)'s 11.5). Its transformed image (4x the image's f32
 // bytes for F(2x2), 2.25x for F(4x4)) is held only up to the size below per image; larger images (a VAE's
 // full-resolution layers at 512x512, SDXL's 128x128 latents with 640 channels and more) keep the direct
 // node's memory. Per image, so that an image's convolution does not depend on the batch it is in (a UNet's
 // two guidance passes run as one).
-constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 16, SDCPP_PY_WINOGRAD_MIN_TILES_BF16 = 64;
+constexpr int64_t SDCPP_PY_WINOGRAD_MIN_TILES = 16;
 constexpr int64_t SDCPP_PY_WINOGRAD_MIN_4X4_TILES = 16, SDCPP_PY_WINOGRAD_MIN_CHANNELS = 16;
 constexpr int64_t SDCPP_PY_WINOGRAD_MAX_BYTES = int64_t{64} << 20;
 // SDCPP_PY_CPU_CONV=direct keeps every convolution on the direct fused node (bitwise the core's graph),
@@ -133,10 +134,9 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     // F(4x4)'s transformed operands span more magnitudes: rounded to bf16 they cost a picture 13 dB (30 dB
     // from f32 instead of 40), so bf16 products keep F(2x2).
     const int64_t side = limit >= 4 && !bf16 && tile_count(4) >= SDCPP_PY_WINOGRAD_MIN_4X4_TILES ? 4 : 2;
-    const int64_t min_tiles = bf16 ? SDCPP_PY_WINOGRAD_MIN_TILES_BF16 : SDCPP_PY_WINOGRAD_MIN_TILES;
     const int64_t positions = (side + 2) * (side + 2), tile_rows = (tile_count(side) + 15) / 16 * 16;
     if (limit > 0 && KW == 3 && KH == 3 && s0 == 1 && s1 == 1 && d0 == 1 && d1 == 1 && p0 <= 2 && p1 <= 2 &&
-        tile_count(2) >= min_tiles && IC >= SDCPP_PY_WINOGRAD_MIN_CHANNELS &&
+        tile_count(2) >= SDCPP_PY_WINOGRAD_MIN_TILES && IC >= SDCPP_PY_WINOGRAD_MIN_CHANNELS &&
         tile_rows * IC * positions * int64_t{sizeof(float)} <= SDCPP_PY_WINOGRAD_MAX_BYTES) {
         const ggml_custom_op_t input = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_INPUT);
         const ggml_custom_op_t products = sdcpp_py_cpu_kernel(SDCPP_PY_CPU_WINOGRAD_CONV);

@@ -90,7 +90,8 @@ def test_a_few_output_channels_take_ggmls_own_q8_0_product():
 
 
 @needs_bf16
-def test_bf16_convolution_with_a_q8_0_kernel_rounds_both_operands():
+def test_bf16_convolution_with_a_q8_0_kernel_rounds_both_operands(monkeypatch):
+    monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")  # the direct node's operands (25 tiles take Winograd)
     rng = np.random.default_rng(5)
     kernel = rng.standard_normal((48, 64, 3, 3)).astype(np.float16)
     image = rng.standard_normal((1, 64, 10, 10)).astype(np.float32)
