@@ -212,13 +212,13 @@ void softmax_columns_bf16(const float* scores, int64_t L_k, float scale, uint32_
     _mm512_storeu_ps(inverse_sums + 16, _mm512_div_ps(_mm512_set1_ps(1.0f), sum_hi));
 }
 
-// nq <= QB_BF16 queries (q_stride apart) of one head against its paired K and V: their outputs, out_stride apart.
 // A block's buffers, kept by the thread from block to block.
 struct BlockBuffers {
     std::vector<uint32_t> query_pairs, weight_slivers;
     std::vector<float> score_columns, outputs;
 };
 
+// nq <= QB_BF16 queries (q_stride apart) of one head against its paired K and V: their outputs, out_stride apart.
 void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const HeadPairs& head, int64_t L_k,
                           int64_t d_head, float scale, float* out, int64_t out_stride, BlockBuffers& buffers) {
     auto& [query_pairs, weight_slivers, score_columns, outputs] = buffers;
@@ -232,7 +232,8 @@ void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const He
     uint32_t* const weights = scratch(weight_slivers, QB_BF16 * L_k2);
     alignas(64) float inverse_sums[QB_BF16];
     softmax_columns_bf16(scores, L_k, scale, weights, inverse_sums);
-    // o[c * QB_BF16 + query], rows to a multiple of 16 for the transposes below (those past v_cols unread).
+    // o[c * QB_BF16 + query], rows to a multiple of 16 for the transposes below (rows past d_head are
+    // transposed too, but their lanes are not stored).
     float* const o = scratch(outputs, std::max(head.v_cols, (d_head + 15) / 16 * 16) * QB_BF16);
     for (int64_t pc = 0; pc < L_k; pc += KC_BF16) {
         const int64_t kc2 = (std::min(KC_BF16, L_k - pc) + 1) / 2;

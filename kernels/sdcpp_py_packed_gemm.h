@@ -389,7 +389,7 @@ inline void pair_rows_of_a(const Q8Block* A, int64_t lda, int64_t i0, int64_t ro
 }
 
 // A packed f32 panel (steps x width, panel[l*width + w]) as pairs: out[(l/2)*width + w]. For A operands that
-// pack f32 slivers of their own (the convolution's image columns, attention's packed heads).
+// pack f32 slivers of their own (the convolution's image columns).
 inline void pair_steps_bf16(const float* panel, int64_t steps, int64_t width, uint32_t* out) {
     alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                         8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};

@@ -205,8 +205,8 @@ struct PairedKernels {
 
 // U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the f32 product's B
 // operand per position (rows of IC steps), or for bf16 products paired (u_pairs.pairs set, u null); P = 16
-// (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at a time: their taps gathered 9 apart (picked by
-// word permutes from an f16 row on AVX-512).
+// (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at a time: their taps gathered 9 apart (on AVX-512
+// sixteen, picked by word permutes from an f16 row).
 template <int P>
 void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u
 #if defined(SDCPP_PY_BF16_GEMM)
@@ -594,13 +594,13 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // This thread's output channels: whole register-tile columns.
     const int64_t columns = (OC + NR - 1) / NR;
     const int64_t oc0 = columns * ith / nth * NR, oc1 = std::min(OC, columns * (ith + 1) / nth * NR);
-    // Channels per round: their P transformed kernels (P * IC floats each) within 1 MiB, so that they stay in
-    // L2 from their transform to their products, where the transformed image is at most 16 MiB: it is then read
-    // again each round, from L3, which costs less than the kernels' round trip through memory (their stores
-    // were most of the transform: 640 channels at 16x16 9.1 -> 6.6 ms, 1280 at 16x16 31 -> 27). A larger image
-    // is read once per round of up to 8 MiB of kernels (320 channels at 64x64, 24 MB: 30 ms, 35 in 1 MiB
-    // rounds). Tiles per band: their P products for those channels within 4 MiB (thread-local buffers, kept by
-    // ggml's threads).
+    // Channels per round: their P transformed kernels (P * IC floats each; bf16 pairs take half) within 1 MiB,
+    // so that they stay in L2 from their transform to their products, where the transformed image (the whole
+    // batch's) is at most 16 MiB: it is then read again each round, from L3, which costs less than the kernels'
+    // round trip through memory (their stores were most of the transform: 640 channels at 16x16 9.1 -> 6.6 ms,
+    // 1280 at 16x16 31 -> 27). A larger image is read once per round of up to 8 MiB of kernels (320 channels
+    // at 64x64, 24 MB: 30 ms, 35 in 1 MiB rounds). Tiles per band: their P products for those channels within
+    // 4 MiB (thread-local buffers, kept by ggml's threads).
     const int64_t kernel_floats = ggml_nbytes(transformed) <= (int64_t{16} << 20) ? int64_t{1} << 18 : int64_t{1} << 21;
     const int64_t chunk = std::clamp<int64_t>(kernel_floats / (P * IC) / NR * NR, NR, 192);
     const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (P * chunk) / MR * MR);

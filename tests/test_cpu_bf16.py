@@ -127,7 +127,7 @@ def reference_attention(q, k, v, n_head):
 @needs_bf16
 @pytest.mark.parametrize("L_q, L_k, C, n_head, per_head_inputs", [(64, 77, 320, 8, False), (200, 200, 128, 2, True),
                                                                  (37, 300, 64, 1, False), (70, 1030, 320, 8, False),
-                                                                 (40, 1101, 80, 2, True)])
+                                                                 (40, 1101, 80, 2, True), (57, 45, 96, 2, False)])
 def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
     rng = np.random.default_rng(L_q + L_k)
     q, k, v = (rng.standard_normal((length, C)).astype(np.float32) for length in (L_q, L_k, L_k))
@@ -140,6 +140,8 @@ def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
     assert relative_error(result, expected) < 3e-3
     f32, _, _ = _test_hooks._cpu_attention(q, k, v, n_head, 2, per_head_inputs=per_head_inputs)
     assert rms_error(f32, expected) > 30 * rms_error(result, expected), "the operands were not rounded"
+    other, _, _ = _test_hooks._cpu_attention(q, k, v, n_head, 3, per_head_inputs=per_head_inputs, bf16=True)
+    assert np.array_equal(result, other), "the thread count changes nothing"
 
 
 @needs_bf16

@@ -187,8 +187,9 @@ def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic, side):
 
 
 @needs_bf16
-@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES[:3] + CASES[-2:] + [
+@pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES[:4] + CASES[-2:] + [
     (2, 515, 8, 16, 16, 1),  # an odd channel count past one bf16 block (512): the last pair half zero, batch 2
+    (2, 40, 30, 8, 8, 1),    # 16 tiles, the fewest; 40 channels: a 16-channel kernel transform, then one of 8
 ])
 def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding, monkeypatch):
     monkeypatch.setenv("SDCPP_PY_CPU_CONV", "winograd2x2")  # the reference is F(2x2)
@@ -203,6 +204,45 @@ def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding, 
     # Against the exact convolution: an RMS error of ~0.4% (the direct node's bf16 products: ~0.24%).
     rms_error = np.sqrt(np.mean((out - exact) ** 2) / np.mean(exact**2))
     assert 1e-3 < rms_error < 6e-3
+
+
+@needs_bf16
+def test_q8_0_kernels_with_bf16_products_round_their_transforms():
+    # 25 tiles: Winograd with bf16 products, the transform taken from the q8_0 values, both operands rounded.
+    kernel, image, bias = random_case(2, 64, 40, 10, 10, 9)
+    values = q8_0_values(kernel)
+    expected = winograd_reference(values, image, 1, bf16) + bias[None, :, None, None]
+    out, ops, _ = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, bias=bias, q8_0=True, bf16=True)
+    assert ops == ["CUSTOM", "CUSTOM"], ops
+    assert relative_error(out, expected) < 1e-5
+    assert relative_error(out, winograd_reference(values, image, 1, lambda x: x) + bias[None, :, None, None]) > 1e-4
+
+
+AVX2_AND_WIDE_WINOGRAD = """
+import hashlib, numpy as np
+from sdcpp_py import _test_hooks
+rng = np.random.default_rng(8)
+digest = hashlib.sha256()
+for ic, side in ((17, 16), (24, 10), (40, 16), (48, 24)):  # F(2x2) and F(4x4); 16, 24, 40: 16- and 8-channel steps
+    kernel = rng.standard_normal((20, ic, 3, 3)).astype(np.float16)
+    image = rng.standard_normal((2, ic, side, side), dtype=np.float32)
+    digest.update(_test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)[0].tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_avx2_restriction_gives_the_same_winograd_sums():
+    # On AVX-512 the kernel transform takes 16 channels a time by word permutes and the products zmm tiles;
+    # SDCPP_PY_CPU_KERNELS=avx2 takes 8 by gathers and ymm tiles: the same operations per value, so the same bits.
+    results = []
+    for restriction in ("", "avx2"):
+        env = dict(os.environ, SDCPP_PY_CPU_KERNELS=restriction)
+        env.pop("SDCPP_PY_CPU_CONV", None)
+        done = subprocess.run([sys.executable, "-c", AVX2_AND_WIDE_WINOGRAD], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        results.append(done.stdout.strip())
+    assert results[0] == results[1]
 
 
 @needs_bf16
