@@ -106,25 +106,20 @@ void pair_head(const float* K, int64_t k_stride, const float* V, int64_t v_key_s
     const float* vt = V;
     int64_t vt_stride = v_channel_stride;
     if (v_key_stride != 1) {
+        GGML_ASSERT(v_channel_stride == 1);  // the node takes no other layout (sdcpp_py_cpu_attention)
         float* t = scratch(head.v_t, d_head * L_k);
-        if (v_channel_stride == 1) {  // rows of channels: 16 keys x 16 channels at a time, transposed
-            for (int64_t key0 = 0; key0 < L_k; key0 += 16) {
-                for (int64_t c0 = 0; c0 < d_head; c0 += 16) {
-                    __m512i rows[16];
-                    const __mmask16 channels = first_lanes(d_head - c0), keys = first_lanes(L_k - key0);
-                    for (int64_t r = 0; r < 16; ++r) {
-                        rows[r] = key0 + r < L_k ? _mm512_maskz_loadu_epi32(channels, V + (key0 + r) * v_key_stride + c0)
-                                                 : _mm512_setzero_si512();
-                    }
-                    transpose16(rows);
-                    for (int64_t c = 0; c < std::min<int64_t>(16, d_head - c0); ++c) {
-                        _mm512_mask_storeu_epi32(t + (c0 + c) * L_k + key0, keys, rows[c]);
-                    }
+        for (int64_t key0 = 0; key0 < L_k; key0 += 16) {  // 16 keys x 16 channels at a time, transposed
+            for (int64_t c0 = 0; c0 < d_head; c0 += 16) {
+                __m512i rows[16];
+                const __mmask16 channels = first_lanes(d_head - c0), keys = first_lanes(L_k - key0);
+                for (int64_t r = 0; r < 16; ++r) {
+                    rows[r] = key0 + r < L_k ? _mm512_maskz_loadu_epi32(channels, V + (key0 + r) * v_key_stride + c0)
+                                             : _mm512_setzero_si512();
                 }
-            }
-        } else {
-            for (int64_t key = 0; key < L_k; ++key) {
-                for (int64_t c = 0; c < d_head; ++c) t[c * L_k + key] = V[key * v_key_stride + c * v_channel_stride];
+                transpose16(rows);
+                for (int64_t c = 0; c < std::min<int64_t>(16, d_head - c0); ++c) {
+                    _mm512_mask_storeu_epi32(t + (c0 + c) * L_k + key0, keys, rows[c]);
+                }
             }
         }
         vt = t;
@@ -188,12 +183,6 @@ void softmax_columns_bf16(const float* scores, int64_t L_k, float scale, uint32_
     const auto weight = [&](const float* x, __m512 max) {
         return exp2_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x), max), vscale));
     };
-    alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    const __m512i order = _mm512_load_si512(interleave);
-    const auto pairs = [&](__m512 even, __m512 odd) {  // low words the even key's, high the odd's; then per query
-        return _mm512_permutexvar_epi16(order, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even)));
-    };
     const int64_t L_k2 = (L_k + 1) / 2;
     uint32_t *lo_sliver = weights, *hi_sliver = weights + L_k2 * MR;
     __m512 sum_lo = _mm512_setzero_ps(), sum_hi = _mm512_setzero_ps();
@@ -205,8 +194,8 @@ void softmax_columns_bf16(const float* scores, int64_t L_k, float scale, uint32_
         const __m512 odd_hi = odd_exists ? weight(even + QB_BF16 + 16, max_hi) : _mm512_setzero_ps();
         sum_lo = _mm512_add_ps(sum_lo, _mm512_add_ps(even_lo, odd_lo));
         sum_hi = _mm512_add_ps(sum_hi, _mm512_add_ps(even_hi, odd_hi));
-        _mm512_storeu_si512(lo_sliver + p * MR, pairs(even_lo, odd_lo));
-        _mm512_storeu_si512(hi_sliver + p * MR, pairs(even_hi, odd_hi));
+        _mm512_storeu_si512(lo_sliver + p * MR, lane_pairs(even_lo, odd_lo));
+        _mm512_storeu_si512(hi_sliver + p * MR, lane_pairs(even_hi, odd_hi));
     }
     _mm512_storeu_ps(inverse_sums, _mm512_div_ps(_mm512_set1_ps(1.0f), sum_lo));
     _mm512_storeu_ps(inverse_sums + 16, _mm512_div_ps(_mm512_set1_ps(1.0f), sum_hi));

@@ -388,21 +388,25 @@ inline void pair_rows_of_a(const Q8Block* A, int64_t lda, int64_t i0, int64_t ro
     }
 }
 
+// Two steps of 16 lanes as 16 bf16 pairs, lane by lane (the even step's value in the low half), rounded to
+// nearest even: the low 16 words of the conversion are the even step's lanes, the high 16 the odd step's.
+inline __m512i lane_pairs(__m512 even, __m512 odd) {
+    alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    return _mm512_permutexvar_epi16(_mm512_load_si512(interleave),
+                                    reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even)));
+}
+
 // A packed f32 panel (steps x width, panel[l*width + w]) as pairs: out[(l/2)*width + w]. For A operands that
 // pack f32 slivers of their own (the convolution's image columns).
 inline void pair_steps_bf16(const float* panel, int64_t steps, int64_t width, uint32_t* out) {
-    alignas(64) static const uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    const __m512i order = _mm512_load_si512(interleave);
     for (int64_t l = 0; l < steps; l += 2, out += width) {
         const float* even = panel + l * width;
         for (int64_t w = 0; w < width; w += 16) {
             const __mmask16 lanes = first_lanes(width - w);
             const __m512 e = _mm512_maskz_loadu_ps(lanes, even + w);
             const __m512 o = l + 1 < steps ? _mm512_maskz_loadu_ps(lanes, even + width + w) : _mm512_setzero_ps();
-            // Low 16 words: the even step's lanes, high 16: the odd step's; then word pairs per lane.
-            const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(o, e));
-            _mm512_mask_storeu_epi32(out + w, lanes, _mm512_permutexvar_epi16(order, both));
+            _mm512_mask_storeu_epi32(out + w, lanes, lane_pairs(e, o));
         }
     }
 }

@@ -205,8 +205,8 @@ struct PairedKernels {
 
 // U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the f32 product's B
 // operand per position (rows of IC steps), or for bf16 products paired (u_pairs.pairs set, u null); P = 16
-// (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at a time: their taps gathered 9 apart (on AVX-512
-// sixteen, picked by word permutes from an f16 row).
+// (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at a time: their taps gathered 9 apart (picked by
+// word permutes from an f16 row on AVX-512).
 template <int P>
 void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u
 #if defined(SDCPP_PY_BF16_GEMM)
@@ -245,39 +245,6 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
         if (f16_rows) {  // the scalar tail below reads values[]: convert the channels past the last 8 only
             const int64_t whole = IC / 8 * 8;
             for (int64_t i = 9 * whole; i < 9 * IC; ++i) values[i] = _cvtsh_ss(f16_row[i]);
-        }
-#endif
-#if defined(__AVX512BW__)
-        // Sixteen channels at a time as zmm lanes: each tap of channels ic..ic+7 and ic+8..ic+15 picked as above,
-        // both halves converted at once; the same operations per lane as the 8-channel loop below.
-        if (f16_rows) {
-            const auto add16 = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
-            const auto sub16 = [](__m512 a, __m512 b) { return _mm512_sub_ps(a, b); };
-            const auto half16 = [](__m512 a) { return _mm512_mul_ps(a, _mm512_set1_ps(0.5f)); };
-            const auto mul16 = [](__m512 a, float b) { return _mm512_mul_ps(a, _mm512_set1_ps(b)); };
-            const auto taps_of = [&](const uint16_t* first) {  // tap k of 8 channels from their f16 row
-                return _mm512_castsi512_si128(
-                    _mm512_permutex2var_epi16(_mm512_loadu_si512(first), words_apart, _mm512_loadu_si512(first + 32)));
-            };
-            for (; ic + 16 <= IC; ic += 16) {
-                __m512 g[9], t[P];
-                for (int k = 0; k < 9; ++k) {
-                    const uint16_t* first = f16_row + ic * 9 + k;
-                    g[k] = _mm512_cvtph_ps(_mm256_set_m128i(taps_of(first + 72), taps_of(first)));
-                }
-                if constexpr (P == POSITIONS) kernel_transform(g, t, add16, sub16, half16);
-                else kernel_transform_4x4(g, t, add16, sub16, mul16);
-#if defined(SDCPP_PY_BF16_GEMM)
-                if (u_pairs.pairs != nullptr) {  // 16 channels: 8 pairs (KC_BF16 blocks hold whole groups of 16)
-                    for (int xi = 0; xi < P; ++xi) {
-                        _mm256_storeu_si256(reinterpret_cast<__m256i*>(u_pairs.pair_of(xi, c, ic)),
-                                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(t[xi])));
-                    }
-                    continue;
-                }
-#endif
-                for (int xi = 0; xi < P; ++xi) _mm512_storeu_ps(out + xi * position_stride + ic, t[xi]);
-            }
         }
 #endif
         for (; ic + 8 <= IC; ic += 8) {

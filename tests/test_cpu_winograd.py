@@ -189,7 +189,7 @@ def test_q8_0_kernels_are_transformed_from_their_quantized_values(ic, side):
 @needs_bf16
 @pytest.mark.parametrize("n, ic, oc, h, w, padding", CASES[:4] + CASES[-2:] + [
     (2, 515, 8, 16, 16, 1),  # an odd channel count past one bf16 block (512): the last pair half zero, batch 2
-    (2, 40, 30, 8, 8, 1),    # 16 tiles, the fewest; 40 channels: a 16-channel kernel transform, then one of 8
+    (2, 40, 30, 8, 8, 1),    # 16 tiles, the fewest (bf16 products take Winograd from there too)
 ])
 def test_bf16_products_round_the_transformed_operands(n, ic, oc, h, w, padding, monkeypatch):
     monkeypatch.setenv("SDCPP_PY_CPU_CONV", "winograd2x2")  # the reference is F(2x2)
@@ -223,7 +223,7 @@ import hashlib, numpy as np
 from sdcpp_py import _test_hooks
 rng = np.random.default_rng(8)
 digest = hashlib.sha256()
-for ic, side in ((17, 16), (24, 10), (40, 16), (48, 24)):  # F(2x2) and F(4x4); 16, 24, 40: 16- and 8-channel steps
+for ic, side in ((17, 16), (24, 10), (40, 16), (48, 24)):  # F(2x2) and F(4x4); 17: a scalar channel tail
     kernel = rng.standard_normal((20, ic, 3, 3)).astype(np.float16)
     image = rng.standard_normal((2, ic, side, side), dtype=np.float32)
     digest.update(_test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)[0].tobytes())
@@ -232,8 +232,8 @@ print(digest.hexdigest())
 
 
 def test_the_avx2_restriction_gives_the_same_winograd_sums():
-    # On AVX-512 the kernel transform takes 16 channels a time by word permutes and the products zmm tiles;
-    # SDCPP_PY_CPU_KERNELS=avx2 takes 8 by gathers and ymm tiles: the same operations per value, so the same bits.
+    # On AVX-512 the kernel transform picks its taps by word permutes and the products run zmm tiles;
+    # SDCPP_PY_CPU_KERNELS=avx2 gathers and runs ymm tiles: the same operations per value, so the same bits.
     results = []
     for restriction in ("", "avx2"):
         env = dict(os.environ, SDCPP_PY_CPU_KERNELS=restriction)
