@@ -194,7 +194,8 @@ inline void output_transform_4x4(const V m[36], V y[4][4], Add add, Sub sub, Mul
 struct PairedKernels {
     uint32_t* pairs;
     int64_t IC, padded_cols;
-    uint32_t* position(int64_t xi) const { return pairs + xi * padded_cols * ((IC + 1) / 2); }
+    int64_t position_stride() const { return padded_cols * ((IC + 1) / 2); }
+    uint32_t* position(int64_t xi) const { return pairs + xi * position_stride(); }
     // Where channel ic (even) of column c goes in position xi's block: its pair's dword.
     uint32_t* pair_of(int64_t xi, int64_t c, int64_t ic) const {
         const int64_t pc = ic / KC_BF16 * KC_BF16, kc2 = (std::min(KC_BF16, IC - pc) + 1) / 2;
@@ -240,6 +241,9 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             kernel_values(w, c0 + c, 9 * IC, values.data());
         float* out = u != nullptr ? u + c * IC : nullptr;  // f32 output (u_pairs unset)
         const int64_t position_stride = cols * IC;
+#if defined(SDCPP_PY_BF16_GEMM)
+        const int64_t pair_position_stride = u_pairs.position_stride();
+#endif
         int64_t ic = 0;
 #if defined(__AVX512BW__)
         if (f16_rows) {  // the scalar tail below reads values[]: convert the channels past the last 8 only
@@ -264,8 +268,11 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             else kernel_transform_4x4(g, t, add8, sub8, mul8);
 #if defined(SDCPP_PY_BF16_GEMM)
             if (u_pairs.pairs != nullptr) {  // 8 channels: 4 pairs (KC_BF16 blocks hold whole groups of 8)
-                for (int xi = 0; xi < P; ++xi) {
-                    _mm_storeu_si128(reinterpret_cast<__m128i*>(u_pairs.pair_of(xi, c, ic)),
+                // One address per 8 channels: the positions lie a fixed stride apart (pair_of per position
+                // was most of the transform's instructions).
+                uint32_t* first = u_pairs.pair_of(0, c, ic);
+                for (int xi = 0; xi < P; ++xi, first += pair_position_stride) {
+                    _mm_storeu_si128(reinterpret_cast<__m128i*>(first),
                                      reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(t[xi])));
                 }
                 continue;
