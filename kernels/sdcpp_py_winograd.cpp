@@ -517,9 +517,17 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
 #endif
                 // Into the tiles' sliver: one store per position where the 8 tiles are real and share one.
                 const int64_t tile = ty * tiles_w + tx, lanes = std::min<int64_t>(8, tiles_w - tx);
+                uint32_t* out = v + tile / MR * steps * MR + tile % MR;
                 if (lanes == 8 && tile % MR + 8 <= MR) {
-                    uint32_t* out = v + tile / MR * steps * MR + tile % MR;
                     for (int64_t xi = 0; xi < P; ++xi) _mm256_storeu_ps(reinterpret_cast<float*>(out + xi * position_stride), values[xi]);
+                    continue;
+                }
+                // Rows of 4 tiles (8x8 outputs in F(2x2), 16x16 in F(4x4)): the low half in one store (a lane
+                // by lane copy was most of the node there).
+                if (lanes == 4 && tile % MR + 4 <= MR) {
+                    for (int64_t xi = 0; xi < P; ++xi) {
+                        _mm_storeu_ps(reinterpret_cast<float*>(out + xi * position_stride), _mm256_castps256_ps128(values[xi]));
+                    }
                     continue;
                 }
                 alignas(32) uint32_t lane_words[8];
