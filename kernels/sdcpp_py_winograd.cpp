@@ -576,15 +576,18 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // This thread's output channels: whole register-tile columns.
     const int64_t columns = (OC + NR - 1) / NR;
     const int64_t oc0 = columns * ith / nth * NR, oc1 = std::min(OC, columns * (ith + 1) / nth * NR);
-    // Channels per round: their P transformed kernels (P * IC floats each; bf16 pairs take half) within 1 MiB,
-    // so that they stay in L2 from their transform to their products, where the transformed image (the whole
-    // batch's) is at most 16 MiB: it is then read again each round, from L3, which costs less than the kernels'
-    // round trip through memory (their stores were most of the transform: 640 channels at 16x16 9.1 -> 6.6 ms,
-    // 1280 at 16x16 31 -> 27). A larger image is read once per round of up to 8 MiB of kernels (320 channels
-    // at 64x64, 24 MB: 30 ms, 35 in 1 MiB rounds). Tiles per band: their P products for those channels within
-    // 4 MiB (thread-local buffers, kept by ggml's threads).
-    const int64_t kernel_floats = ggml_nbytes(transformed) <= (int64_t{16} << 20) ? int64_t{1} << 18 : int64_t{1} << 21;
-    const int64_t chunk = std::clamp<int64_t>(kernel_floats / (P * IC) / NR * NR, NR, 192);
+    // Channels per round: their P transformed kernels (P * IC values each: f32, or bf16 halves of pairs)
+    // within 512 KiB, so that they stay in L2 (1 MiB on Zen 4, shared with the image's and the products'
+    // lines) from their transform to their products, where the transformed image (the whole batch's) is at
+    // most 16 MiB: it is then read again each round, from L3, which costs less than the kernels' round trip
+    // through memory (their stores were most of the transform: 640 channels at 16x16 9.1 -> 6.6 ms, 1280 at
+    // 16x16 31 -> 27; f32 1280 at 8x8, 1 MiB rounds against 512 KiB: 12.9 -> 11.0). A larger image is read
+    // once per round of up to 2^21 kernel values (320 channels at 64x64, 24 MB: 30 ms, 35 in 1 MiB rounds).
+    // Tiles per band: their P products for those channels within 4 MiB (thread-local buffers, kept by ggml's
+    // threads).
+    const int64_t kernel_values =
+        ggml_nbytes(transformed) <= (int64_t{16} << 20) ? (int64_t{512} << 10) / (pairs ? 2 : 4) : int64_t{1} << 21;
+    const int64_t chunk = std::clamp<int64_t>(kernel_values / (P * IC) / NR * NR, NR, 192);
     const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (P * chunk) / MR * MR);
     thread_local std::vector<float> u, m;
 #if defined(SDCPP_PY_BF16_GEMM)
