@@ -103,6 +103,9 @@ struct ImageColumns {
             return;
         }
         const float* row = x + (ic * IH + ih) * IW;
+        // The next sliver's pixels of this row: each step reads another channel's plane (a 1x1 convolution's
+        // A is the image's channels, planes apart), too far apart for the hardware's prefetch.
+        _mm_prefetch(reinterpret_cast<const char*>(row + iw + 2 * MR - 1), _MM_HINT_T0);
         if (iw >= 0 && iw + MR <= IW) {
             _mm256_storeu_ps(panel, value(_mm256_loadu_ps(row + iw)));
             _mm256_storeu_ps(panel + 8, value(_mm256_loadu_ps(row + iw + 8)));
