@@ -155,7 +155,8 @@ constexpr int64_t STACKED_MAX_PIXELS = 1024;
 // path adds it.
 template <typename TB>
 void stacked_conv_share(int ith, int nth, const ImageColumns& image, int64_t N, int64_t pixels, int64_t OC,
-                        int64_t depth, const TB* w, int64_t ldw, const float* bias, float* out) {
+                        int64_t depth, const TB* w, int64_t ldw, const float* bias,
+                        const SdcppPyConvAddend& addend, float* out) {
     const Share share = share_of(ith, nth, N * pixels, OC);
     if (share.m0 >= share.m1) return;
     const int64_t rows = share.m1 - share.m0, cols = share.n1 - share.n0;
@@ -183,6 +184,7 @@ void stacked_conv_share(int ith, int nth, const ImageColumns& image, int64_t N, 
                 const float b = bias[share.n0 + j];
                 for (int64_t r = 0; r < run; ++r) channel[r] = values[r] + b;
             }
+            addend.add(n, share.n0 + j, channel - p, p, p + run);
             i += run;
         }
     }
@@ -209,6 +211,7 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
     const bool q8_kernel = w->type == GGML_TYPE_Q8_0;  // patch 0015's flattened kernel: rows of 32-value blocks
     const int64_t depth = IC * KH * KW;
     const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
+    const SdcppPyConvAddend addend(dst);
     // Per image: C (OH*OW) x OC with column stride OH*OW is the image's (OC, OH, OW) output. The unfused
     // product takes all images as one matrix; per element the sums are the same.
     const int64_t pixels = OH * OW;
@@ -218,10 +221,10 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
         float* out = static_cast<float*>(dst->data);
         if (q8_kernel) {
             stacked_conv_share(ith, nth, image, N, pixels, OC, depth, static_cast<const Q8Block*>(w->data),
-                               depth / Q8_VALUES, bias, out);
+                               depth / Q8_VALUES, bias, addend, out);
         } else {
             stacked_conv_share(ith, nth, image, N, pixels, OC, depth, static_cast<const uint16_t*>(w->data), depth,
-                               bias, out);
+                               bias, addend, out);
         }
         return;
     }
@@ -234,11 +237,13 @@ extern "C" void sdcpp_py_cpu_conv_2d_compute(struct ggml_tensor* dst, int ith, i
                                    depth / Q8_VALUES, out, pixels)
                       : gemm_share(ith, nth, pixels, OC, depth, image, static_cast<const uint16_t*>(w->data), depth,
                                    out, pixels);
-        if (bias == nullptr) continue;
-        // The graph's ggml_add of the bias, on this thread's finished share.
+        // The graph's ggml_add of the bias, then patch 0019's addend, on this thread's finished share.
         for (int64_t j = share.n0; j < share.n1 && share.m0 < share.m1; ++j) {
             float* channel = out + j * pixels;
-            for (int64_t i = share.m0; i < share.m1; ++i) channel[i] += bias[j];
+            if (bias != nullptr) {
+                for (int64_t i = share.m0; i < share.m1; ++i) channel[i] += bias[j];
+            }
+            addend.add(n, j, channel, share.m0, share.m1);
         }
     }
 }

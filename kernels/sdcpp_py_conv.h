@@ -153,3 +153,56 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
     }
     return ggml_custom_4d(ctx, GGML_TYPE_F32, OW, OH, OC, N, args, n_args, op, GGML_N_TASKS_MAX, params);
 }
+
+// sdcpp-py patch 0019: ggml_add(h, addend) where h is a fused convolution's node (direct or Winograd) just
+// built for it (its only use, as in a ResBlock): the addend taken into the node as src[3] and added to each
+// output value after its bias, the same f32 sum as the separate node's, while the values are in cache. The
+// addend: f32, contiguous, h's shape or one value per image and channel (a ResBlock's timestep embedding,
+// (1, 1, OC, N)). Returns h, or nullptr where it does not apply.
+inline ggml_tensor* sdcpp_py_cpu_conv_add(ggml_tensor* h, ggml_tensor* addend) {
+    if (!sdcpp_py_cpu_epilogues() || h == nullptr || addend == nullptr || h->src[3] != nullptr) return nullptr;
+    if (sdcpp_py_cpu_custom_op(h, SDCPP_PY_CPU_CONV_2D).fun == nullptr &&
+        sdcpp_py_cpu_custom_op(h, SDCPP_PY_CPU_WINOGRAD_CONV).fun == nullptr) {
+        return nullptr;
+    }
+    if (h->type != GGML_TYPE_F32 || addend->type != GGML_TYPE_F32 || !ggml_is_contiguous(addend) || addend == h) {
+        return nullptr;
+    }
+    const bool per_channel = addend->ne[0] == 1 && addend->ne[1] == 1 && addend->ne[2] == h->ne[2] &&
+                             addend->ne[3] == h->ne[3];
+    if (!per_channel && !ggml_are_same_shape(h, addend)) return nullptr;
+    h->src[3] = addend;
+    return h;
+}
+
+// The core's ggml_add(h, addend) after a convolution, as one node where the CPU backend can (patch 0019).
+inline ggml_tensor* sdcpp_py_add_after_conv(ggml_context* ctx, ggml_tensor* h, ggml_tensor* addend) {
+    ggml_tensor* fused = sdcpp_py_cpu_conv_add(h, addend);
+    return fused != nullptr ? fused : ggml_add(ctx, h, addend);
+}
+
+// The compute side of that addend (the node's src[3], or none).
+struct SdcppPyConvAddend {
+    const float* data;
+    bool per_channel;
+    int64_t channels, pixels;
+
+    explicit SdcppPyConvAddend(const ggml_tensor* dst)
+        : data(dst->src[3] != nullptr ? static_cast<const float*>(dst->src[3]->data) : nullptr),
+          per_channel(dst->src[3] != nullptr && dst->src[3]->ne[0] * dst->src[3]->ne[1] == 1),
+          channels(dst->ne[2]),
+          pixels(dst->ne[0] * dst->ne[1]) {}
+    // Channel c of image n: its one value (per channel) or its plane of the output's pixels, else nullptr.
+    const float* value(int64_t n, int64_t c) const { return data != nullptr && per_channel ? data + n * channels + c : nullptr; }
+    const float* plane(int64_t n, int64_t c) const {
+        return data != nullptr && !per_channel ? data + (n * channels + c) * pixels : nullptr;
+    }
+    // Into pixels i0..i1 of that channel's finished output.
+    void add(int64_t n, int64_t c, float* channel, int64_t i0, int64_t i1) const {
+        if (const float* v = value(n, c)) {
+            for (int64_t i = i0; i < i1; ++i) channel[i] += *v;
+        } else if (const float* p = plane(n, c)) {
+            for (int64_t i = i0; i < i1; ++i) channel[i] += p[i];
+        }
+    }
+};

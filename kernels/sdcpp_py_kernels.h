@@ -5,6 +5,9 @@
 // that loaded (AVX2 or not) decides whether the kernels exist, so the graph side asks the loaded backend.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
+
 #include "ggml-backend.h"
 #include "ggml.h"
 
@@ -21,4 +24,31 @@ inline ggml_custom_op_t sdcpp_py_cpu_kernel(const char* name) {
     ggml_backend_reg_t cpu = ggml_backend_reg_by_name("CPU");
     if (cpu == nullptr) return nullptr;
     return reinterpret_cast<ggml_custom_op_t>(ggml_backend_reg_get_proc_address(cpu, name));
+}
+
+// sdcpp-py patch 0019: an element-wise step after a fused node (a ResBlock's SiLU after its group norm, its
+// adds after a convolution) taken into that node as it is built. A custom node's function and userdata, as
+// ggml keeps them at the start of its op_params (ggml-impl.h's ggml_custom_op_params).
+struct SdcppPyCustomOp {
+    ggml_custom_op_t fun;
+    int n_tasks;
+    void* userdata;
+};
+static_assert(sizeof(SdcppPyCustomOp) <= GGML_MAX_OP_PARAMS, "a custom node's parameters fit its op_params");
+
+// The node's op if it is a custom node running `name`'s kernel from the CPU backend (else fun is nullptr).
+inline SdcppPyCustomOp sdcpp_py_cpu_custom_op(const ggml_tensor* node, const char* name) {
+    SdcppPyCustomOp op{nullptr, 0, nullptr};
+    if (node == nullptr || node->op != GGML_OP_CUSTOM) return op;
+    std::memcpy(&op, node->op_params, sizeof op);
+    const ggml_custom_op_t kernel = sdcpp_py_cpu_kernel(name);
+    if (kernel == nullptr || op.fun != kernel) op.fun = nullptr;
+    return op;
+}
+
+// SDCPP_PY_CPU_EPILOGUES=separate keeps those steps as the core's own nodes (bitwise the same; to test and
+// time them), read per graph build.
+inline bool sdcpp_py_cpu_epilogues() {
+    const char* setting = std::getenv("SDCPP_PY_CPU_EPILOGUES");
+    return setting == nullptr || std::strcmp(setting, "separate") != 0;
 }

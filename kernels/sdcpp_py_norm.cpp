@@ -19,13 +19,15 @@ namespace {
 struct NormParams {
     float eps;
     int64_t groups;
+    bool silu;  // patch 0019: the ResBlock's SiLU after it
 };
 NormParams norm_params(void* userdata) {
     const uint64_t bits = reinterpret_cast<uintptr_t>(userdata);
     const uint32_t eps_bits = static_cast<uint32_t>(bits & 0xffffffffu);
     NormParams params;
     std::memcpy(&params.eps, &eps_bits, sizeof params.eps);
-    params.groups = static_cast<int64_t>(bits >> 32);
+    params.groups = static_cast<int64_t>((bits >> 32) & 0x7fffffffu);
+    params.silu = (bits >> SDCPP_PY_NORM_SILU_BIT) & 1;
     return params;
 }
 
@@ -119,7 +121,12 @@ extern "C" void sdcpp_py_cpu_group_norm_compute(struct ggml_tensor* dst, int ith
         const float variance = sum2 / (W * H * step);
         const float scale = 1.0f / sqrtf(variance + params.eps);
         for (int64_t c = 0; c < step; ++c) {
-            scale_and_affine(out + c * plane, plane, scale, weight + start + c, 0, bias + start + c, 0);
+            float* channel = out + c * plane;
+            scale_and_affine(channel, plane, scale, weight + start + c, 0, bias + start + c, 0);
+            if (!params.silu) continue;
+            // As ggml's SiLU node: ggml_vec_silu_f32 row by row (its vector loop and scalar tail may round a
+            // value differently, so the rows must be the same ones).
+            for (int64_t row = 0; row < H; ++row) ggml_vec_silu_f32(static_cast<int>(W), channel + row * W, channel + row * W);
         }
     }
 }

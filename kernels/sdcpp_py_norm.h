@@ -51,6 +51,28 @@ inline ggml_tensor* sdcpp_py_cpu_group_norm(ggml_context* ctx, bool backend_is_c
                           GGML_N_TASKS_MAX, sdcpp_py_norm_params(eps, static_cast<uint32_t>(groups)));
 }
 
+// sdcpp-py patch 0019: ggml_silu_inplace(h) where h is a fused group norm's node just built for it (its only
+// use, as in a ResBlock): the SiLU taken into that node (userdata bit 63), which then runs ggml's own vector
+// SiLU on each row of W values as ggml's SiLU node would, while the rows are in cache. Bitwise the same, one
+// pass over the tensor and one node fewer. Returns h, or nullptr where it does not apply.
+constexpr int SDCPP_PY_NORM_SILU_BIT = 63;
+inline ggml_tensor* sdcpp_py_cpu_group_norm_silu(ggml_tensor* h) {
+    if (!sdcpp_py_cpu_epilogues()) return nullptr;
+    SdcppPyCustomOp op = sdcpp_py_cpu_custom_op(h, SDCPP_PY_CPU_GROUP_NORM);
+    if (op.fun == nullptr) return nullptr;
+    uintptr_t params = reinterpret_cast<uintptr_t>(op.userdata);
+    if ((params >> SDCPP_PY_NORM_SILU_BIT) & 1) return nullptr;  // already has one: a second SiLU stays a node
+    op.userdata = reinterpret_cast<void*>(params | (uintptr_t{1} << SDCPP_PY_NORM_SILU_BIT));
+    std::memcpy(h->op_params, &op, sizeof op);
+    return h;
+}
+
+// The core's ggml_silu_inplace(h) after a group norm, as one node where the CPU backend can (patch 0019).
+inline ggml_tensor* sdcpp_py_silu_after_group_norm(ggml_context* ctx, ggml_tensor* h) {
+    ggml_tensor* fused = sdcpp_py_cpu_group_norm_silu(h);
+    return fused != nullptr ? fused : ggml_silu_inplace(ctx, h);
+}
+
 // ggml_ext_layer_norm(x, w, b, eps) with a weight (b may be nullptr): ggml_norm of each row, then the weight
 // (and bias) along it.
 inline ggml_tensor* sdcpp_py_cpu_layer_norm(ggml_context* ctx, bool backend_is_cpu, ggml_tensor* x, ggml_tensor* w,

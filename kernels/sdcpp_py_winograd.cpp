@@ -349,8 +349,9 @@ inline void store_tile_row(float* row, const __m256* c, int side) {
 // Tiles t0..t1 of one output channel (OH x OW, plus its bias) from their P = (SIDE + 2)^2 products
 // mm[xi * position_stride + tile - t0]; the pixels of a last part tile past an edge are dropped.
 template <int SIDE>
+// value / plane: patch 0019's addend for this channel (one value, or a plane like out), else nullptr.
 void write_channel(const float* mm, int64_t position_stride, int64_t t0, int64_t t1, int64_t tiles_w, int64_t OW,
-                   int64_t OH, float bias, float* out) {
+                   int64_t OH, float bias, const float* value, const float* plane, float* out) {
     constexpr int P = (SIDE + 2) * (SIDE + 2);
     const auto add = [](auto a, auto b) { return a + b; };
     const auto sub = [](auto a, auto b) { return a - b; };
@@ -376,7 +377,17 @@ void write_channel(const float* mm, int64_t position_stride, int64_t t0, int64_t
             for (int i = 0; i < SIDE && oy + i < OH; ++i) {
                 __m256 columns[SIDE];
                 for (int j = 0; j < SIDE; ++j) columns[j] = _mm256_add_ps(y[i][j], bias8);
-                store_tile_row(out + (oy + i) * OW + SIDE * tx, columns, SIDE);
+                if (value != nullptr) {
+                    for (int j = 0; j < SIDE; ++j) columns[j] = _mm256_add_ps(columns[j], _mm256_set1_ps(*value));
+                }
+                float* row = out + (oy + i) * OW + SIDE * tx;
+                store_tile_row(row, columns, SIDE);
+                if (plane != nullptr) {  // added in pixel order, after the tiles' columns are interleaved
+                    const float* addend = plane + (oy + i) * OW + SIDE * tx;
+                    for (int k = 0; k < 8 * SIDE; k += 8) {
+                        _mm256_storeu_ps(row + k, _mm256_add_ps(_mm256_loadu_ps(row + k), _mm256_loadu_ps(addend + k)));
+                    }
+                }
             }
         }
         for (; tx < end; ++tx) {
@@ -385,7 +396,13 @@ void write_channel(const float* mm, int64_t position_stride, int64_t t0, int64_t
             transform(m, y, add, sub, mul);
             const int64_t ox = SIDE * tx;
             for (int i = 0; i < SIDE && oy + i < OH; ++i) {
-                for (int j = 0; j < SIDE && ox + j < OW; ++j) out[(oy + i) * OW + ox + j] = y[i][j] + bias;
+                for (int j = 0; j < SIDE && ox + j < OW; ++j) {
+                    const int64_t at = (oy + i) * OW + ox + j;
+                    float sum = y[i][j] + bias;
+                    if (value != nullptr) sum = sum + *value;
+                    if (plane != nullptr) sum = sum + plane[at];
+                    out[at] = sum;
+                }
             }
         }
     }
@@ -559,6 +576,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
     sdcpp_py_gemm_set_bf16((params >> SDCPP_PY_CONV_BF16_BIT) & 1);
     const float* bias = dst->src[2] != nullptr ? static_cast<const float*>(dst->src[2]->data) : nullptr;
+    const SdcppPyConvAddend addend(dst);
     // Input channels: from the kernel (an f16 (3, 3, IC, OC) tensor or a q8_0 (9 * IC, OC) matrix), since
     // a bf16 graph's transformed image holds pairs of them.
     const int64_t IC = w->type == GGML_TYPE_Q8_0 ? w->ne[0] / 9 : w->ne[2];
@@ -634,7 +652,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                     float* channel = static_cast<float*>(dst->data) + (n * OC + oc) * OH * OW;
                     const auto write = P == POSITIONS ? write_channel<2> : write_channel<4>;
                     write(m.data() + col * rows + (lo - r0), cols * rows, lo - n * image_rows, hi - n * image_rows,
-                          tiles_w, OW, OH, channel_bias, channel);
+                          tiles_w, OW, OH, channel_bias, addend.value(n, oc), addend.plane(n, oc), channel);
                 }
             }
         }

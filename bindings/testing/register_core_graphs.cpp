@@ -16,6 +16,8 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "ggml_extend.hpp"
+#include "auto_encoder_kl.hpp"
+#include "common_block.hpp"
 #include "sdcpp_py_geglu.h"
 
 namespace sdcpp::testing {
@@ -230,6 +232,70 @@ py::tuple core_norm(const py::array_t<float, py::array::c_style>& x, const py::a
     return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads, shape);
 }
 
+// The core's UNet ResBlock (given emb (N, emb_channels): its timestep embedding) or, without emb, the VAE's
+// ResnetBlock, from in_channels = x's channels to out_channels, with the given parameters (the block's names
+// -> f32 arrays, rounded to f16 where the block keeps f16), on x (N, C, H, W), on the CPU backend. Patch 0019
+// takes their SiLUs and adds into the fused nodes (SDCPP_PY_CPU_EPILOGUES=separate keeps them apart).
+// Returns ((N, out_channels, H, W) output, graph node ops, compute buffer bytes).
+py::tuple core_resblock(const py::array_t<float, py::array::c_style>& x,
+                        std::optional<py::array_t<float, py::array::c_style>> emb, int64_t out_channels,
+                        const py::dict& parameters, int n_threads, bool bf16) {
+    const BuildPrecision precision(bf16);
+    if (x.ndim() != 4) throw std::invalid_argument("x: expected (N, C, H, W)");
+    if (emb && (emb->ndim() != 2 || emb->shape(0) != x.shape(0))) throw std::invalid_argument("emb: expected (N, emb_channels)");
+    if (out_channels < 1 || n_threads < 1) throw std::invalid_argument("out_channels, n_threads: expected at least 1");
+    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
+    if (!backend) throw std::runtime_error("ggml_backend_cpu_init failed");
+    const size_t meta = ggml_graph_overhead() + 256 * ggml_tensor_overhead();
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(ggml_init({meta, nullptr, true}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    const int64_t channels = x.shape(1);
+    std::unique_ptr<GGMLBlock> block;
+    if (emb) block = std::make_unique<ResBlock>(channels, emb->shape(1), out_channels);
+    else block = std::make_unique<ResnetBlock>(channels, out_channels);
+    block->init(ctx.get());
+    std::map<std::string, ggml_tensor*> params;
+    block->get_param_tensors(params);
+    if (py::len(parameters) != params.size()) {
+        std::string names;
+        for (const auto& [name, tensor] : params) names += " " + name;
+        throw std::invalid_argument("parameters: expected exactly these names:" + names);
+    }
+    std::vector<std::pair<ggml_tensor*, const void*>> inputs;
+    std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> kept;
+    std::vector<std::vector<ggml_fp16_t>> rounded;
+    for (const auto& [name, tensor] : params) {
+        if (!parameters.contains(name)) throw std::invalid_argument("parameters: missing " + name);
+        kept.emplace_back(parameters[py::str(name)]);
+        const auto& values = kept.back();
+        if (values.size() != ggml_nelements(tensor)) throw std::invalid_argument(name + ": wrong number of values");
+        if (tensor->type == GGML_TYPE_F16) {
+            rounded.emplace_back(values.size());
+            ggml_fp32_to_fp16_row(values.data(), rounded.back().data(), values.size());
+            inputs.emplace_back(tensor, rounded.back().data());
+        } else if (tensor->type == GGML_TYPE_F32) {
+            inputs.emplace_back(tensor, values.data());
+        } else {
+            throw std::runtime_error(name + ": unexpected parameter type");
+        }
+    }
+    ggml_tensor* tx = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, x.shape(3), x.shape(2), x.shape(1), x.shape(0));
+    inputs.emplace_back(tx, x.data());
+    ggml_tensor* temb = nullptr;
+    if (emb) {
+        temb = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, emb->shape(1), emb->shape(0));
+        inputs.emplace_back(temb, emb->data());
+    }
+    for (const auto& input : inputs) ggml_set_input(input.first);
+    GGMLRunnerContext runner;
+    runner.backend = backend.get();
+    runner.ggml_ctx = ctx.get();
+    ggml_tensor* out = emb ? static_cast<ResBlock*>(block.get())->forward(&runner, tx, temb)
+                           : static_cast<ResnetBlock*>(block.get())->forward(&runner, tx);
+    return compute_core_graph(backend.get(), ctx.get(), out, inputs, n_threads,
+                              {x.shape(0), out_channels, x.shape(2), x.shape(3)});
+}
+
 }  // namespace
 
 thread_local double last_compute_seconds = 0.0;
@@ -251,6 +317,10 @@ void register_core_graphs(py::module_& m) {
           py::arg("groups") = 0, py::arg("eps") = 1e-5f, py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
           "Test hook: the core's GroupNorm (groups > 0, x (N, C, H, W); eps fixed at the core's 1e-6) or LayerNorm "
           "(groups 0, x (rows, width)) block on the CPU; returns (output, graph node ops, compute buffer bytes).");
+    m.def("_core_resblock", &core_resblock, py::arg("x"), py::arg("emb"), py::arg("out_channels"),
+          py::arg("parameters"), py::arg("n_threads") = 1, py::arg("bf16") = false,
+          "Test hook: the core's UNet ResBlock (emb given) or VAE ResnetBlock (emb None) on the CPU with the given "
+          "parameters; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_geglu", &core_geglu, py::arg("x"), py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
           py::arg("bias") = py::none(),
           "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");
