@@ -156,7 +156,7 @@ inline ggml_tensor* sdcpp_py_cpu_conv_2d(ggml_context* ctx, bool backend_is_cpu,
 
 // sdcpp-py patch 0019: ggml_add(h, addend) where h is a fused convolution's node (direct or Winograd) just
 // built for it (its only use, as in a ResBlock): the addend taken into the node as src[3] and added to each
-// output value after its bias, the same f32 sum as the separate node's, while the values are in cache. The
+// output value after its bias, the same f32 sum as the separate node's, without a node and pass of its own. The
 // addend: f32, contiguous, h's shape or one value per image and channel (a ResBlock's timestep embedding,
 // (1, 1, OC, N)). Returns h, or nullptr where it does not apply.
 inline ggml_tensor* sdcpp_py_cpu_conv_add(ggml_tensor* h, ggml_tensor* addend) {

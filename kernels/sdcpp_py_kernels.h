@@ -47,7 +47,7 @@ inline SdcppPyCustomOp sdcpp_py_cpu_custom_op(const ggml_tensor* node, const cha
 }
 
 // SDCPP_PY_CPU_EPILOGUES=separate keeps those steps as the core's own nodes (bitwise the same; to test and
-// time them), read per graph build.
+// time them), read where a graph is built.
 inline bool sdcpp_py_cpu_epilogues() {
     const char* setting = std::getenv("SDCPP_PY_CPU_EPILOGUES");
     return setting == nullptr || std::strcmp(setting, "separate") != 0;

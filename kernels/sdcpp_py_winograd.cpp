@@ -348,8 +348,8 @@ inline void store_tile_row(float* row, const __m256* c, int side) {
 
 // Tiles t0..t1 of one output channel (OH x OW, plus its bias) from their P = (SIDE + 2)^2 products
 // mm[xi * position_stride + tile - t0]; the pixels of a last part tile past an edge are dropped.
-template <int SIDE>
 // value / plane: patch 0019's addend for this channel (one value, or a plane like out), else nullptr.
+template <int SIDE>
 void write_channel(const float* mm, int64_t position_stride, int64_t t0, int64_t t1, int64_t tiles_w, int64_t OW,
                    int64_t OH, float bias, const float* value, const float* plane, float* out) {
     constexpr int P = (SIDE + 2) * (SIDE + 2);

@@ -57,26 +57,34 @@ def _run(kind, batch, channels, out_channels, side, threads, bf16, seed):
 
 
 @needs_fused_nodes
-@pytest.mark.parametrize("kind, batch, channels, out_channels, side", [
-    ("unet", 2, 64, 64, 16),  # Winograd (f32: F(4x4)); the embedding per image and channel; the residual
-    ("unet", 2, 32, 48, 8),   # F(2x2) at its fewest tiles; a 1x1 skip connection; 48 channels: a short column
-    ("unet", 2, 32, 32, 4),   # direct nodes, the batch's 16-pixel images stacked into one product
-    ("unet", 1, 24, 40, 5),   # direct nodes, one image of 25 pixels (part slivers)
-    ("vae", 1, 32, 16, 20),   # the VAE's ResnetBlock: no embedding, a 1x1 shortcut, odd tile rows
+@pytest.mark.parametrize("kind, batch, channels, out_channels, side, conv", [
+    # Winograd (f32 F(4x4), bf16 F(2x2)): 4 tiles a row (the scalar write), the embedding and the residual
+    ("unet", 2, 64, 64, 16, None),
+    ("unet", 2, 32, 32, 32, None),           # 8-tile rows: the vector write (f32 F(4x4), bf16 F(2x2))
+    ("unet", 2, 32, 32, 16, "winograd2x2"),  # the F(2x2) vector write with f32 products
+    ("unet", 1, 16, 24, 17, None),           # part tiles at the edges; 24 channels: a short register column
+    ("unet", 2, 32, 48, 8, None),            # F(2x2) at its fewest tiles; a 1x1 skip connection
+    ("unet", 2, 32, 32, 4, None),            # direct nodes, the batch's 16-pixel images stacked into one product
+    ("unet", 2, 24, 40, 5, None),            # direct nodes image by image (25 pixels: part slivers)
+    ("vae", 1, 32, 16, 20, None),            # the VAE's ResnetBlock: no embedding, a 1x1 shortcut
 ])
 @pytest.mark.parametrize("precision", ["f32", pytest.param("bf16", marks=needs_bf16)])
-def test_resblock_epilogues_are_bitwise_the_separate_nodes(kind, batch, channels, out_channels, side, precision,
+def test_resblock_epilogues_are_bitwise_the_separate_nodes(kind, batch, channels, out_channels, side, conv, precision,
                                                            monkeypatch):
     bf16 = precision == "bf16"
+    if conv is None:
+        monkeypatch.delenv("SDCPP_PY_CPU_CONV", raising=False)
+    else:
+        monkeypatch.setenv("SDCPP_PY_CPU_CONV", conv)
     monkeypatch.setenv("SDCPP_PY_CPU_EPILOGUES", "separate")
     separate, separate_ops, _ = _run(kind, batch, channels, out_channels, side, 2, bf16, channels + side)
     monkeypatch.delenv("SDCPP_PY_CPU_EPILOGUES")
-    # Two SiLUs and the adds after the convolutions (the embedding's and the residual, or the residual) go.
-    expected_gone = {"SILU": 2, "ADD": 2 if kind == "unet" else 1}
-    assert all(collections.Counter(separate_ops)[op] >= n for op, n in expected_gone.items()), separate_ops
+    # Exactly two SiLUs and the adds after the convolutions (the embedding's and the residual, or the residual)
+    # go; the embedding's own SiLU and its Linear's bias add stay.
+    gone = collections.Counter({"SILU": 2, "ADD": 2 if kind == "unet" else 1})
     for threads in (1, 2, 3):
         fused, ops, _ = _run(kind, batch, channels, out_channels, side, threads, bf16, channels + side)
-        assert collections.Counter(separate_ops) - collections.Counter(ops) == expected_gone, (separate_ops, ops)
+        assert collections.Counter(ops) + gone == collections.Counter(separate_ops), (separate_ops, ops)
         assert fused.shape == separate.shape == (batch, out_channels, side, side)
         assert np.isfinite(fused).all()
         assert np.array_equal(fused, separate), (threads, float(np.abs(fused - separate).max()))
@@ -86,8 +94,10 @@ def test_resblock_epilogues_are_bitwise_the_separate_nodes(kind, batch, channels
 def test_resblock_parameters_are_checked():
     parameters = _parameters("vae", 8, 8, 0)
     x = np.zeros((1, 8, 4, 4), dtype=np.float32)
-    with pytest.raises(ValueError, match="norm1.weight"):
+    with pytest.raises(ValueError, match="missing norm1.weight"):
         _test_hooks._core_resblock(x, None, 8, {k: v for k, v in parameters.items() if k != "norm1.weight"})
+    with pytest.raises(ValueError, match="the block has no conv3.weight"):
+        _test_hooks._core_resblock(x, None, 8, {**parameters, "conv3.weight": parameters["conv1.weight"]})
     parameters["conv1.weight"] = parameters["conv1.weight"][:4]
     with pytest.raises(ValueError, match="conv1.weight: wrong number of values"):
         _test_hooks._core_resblock(x, None, 8, parameters)
