@@ -5,7 +5,8 @@ The peak comes from ``runners/fma_peak.c`` (independent FMA / vdpbf16ps chains o
 traffic), compiled here with gcc. The kernels run through the test hooks (``sdcpp_py._test_hooks``: a source
 build) as the core's graphs run them: the fused convolution node, ggml_mul_mat on the packed kernel (a linear
 layer) and the fused attention node, each on the shapes of an SD1 classifier-free-guidance step (batch 2) at
-the given resolution. Times are the graphs' compute alone (the hooks' clock), not their set-up.
+the given resolution; then patch 0020's copies against ggml's own loops. Times are the graphs' compute alone
+(the hooks' clock), not their set-up.
 Not a test: nothing here asserts.
 
     python benchmarks/cpu_kernels.py [--size 256] [--threads 2] [--json out.json]
@@ -96,6 +97,37 @@ def kernels(size: int, threads: int, repeats: int, precision: str) -> list:
     return rows
 
 
+def copies(size: int, threads: int, repeats: int) -> list:
+    """(name, bytes moved, our seconds, ggml's seconds) for patch 0020's copies on an SD1 step's shapes at this
+    resolution: a transformer's permutes in and out, a skip connection's concatenation. ggml's own loops run
+    with SDCPP_PY_CPU_COPIES=ggml."""
+    from sdcpp_py import _test_hooks as hooks
+
+    if not hasattr(hooks, "_cpu_permuted_copy"):
+        return []
+    rng = np.random.default_rng(0)
+    side = size // 8
+    image = rng.standard_normal((2, 320, side, side), dtype=np.float32)
+    tokens = rng.standard_normal((2, side * side, 320), dtype=np.float32)
+    cases = [
+        ("permute NCHW -> NHWC, 320 channels", image.nbytes,
+         lambda: hooks._cpu_permuted_copy(image, [0, 2, 3, 1], threads)),
+        ("permute tokens -> channels, 320 channels", tokens.nbytes,
+         lambda: hooks._cpu_permuted_copy(tokens, [0, 2, 1], threads)),
+        ("concat 320 + 320 channels", 2 * image.nbytes, lambda: hooks._cpu_concat(image, image, 1, threads)),
+    ]
+    rows = []
+    for name, nbytes, call in cases:
+        ours = timed(call, repeats)
+        os.environ["SDCPP_PY_CPU_COPIES"] = "ggml"
+        try:
+            theirs = timed(call, repeats)
+        finally:
+            os.environ.pop("SDCPP_PY_CPU_COPIES", None)
+        rows.append((f"{name}, {side}x{side}, batch 2", 2 * nbytes, ours, theirs))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="image side: the UNet's shapes at this resolution")
@@ -127,6 +159,16 @@ def main() -> int:
             lines.append(f"| {name} | {precision} | {seconds * 1e3:.1f} | {gflops:.0f} | {gflops / reference:.0%} |")
             results["kernels"].append({"kernel": name, "precision": precision, "seconds": seconds,
                                        "gflops": gflops, "of_peak": gflops / reference})
+    copy_rows = copies(args.size, args.threads, args.repeats)
+    if copy_rows:
+        say("copies")
+        lines += ["", "| copy (patch 0020) | ms | GB/s read + written | ggml's own loops, ms | speed-up |",
+                  "|---|---|---|---|---|"]
+        results["copies"] = []
+        for name, nbytes, ours, theirs in copy_rows:
+            lines.append(f"| {name} | {ours * 1e3:.2f} | {nbytes / ours / 1e9:.1f} | {theirs * 1e3:.2f} | "
+                         f"{theirs / ours:.1f}x |")
+            results["copies"].append({"copy": name, "bytes": nbytes, "seconds": ours, "ggml_seconds": theirs})
     write_report(lines, results, args.markdown, args.json)
     return 0
 

@@ -1,7 +1,7 @@
 # Our kernels (kernels/): patch 0004's packed products (a header ggml-cpu's sgemm.cpp includes) and patches
 # 0006-0008 and 0017's fused attention, convolution, GEGLU and norms, and the Winograd convolution (sources
 # compiled into every CPU backend target, handed to the core by name through the backend registry: patch
-# 0009). Sets SDCPP_CPU_TARGETS.
+# 0009), and patch 0020's copies (a header ggml-cpu's ops.cpp includes). Sets SDCPP_CPU_TARGETS.
 set(SDCPP_KERNELS_DIR "${PROJECT_SOURCE_DIR}/kernels")
 set(SDCPP_CPU_TARGETS "")
 foreach(backend IN LISTS GGML_AVAILABLE_BACKENDS)

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -141,6 +142,71 @@ py::array_t<float> cpu_conv_2d(const py::array_t<uint16_t, py::array::c_style>& 
     return result;
 }
 
+// A float32 or float16 numpy array (1-4 dimensions) as a new ggml tensor of the same shape and values.
+ggml_tensor* tensor_of(ggml_context* ctx, const py::array& values, const char* name) {
+    ggml_type type;
+    if (values.dtype().is(py::dtype::of<float>())) type = GGML_TYPE_F32;
+    else if (values.dtype().kind() == 'f' && values.dtype().itemsize() == 2) type = GGML_TYPE_F16;
+    else throw std::invalid_argument(std::string(name) + ": expected float32 or float16");
+    if (values.ndim() < 1 || values.ndim() > 4) throw std::invalid_argument(std::string(name) + ": expected 1-4 dimensions");
+    int64_t ne[4] = {1, 1, 1, 1};
+    for (py::ssize_t axis = 0; axis < values.ndim(); ++axis) ne[values.ndim() - 1 - axis] = values.shape(axis);
+    ggml_tensor* t = ggml_new_tensor_4d(ctx, type, ne[0], ne[1], ne[2], ne[3]);
+    const auto contiguous = py::array::ensure(values, py::array::c_style);
+    std::memcpy(t->data, contiguous.data(), contiguous.nbytes());
+    return t;
+}
+
+// A contiguous ggml tensor's values as a numpy array of `ndim` dimensions and the given dtype.
+py::array array_of(const ggml_tensor* t, int ndim, const py::dtype& dtype) {
+    std::vector<py::ssize_t> shape(ndim);
+    for (int axis = 0; axis < ndim; ++axis) shape[axis] = t->ne[ndim - 1 - axis];
+    py::array result(dtype, shape);
+    std::memcpy(result.mutable_data(), t->data, ggml_nbytes(t));
+    return result;
+}
+
+std::unique_ptr<ggml_context, GgmlContextDeleter> context_for(size_t data_bytes) {
+    std::unique_ptr<ggml_context, GgmlContextDeleter> ctx(
+        ggml_init({data_bytes + ggml_graph_overhead() + 8 * ggml_tensor_overhead() + (1u << 20), nullptr, false}));
+    if (!ctx) throw std::runtime_error("ggml_init failed");
+    return ctx;
+}
+
+// ggml_cont(ggml_permute(x, ...)) on the CPU backend, axes as numpy.transpose's: x.transpose(axes).
+py::array cpu_permuted_copy(const py::array& x, const std::vector<int>& axes, int n_threads) {
+    const int ndim = static_cast<int>(x.ndim());
+    if (static_cast<int>(axes.size()) != ndim) throw std::invalid_argument("axes: expected one per dimension of x");
+    if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
+    // ggml dimension d is numpy axis 3 - d of x padded to 4 axes; ggml_permute sends dimension d to p[d].
+    int p[4] = {0, 1, 2, 3};
+    std::vector<bool> seen(ndim, false);
+    for (int j = 0; j < ndim; ++j) {
+        if (axes[j] < 0 || axes[j] >= ndim || seen[axes[j]]) throw std::invalid_argument("axes: not a permutation");
+        seen[axes[j]] = true;
+        p[ndim - 1 - axes[j]] = ndim - 1 - j;
+    }
+    auto ctx = context_for(2 * x.nbytes());
+    ggml_tensor* t = tensor_of(ctx.get(), x, "x");
+    ggml_tensor* copy = ggml_cont(ctx.get(), ggml_permute(ctx.get(), t, p[0], p[1], p[2], p[3]));
+    std::memset(copy->data, 0, ggml_nbytes(copy));  // its pages' first touch, outside the timed compute
+    compute_on_cpu(ctx.get(), copy, n_threads);
+    return array_of(copy, ndim, x.dtype());
+}
+
+// ggml_concat(a, b, dim) on the CPU backend, dim as a numpy axis: numpy.concatenate((a, b), axis).
+py::array cpu_concat(const py::array& a, const py::array& b, int axis, int n_threads) {
+    const int ndim = static_cast<int>(a.ndim());
+    if (b.ndim() != ndim || !a.dtype().is(b.dtype())) throw std::invalid_argument("b: expected a's dimensions and dtype");
+    if (axis < 0 || axis >= ndim) throw std::invalid_argument("axis: out of range");
+    if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
+    auto ctx = context_for(2 * (a.nbytes() + b.nbytes()));
+    ggml_tensor* joined = ggml_concat(ctx.get(), tensor_of(ctx.get(), a, "a"), tensor_of(ctx.get(), b, "b"), ndim - 1 - axis);
+    std::memset(joined->data, 0, ggml_nbytes(joined));  // its pages' first touch, outside the timed compute
+    compute_on_cpu(ctx.get(), joined, n_threads);
+    return array_of(joined, ndim, a.dtype());
+}
+
 }  // namespace
 
 ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& image, int stride, int padding,
@@ -171,6 +237,11 @@ void register_cpu_ops(py::module_& m) {
     m.def("_cpu_conv_2d", &cpu_conv_2d, py::arg("kernel_f16_bits"), py::arg("image"), py::arg("stride") = 1,
           py::arg("padding") = 0, py::arg("n_threads") = 1, py::arg("bf16") = false,
           "Test hook: ggml_conv_2d on the CPU backend; the kernel as float16 bits (uint16 view).");
+    m.def("_cpu_permuted_copy", &cpu_permuted_copy, py::arg("x"), py::arg("axes"), py::arg("n_threads") = 1,
+          "Test hook: ggml_cont(ggml_permute(x)) on the CPU backend for float32/float16 x of 1-4 dimensions, axes as "
+          "numpy.transpose's.");
+    m.def("_cpu_concat", &cpu_concat, py::arg("a"), py::arg("b"), py::arg("axis"), py::arg("n_threads") = 1,
+          "Test hook: ggml_concat(a, b) on the CPU backend along a numpy axis.");
 }
 
 }  // namespace sdcpp::testing
