@@ -15,6 +15,7 @@ Not a test: nothing here asserts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import CACHE, RUNNERS, say, write_report
+from harness import CACHE, RUNNERS, runner, say, write_report
 
 
 def peaks(threads: int) -> dict:
@@ -99,33 +100,18 @@ def kernels(size: int, threads: int, repeats: int, precision: str) -> list:
 
 def copies(size: int, threads: int, repeats: int) -> list:
     """(name, bytes moved, our seconds, ggml's seconds) for patch 0020's copies on an SD1 step's shapes at this
-    resolution: a transformer's permutes in and out, a skip connection's concatenation. ggml's own loops run
-    with SDCPP_PY_CPU_COPIES=ggml."""
-    from sdcpp_py import _test_hooks as hooks
+    resolution (runners/cpu_copies.py), ggml's own loops in a second process with SDCPP_PY_CPU_COPIES=ggml (the
+    build reads it once)."""
+    job = json.dumps({"size": size, "threads": threads, "repeats": repeats})
 
-    if not hasattr(hooks, "_cpu_permuted_copy"):
-        return []
-    rng = np.random.default_rng(0)
-    side = size // 8
-    image = rng.standard_normal((2, 320, side, side), dtype=np.float32)
-    tokens = rng.standard_normal((2, side * side, 320), dtype=np.float32)
-    cases = [
-        ("permute NCHW -> NHWC, 320 channels", image.nbytes,
-         lambda: hooks._cpu_permuted_copy(image, [0, 2, 3, 1], threads)),
-        ("permute tokens -> channels, 320 channels", tokens.nbytes,
-         lambda: hooks._cpu_permuted_copy(tokens, [0, 2, 1], threads)),
-        ("concat 320 + 320 channels", 2 * image.nbytes, lambda: hooks._cpu_concat(image, image, 1, threads)),
-    ]
-    rows = []
-    for name, nbytes, call in cases:
-        ours = timed(call, repeats)
-        os.environ["SDCPP_PY_CPU_COPIES"] = "ggml"
-        try:
-            theirs = timed(call, repeats)
-        finally:
-            os.environ.pop("SDCPP_PY_CPU_COPIES", None)
-        rows.append((f"{name}, {side}x{side}, batch 2", 2 * nbytes, ours, theirs))
-    return rows
+    def measured(env: dict) -> list:
+        result = subprocess.run([sys.executable, runner("cpu_copies"), job], env=env, check=True,
+                                capture_output=True, text=True)
+        return json.loads(result.stdout)
+
+    ours = measured(dict(os.environ))
+    theirs = measured(dict(os.environ, SDCPP_PY_CPU_COPIES="ggml"))
+    return [(a["copy"], a["bytes"], a["seconds"], b["seconds"]) for a, b in zip(ours, theirs)]
 
 
 def main() -> int:

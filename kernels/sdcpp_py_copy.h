@@ -2,10 +2,10 @@
 //
 // ggml_cont of a view whose first dimension is strided and whose second is contiguous (ggml_permute swapping
 // them: the NCHW <-> token-major permutes around every SD UNet transformer, DiT patchify) falls to
-// dup_bytes' last branch, one memcpy call per element (~2 ns: 2% of an SD1 step at 512x512); here the same
-// bytes move in 16 x 16 tiles. ggml's f32 concat decides per element which input it reads; along any
-// dimension but the first a whole row comes from one input, so rows are copied whole. Plain C++: compiled
-// into every CPU variant, x86 or not. Copies only, so the results are the same bytes.
+// dup_bytes' last branch, one memcpy call per element (~1.6 ns: 2% of a bf16 SD1 step at 512x512 on 2 Zen
+// 4 cores); here the same bytes move in 16 x 16 tiles (5-7x faster). ggml's f32 concat decides per element
+// which input it reads; along any dimension but the first a whole row comes from one input, so rows are
+// copied whole. Plain C++: compiled into every CPU variant, x86 or not. Copies only: the same bytes.
 #pragma once
 
 #include <algorithm>
@@ -16,10 +16,14 @@
 
 namespace sdcpp_py_copy {
 
-// SDCPP_PY_CPU_COPIES=ggml keeps ggml's own loops (the same bytes; to compare and time them).
+// SDCPP_PY_CPU_COPIES=ggml keeps ggml's own loops (the same bytes; to compare and time them). Read once, at
+// first use: the threads of one copy must split it the same way.
 inline bool enabled() {
-    const char* setting = std::getenv("SDCPP_PY_CPU_COPIES");
-    return setting == nullptr || std::strcmp(setting, "ggml") != 0;
+    static const bool ours = [] {
+        const char* setting = std::getenv("SDCPP_PY_CPU_COPIES");
+        return setting == nullptr || std::strcmp(setting, "ggml") != 0;
+    }();
+    return ours;
 }
 
 // One tile: dst[r * ne00 + c] = src[c * column_stride + r] for r < rows, c < cols (elements of T, src and
@@ -38,7 +42,9 @@ inline void transpose_tile(const char* src, int64_t column_stride, int64_t ne00,
         return;
     }
     for (int64_t c = 0; c < cols; ++c) {
-        for (int64_t r = 0; r < rows; ++r) std::memcpy(&tile[c][r], src + (c * column_stride + r) * sizeof(T), sizeof(T));
+        for (int64_t r = 0; r < rows; ++r) {
+            std::memcpy(&tile[c][r], src + (c * column_stride + r) * sizeof(T), sizeof(T));
+        }
     }
     for (int64_t r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < cols; ++c) std::memcpy(dst + (r * ne00 + c) * sizeof(T), &tile[c][r], sizeof(T));
@@ -49,26 +55,28 @@ inline void transpose_tile(const char* src, int64_t column_stride, int64_t ne00,
 // dimension 1 is the contiguous one (nb[1] == type_size): each (i2, i3) slab of dst, (ne[1] x ne[0]), is the
 // transpose of src's, dst[r * ne[0] + c] = slab[c * column_stride + r]. Thread ith of nth copies its run of
 // (slab, 16 rows) units, whole tiles wherever ne[1] allows (ggml's own split, by rows, would cut a 16-row
-// slab into part tiles). False (nothing copied) for other strides and for elements of other than 2 or 4
-// bytes.
+// slab into part tiles); units of fewer rows where there would be fewer units than threads. False (nothing
+// copied) for other strides, elements of other than 2 or 4 bytes, and SDCPP_PY_CPU_COPIES=ggml.
 inline bool transposed_copy(const char* src, const int64_t ne[4], const size_t nb[4], size_t type_size, int ith,
                             int nth, char* dst) {
     if ((type_size != 2 && type_size != 4) || nb[1] != type_size || nb[0] % type_size != 0 || !enabled()) {
         return false;
     }
     constexpr int64_t TILE = 16;
-    const int64_t column_stride = static_cast<int64_t>(nb[0] / type_size);
-    const int64_t row_tiles = (ne[1] + TILE - 1) / TILE, units = ne[2] * ne[3] * row_tiles;
+    const int64_t column_stride = static_cast<int64_t>(nb[0] / type_size), slabs = ne[2] * ne[3];
+    int64_t unit_rows = TILE;
+    while (unit_rows > 1 && slabs * ((ne[1] + unit_rows - 1) / unit_rows) < nth) unit_rows /= 2;
+    const int64_t row_tiles = (ne[1] + unit_rows - 1) / unit_rows, units = slabs * row_tiles;
     const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
     // Slab by slab, columns outside the rows: src's 16 columns are read as runs along their rows and dst's
-    // part stays in L2 (all columns of a unit at once read a line from each of ne[0] pages: ~1.6x as slow).
+    // part stays in L2 (a unit's columns all at once read a line from each of ne[0] pages: 1.4-2x slower).
     for (int64_t u = u0; u < u1;) {
         const int64_t slab = u / row_tiles, slab_end = std::min(u1, (slab + 1) * row_tiles);
         const char* slab_src = src + (slab % ne[2]) * nb[2] + (slab / ne[2]) * nb[3];
         for (int64_t c0 = 0; c0 < ne[0]; c0 += TILE) {
             const int64_t cols = std::min(TILE, ne[0] - c0);
             for (int64_t v = u; v < slab_end; ++v) {
-                const int64_t r0 = (v % row_tiles) * TILE, rows = std::min(TILE, ne[1] - r0);
+                const int64_t r0 = (v % row_tiles) * unit_rows, rows = std::min(unit_rows, ne[1] - r0);
                 const char* from = slab_src + (c0 * column_stride + r0) * type_size;
                 char* to = dst + ((slab * ne[1] + r0) * ne[0] + c0) * type_size;
                 if (type_size == 4) transpose_tile<uint32_t, TILE>(from, column_stride, ne[0], rows, cols, to);

@@ -148,7 +148,9 @@ ggml_tensor* tensor_of(ggml_context* ctx, const py::array& values, const char* n
     if (values.dtype().is(py::dtype::of<float>())) type = GGML_TYPE_F32;
     else if (values.dtype().kind() == 'f' && values.dtype().itemsize() == 2) type = GGML_TYPE_F16;
     else throw std::invalid_argument(std::string(name) + ": expected float32 or float16");
-    if (values.ndim() < 1 || values.ndim() > 4) throw std::invalid_argument(std::string(name) + ": expected 1-4 dimensions");
+    if (values.ndim() < 1 || values.ndim() > 4) {
+        throw std::invalid_argument(std::string(name) + ": expected 1-4 dimensions");
+    }
     int64_t ne[4] = {1, 1, 1, 1};
     for (py::ssize_t axis = 0; axis < values.ndim(); ++axis) ne[values.ndim() - 1 - axis] = values.shape(axis);
     ggml_tensor* t = ggml_new_tensor_4d(ctx, type, ne[0], ne[1], ne[2], ne[3]);
@@ -178,7 +180,7 @@ py::array cpu_permuted_copy(const py::array& x, const std::vector<int>& axes, in
     const int ndim = static_cast<int>(x.ndim());
     if (static_cast<int>(axes.size()) != ndim) throw std::invalid_argument("axes: expected one per dimension of x");
     if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
-    // ggml dimension d is numpy axis 3 - d of x padded to 4 axes; ggml_permute sends dimension d to p[d].
+    // ggml dimension d is numpy axis ndim - 1 - d; ggml_permute sends dimension d to p[d] (the rest stay).
     int p[4] = {0, 1, 2, 3};
     std::vector<bool> seen(ndim, false);
     for (int j = 0; j < ndim; ++j) {
@@ -197,11 +199,19 @@ py::array cpu_permuted_copy(const py::array& x, const std::vector<int>& axes, in
 // ggml_concat(a, b, dim) on the CPU backend, dim as a numpy axis: numpy.concatenate((a, b), axis).
 py::array cpu_concat(const py::array& a, const py::array& b, int axis, int n_threads) {
     const int ndim = static_cast<int>(a.ndim());
-    if (b.ndim() != ndim || !a.dtype().is(b.dtype())) throw std::invalid_argument("b: expected a's dimensions and dtype");
+    if (b.ndim() != ndim || !a.dtype().is(b.dtype())) {
+        throw std::invalid_argument("b: expected a's dimensions and dtype");
+    }
     if (axis < 0 || axis >= ndim) throw std::invalid_argument("axis: out of range");
+    for (int d = 0; d < ndim; ++d) {  // else ggml_concat's assertion would end the process
+        if (d != axis && a.shape(d) != b.shape(d)) {
+            throw std::invalid_argument("b: expected a's size along axis " + std::to_string(d));
+        }
+    }
     if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
     auto ctx = context_for(2 * (a.nbytes() + b.nbytes()));
-    ggml_tensor* joined = ggml_concat(ctx.get(), tensor_of(ctx.get(), a, "a"), tensor_of(ctx.get(), b, "b"), ndim - 1 - axis);
+    ggml_tensor* joined =
+        ggml_concat(ctx.get(), tensor_of(ctx.get(), a, "a"), tensor_of(ctx.get(), b, "b"), ndim - 1 - axis);
     std::memset(joined->data, 0, ggml_nbytes(joined));  // its pages' first touch, outside the timed compute
     compute_on_cpu(ctx.get(), joined, n_threads);
     return array_of(joined, ndim, a.dtype());
