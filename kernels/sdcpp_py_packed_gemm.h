@@ -132,14 +132,59 @@ inline void release_if_large(std::vector<T>& buffer) {
     if (buffer.capacity() * sizeof(T) > (size_t{8} << 20)) std::vector<T>().swap(buffer);
 }
 
+// The cache lines of a weight block that is packed next (rows of runs of bytes), fetched a few at a time
+// while the current block's register tiles run. Packing reads a weight once per block at memory speed (an
+// SD1 step at 256x256 reads ~1.7 GB of f16 weights, at about the DRAM rate of a Zen 4 pair of cores, 26-33
+// GB/s): the tiles hide that wait, and from L2 or L3 the packing is compute.
+struct LinePrefetch {
+    uintptr_t first = 0;  // an address, not a pointer: a run's last line may lie past the matrix (prefetches never fault)
+    int64_t stride = 0, lines_per_row = 0, total = 0, issued = 0;
+    int64_t quota = 0;  // lines to issue during the current tile_block(_bf16) call
+    void start(const void* run0, int64_t row_stride, int64_t run_bytes, int64_t rows) {
+        first = reinterpret_cast<uintptr_t>(run0);
+        stride = row_stride;
+        lines_per_row = (run_bytes + 63) / 64 + 1;  // + 1: a run need not start on a line
+        total = rows * lines_per_row;
+        issued = 0;
+    }
+    int64_t left() const { return total - issued; }
+    void issue(int64_t n) {
+        for (const int64_t end = std::min(total, issued + n); issued < end; ++issued) {
+            const int64_t row = issued / lines_per_row, line = issued % lines_per_row;
+            _mm_prefetch(reinterpret_cast<const char*>(first + row * stride + line * 64), _MM_HINT_T1);
+        }
+    }
+    // This call's share of the quota, before one of `remaining` equal parts of a tile_block(_bf16) call.
+    void issue_part(int64_t remaining) {
+        const int64_t n = (quota + remaining - 1) / remaining;
+        issue(n);
+        quota -= n;
+    }
+};
+
 // A q8_0 block (ggml's block_q8_0): 32 int8 values and their f16 scale. Patch 0015's quantized conv kernels
 // are rows of them; a B operand of this type has ldb counted in blocks.
 constexpr int64_t Q8_VALUES = 32;
+
 struct Q8Block {
     uint16_t scale;
     int8_t values[Q8_VALUES];
 };
 static_assert(sizeof(Q8Block) == 34, "ggml's block_q8_0");
+
+// Where a matrix's run of steps starts and its bytes (a q8_0 row's unit is a block of 32 steps, ld in blocks).
+template <typename T>
+constexpr int64_t steps_per_unit() {
+    return std::is_same<T, Q8Block>::value ? Q8_VALUES : 1;
+}
+template <typename T>
+inline int64_t run_bytes(int64_t kc) {
+    return (kc + steps_per_unit<T>() - 1) / steps_per_unit<T>() * int64_t{sizeof(T)};
+}
+template <typename T>
+inline const void* matrix_run(const T* M, int64_t ld, int64_t row, int64_t step) {
+    return M + row * ld + step / steps_per_unit<T>();
+}
 
 // Values pc..pc+n of a row of blocks as f32, value * scale as ggml's dequantize_row_q8_0 computes them. pc is
 // a multiple of 32 (KC and KC_BF16 are) and so is n (a row fills whole blocks).
@@ -442,13 +487,17 @@ inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_
 
 // Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*a_stride
 // (default MR*kc2: back to back), B's column slivers at b_pairs + sj*NR*kc2. Two A slivers per tile where
-// there are: 12 accumulators hide the dot product's latency.
+// there are: 12 accumulators hide the dot product's latency. Each prefetch given issues its quota of lines
+// spread over the B slivers.
 inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint32_t* a_pairs, const uint32_t* b_pairs,
-                            float* C, int64_t ldc, bool accumulate, int64_t a_stride = 0) {
+                            float* C, int64_t ldc, bool accumulate, int64_t a_stride = 0,
+                            LinePrefetch* prefetch_a = nullptr, LinePrefetch* prefetch_b = nullptr) {
     const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
     if (a_stride == 0) a_stride = MR * kc2;
     alignas(64) float edge[NR * MR];
     for (int64_t sj = 0; sj < n_slivers; ++sj) {
+        if (prefetch_a != nullptr) prefetch_a->issue_part(n_slivers - sj);
+        if (prefetch_b != nullptr) prefetch_b->issue_part(n_slivers - sj);
         const int64_t j = sj * NR, sliver_cols = std::min(NR, cols - j);
         const uint32_t* b = b_pairs + sj * NR * kc2;
         for (int64_t si = 0; si < m_slivers;) {
@@ -526,7 +575,8 @@ inline void register_tile_512(int64_t kc, const float* a, int64_t a_sliver_strid
 // last short sliver is always packed.
 inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_panels, const float* b_panels,
                        const float* b_rows, int64_t ldb, float* C, int64_t ldc, bool accumulate,
-                       int64_t a_stride = 0) {
+                       int64_t a_stride = 0, LinePrefetch* prefetch_a = nullptr,
+                       LinePrefetch* prefetch_b = nullptr) {
     if (a_stride == 0) a_stride = MR * kc;
     alignas(32) float edge[NR * MR];
     const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
@@ -534,6 +584,8 @@ inline void tile_block(int64_t rows, int64_t cols, int64_t kc, const float* a_pa
     const bool zmm = wider_kernels_allowed();
 #endif
     for (int64_t sj = 0; sj < n_slivers; ++sj) {
+        if (prefetch_a != nullptr) prefetch_a->issue_part(n_slivers - sj);
+        if (prefetch_b != nullptr) prefetch_b->issue_part(n_slivers - sj);
         const int64_t j = sj * NR, sliver_cols = std::min(NR, cols - j);
         const bool in_place = b_rows != nullptr && sliver_cols == NR;
         const float* b = in_place ? b_rows + j * ldb : b_panels + sj * NR * kc;
@@ -619,6 +671,23 @@ struct RowsOfA<Q8Block> {
 #endif
 };
 
+// A operands read from rows in memory (RowsOfA: ggml's mul_mat weights), whose next blocks are prefetched,
+// and that next block's lines.
+template <typename APack>
+struct RowsInMemory : std::false_type {};
+template <typename T>
+struct RowsInMemory<RowsOfA<T>> : std::true_type {};
+
+template <typename APack>
+void prefetch_rows(const APack& A, int64_t i0, int64_t rows, int64_t pc, int64_t kc, LinePrefetch& next) {
+    next = LinePrefetch{};
+    if constexpr (RowsInMemory<APack>::value) {
+        using T = std::remove_cv_t<std::remove_pointer_t<decltype(A.A)>>;
+        next.start(matrix_run(A.A, A.lda, i0, pc), A.lda * int64_t{sizeof(T)}, run_bytes<T>(kc), rows);
+        next.quota = next.total;
+    }
+}
+
 #if defined(SDCPP_PY_BF16_GEMM)
 // Depth of a bf16 block: twice the f32 one, so that its paired panels hold the f32 panels' bytes (a B sliver
 // in L1, A slivers in L2), and a weight's rows are read in 1 KiB runs (f16) rather than 512 bytes.
@@ -630,6 +699,9 @@ template <typename APack, typename TB>
 void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const APack& A, const TB* B,
                      int64_t ldb, float* C, int64_t ldc) {
     thread_local std::vector<uint32_t> a_pairs, b_pairs;
+    // The weights' next blocks: A's rows where A is a weight (ggml's mul_mat), B's columns where B is one (the
+    // convolution's f16, bf16 or q8_0 kernel; an f32 B is activations, mostly in cache already).
+    LinePrefetch next_a, next_b;
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);
         const int64_t n_slivers = (nc + NR - 1) / NR;
@@ -639,14 +711,28 @@ void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, 
             for (int64_t s = 0; s < n_slivers; ++s) {
                 pair_cols_of_b(B, ldb, jc + s * NR, std::min(NR, nc - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
             }
-            for (int64_t ic = m0; ic < m1; ic += MC) {
+            // B's next block: the next steps of these columns, or the next columns' first steps.
+            const int64_t next_pc = pc + KC_BF16 < k ? pc + KC_BF16 : 0, next_jc = next_pc > 0 ? jc : jc + NC;
+            next_b = LinePrefetch{};
+            if (!std::is_same<TB, float>::value && next_jc < n1) {
+                next_b.start(matrix_run(B, ldb, next_jc, next_pc), ldb * int64_t{sizeof(TB)},
+                             run_bytes<TB>(std::min(KC_BF16, k - next_pc)), std::min(NC, n1 - next_jc));
+            }
+            const int64_t ic_blocks = (m1 - m0 + MC - 1) / MC;
+            for (int64_t ic = m0, block = 0; ic < m1; ic += MC, ++block) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 const int64_t m_slivers = (mc + MR - 1) / MR;
                 scratch(a_pairs, m_slivers * MR * kc2);
                 for (int64_t s = 0; s < m_slivers; ++s) {
                     A.pack_pairs(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_pairs.data() + s * MR * kc2);
                 }
-                tile_block_bf16(mc, nc, kc2, a_pairs.data(), b_pairs.data(), C + jc * ldc + ic, ldc, pc > 0);
+                // A's next block: the next rows at these steps, or the first rows at the next steps.
+                if (ic + MC < m1) prefetch_rows(A, ic + MC, std::min(MC, m1 - ic - MC), pc, kc, next_a);
+                else if (pc + KC_BF16 < k) prefetch_rows(A, m0, std::min(MC, m1 - m0), pc + KC_BF16, std::min(KC_BF16, k - pc - KC_BF16), next_a);
+                else next_a = LinePrefetch{};
+                next_b.quota = (next_b.left() + (ic_blocks - block) - 1) / (ic_blocks - block);
+                tile_block_bf16(mc, nc, kc2, a_pairs.data(), b_pairs.data(), C + jc * ldc + ic, ldc, pc > 0, 0, &next_a,
+                                &next_b);
             }
         }
     }
@@ -659,6 +745,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                 int64_t ldb, float* C, int64_t ldc) {
     // Reused across calls on ggml's worker threads; freed when they end.
     thread_local std::vector<float> a_panels, b_panels;
+    LinePrefetch next_a, next_b;
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);
         const int64_t n_slivers = (nc + NR - 1) / NR;
@@ -677,15 +764,27 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                 }
             }
             const float* b_in_place = b_rows ? reinterpret_cast<const float*>(B) + jc * ldb + pc : nullptr;
-            for (int64_t ic = m0; ic < m1; ic += MC) {
+            // The weights' next blocks, fetched during this block's tiles (as gemm_block_bf16 does).
+            const int64_t next_pc = pc + KC < k ? pc + KC : 0, next_jc = next_pc > 0 ? jc : jc + NC;
+            next_b = LinePrefetch{};
+            if (!std::is_same<TB, float>::value && next_jc < n1) {
+                next_b.start(matrix_run(B, ldb, next_jc, next_pc), ldb * int64_t{sizeof(TB)},
+                             run_bytes<TB>(std::min(KC, k - next_pc)), std::min(NC, n1 - next_jc));
+            }
+            const int64_t ic_blocks = (m1 - m0 + MC - 1) / MC;
+            for (int64_t ic = m0, block = 0; ic < m1; ic += MC, ++block) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 const int64_t m_slivers = (mc + MR - 1) / MR;
                 scratch(a_panels, m_slivers * MR * kc);
                 for (int64_t s = 0; s < m_slivers; ++s) {
                     A.pack(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
                 }
+                if (ic + MC < m1) prefetch_rows(A, ic + MC, std::min(MC, m1 - ic - MC), pc, kc, next_a);
+                else if (pc + KC < k) prefetch_rows(A, m0, std::min(MC, m1 - m0), pc + KC, std::min(KC, k - pc - KC), next_a);
+                else next_a = LinePrefetch{};
+                next_b.quota = (next_b.left() + (ic_blocks - block) - 1) / (ic_blocks - block);
                 tile_block(mc, nc, kc, a_panels.data(), b_panels.data(), b_in_place, ldb, C + jc * ldc + ic, ldc,
-                           accumulate);
+                           accumulate, 0, &next_a, &next_b);
             }
         }
     }

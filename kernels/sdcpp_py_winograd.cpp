@@ -54,7 +54,8 @@ struct TileSlivers {
 
 // The f32 product for one position: C (tiles x cols, column-major) = A x B', A's slivers multiplied where the
 // input node wrote them (no packing), B (cols rows of IC) read in place (a last short sliver packed).
-void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const float* b, float* c) {
+void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const float* b, float* c,
+                      LinePrefetch* next_kernels) {
     thread_local std::vector<float> b_panels;
     const int64_t IC = a.IC, n_slivers = (cols + NR - 1) / NR;
     // B is read in place: its rows (an output channel's IC steps, contiguous) are already what the register
@@ -69,7 +70,7 @@ void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const f
         }
         for (int64_t i = 0; i < tiles; i += MC) {  // MC rows of A (L2) against all of this block of B
             tile_block(std::min(MC, tiles - i), cols, kc, a.v + (i / MR * IC + pc) * MR, b_panels.data(),
-                       b_rows ? b + pc : nullptr, IC, c + i, tiles, pc > 0, IC * MR);
+                       b_rows ? b + pc : nullptr, IC, c + i, tiles, pc > 0, IC * MR, nullptr, next_kernels);
         }
     }
 }
@@ -80,14 +81,15 @@ void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const f
 // s, channel pair q: the layout of the product's packed A slivers, so read in place), B the kernels'
 // transform paired as pair_cols_of_b pairs it (PairedKernels). The sums of gemm_block_bf16's blocks, in its
 // order: bitwise its result.
+// next_kernels: the next channels' kernels, prefetched during the tiles (its quota is this call's share).
 void position_product_bf16(const uint32_t* a, int64_t IC, int64_t rows, int64_t cols, const uint32_t* b,
-                           int64_t padded_cols, float* c) {
+                           int64_t padded_cols, float* c, LinePrefetch* next_kernels) {
     const int64_t IC2 = (IC + 1) / 2;
     for (int64_t pc = 0; pc < IC; pc += KC_BF16) {
         const int64_t kc2 = (std::min(KC_BF16, IC - pc) + 1) / 2;
         for (int64_t i = 0; i < rows; i += MC) {
             tile_block_bf16(std::min(MC, rows - i), cols, kc2, a + (i / MR * IC2 + pc / 2) * MR,
-                            b + padded_cols * (pc / 2), c + i, rows, pc > 0, IC2 * MR);
+                            b + padded_cols * (pc / 2), c + i, rows, pc > 0, IC2 * MR, nullptr, next_kernels);
         }
     }
 }
@@ -615,8 +617,19 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // rows past an image's tiles are the input node's zeros: computed, then dropped).
     const int64_t image_rows = slivers * MR, all_rows = N * image_rows;
     const float* v = static_cast<const float*>(transformed->data);
+    // Each output channel's kernel is a row of w (f16 (3, 3, IC, OC) or q8_0 (9 * IC, OC)).
+    const int64_t kernel_stride = w->type == GGML_TYPE_Q8_0 ? w->nb[1] : w->nb[3];
+    const int64_t bands = (all_rows + band - 1) / band;
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
+        // The next round's kernels, fetched while this round's products run (their transform otherwise waits
+        // on memory: they are read once per step).
+        LinePrefetch next_kernels;
+        if (c0 + chunk < oc1) {
+            next_kernels.start(static_cast<const char*>(w->data) + (c0 + chunk) * kernel_stride, kernel_stride,
+                               kernel_stride, std::min(chunk, oc1 - c0 - chunk));
+        }
+        int64_t products_left = bands * P;
         float* const u_f32 = pairs ? nullptr : scratch(u, P * cols * IC);
         const auto transform = P == POSITIONS ? transform_kernels<POSITIONS> : transform_kernels<POSITIONS_4X4>;
 #if defined(SDCPP_PY_BF16_GEMM)
@@ -634,13 +647,16 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
                 float* c = m.data() + xi * cols * rows;
                 const int64_t first_sliver = xi * N * slivers + r0 / MR;
 #if defined(SDCPP_PY_BF16_GEMM)
+                next_kernels.quota = (next_kernels.left() + products_left - 1) / products_left;
+                --products_left;
                 if (pairs) {
                     position_product_bf16(reinterpret_cast<const uint32_t*>(v) + first_sliver * steps * MR, IC, rows,
-                                          cols, u_pairs.position(xi), padded_cols, c);
+                                          cols, u_pairs.position(xi), padded_cols, c, &next_kernels);
                     continue;
                 }
 #endif
-                position_product(TileSlivers{v + first_sliver * IC * MR, IC}, rows, cols, u_f32 + xi * cols * IC, c);
+                position_product(TileSlivers{v + first_sliver * IC * MR, IC}, rows, cols, u_f32 + xi * cols * IC, c,
+                                 &next_kernels);
             }
             // Each image's tiles within these rows, written into its channels.
             for (int64_t n = r0 / image_rows; n < N && n * image_rows < r0 + rows; ++n) {
