@@ -139,7 +139,7 @@ inline void release_if_large(std::vector<T>& buffer) {
 struct LinePrefetch {
     uintptr_t first = 0;  // an address, not a pointer: a run's last line may lie past the matrix (prefetches never fault)
     int64_t stride = 0, lines_per_row = 0, total = 0, issued = 0;
-    int64_t quota = 0;  // lines to issue during the current tile_block(_bf16) call
+    int64_t quota = 0;  // lines still to issue during the current call (tile_block(_bf16), a Winograd product)
     void start(const void* run0, int64_t row_stride, int64_t run_bytes, int64_t rows) {
         first = reinterpret_cast<uintptr_t>(run0);
         stride = row_stride;
@@ -671,8 +671,8 @@ struct RowsOfA<Q8Block> {
 #endif
 };
 
-// A operands read from rows in memory (RowsOfA: ggml's mul_mat weights), whose next blocks are prefetched,
-// and that next block's lines.
+// A operands read from rows in memory (RowsOfA: ggml's mul_mat src0, mostly weights), whose next blocks are
+// prefetched, and the lines of such a block (rows i0.., steps pc..pc+kc) as `next`.
 template <typename APack>
 struct RowsInMemory : std::false_type {};
 template <typename T>
@@ -699,8 +699,9 @@ template <typename APack, typename TB>
 void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const APack& A, const TB* B,
                      int64_t ldb, float* C, int64_t ldc) {
     thread_local std::vector<uint32_t> a_pairs, b_pairs;
-    // The weights' next blocks: A's rows where A is a weight (ggml's mul_mat), B's columns where B is one (the
-    // convolution's f16, bf16 or q8_0 kernel; an f32 B is activations, mostly in cache already).
+    // The next blocks of A where it is read as rows (ggml's mul_mat: src0, mostly weights) and of B where it is
+    // not f32 (the convolution's f16 or q8_0 kernel; an f16 or bf16 src1 of mul_mat too, harmlessly; f32
+    // activations are mostly in cache already).
     LinePrefetch next_a, next_b;
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);

@@ -81,7 +81,7 @@ void position_product(const TileSlivers& a, int64_t tiles, int64_t cols, const f
 // s, channel pair q: the layout of the product's packed A slivers, so read in place), B the kernels'
 // transform paired as pair_cols_of_b pairs it (PairedKernels). The sums of gemm_block_bf16's blocks, in its
 // order: bitwise its result.
-// next_kernels: the next channels' kernels, prefetched during the tiles (its quota is this call's share).
+// next_kernels: the next channels' kernels, prefetched during the first tiles (its quota is this call's share).
 void position_product_bf16(const uint32_t* a, int64_t IC, int64_t rows, int64_t cols, const uint32_t* b,
                            int64_t padded_cols, float* c, LinePrefetch* next_kernels) {
     const int64_t IC2 = (IC + 1) / 2;
@@ -622,12 +622,12 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const int64_t bands = (all_rows + band - 1) / band;
     for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
         const int64_t cols = std::min(chunk, oc1 - c0);
-        // The next round's kernels, fetched while this round's products run (their transform otherwise waits
-        // on memory: they are read once per step).
+        // The next round's kernels (contiguous rows: one run), fetched while this round's products run, a share
+        // at the start of each product (their transform otherwise waits on memory: they are read once a step).
         LinePrefetch next_kernels;
         if (c0 + chunk < oc1) {
-            next_kernels.start(static_cast<const char*>(w->data) + (c0 + chunk) * kernel_stride, kernel_stride,
-                               kernel_stride, std::min(chunk, oc1 - c0 - chunk));
+            next_kernels.start(static_cast<const char*>(w->data) + (c0 + chunk) * kernel_stride, 0,
+                               std::min(chunk, oc1 - c0 - chunk) * kernel_stride, 1);
         }
         int64_t products_left = bands * P;
         float* const u_f32 = pairs ? nullptr : scratch(u, P * cols * IC);
@@ -646,9 +646,9 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
             for (int64_t xi = 0; xi < P; ++xi) {
                 float* c = m.data() + xi * cols * rows;
                 const int64_t first_sliver = xi * N * slivers + r0 / MR;
-#if defined(SDCPP_PY_BF16_GEMM)
                 next_kernels.quota = (next_kernels.left() + products_left - 1) / products_left;
                 --products_left;
+#if defined(SDCPP_PY_BF16_GEMM)
                 if (pairs) {
                     position_product_bf16(reinterpret_cast<const uint32_t*>(v) + first_sliver * steps * MR, IC, rows,
                                           cols, u_pairs.position(xi), padded_cols, c, &next_kernels);
