@@ -688,6 +688,28 @@ void prefetch_rows(const APack& A, int64_t i0, int64_t rows, int64_t pc, int64_t
     }
 }
 
+// The blocks packed after A's block (ic, pc) and B's block (jc, pc) in gemm_block's loop order (blocks `depth`
+// steps deep): A's next rows at these steps, else its first rows at the next steps; B's next steps of these
+// columns, else the next columns' first steps. B only where it is not f32 (the convolution's f16 or q8_0
+// kernel; an f16 or bf16 src1 of mul_mat too, harmlessly; f32 activations are mostly in cache already).
+template <typename APack>
+void prefetch_next_rows(const APack& A, int64_t ic, int64_t pc, int64_t m0, int64_t m1, int64_t k, int64_t depth,
+                        LinePrefetch& next) {
+    if (ic + MC < m1) prefetch_rows(A, ic + MC, std::min(MC, m1 - ic - MC), pc, std::min(depth, k - pc), next);
+    else if (pc + depth < k) prefetch_rows(A, m0, std::min(MC, m1 - m0), pc + depth, std::min(depth, k - pc - depth), next);
+    else next = LinePrefetch{};
+}
+template <typename TB>
+void prefetch_next_cols(const TB* B, int64_t ldb, int64_t jc, int64_t pc, int64_t n1, int64_t k, int64_t depth,
+                        LinePrefetch& next) {
+    next = LinePrefetch{};
+    const int64_t next_pc = pc + depth < k ? pc + depth : 0, next_jc = next_pc > 0 ? jc : jc + NC;
+    if (!std::is_same<TB, float>::value && next_jc < n1) {
+        next.start(matrix_run(B, ldb, next_jc, next_pc), ldb * int64_t{sizeof(TB)},
+                   run_bytes<TB>(std::min(depth, k - next_pc)), std::min(NC, n1 - next_jc));
+    }
+}
+
 #if defined(SDCPP_PY_BF16_GEMM)
 // Depth of a bf16 block: twice the f32 one, so that its paired panels hold the f32 panels' bytes (a B sliver
 // in L1, A slivers in L2), and a weight's rows are read in 1 KiB runs (f16) rather than 512 bytes.
@@ -699,9 +721,7 @@ template <typename APack, typename TB>
 void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const APack& A, const TB* B,
                      int64_t ldb, float* C, int64_t ldc) {
     thread_local std::vector<uint32_t> a_pairs, b_pairs;
-    // The next blocks of A where it is read as rows (ggml's mul_mat: src0, mostly weights) and of B where it is
-    // not f32 (the convolution's f16 or q8_0 kernel; an f16 or bf16 src1 of mul_mat too, harmlessly; f32
-    // activations are mostly in cache already).
+    // The next blocks of A where it is read as rows (ggml's mul_mat: src0, mostly weights) and of B.
     LinePrefetch next_a, next_b;
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);
@@ -712,13 +732,7 @@ void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, 
             for (int64_t s = 0; s < n_slivers; ++s) {
                 pair_cols_of_b(B, ldb, jc + s * NR, std::min(NR, nc - s * NR), pc, kc, b_pairs.data() + s * NR * kc2);
             }
-            // B's next block: the next steps of these columns, or the next columns' first steps.
-            const int64_t next_pc = pc + KC_BF16 < k ? pc + KC_BF16 : 0, next_jc = next_pc > 0 ? jc : jc + NC;
-            next_b = LinePrefetch{};
-            if (!std::is_same<TB, float>::value && next_jc < n1) {
-                next_b.start(matrix_run(B, ldb, next_jc, next_pc), ldb * int64_t{sizeof(TB)},
-                             run_bytes<TB>(std::min(KC_BF16, k - next_pc)), std::min(NC, n1 - next_jc));
-            }
+            prefetch_next_cols(B, ldb, jc, pc, n1, k, KC_BF16, next_b);
             const int64_t ic_blocks = (m1 - m0 + MC - 1) / MC;
             for (int64_t ic = m0, block = 0; ic < m1; ic += MC, ++block) {
                 const int64_t mc = std::min(MC, m1 - ic);
@@ -727,10 +741,7 @@ void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, 
                 for (int64_t s = 0; s < m_slivers; ++s) {
                     A.pack_pairs(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_pairs.data() + s * MR * kc2);
                 }
-                // A's next block: the next rows at these steps, or the first rows at the next steps.
-                if (ic + MC < m1) prefetch_rows(A, ic + MC, std::min(MC, m1 - ic - MC), pc, kc, next_a);
-                else if (pc + KC_BF16 < k) prefetch_rows(A, m0, std::min(MC, m1 - m0), pc + KC_BF16, std::min(KC_BF16, k - pc - KC_BF16), next_a);
-                else next_a = LinePrefetch{};
+                prefetch_next_rows(A, ic, pc, m0, m1, k, KC_BF16, next_a);
                 next_b.quota = (next_b.left() + (ic_blocks - block) - 1) / (ic_blocks - block);
                 tile_block_bf16(mc, nc, kc2, a_pairs.data(), b_pairs.data(), C + jc * ldc + ic, ldc, pc > 0, 0, &next_a,
                                 &next_b);
@@ -765,13 +776,8 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                 }
             }
             const float* b_in_place = b_rows ? reinterpret_cast<const float*>(B) + jc * ldb + pc : nullptr;
-            // The weights' next blocks, fetched during this block's tiles (as gemm_block_bf16 does).
-            const int64_t next_pc = pc + KC < k ? pc + KC : 0, next_jc = next_pc > 0 ? jc : jc + NC;
-            next_b = LinePrefetch{};
-            if (!std::is_same<TB, float>::value && next_jc < n1) {
-                next_b.start(matrix_run(B, ldb, next_jc, next_pc), ldb * int64_t{sizeof(TB)},
-                             run_bytes<TB>(std::min(KC, k - next_pc)), std::min(NC, n1 - next_jc));
-            }
+            // The weights' next blocks, fetched during this block's tiles.
+            prefetch_next_cols(B, ldb, jc, pc, n1, k, KC, next_b);
             const int64_t ic_blocks = (m1 - m0 + MC - 1) / MC;
             for (int64_t ic = m0, block = 0; ic < m1; ic += MC, ++block) {
                 const int64_t mc = std::min(MC, m1 - ic);
@@ -780,9 +786,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                 for (int64_t s = 0; s < m_slivers; ++s) {
                     A.pack(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
                 }
-                if (ic + MC < m1) prefetch_rows(A, ic + MC, std::min(MC, m1 - ic - MC), pc, kc, next_a);
-                else if (pc + KC < k) prefetch_rows(A, m0, std::min(MC, m1 - m0), pc + KC, std::min(KC, k - pc - KC), next_a);
-                else next_a = LinePrefetch{};
+                prefetch_next_rows(A, ic, pc, m0, m1, k, KC, next_a);
                 next_b.quota = (next_b.left() + (ic_blocks - block) - 1) / (ic_blocks - block);
                 tile_block(mc, nc, kc, a_panels.data(), b_panels.data(), b_in_place, ldb, C + jc * ldc + ic, ldc,
                            accumulate, 0, &next_a, &next_b);
