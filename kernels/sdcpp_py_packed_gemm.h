@@ -154,6 +154,8 @@ struct LinePrefetch {
             _mm_prefetch(reinterpret_cast<const char*>(first + row * stride + line * 64), _MM_HINT_T1);
         }
     }
+    // The quota for the next call: one of `parts` equal shares of the lines left.
+    void share_over(int64_t parts) { quota = (left() + parts - 1) / parts; }
     // This call's share of the quota, before one of `remaining` equal parts of a tile_block(_bf16) call.
     void issue_part(int64_t remaining) {
         const int64_t n = (quota + remaining - 1) / remaining;
@@ -165,7 +167,6 @@ struct LinePrefetch {
 // A q8_0 block (ggml's block_q8_0): 32 int8 values and their f16 scale. Patch 0015's quantized conv kernels
 // are rows of them; a B operand of this type has ldb counted in blocks.
 constexpr int64_t Q8_VALUES = 32;
-
 struct Q8Block {
     uint16_t scale;
     int8_t values[Q8_VALUES];
@@ -684,7 +685,7 @@ void prefetch_rows(const APack& A, int64_t i0, int64_t rows, int64_t pc, int64_t
     if constexpr (RowsInMemory<APack>::value) {
         using T = std::remove_cv_t<std::remove_pointer_t<decltype(A.A)>>;
         next.start(matrix_run(A.A, A.lda, i0, pc), A.lda * int64_t{sizeof(T)}, run_bytes<T>(kc), rows);
-        next.quota = next.total;
+        next.share_over(1);
     }
 }
 
@@ -742,7 +743,7 @@ void gemm_block_bf16(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, 
                     A.pack_pairs(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_pairs.data() + s * MR * kc2);
                 }
                 prefetch_next_rows(A, ic, pc, m0, m1, k, KC_BF16, next_a);
-                next_b.quota = (next_b.left() + (ic_blocks - block) - 1) / (ic_blocks - block);
+                next_b.share_over(ic_blocks - block);
                 tile_block_bf16(mc, nc, kc2, a_pairs.data(), b_pairs.data(), C + jc * ldc + ic, ldc, pc > 0, 0, &next_a,
                                 &next_b);
             }
@@ -787,7 +788,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k, const
                     A.pack(ic + s * MR, std::min(MR, mc - s * MR), pc, kc, a_panels.data() + s * MR * kc);
                 }
                 prefetch_next_rows(A, ic, pc, m0, m1, k, KC, next_a);
-                next_b.quota = (next_b.left() + (ic_blocks - block) - 1) / (ic_blocks - block);
+                next_b.share_over(ic_blocks - block);
                 tile_block(mc, nc, kc, a_panels.data(), b_panels.data(), b_in_place, ldb, C + jc * ldc + ic, ldc,
                            accumulate, 0, &next_a, &next_b);
             }

@@ -646,8 +646,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
             for (int64_t xi = 0; xi < P; ++xi) {
                 float* c = m.data() + xi * cols * rows;
                 const int64_t first_sliver = xi * N * slivers + r0 / MR;
-                next_kernels.quota = (next_kernels.left() + products_left - 1) / products_left;
-                --products_left;
+                next_kernels.share_over(products_left--);
 #if defined(SDCPP_PY_BF16_GEMM)
                 if (pairs) {
                     position_product_bf16(reinterpret_cast<const uint32_t*>(v) + first_sliver * steps * MR, IC, rows,
