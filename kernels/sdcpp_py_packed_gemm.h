@@ -137,21 +137,33 @@ inline void release_if_large(std::vector<T>& buffer) {
 // SD1 step at 256x256 reads ~1.7 GB of f16 weights, at about the DRAM rate of a Zen 4 pair of cores, 26-33
 // GB/s): the tiles hide that wait, and from L2 or L3 the packing is compute.
 struct LinePrefetch {
-    uintptr_t first = 0;  // an address, not a pointer: a run's last line may lie past the matrix (prefetches never fault)
+    // Addresses, not pointers: a run's last line may lie past the matrix (prefetches never fault).
+    uintptr_t run_start = 0;  // the run of the next line
     int64_t stride = 0, lines_per_row = 0, total = 0, issued = 0;
     int64_t quota = 0;  // lines still to issue during the current call (tile_block(_bf16), a Winograd product)
+    // The next line and its place in its run, counted up: a division per line cost more than the prefetch.
+    uintptr_t next = 0;
+    int64_t next_in_row = 0;
     void start(const void* run0, int64_t row_stride, int64_t run_bytes, int64_t rows) {
-        first = reinterpret_cast<uintptr_t>(run0);
+        run_start = reinterpret_cast<uintptr_t>(run0);
         stride = row_stride;
         lines_per_row = (run_bytes + 63) / 64 + 1;  // + 1: a run need not start on a line
         total = rows * lines_per_row;
         issued = 0;
+        next = run_start;
+        next_in_row = 0;
     }
     int64_t left() const { return total - issued; }
     void issue(int64_t n) {
         for (const int64_t end = std::min(total, issued + n); issued < end; ++issued) {
-            const int64_t row = issued / lines_per_row, line = issued % lines_per_row;
-            _mm_prefetch(reinterpret_cast<const char*>(first + row * stride + line * 64), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T1);
+            if (++next_in_row == lines_per_row) {
+                next_in_row = 0;
+                run_start += stride;
+                next = run_start;
+            } else {
+                next += 64;
+            }
         }
     }
     // The quota for the next call: one of `parts` equal shares of the lines left.
