@@ -36,6 +36,15 @@ struct SdcppPyCustomOp {
 };
 static_assert(sizeof(SdcppPyCustomOp) <= GGML_MAX_OP_PARAMS, "a custom node's parameters fit its op_params");
 
+// Two int32 slots at the end of a custom node's op_params, past the parameters above, that its threads
+// share while it runs (ClaimedRanges' counters). ggml zeroes op_params when it makes the node.
+constexpr int SDCPP_PY_CLAIM_SLOTS = 2;
+static_assert(sizeof(SdcppPyCustomOp) + SDCPP_PY_CLAIM_SLOTS * sizeof(int32_t) <= GGML_MAX_OP_PARAMS,
+              "the shared counters lie past the node's parameters");
+inline int32_t* sdcpp_py_claim_counters(ggml_tensor* node) {
+    return node->op_params + GGML_MAX_OP_PARAMS / sizeof(int32_t) - SDCPP_PY_CLAIM_SLOTS;
+}
+
 // The node's op if it is a custom node running `name`'s kernel from the CPU backend (else fun is nullptr).
 inline SdcppPyCustomOp sdcpp_py_cpu_custom_op(const ggml_tensor* node, const char* name) {
     SdcppPyCustomOp op{nullptr, 0, nullptr};

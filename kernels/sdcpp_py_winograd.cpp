@@ -572,7 +572,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
 
 // dst (OW, OH, OC, N) = the convolution of src[0] (the 3x3 kernel: f16, or flattened q8_0) with the image
 // whose transform is src[1] (the node above) [+ src[2] bias f32 (OC)].
-extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
+extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int /*ith*/, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor *w = dst->src[0], *transformed = dst->src[1];
     const uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
@@ -593,9 +593,6 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const int64_t tiles_w = (OW + side - 1) / side, tiles = tiles_w * ((OH + side - 1) / side);
     const int64_t slivers = sliver_count(tiles);
     GGML_ASSERT(transformed->ne[0] == slivers * MR && transformed->ne[3] == N);
-    // This thread's output channels: whole register-tile columns.
-    const int64_t columns = (OC + NR - 1) / NR;
-    const int64_t oc0 = columns * ith / nth * NR, oc1 = std::min(OC, columns * (ith + 1) / nth * NR);
     // Channels per round: their P transformed kernels (P * IC values each: f32, or bf16 halves of pairs)
     // within 512 KiB, so that they stay in L2 (1 MiB on Zen 4, shared with the image's and the products'
     // lines) from their transform to their products, where the transformed image (the whole batch's) is at
@@ -620,14 +617,21 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // Each output channel's kernel is a row of w (f16 (3, 3, IC, OC) or q8_0 (9 * IC, OC)).
     const int64_t kernel_stride = w->type == GGML_TYPE_Q8_0 ? w->nb[1] : w->nb[3];
     const int64_t bands = (all_rows + band - 1) / band;
-    for (int64_t c0 = oc0; c0 < oc1; c0 += chunk) {
-        const int64_t cols = std::min(chunk, oc1 - c0);
+    // Rounds of output channels (whole register-tile columns) taken by the threads as they come free, not by
+    // their index; at least two columns, as each round reads the transformed image again. The next round is
+    // taken before this one's products, so that its kernels can be fetched during them.
+    ClaimedRanges rounds(sdcpp_py_claim_counters(dst), nth, (OC + NR - 1) / NR, chunk / NR, 2);
+    for (ClaimedRanges::Range round = rounds.next(); !round.empty();) {
+        const ClaimedRanges::Range following = rounds.next();
+        const int64_t c0 = round.u0 * NR, cols = std::min(OC, round.u1 * NR) - c0;
+        round = following;
         // The next round's kernels (contiguous rows: one run), fetched while this round's products run, a share
         // at the start of each product (their transform otherwise waits on memory: they are read once a step).
         LinePrefetch next_kernels;
-        if (c0 + chunk < oc1) {
-            next_kernels.start(static_cast<const char*>(w->data) + (c0 + chunk) * kernel_stride, 0,
-                               std::min(chunk, oc1 - c0 - chunk) * kernel_stride, 1);
+        if (!following.empty()) {
+            const int64_t f0 = following.u0 * NR;
+            next_kernels.start(static_cast<const char*>(w->data) + f0 * kernel_stride, 0,
+                               (std::min(OC, following.u1 * NR) - f0) * kernel_stride, 1);
         }
         int64_t products_left = bands * P;
         float* const u_f32 = pairs ? nullptr : scratch(u, P * cols * IC);
@@ -672,6 +676,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
             }
         }
     }
+    rounds.finish();
 }
 
 #endif

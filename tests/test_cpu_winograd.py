@@ -87,7 +87,7 @@ CASES = [
     (2, 40, 30, 8, 8, 1),      # batch 2 of 16 tiles: both images in one sliver-aligned product each
     (3, 24, 14, 14, 6, 1),     # batch 3 of 21 tiles (part slivers between the images)
     (1, 16, 24, 43, 43, 1),    # 484 tiles: two bands of products, the second starting mid-row
-    (1, 320, 200, 16, 16, 1),  # two blocks of depth (KC 256); 200 channels: two rounds of kernels on one thread
+    (1, 320, 200, 16, 16, 1),  # two blocks of depth (KC 256); 200 channels: rounds of kernels taken by the threads
 ]
 
 
@@ -118,6 +118,38 @@ def test_winograd_convolution_matches_numpy(n, ic, oc, h, w, padding, mode, monk
         two_by_two = _test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, padding, 1, 2, bias=bias)[0]
         assert not np.array_equal(results[0], two_by_two)
         assert relative_error(two_by_two, expected) < 5e-6
+
+
+def units_of(ranges):
+    return sum(u1 - u0 for u0, u1 in ranges)
+
+
+@pytest.mark.parametrize("units, max_units, min_units, threads", [(54, 8, 2, 2), (214, 2, 2, 3), (7, 4, 2, 4),
+                                                                  (1, 1, 1, 2), (0, 4, 2, 2), (33, 5, 9, 2)])
+def test_rounds_are_each_taken_once_and_the_counters_left_at_zero(units, max_units, min_units, threads):
+    runs, counters = _test_hooks._claimed_ranges(units, max_units, min_units, threads, runs=3)
+    assert counters == (0, 0), "the last thread done puts the shared counters back for the node's next run"
+    min_units = min(min_units, max_units)
+    for per_thread in runs:
+        taken = sorted(r for ranges in per_thread for r in ranges)
+        starts, ends = [u0 for u0, _ in taken], [u1 for _, u1 in taken]
+        assert starts == [0] + ends[:-1] and ends[-1:] == [units] if units else taken == [], "no gap, no overlap"
+        for u0, u1 in taken:
+            assert u1 - u0 <= max_units and (u1 - u0 >= min_units or u1 == units), (u0, u1)
+
+
+def test_a_slow_thread_takes_fewer_rounds():
+    # The last thread sleeps 20 ms after each range it takes; the others take theirs at once.
+    runs, counters = _test_hooks._claimed_ranges(54, 8, 2, 2, runs=2, slow_us=20000)
+    assert counters == (0, 0)
+    for fast, slow in runs:
+        assert units_of(slow) <= 8 < units_of(fast), (fast, slow)
+
+
+def test_one_thread_takes_the_rounds_in_order_in_shrinking_sizes():
+    (ranges,), = _test_hooks._claimed_ranges(54, 8, 2, 1)[0]
+    sizes = [u1 - u0 for u0, u1 in ranges]
+    assert ranges[0] == (0, 8) and sizes == sorted(sizes, reverse=True) and units_of(ranges) == 54
 
 
 def test_the_backend_reports_the_winograd_kernel():

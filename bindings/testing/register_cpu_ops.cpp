@@ -7,10 +7,12 @@
 
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "sdcpp_py_claims.h"
 
 namespace sdcpp::testing {
 
@@ -237,6 +239,45 @@ ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& 
     return s;
 }
 
+namespace {
+
+// Winograd's rounds as its node's threads take them (sdcpp_py_claims.h), on threads of our own: `runs` runs on
+// the same two counters, the last thread sleeping slow_us after each range it takes. Per run, each thread's
+// ranges; then the counters as the runs left them.
+py::tuple claimed_ranges(int64_t units, int64_t max_units, int64_t min_units, int n_threads, int runs, int slow_us) {
+    if (units < 0 || units > (int64_t{1} << 30) || n_threads < 1 || n_threads > 64 || runs < 1 || slow_us < 0) {
+        throw std::invalid_argument("units: 0..2^30, n_threads: 1..64, runs: at least 1, slow_us: at least 0");
+    }
+    int32_t counters[2] = {0, 0};
+    py::list all_runs;
+    for (int run = 0; run < runs; ++run) {
+        std::vector<std::vector<std::pair<int64_t, int64_t>>> taken(n_threads);
+        {
+            py::gil_scoped_release unlocked;
+            std::vector<std::thread> threads;
+            for (int t = 0; t < n_threads; ++t) {
+                threads.emplace_back([&, t] {
+                    sdcpp_py_gemm::ClaimedRanges ranges(counters, n_threads, units, max_units, min_units);
+                    for (auto range = ranges.next(); !range.empty(); range = ranges.next()) {
+                        taken[t].emplace_back(range.u0, range.u1);
+                        if (t == n_threads - 1 && slow_us > 0) {
+                            std::this_thread::sleep_for(std::chrono::microseconds(slow_us));
+                        }
+                    }
+                    ranges.finish();
+                });
+            }
+            for (auto& thread : threads) thread.join();
+        }
+        py::list per_thread;
+        for (const auto& ranges : taken) per_thread.append(py::cast(ranges));
+        all_runs.append(per_thread);
+    }
+    return py::make_tuple(all_runs, py::make_tuple(counters[0], counters[1]));
+}
+
+}  // namespace
+
 void register_cpu_ops(py::module_& m) {
     m.def("_cpu_mul_mat", &cpu_mul_mat, py::arg("a"), py::arg("b"), py::arg("n_threads") = 1, py::arg("bf16") = false,
           py::arg("q8_0_a") = false,
@@ -252,6 +293,11 @@ void register_cpu_ops(py::module_& m) {
           "numpy.transpose's.");
     m.def("_cpu_concat", &cpu_concat, py::arg("a"), py::arg("b"), py::arg("axis"), py::arg("n_threads") = 1,
           "Test hook: ggml_concat(a, b) on the CPU backend along a numpy axis.");
+    m.def("_claimed_ranges", &claimed_ranges, py::arg("units"), py::arg("max_units"), py::arg("min_units"),
+          py::arg("n_threads"), py::arg("runs") = 1, py::arg("slow_us") = 0,
+          "Test hook: ClaimedRanges (the Winograd node's rounds) on n_threads threads of its own, `runs` times on the "
+          "same counters, the last thread sleeping slow_us after each range: (runs of per-thread [(u0, u1)], "
+          "counters after).");
 }
 
 }  // namespace sdcpp::testing
