@@ -17,6 +17,7 @@ namespace {
 
 // Round to f16 and back: the value im2col stores and the product reads.
 inline __m256 through_f16(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
+inline __m128 through_f16(__m128 v) { return _mm_cvtph_ps(_mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 inline float through_f16(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 // One image (IC, IH, IW) seen as im2col's (OH*OW) x (IC*KH*KW) matrix. With bf16 products the values go
@@ -27,16 +28,20 @@ struct ImageColumns {
     bool f16_values;
 
     __m256 value(__m256 v) const { return f16_values ? through_f16(v) : v; }
+    __m128 value(__m128 v) const { return f16_values ? through_f16(v) : v; }
     float value(float v) const { return f16_values ? through_f16(v) : v; }
 
     void pack(int64_t i0, int64_t rows, int64_t pc, int64_t kc, float* panel) const {
         const int64_t oh0 = i0 / OW, ow0 = i0 % OW;
         const bool one_row = rows == MR && ow0 + MR <= OW && s0 == 1;
-        // Elsewhere (images narrower than 16 pixels, as the 8x8 and 4x4 ones of an SD1 UNet at 256x256, a
-        // sliver crossing a row's end, strides) each step gathers its 16 pixels: their input positions at tap
-        // (0, 0), kept as vectors; a pixel past `rows` sits far outside the image and reads as zero.
+        // Images 8 or 4 pixels wide at stride 1 (an SD1 UNet's 8x8 and 4x4 levels at 256x256): a sliver is
+        // 16 / OW whole output rows, each step a masked run of OW input pixels per row.
+        const bool whole_rows = !one_row && rows == MR && s0 == 1 && (OW == 8 || OW == 4) && ow0 == 0;
+        // Elsewhere (a sliver crossing a row's end, strides, other narrow images) each step gathers its 16
+        // pixels: their input positions at tap (0, 0), kept as vectors; a pixel past `rows` sits far outside
+        // the image and reads as zero.
         __m256i y0[2], x0[2];
-        if (!one_row) {
+        if (!one_row && !whole_rows) {
             alignas(32) int32_t ys[MR], xs[MR];
             for (int64_t r = 0; r < MR; ++r) {
                 const int64_t i = i0 + r;
@@ -53,6 +58,8 @@ struct ImageColumns {
         for (int64_t l = 0; l < kc; ++l, panel += MR) {
             if (one_row) {
                 pack_run(ic, oh0 * s1 + kh * d1 - p1, ow0 + kw * d0 - p0, panel);
+            } else if (whole_rows) {
+                pack_rows(ic, oh0 * s1 + kh * d1 - p1, kw * d0 - p0, panel);
             } else {
                 pack_gathered(ic, kh, kw, y0, x0, panel);
             }
@@ -92,6 +99,29 @@ struct ImageColumns {
             const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), channel, index,
                                                       _mm256_castsi256_ps(inside), 4);
             _mm256_storeu_ps(panel + 8 * half, value(v));
+        }
+    }
+
+    // 16 / OW output rows (OW 8 or 4, stride 1) at one tap: from input row ih0 on (rows s1 apart), columns
+    // iw..iw+OW-1 of each (zero outside the image), into panel[0..15]. Lanes outside a row are masked (never
+    // read), not gathered.
+    void pack_rows(int64_t ic, int64_t ih0, int64_t iw, float* panel) const {
+        const float* channel = x + ic * IH * IW;
+        const __m256i column = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                                _mm256_set1_epi32(static_cast<int>(iw)));
+        const __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
+                                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(IW)), column));
+        for (int64_t r = 0; r < MR / OW; ++r, panel += OW) {
+            const int64_t ih = ih0 + r * s1;
+            const bool row_inside = ih >= 0 && ih < IH;
+            const float* start = reinterpret_cast<const float*>(
+                reinterpret_cast<uintptr_t>(channel) + ((row_inside ? ih : 0) * IW + iw) * 4);
+            if (OW == 8) {
+                _mm256_storeu_ps(panel, row_inside ? value(_mm256_maskload_ps(start, inside)) : _mm256_setzero_ps());
+            } else {
+                _mm_storeu_ps(panel, row_inside ? value(_mm_maskload_ps(start, _mm256_castsi256_si128(inside)))
+                                                : _mm_setzero_ps());
+            }
         }
     }
 

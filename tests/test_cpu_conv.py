@@ -61,6 +61,10 @@ SHAPES = [
     (1, 30, 7, 6, 40, 5, 1, 2, 1),     # 5x5, wide rows, 7 output channels (a short register-tile edge)
     (3, 40, 26, 8, 8, 3, 1, 1, 1),     # batch 3 of 64 pixels: the images stacked into one product
     (2, 24, 16, 8, 8, 3, 2, 1, 1),     # batch 2 of 16 pixels (stride 2), stacked
+    (2, 24, 16, 4, 4, 3, 1, 1, 1),     # rows of 4 (four a sliver, masked runs), stacked
+    (1, 16, 12, 8, 8, 1, 1, 0, 1),     # 1x1, rows of 8
+    (1, 12, 10, 7, 4, 3, 1, 1, 1),     # rows of 4 and 28 pixels: a last part sliver gathered
+    (1, 8, 8, 10, 8, 3, 1, 2, 2),      # rows of 8 from input rows of 8, dilation 2: runs masked at both ends
 ]
 
 
