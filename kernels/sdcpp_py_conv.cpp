@@ -40,7 +40,7 @@ struct ImageColumns {
         // Elsewhere (a sliver crossing a row's end, strides, other narrow images) each step gathers its 16
         // pixels: their input positions at tap (0, 0), kept as vectors; a pixel past `rows` sits far outside
         // the image and reads as zero.
-        __m256i y0[2], x0[2];
+        __m256i y0[2] = {}, x0[2] = {};
         if (!one_row && !whole_rows) {
             alignas(32) int32_t ys[MR], xs[MR];
             for (int64_t r = 0; r < MR; ++r) {
