@@ -431,7 +431,11 @@ void pair_rows_of_a(const T* A, int64_t lda, int64_t i0, int64_t rows, int64_t p
         }
         transpose16(t);
         const int64_t pairs = (n + 1) / 2;
-        for (int64_t q = 0; q < pairs; ++q) _mm512_storeu_si512(panel + (l / 2 + q) * MR, t[q]);
+        if (pairs == 16) {  // a constant count: unrolled, 16 stores (a variable one became a memcpy of t, spilled)
+            for (int64_t q = 0; q < 16; ++q) _mm512_storeu_si512(panel + (l / 2 + q) * MR, t[q]);
+        } else {
+            for (int64_t q = 0; q < pairs; ++q) _mm512_storeu_si512(panel + (l / 2 + q) * MR, t[q]);
+        }
     }
 }
 
