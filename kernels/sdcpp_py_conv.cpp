@@ -59,7 +59,9 @@ struct ImageColumns {
             if (one_row) {
                 pack_run(ic, oh0 * s1 + kh * d1 - p1, ow0 + kw * d0 - p0, panel);
             } else if (whole_rows) {
-                pack_rows(ic, oh0 * s1 + kh * d1 - p1, kw * d0 - p0, panel);
+                const int64_t ih = oh0 * s1 + kh * d1 - p1, iw = kw * d0 - p0;
+                if (OW == 8) pack_rows<8>(ic, ih, iw, panel);
+                else pack_rows<4>(ic, ih, iw, panel);
             } else {
                 pack_gathered(ic, kh, kw, y0, x0, panel);
             }
@@ -102,21 +104,22 @@ struct ImageColumns {
         }
     }
 
-    // 16 / OW output rows (OW 8 or 4, stride 1) at one tap: from input row ih0 on (rows s1 apart), columns
+    // 16 / WIDTH output rows (OW = WIDTH: 8 or 4, stride 1) at one tap: from input row ih0 on (rows s1 apart), columns
     // iw..iw+OW-1 of each (zero outside the image), into panel[0..15]. Lanes outside a row are masked (never
     // read), not gathered.
+    template <int64_t WIDTH>
     void pack_rows(int64_t ic, int64_t ih0, int64_t iw, float* panel) const {
         const float* channel = x + ic * IH * IW;
         const __m256i column = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                                 _mm256_set1_epi32(static_cast<int>(iw)));
         const __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
                                                    _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(IW)), column));
-        for (int64_t r = 0; r < MR / OW; ++r, panel += OW) {
+        for (int64_t r = 0; r < MR / WIDTH; ++r, panel += WIDTH) {
             const int64_t ih = ih0 + r * s1;
             const bool row_inside = ih >= 0 && ih < IH;
             const float* start = reinterpret_cast<const float*>(
                 reinterpret_cast<uintptr_t>(channel) + ((row_inside ? ih : 0) * IW + iw) * 4);
-            if (OW == 8) {
+            if constexpr (WIDTH == 8) {
                 _mm256_storeu_ps(panel, row_inside ? value(_mm256_maskload_ps(start, inside)) : _mm256_setzero_ps());
             } else {
                 _mm_storeu_ps(panel, row_inside ? value(_mm_maskload_ps(start, _mm256_castsi256_si128(inside)))
