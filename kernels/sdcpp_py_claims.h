@@ -12,21 +12,24 @@ namespace sdcpp_py_gemm {
 // sibling hyperthread, a smaller core) takes fewer. Ranges shrink towards the end (a quarter of what is left
 // with two threads) so that the threads finish together. The two counters (next unit, threads done) are
 // zero between runs: every thread of the node takes ranges until none is left, and the last one done puts
-// them back, before the barrier that ends the node.
+// them back, before the barrier that ends the node. Without counters (or alone) a thread takes its fixed
+// share, units * ith / nth on, in ranges of max_units: for work whose ranges each cost a pass over memory.
 class ClaimedRanges {
    public:
     struct Range {
         int64_t u0 = 0, u1 = 0;
         bool empty() const { return u0 >= u1; }
     };
-    // counters: two int32 slots the node's threads share (a custom node's op_params past its parameters).
-    ClaimedRanges(int32_t* counters, int nth, int64_t units, int64_t max_units, int64_t min_units)
-        : next_unit_(counters), done_(counters + 1), nth_(nth), units_(units),
-          max_units_(std::max<int64_t>(max_units, 1)), min_units_(std::clamp<int64_t>(min_units, 1, max_units_)) {}
+    // counters: two int32 slots the node's threads share (a custom node's op_params past its parameters),
+    // or nullptr; units stay below 2^31 (a node's output channels over 6 do).
+    ClaimedRanges(int32_t* counters, int ith, int nth, int64_t units, int64_t max_units, int64_t min_units)
+        : next_unit_(nth > 1 ? counters : nullptr), nth_(nth), units_(units),
+          max_units_(std::max<int64_t>(max_units, 1)), min_units_(std::clamp<int64_t>(min_units, 1, max_units_)),
+          fixed_next_(next_unit_ ? 0 : units * ith / nth), fixed_end_(next_unit_ ? 0 : units * (ith + 1) / nth) {}
     Range next() {
-        if (nth_ == 1) {  // alone: no atomics; the same ranges in order
-            const Range range{alone_next_, std::min(units_, alone_next_ + size_for(units_ - alone_next_))};
-            alone_next_ = range.u1;
+        if (next_unit_ == nullptr) {  // this thread's fixed share, no atomics
+            const Range range{fixed_next_, std::min(fixed_end_, fixed_next_ + max_units_)};
+            fixed_next_ = range.u1;
             return range;
         }
         int32_t start = __atomic_load_n(next_unit_, __ATOMIC_RELAXED);
@@ -40,10 +43,11 @@ class ClaimedRanges {
     }
     // After this thread's last next() came back empty.
     void finish() {
-        if (nth_ == 1) return;
-        if (__atomic_add_fetch(done_, 1, __ATOMIC_ACQ_REL) == nth_) {
+        if (next_unit_ == nullptr) return;
+        int32_t* const done = next_unit_ + 1;
+        if (__atomic_add_fetch(done, 1, __ATOMIC_ACQ_REL) == nth_) {
             __atomic_store_n(next_unit_, 0, __ATOMIC_RELAXED);
-            __atomic_store_n(done_, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(done, 0, __ATOMIC_RELAXED);
         }
     }
 
@@ -52,10 +56,9 @@ class ClaimedRanges {
         return std::clamp<int64_t>((left + 2 * nth_ - 1) / (2 * nth_), min_units_, max_units_);
     }
     int32_t* next_unit_;
-    int32_t* done_;
     int nth_;
     int64_t units_, max_units_, min_units_;
-    int64_t alone_next_ = 0;
+    int64_t fixed_next_, fixed_end_;
 };
 
 }  // namespace sdcpp_py_gemm

@@ -26,8 +26,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "sdcpp_py_claims.h"
-
 namespace sdcpp_py_gemm {
 
 constexpr int64_t MR = 16;    // C rows per register tile: two ymm, contiguous in C

@@ -10,12 +10,13 @@
 // multiplies. Per position xi of the 4x4 transformed tile it is one matrix product,
 // M_xi (tiles x OC) = V_xi (tiles x IC) U_xi (IC x OC), run on the packed kernel (f32 or bf16 products).
 // Two nodes: the input transform V of the whole image (shared by every output channel: a node of its own so
-// that each thread transforms only its part), then per thread a share of the output channels: their kernels
-// transformed (U), the 16 products and the output transform, with the bias added.
+// that each thread transforms only its part), then rounds of output channels, each taken by whichever thread
+// is free: their kernels transformed (U), the 16 products and the output transform, with the bias added.
 // Sums differ from the direct convolution's in rounding only (f32 throughout; the kernel's 1/2 factors and
 // the transforms' additions are exact up to one f32 rounding each).
 #include "ggml-cpu-impl.h"
 #include "sdcpp_py_conv.h"
+#include "sdcpp_py_claims.h"
 #include "sdcpp_py_packed_gemm.h"
 
 #if defined(SDCPP_PY_CPU_KERNELS)
@@ -572,7 +573,7 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
 
 // dst (OW, OH, OC, N) = the convolution of src[0] (the 3x3 kernel: f16, or flattened q8_0) with the image
 // whose transform is src[1] (the node above) [+ src[2] bias f32 (OC)].
-extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int /*ith*/, int nth, void* userdata) {
+extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor *w = dst->src[0], *transformed = dst->src[1];
     const uintptr_t params = reinterpret_cast<uintptr_t>(userdata);
@@ -602,8 +603,8 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // once per round of up to 2^21 kernel values (320 channels at 64x64, 24 MB: 30 ms, 35 in 1 MiB rounds).
     // Tiles per band: their P products for those channels within 4 MiB (thread-local buffers, kept by ggml's
     // threads).
-    const int64_t kernel_values =
-        ggml_nbytes(transformed) <= (int64_t{16} << 20) ? (int64_t{512} << 10) / (pairs ? 2 : 4) : int64_t{1} << 21;
+    const bool image_in_cache = ggml_nbytes(transformed) <= (int64_t{16} << 20);
+    const int64_t kernel_values = image_in_cache ? (int64_t{512} << 10) / (pairs ? 2 : 4) : int64_t{1} << 21;
     const int64_t chunk = std::clamp<int64_t>(kernel_values / (P * IC) / NR * NR, NR, 192);
     const int64_t band = std::max<int64_t>(MR, (int64_t{1} << 20) / (P * chunk) / MR * MR);
     thread_local std::vector<float> u, m;
@@ -618,9 +619,13 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     const int64_t kernel_stride = w->type == GGML_TYPE_Q8_0 ? w->nb[1] : w->nb[3];
     const int64_t bands = (all_rows + band - 1) / band;
     // Rounds of output channels (whole register-tile columns) taken by the threads as they come free, not by
-    // their index; at least two columns, as each round reads the transformed image again. The next round is
-    // taken before this one's products, so that its kernels can be fetched during them.
-    ClaimedRanges rounds(sdcpp_py_claim_counters(dst), nth, (OC + NR - 1) / NR, chunk / NR, 2);
+    // their index; two columns at least where a round holds two, as each round reads the transformed image
+    // again. The next round is taken before this one's products, so that its kernels can be fetched during
+    // them (a slowed thread holds one round more: the last rounds are one or two columns). An image too large
+    // for the cache is read from memory by each round: there each thread takes its fixed share, in as few
+    // rounds as before (shrinking rounds cost a 512x512 bf16 step 6%).
+    ClaimedRanges rounds(image_in_cache ? sdcpp_py_claim_counters(dst) : nullptr, ith, nth, (OC + NR - 1) / NR,
+                         chunk / NR, 2);
     for (ClaimedRanges::Range round = rounds.next(); !round.empty();) {
         const ClaimedRanges::Range following = rounds.next();
         const int64_t c0 = round.u0 * NR, cols = std::min(OC, round.u1 * NR) - c0;

@@ -95,7 +95,8 @@ def reference_conv(kernel, image, stride, padding):
 @needs_bf16
 @pytest.mark.parametrize("shape, kernel_size, stride, padding", [
     ((1, 4, 32, 32, 320), 3, 1, 1), ((2, 27, 9, 11, 13), 3, 2, 1), ((1, 64, 8, 8, 128), 1, 1, 0),
-    ((1, 3, 17, 5, 16), 3, 1, 1), ((1, 59, 8, 8, 24), 3, 1, 1)])  # the last: 531 steps, past one bf16 block
+    ((1, 3, 17, 5, 16), 3, 1, 1), ((1, 59, 8, 8, 24), 3, 1, 1),  # 531 steps, past one bf16 block
+    ((2, 40, 4, 4, 24), 3, 1, 1)])  # rows of 4 packed as masked runs, a batch stacked
 def test_fused_convolution_in_bf16(shape, kernel_size, stride, padding, monkeypatch):
     monkeypatch.setenv("SDCPP_PY_CPU_CONV", "direct")  # the direct node (Winograd's: test_cpu_winograd.py)
     N, IC, H, W, OC = shape

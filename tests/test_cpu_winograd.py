@@ -6,7 +6,7 @@ nodes: the input transform, then 16 products on the packed kernel and the output
 share each product); with at least 16 tiles of 4x4 pixels and f32 products as F(4x4), 36 products
 (SDCPP_PY_CPU_CONV=winograd2x2 keeps F(2x2)). Each is checked against numpy: the
 f32 result against a float64 convolution, the bf16 one against numpy's Winograd with the same operands
-rounded to bf16, for f16 and q8_0 kernels, odd sizes, padding 0-2, batches, a bias, 1 and 2 threads, images
+rounded to bf16, for f16 and q8_0 kernels, odd sizes, padding 0-2, batches, a bias, 1-3 threads, images
 whose tiles take more than one band of products.
 SDCPP_PY_CPU_CONV=direct keeps the direct node (test_cpu_conv.py tests it bitwise against the core's graph).
 """
@@ -74,7 +74,7 @@ def random_case(n, ic, oc, h, w, seed):
 CASES_4X4 = [
     (2, 17, 7, 33, 35, 0),     # batch 2, part tiles at both edges, 7 output channels, channels not a multiple of 8
     (1, 16, 24, 66, 66, 1),    # 289 tiles: three bands of products, the second starting mid-row
-    (1, 320, 200, 34, 34, 2),  # two blocks of depth, two rounds of kernels on one thread, padding 2
+    (1, 320, 200, 34, 34, 2),  # two blocks of depth, rounds of one column each, padding 2
     (2, 16, 12, 90, 26, 1),    # 7 tiles a row (no 8-tile vectors), 161 tiles an image: bands across images
     (1, 16, 8, 3, 258, 1),     # one row of 65 tiles
 ]
@@ -139,17 +139,24 @@ def test_rounds_are_each_taken_once_and_the_counters_left_at_zero(units, max_uni
 
 
 def test_a_slow_thread_takes_fewer_rounds():
-    # The last thread sleeps 20 ms after each range it takes; the others take theirs at once.
-    runs, counters = _test_hooks._claimed_ranges(54, 8, 2, 2, runs=2, slow_us=20000)
+    # The last thread sleeps 0.2 s after each range it takes; the other takes its ranges at once (it has that
+    # long to start).
+    runs, counters = _test_hooks._claimed_ranges(54, 8, 2, 2, runs=2, slow_us=200000)
     assert counters == (0, 0)
     for fast, slow in runs:
         assert units_of(slow) <= 8 < units_of(fast), (fast, slow)
 
 
-def test_one_thread_takes_the_rounds_in_order_in_shrinking_sizes():
-    (ranges,), = _test_hooks._claimed_ranges(54, 8, 2, 1)[0]
-    sizes = [u1 - u0 for u0, u1 in ranges]
-    assert ranges[0] == (0, 8) and sizes == sorted(sizes, reverse=True) and units_of(ranges) == 54
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_without_counters_each_thread_takes_its_fixed_share(threads):
+    # Images too large for the cache: each round reads the image from memory, so rounds stay as few as the
+    # fixed shares allow (one thread alone takes its rounds this way too).
+    runs, counters = _test_hooks._claimed_ranges(54, 8, 2, threads, runs=2, slow_us=1000, fixed=True)
+    assert counters == (0, 0)
+    for per_thread in runs:
+        for t, ranges in enumerate(per_thread):
+            first, last = 54 * t // threads, 54 * (t + 1) // threads
+            assert ranges == [(u, min(u + 8, last)) for u in range(first, last, 8)], (t, ranges)
 
 
 def test_the_backend_reports_the_winograd_kernel():

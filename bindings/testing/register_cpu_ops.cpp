@@ -242,9 +242,10 @@ ConvShape checked_conv_shape(const py::array& kernel_f16_bits, const py::array& 
 namespace {
 
 // Winograd's rounds as its node's threads take them (sdcpp_py_claims.h), on threads of our own: `runs` runs on
-// the same two counters, the last thread sleeping slow_us after each range it takes. Per run, each thread's
-// ranges; then the counters as the runs left them.
-py::tuple claimed_ranges(int64_t units, int64_t max_units, int64_t min_units, int n_threads, int runs, int slow_us) {
+// the same two counters (fixed: none, each thread its fixed share), the last thread sleeping slow_us after each
+// range it takes. Per run, each thread's ranges; then the counters as the runs left them.
+py::tuple claimed_ranges(int64_t units, int64_t max_units, int64_t min_units, int n_threads, int runs, int slow_us,
+                         bool fixed) {
     if (units < 0 || units > (int64_t{1} << 30) || n_threads < 1 || n_threads > 64 || runs < 1 || slow_us < 0) {
         throw std::invalid_argument("units: 0..2^30, n_threads: 1..64, runs: at least 1, slow_us: at least 0");
     }
@@ -257,7 +258,8 @@ py::tuple claimed_ranges(int64_t units, int64_t max_units, int64_t min_units, in
             std::vector<std::thread> threads;
             for (int t = 0; t < n_threads; ++t) {
                 threads.emplace_back([&, t] {
-                    sdcpp_py_gemm::ClaimedRanges ranges(counters, n_threads, units, max_units, min_units);
+                    sdcpp_py_gemm::ClaimedRanges ranges(fixed ? nullptr : counters, t, n_threads, units, max_units,
+                                                        min_units);
                     for (auto range = ranges.next(); !range.empty(); range = ranges.next()) {
                         taken[t].emplace_back(range.u0, range.u1);
                         if (t == n_threads - 1 && slow_us > 0) {
@@ -294,10 +296,10 @@ void register_cpu_ops(py::module_& m) {
     m.def("_cpu_concat", &cpu_concat, py::arg("a"), py::arg("b"), py::arg("axis"), py::arg("n_threads") = 1,
           "Test hook: ggml_concat(a, b) on the CPU backend along a numpy axis.");
     m.def("_claimed_ranges", &claimed_ranges, py::arg("units"), py::arg("max_units"), py::arg("min_units"),
-          py::arg("n_threads"), py::arg("runs") = 1, py::arg("slow_us") = 0,
+          py::arg("n_threads"), py::arg("runs") = 1, py::arg("slow_us") = 0, py::arg("fixed") = false,
           "Test hook: ClaimedRanges (the Winograd node's rounds) on n_threads threads of its own, `runs` times on the "
-          "same counters, the last thread sleeping slow_us after each range: (runs of per-thread [(u0, u1)], "
-          "counters after).");
+          "same counters (fixed: without them, fixed shares), the last thread sleeping slow_us after each range: "
+          "(runs of per-thread [(u0, u1)], counters after).");
 }
 
 }  // namespace sdcpp::testing
