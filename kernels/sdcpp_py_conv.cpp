@@ -110,10 +110,7 @@ struct ImageColumns {
     template <int64_t WIDTH>
     void pack_rows(int64_t ic, int64_t ih0, int64_t iw, float* panel) const {
         const float* channel = x + ic * IH * IW;
-        const __m256i column = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                                _mm256_set1_epi32(static_cast<int>(iw)));
-        const __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
-                                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(IW)), column));
+        const __m256i inside = columns_inside(iw);
         for (int64_t r = 0; r < MR / WIDTH; ++r, panel += WIDTH) {
             const int64_t ih = ih0 + r * s1;
             const bool row_inside = ih >= 0 && ih < IH;
@@ -145,15 +142,19 @@ struct ImageColumns {
             return;
         }
         // At the image's edges: lanes outside the row are masked (never read) and come back zero.
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for (int half = 0; half < 2; ++half) {
             const int64_t start = iw + 8 * half;
-            const __m256i column = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(start)));
-            const __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
-                                                       _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(IW)), column));
             const float* base = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + start * 4);
-            _mm256_storeu_ps(panel + 8 * half, value(_mm256_maskload_ps(base, inside)));
+            _mm256_storeu_ps(panel + 8 * half, value(_mm256_maskload_ps(base, columns_inside(start))));
         }
+    }
+
+    // Lanes of columns start..start+7 that lie in a row (0..IW-1): a mask for _mm256_maskload_ps.
+    __m256i columns_inside(int64_t start) const {
+        const __m256i column = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                                _mm256_set1_epi32(static_cast<int>(start)));
+        return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
+                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(IW)), column));
     }
 };
 

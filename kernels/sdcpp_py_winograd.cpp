@@ -623,7 +623,7 @@ extern "C" void sdcpp_py_cpu_winograd_conv_compute(struct ggml_tensor* dst, int 
     // again. The next round is taken before this one's products, so that its kernels can be fetched during
     // them (a slowed thread holds one round more: the last rounds are one or two columns). An image too large
     // for the cache is read from memory by each round: there each thread takes its fixed share, in as few
-    // rounds as before (shrinking rounds cost a 512x512 bf16 step 6%).
+    // rounds as before (shrinking rounds cost a 512x512 bf16 step 6-10%).
     ClaimedRanges rounds(image_in_cache ? sdcpp_py_claim_counters(dst) : nullptr, ith, nth, (OC + NR - 1) / NR,
                          chunk / NR, 2);
     for (ClaimedRanges::Range round = rounds.next(); !round.empty();) {
