@@ -59,11 +59,57 @@ void scale_and_affine(float* y, int64_t n, float scale, const float* w, int64_t 
     }
 }
 
-// ggml_group_norm's per-row double sums (sumr, rows in order into the total), four rows at a time so that
-// their independent chains overlap. centre: the second pass (y = x - mean, sums of y*y) instead of x's.
+// The per-row double sums of 8 * GROUPS rows (width a multiple of 8) side by side, a row per double lane: each
+// row's chain still adds its values in order from 0.0, so the sums are the scalar loop's; GROUPS independent
+// chains per lane overlap their latency. The values of 8 rows are transposed 8 steps at a time. centre: as in
+// group_sum. row_sums gets the rows' sums in row order.
+template <int GROUPS>
+void row_sums_side_by_side(const float* x, float* y, int64_t width, bool centre, float mean, double* row_sums) {
+    __m256d low[GROUPS], high[GROUPS];  // rows 0-3 and 4-7 of each group of 8
+    for (int g = 0; g < GROUPS; ++g) low[g] = high[g] = _mm256_setzero_pd();
+    const __m256 vmean = _mm256_set1_ps(mean);
+    for (int64_t i = 0; i < width; i += 8) {
+        for (int g = 0; g < GROUPS; ++g) {
+            __m256 v[8];
+            for (int k = 0; k < 8; ++k) {
+                const int64_t at = (g * 8 + k) * width + i;
+                v[k] = _mm256_loadu_ps(x + at);
+                if (centre) {
+                    v[k] = _mm256_sub_ps(v[k], vmean);
+                    _mm256_storeu_ps(y + at, v[k]);
+                    v[k] = _mm256_mul_ps(v[k], v[k]);
+                }
+            }
+            sdcpp_py_gemm::transpose8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);  // v[t]: step i + t of each row
+            for (int t = 0; t < 8; ++t) {
+                low[g] = _mm256_add_pd(low[g], _mm256_cvtps_pd(_mm256_castps256_ps128(v[t])));
+                high[g] = _mm256_add_pd(high[g], _mm256_cvtps_pd(_mm256_extractf128_ps(v[t], 1)));
+            }
+        }
+    }
+    for (int g = 0; g < GROUPS; ++g) {
+        _mm256_storeu_pd(row_sums + 8 * g, low[g]);
+        _mm256_storeu_pd(row_sums + 8 * g + 4, high[g]);
+    }
+}
+
+// ggml_group_norm's per-row double sums (sumr, rows in order into the total): rows side by side where the
+// width is a multiple of 8 (SD's planes of 8 to 64 pixels), else four rows at a time so that their independent
+// chains overlap. centre: the second pass (y = x - mean, sums of y*y) instead of x's.
 double group_sum(const float* x, float* y, int64_t rows, int64_t width, bool centre, float mean) {
     double total = 0.0;
     int64_t r = 0;
+    if (width % 8 == 0) {
+        double row_sums[32];
+        for (; r + 32 <= rows; r += 32) {
+            row_sums_side_by_side<4>(x + r * width, centre ? y + r * width : nullptr, width, centre, mean, row_sums);
+            for (double row_sum : row_sums) total += row_sum;
+        }
+        for (; r + 8 <= rows; r += 8) {
+            row_sums_side_by_side<1>(x + r * width, centre ? y + r * width : nullptr, width, centre, mean, row_sums);
+            for (int k = 0; k < 8; ++k) total += row_sums[k];
+        }
+    }
     for (; r + 4 <= rows; r += 4) {
         double s[4] = {0.0, 0.0, 0.0, 0.0};
         for (int64_t i = 0; i < width; ++i) {
