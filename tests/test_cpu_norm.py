@@ -56,6 +56,7 @@ def test_group_norm_block_is_one_node_bitwise_the_core_graph(shape, groups):
 @pytest.mark.parametrize("rows, width, with_bias, eps", [
     (4096, 320, True, 1e-5),  # an SD1 transformer block's norms at 512x512
     (77, 768, True, 1e-5),    # CLIP's
+    (45, 64, True, 1e-5),     # per thread: rows summed 32 and 8 side by side, the rest one at a time
     (5, 13, False, 1e-6),     # no bias; a row shorter than one vector and a scalar tail
 ])
 def test_layer_norm_block_is_one_node_bitwise_the_core_graph(rows, width, with_bias, eps):
