@@ -422,6 +422,38 @@ inline void tile_columns(const float* row, __m256 col[4]) {
     }
 }
 
+#if defined(__AVX512F__)
+// tile_columns for 16 tiles: two loads and a permute per column instead of shuffles per 8 tiles.
+inline void tile_columns_16(const float* row, __m512 col[4]) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int shift = 0; shift < 2; ++shift) {
+        const __m512 a = _mm512_loadu_ps(row + 2 * shift), b = _mm512_loadu_ps(row + 2 * shift + 16);
+        col[2 * shift] = _mm512_permutex2var_ps(a, even, b);
+        col[2 * shift + 1] = _mm512_permutex2var_ps(a, odd, b);
+    }
+}
+
+// F(2x2)'s V = B' d B of 16 tiles side by side (a row of tiles at 32x32, half of one at 64x64): the 8-tile
+// lambda's arithmetic lane for lane, so the same values.
+inline void transform_16_tiles(const float* r0, int64_t PW, int64_t tx, __m512 values[POSITIONS]) {
+    __m512 d[4][4], t[4][4];
+    for (int i = 0; i < 4; ++i) tile_columns_16(r0 + i * PW + 2 * tx, d[i]);
+    for (int j = 0; j < 4; ++j) {
+        t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+        t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+        t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+        t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        values[4 * i + 0] = _mm512_sub_ps(t[i][0], t[i][2]);
+        values[4 * i + 1] = _mm512_add_ps(t[i][1], t[i][2]);
+        values[4 * i + 2] = _mm512_sub_ps(t[i][2], t[i][1]);
+        values[4 * i + 3] = _mm512_sub_ps(t[i][1], t[i][3]);
+    }
+}
+#endif
+
 }  // namespace
 }  // namespace sdcpp_py_gemm
 
@@ -521,6 +553,34 @@ extern "C" void sdcpp_py_cpu_winograd_input_compute(struct ggml_tensor* dst, int
         uint32_t* v = static_cast<uint32_t*>(dst->data) + (n * slivers * steps + step) * MR;
         for (int64_t ty = 0; ty < tiles_h; ++ty) {
             for (int64_t tx = 0; tx < tiles_w; tx += 8) {
+#if defined(__AVX512F__)
+                // 16 whole tiles that fill one sliver row: zmm-wide, one store per position.
+                if (permute_columns && P == POSITIONS && tx + 16 <= tiles_w && (ty * tiles_w + tx) % MR == 0) {
+                    __m512 wide[POSITIONS];
+                    transform_16_tiles(plane0 + side * ty * PW, PW, tx, wide);
+                    uint32_t* out = v + (ty * tiles_w + tx) / MR * steps * MR;
+#if defined(SDCPP_PY_BF16_GEMM)
+                    if (pairs) {
+                        __m512 odd[POSITIONS];
+                        transform_16_tiles(plane1 + side * ty * PW, PW, tx, odd);
+                        // Words: lane t's even channel, then its odd one (cvtne2ps puts the even's 16 first).
+                        const __m512i interleave = _mm512_setr_epi32(
+                            0x00100000, 0x00110001, 0x00120002, 0x00130003, 0x00140004, 0x00150005, 0x00160006,
+                            0x00170007, 0x00180008, 0x00190009, 0x001a000a, 0x001b000b, 0x001c000c, 0x001d000d,
+                            0x001e000e, 0x001f000f);
+                        for (int64_t xi = 0; xi < P; ++xi) {
+                            const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd[xi], wide[xi]));
+                            _mm512_storeu_si512(out + xi * position_stride, _mm512_permutexvar_epi16(interleave, both));
+                        }
+                        tx += 8;
+                        continue;
+                    }
+#endif
+                    for (int64_t xi = 0; xi < P; ++xi) _mm512_storeu_ps(reinterpret_cast<float*>(out + xi * position_stride), wide[xi]);
+                    tx += 8;
+                    continue;
+                }
+#endif
                 __m256 values[POSITIONS_4X4];
                 transform_tiles(plane0 + side * ty * PW, tx, values);
 #if defined(SDCPP_PY_BF16_GEMM)
