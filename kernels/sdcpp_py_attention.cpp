@@ -156,27 +156,38 @@ inline __m512 exp2_nonpositive(__m512 y) {
     return _mm512_scalef_ps(p, n);
 }
 
-// The softmax of a block's scores (scores[key * QB_BF16 + query], the score product's C): one pass finds each
-// query's maximum (lanes are queries), one writes e^(scale (x - max)), rounded to bf16, as the output product's
+// The scores of a block's queries (QB_BF16 rows of query pairs) against every key, key by key
+// (scores[key * QB_BF16 + query]), and each query's maximum over them (max_of[0]: queries 0-15, [1]: 16-31),
+// taken from the tiles' registers as they are stored: no pass over the scores for it.
+void scores_and_maxima(const uint32_t* q_pairs, int64_t d2, const uint32_t* k_pairs, int64_t L_k, float* scores,
+                       __m512 max_of[2]) {
+    max_of[0] = max_of[1] = _mm512_set1_ps(-INFINITY);
+    const int64_t whole = L_k / NR;
+    for (int64_t s = 0; s < whole; ++s) {
+        register_tile_bf16<2>(d2, q_pairs, MR * d2, k_pairs + s * NR * d2, scores + s * NR * QB_BF16, QB_BF16, false,
+                              max_of);
+    }
+    if (whole * NR == L_k) return;
+    // A last part sliver: its padding keys (zero pairs, score 0) kept out of the scores and the maxima.
+    alignas(64) float edge[NR * QB_BF16];
+    register_tile_bf16<2>(d2, q_pairs, MR * d2, k_pairs + whole * NR * d2, edge, QB_BF16, false);
+    for (int64_t key = whole * NR; key < L_k; ++key) {
+        const float* column = edge + (key - whole * NR) * QB_BF16;
+        for (int half = 0; half < 2; ++half) {
+            const __m512 v = _mm512_load_ps(column + 16 * half);
+            _mm512_storeu_ps(scores + key * QB_BF16 + 16 * half, v);
+            max_of[half] = _mm512_max_ps(max_of[half], v);
+        }
+    }
+}
+
+// The softmax of a block's scores (scores[key * QB_BF16 + query], the score product's C) given each query's
+// maximum (lanes are queries): one pass writes e^(scale (x - max)), rounded to bf16, as the output product's
 // A slivers (weights[(s * L_k2 + p) * MR + r]: keys 2p and 2p + 1 for query s * MR + r; a last odd key's partner
 // 0), and the normalization moves to the output: inverse_sums[query] = 1 / the f32 sum.
-void softmax_columns_bf16(const float* scores, int64_t L_k, float scale, uint32_t* weights, float* inverse_sums) {
-    // Two chains per half (max's latency, not its throughput).
-    __m512 max_lo = _mm512_set1_ps(-INFINITY), max_hi = max_lo, max_lo2 = max_lo, max_hi2 = max_lo;
-    int64_t key = 0;
-    for (; key + 2 <= L_k; key += 2) {
-        const float* column = scores + key * QB_BF16;
-        max_lo = _mm512_max_ps(max_lo, _mm512_loadu_ps(column));
-        max_hi = _mm512_max_ps(max_hi, _mm512_loadu_ps(column + 16));
-        max_lo2 = _mm512_max_ps(max_lo2, _mm512_loadu_ps(column + QB_BF16));
-        max_hi2 = _mm512_max_ps(max_hi2, _mm512_loadu_ps(column + QB_BF16 + 16));
-    }
-    if (key < L_k) {
-        max_lo = _mm512_max_ps(max_lo, _mm512_loadu_ps(scores + key * QB_BF16));
-        max_hi = _mm512_max_ps(max_hi, _mm512_loadu_ps(scores + key * QB_BF16 + 16));
-    }
-    max_lo = _mm512_max_ps(max_lo, max_lo2);
-    max_hi = _mm512_max_ps(max_hi, max_hi2);
+void softmax_columns_bf16(const float* scores, int64_t L_k, float scale, const __m512 max_of[2], uint32_t* weights,
+                          float* inverse_sums) {
+    const __m512 max_lo = max_of[0], max_hi = max_of[1];
     // e^(scale (x - max)) = 2^(scale2 (x - max)), scale2 = scale log2(e). x - max first: 0 at the maximum however
     // large the scores (scale2 x - scale2 max would be the rounding of a ~1e16 product there, ~1e9 either way).
     const __m512 vscale = _mm512_set1_ps(scale * 1.44269504f);
@@ -217,10 +228,11 @@ void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const He
         pair_rows_of_a(Q, q_stride, s * MR, std::clamp<int64_t>(nq - s * MR, 0, MR), 0, d_head, q_pairs + s * MR * d2);
     }
     float* const scores = scratch(score_columns, L_k * QB_BF16);
-    tile_block_bf16(QB_BF16, L_k, d2, q_pairs, head.k.data(), scores, QB_BF16, false);
+    __m512 max_of[2];
+    scores_and_maxima(q_pairs, d2, head.k.data(), L_k, scores, max_of);
     uint32_t* const weights = scratch(weight_slivers, QB_BF16 * L_k2);
     alignas(64) float inverse_sums[QB_BF16];
-    softmax_columns_bf16(scores, L_k, scale, weights, inverse_sums);
+    softmax_columns_bf16(scores, L_k, scale, max_of, weights, inverse_sums);
     // o[c * QB_BF16 + query], rows to a multiple of 16 for the transposes below (rows past d_head are
     // transposed too, but their lanes are not stored).
     float* const o = scratch(outputs, std::max(head.v_cols, (d_head + 15) / 16 * 16) * QB_BF16);

@@ -473,10 +473,11 @@ inline void pair_steps_bf16(const float* panel, int64_t steps, int64_t width, ui
     }
 }
 
-// SLIVERS x 16 rows x NR columns over kc2 pair steps into C (column stride ldc).
+// SLIVERS x 16 rows x NR columns over kc2 pair steps into C (column stride ldc). row_max (if given): each
+// sliver's running maximum over the columns (its rows' lanes), from the registers.
 template <int SLIVERS>
 inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_stride, const uint32_t* b,
-                               float* C, int64_t ldc, bool accumulate) {
+                               float* C, int64_t ldc, bool accumulate, __m512* row_max = nullptr) {
     __m512 c[NR][SLIVERS];
 #pragma GCC unroll 6
     for (int j = 0; j < NR; ++j) {
@@ -500,6 +501,14 @@ inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_
         }
     }
     store_tile_512<SLIVERS>(c, C, ldc, accumulate);
+    if (row_max != nullptr) {
+        for (int s = 0; s < SLIVERS; ++s) {
+            __m512 m = row_max[s];
+#pragma GCC unroll 6
+            for (int j = 0; j < NR; ++j) m = _mm512_max_ps(m, c[j][s]);
+            row_max[s] = m;
+        }
+    }
 }
 
 // Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*a_stride
