@@ -10,6 +10,7 @@
 
 #include "ggml.h"
 #include "sdcpp_py_kernels.h"
+#include "sdcpp_py_precision.h"
 
 #define SDCPP_PY_CPU_GEGLU "sdcpp_py_cpu_geglu"
 
@@ -43,6 +44,9 @@ inline ggml_tensor* sdcpp_py_cpu_geglu(ggml_context* ctx, bool backend_is_cpu, g
         args[1] = x->src[1];
         n_args = 2;
     }
+    // userdata: 1 for a bf16 graph (Context's cpu_precision="bf16", patch 0014): there the GELU is computed
+    // rather than read from ggml's f16 table.
+    const uintptr_t bf16 = sdcpp_py_graph_bf16() != 0;
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0] / 2, x->ne[1], x->ne[2], x->ne[3], args, n_args, op,
-                          GGML_N_TASKS_MAX, nullptr);
+                          GGML_N_TASKS_MAX, reinterpret_cast<void*>(bf16));
 }

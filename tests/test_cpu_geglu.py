@@ -10,6 +10,8 @@ import pytest
 
 from native_hooks import PACKED_KERNEL, hooks
 
+from sdcpp_py import _core
+
 _test_hooks = hooks()
 
 needs_fused_geglu = pytest.mark.skipif(
@@ -71,6 +73,34 @@ def test_geglu_matches_numpy():
     result, _, _ = _test_hooks._core_geglu(x, 2)
     # ggml's GELU reads an f16 table: about 3 significant digits.
     assert np.allclose(result, value * gelu, rtol=2e-3, atol=2e-3)
+
+
+def _tanh_geglu(x, bias=None):
+    x = x.astype(np.float64) + (0 if bias is None else bias.astype(np.float64))
+    half = x.shape[1] // 2
+    value, gate = x[:, :half], x[:, half:]
+    gelu = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate**3)))
+    return value * np.where(gate <= -10, 0.0, gelu)
+
+
+@needs_fused_geglu
+@pytest.mark.skipif(not _core.cpu_bf16_products(), reason="no bf16 graphs here (AVX512_BF16 CPU, x86-64 build)")
+def test_a_bf16_graph_computes_the_gelu_instead_of_reading_the_f16_table():
+    # cpu_precision="bf16": the GELU to ~1e-6 from its formula rather than ggml's table, which rounds the gate
+    # and the result to f16 (3 digits). Values across the range, the +-10 cut-off, a tail shorter than a vector.
+    rng = np.random.default_rng(3)
+    gates = np.concatenate([rng.standard_normal(1000) * 4, [10, -10, 9.99, -9.99, 30, -30, 0, 1e-30]])
+    x = np.concatenate([rng.standard_normal((4, 1008)) * 3, np.tile(gates, (4, 1))], axis=1).astype(np.float32)
+    bias = (rng.standard_normal(2016) * 0.5).astype(np.float32)
+    for b in (None, bias):
+        expected = _tanh_geglu(x, b)
+        tabled, _, _ = _test_hooks._core_geglu(x, 2, bias=b)
+        outputs = [_test_hooks._core_geglu(x, threads, bias=b, bf16=True) for threads in (1, 2, 3)]
+        assert all(ops == ["CUSTOM"] for _, ops, _ in outputs)
+        computed = outputs[0][0]
+        assert all(np.array_equal(out, computed) for out, _, _ in outputs)
+        assert np.allclose(computed, expected, rtol=2e-6, atol=1e-6), float(np.abs(computed - expected).max())
+        assert not np.allclose(tabled, expected, rtol=2e-6, atol=1e-6)  # the table's f16 steps
 
 
 def test_the_hooks_clock_times_the_graph_compute_alone():

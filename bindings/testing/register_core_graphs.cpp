@@ -154,7 +154,8 @@ py::tuple core_conv_2d(const py::array_t<uint16_t, py::array::c_style>& kernel_f
 // GEGLU::forward graph (split, cont of the gate, ggml_gelu, ggml_mul). Returns ((rows, D) output, graph node
 // ops, compute buffer bytes).
 py::tuple core_geglu(const py::array_t<float, py::array::c_style>& x, int n_threads, bool on_cpu_backend,
-                     std::optional<py::array_t<float, py::array::c_style>> bias) {
+                     std::optional<py::array_t<float, py::array::c_style>> bias, bool bf16) {
+    const BuildPrecision precision(bf16);
     if (x.ndim() != 2 || x.shape(1) % 2 != 0) throw std::invalid_argument("x: expected (rows, 2*D)");
     if (n_threads < 1) throw std::invalid_argument("n_threads: expected at least 1");
     const int64_t rows = x.shape(0), width = x.shape(1);
@@ -321,8 +322,9 @@ void register_core_graphs(py::module_& m) {
           "Test hook: the core's UNet ResBlock (emb given) or VAE ResnetBlock (emb None) on the CPU with the given "
           "parameters; returns (output, graph node ops, compute buffer bytes).");
     m.def("_core_geglu", &core_geglu, py::arg("x"), py::arg("n_threads") = 1, py::arg("on_cpu_backend") = true,
-          py::arg("bias") = py::none(),
-          "Test hook: the core's GEGLU on the CPU; returns (output, graph node ops, compute buffer bytes).");
+          py::arg("bias") = py::none(), py::arg("bf16") = false,
+          "Test hook: the core's GEGLU on the CPU (bf16: built as a cpu_precision='bf16' graph, whose GELU is computed "
+          "rather than read from ggml's f16 table); returns (output, graph node ops, compute buffer bytes).");
 }
 
 }  // namespace sdcpp::testing
