@@ -238,8 +238,14 @@ void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const He
     float* const o = scratch(outputs, std::max(head.v_cols, (d_head + 15) / 16 * 16) * QB_BF16);
     for (int64_t pc = 0; pc < L_k; pc += KC_BF16) {
         const int64_t kc2 = (std::min(KC_BF16, L_k - pc) + 1) / 2;
-        tile_block_bf16(QB_BF16, head.v_cols, kc2, weights + pc / 2 * MR, head.v.data() + head.v_cols * pc / 2, o,
-                        QB_BF16, pc > 0, L_k2 * MR);
+        const uint32_t *a = weights + pc / 2 * MR, *v = head.v.data() + head.v_cols * pc / 2;
+        if (d_head % 8 == 0) {  // SD's heads of 40, 80, 160 channels: tiles 8 wide, no padding channels (42 of 6)
+            for (int64_t c = 0; c < d_head; c += 8) {
+                register_tile_bf16<2, 8>(kc2, a, L_k2 * MR, v + c * kc2, o + c * QB_BF16, QB_BF16, pc > 0);
+            }
+            continue;
+        }
+        tile_block_bf16(QB_BF16, head.v_cols, kc2, a, v, o, QB_BF16, pc > 0, L_k2 * MR);
     }
     // Normalized and transposed, 16 channels x 16 queries at a time.
     for (int64_t j0 = 0; j0 < nq; j0 += 16) {

@@ -309,10 +309,10 @@ inline thread_local bool bf16_products = false;
 #if defined(__AVX512F__)
 // A zmm register tile's sums into C (column stride ldc): SLIVERS slivers of 16 rows by NR columns, stored or
 // added to what C holds (the f32 and bf16 tiles alike).
-template <int SLIVERS>
-inline void store_tile_512(const __m512 (&c)[NR][SLIVERS], float* C, int64_t ldc, bool accumulate) {
-#pragma GCC unroll 6
-    for (int j = 0; j < NR; ++j) {
+template <int SLIVERS, int COLS = NR>
+inline void store_tile_512(const __m512 (&c)[COLS][SLIVERS], float* C, int64_t ldc, bool accumulate) {
+#pragma GCC unroll 8
+    for (int j = 0; j < COLS; ++j) {
 #pragma GCC unroll 2
         for (int s = 0; s < SLIVERS; ++s) {
             float* col = C + j * ldc + s * MR;
@@ -473,39 +473,40 @@ inline void pair_steps_bf16(const float* panel, int64_t steps, int64_t width, ui
     }
 }
 
-// SLIVERS x 16 rows x NR columns over kc2 pair steps into C (column stride ldc). row_max (if given): each
-// sliver's running maximum over the columns (its rows' lanes), from the registers.
-template <int SLIVERS>
+// SLIVERS x 16 rows x COLS columns (NR, or 8 where a product's columns come in eights: attention's channels)
+// over kc2 pair steps into C (column stride ldc); B's columns are runs of kc2 pairs, one after another. row_max
+// (if given): each sliver's running maximum over the columns (its rows' lanes), from the registers.
+template <int SLIVERS, int COLS = NR>
 inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_stride, const uint32_t* b,
                                float* C, int64_t ldc, bool accumulate, __m512* row_max = nullptr) {
-    __m512 c[NR][SLIVERS];
-#pragma GCC unroll 6
-    for (int j = 0; j < NR; ++j) {
+    __m512 c[COLS][SLIVERS];
+#pragma GCC unroll 8
+    for (int j = 0; j < COLS; ++j) {
 #pragma GCC unroll 2
         for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_setzero_ps();
     }
-    const uint32_t *b0 = b, *b1 = b + kc2, *b2 = b + 2 * kc2, *b3 = b + 3 * kc2, *b4 = b + 4 * kc2,
-                   *b5 = b + 5 * kc2;
-    const uint32_t* const columns[NR] = {b0, b1, b2, b3, b4, b5};
+    const uint32_t* columns[COLS];
+#pragma GCC unroll 8
+    for (int j = 0; j < COLS; ++j) columns[j] = b + j * kc2;
     for (int64_t q = 0; q < kc2; ++q, a += MR) {
         __m512bh av[SLIVERS];
 #pragma GCC unroll 2
         for (int s = 0; s < SLIVERS; ++s) {
             av[s] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(a + s * a_sliver_stride));
         }
-#pragma GCC unroll 6
-        for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 8
+        for (int j = 0; j < COLS; ++j) {
             const __m512bh bv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(columns[j][q])));
 #pragma GCC unroll 2
             for (int s = 0; s < SLIVERS; ++s) c[j][s] = _mm512_dpbf16_ps(c[j][s], av[s], bv);
         }
     }
-    store_tile_512<SLIVERS>(c, C, ldc, accumulate);
+    store_tile_512<SLIVERS, COLS>(c, C, ldc, accumulate);
     if (row_max != nullptr) {
         for (int s = 0; s < SLIVERS; ++s) {
             __m512 m = row_max[s];
-#pragma GCC unroll 6
-            for (int j = 0; j < NR; ++j) m = _mm512_max_ps(m, c[j][s]);
+#pragma GCC unroll 8
+            for (int j = 0; j < COLS; ++j) m = _mm512_max_ps(m, c[j][s]);
             row_max[s] = m;
         }
     }
