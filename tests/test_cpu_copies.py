@@ -57,7 +57,8 @@ def test_the_sd1_transformer_permutes_round_trip():
 
 
 @pytest.mark.parametrize("shape_a, shape_b, axis", [
-    ((2, 320, 8, 8), (2, 640, 8, 8), 1),  # a skip connection: channels
+    ((2, 320, 8, 8), (2, 640, 8, 8), 1),  # a skip connection: channels, whole planes copied at once
+    ((3, 4, 5), (2, 4, 5), 0),            # 3-D: planes along ggml's dimension 2
     ((2, 3, 5, 7), (2, 3, 4, 7), 2),      # rows
     ((2, 3, 5, 7), (1, 3, 5, 7), 0),      # the batch
     ((2, 3, 5, 7), (2, 3, 5, 9), 3),      # the first ggml dimension: ggml's own loop
