@@ -82,7 +82,7 @@ void product(int64_t rows, int64_t cols, int64_t depth, const std::vector<float>
 // With bf16 products a block is QB_BF16 queries, the rows of one two-sliver register tile: the scores come out
 // a key at a time with the block's queries side by side (two vectors), the softmax runs down those columns and
 // writes its weights as the output product's A slivers, and that product's columns are the head's channels
-// (d_head 40: 7 slivers of 6 columns, where as rows they took 3 slivers of 16).
+// (d_head 40: 5 tiles of 8 columns, where as rows they took 3 slivers of 16).
 constexpr int64_t QB_BF16 = 2 * MR;
 
 // The head's operands as the two products' B: K's rows are the score product's columns (each key's d_head
@@ -156,7 +156,7 @@ inline __m512 exp2_nonpositive(__m512 y) {
     return _mm512_scalef_ps(p, n);
 }
 
-// The scores of a block's queries (QB_BF16 rows of query pairs) against every key, key by key
+// The scores of a block's QB_BF16 queries (two slivers of their channel pairs) against every key, key by key
 // (scores[key * QB_BF16 + query]), and each query's maximum over them (max_of[0]: queries 0-15, [1]: 16-31),
 // taken from the tiles' registers as they are stored: no pass over the scores for it.
 void scores_and_maxima(const uint32_t* q_pairs, int64_t d2, const uint32_t* k_pairs, int64_t L_k, float* scores,
@@ -239,7 +239,7 @@ void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const He
     for (int64_t pc = 0; pc < L_k; pc += KC_BF16) {
         const int64_t kc2 = (std::min(KC_BF16, L_k - pc) + 1) / 2;
         const uint32_t *a = weights + pc / 2 * MR, *v = head.v.data() + head.v_cols * pc / 2;
-        if (d_head % 8 == 0) {  // SD's heads of 40, 80, 160 channels: tiles 8 wide, no padding channels (42 of 6)
+        if (d_head % 8 == 0) {  // SD's heads of 40, 80, 160: tiles 8 wide (6 wide, 40 took 42 columns)
             for (int64_t c = 0; c < d_head; c += 8) {
                 register_tile_bf16<2, 8>(kc2, a, L_k2 * MR, v + c * kc2, o + c * QB_BF16, QB_BF16, pc > 0);
             }

@@ -4,7 +4,7 @@
 // gate out (ggml_cont), runs ggml_gelu over it and multiplies with the strided x: three passes and a copy
 // of a (tokens x 1280) tensor per block. sdcpp_py_cpu_geglu() returns one custom node instead
 // (sdcpp_py_geglu.cpp, compiled into ggml-cpu) that does it per row in cache, with ggml's own GELU, so the
-// result is bitwise the same. The projection's bias add before it is folded in (one pass over the tensor
+// result is bitwise the same (in bf16 graphs, cpu_precision="bf16", the GELU is computed instead: ~1e-6). The projection's bias add before it is folded in (one pass over the tensor
 // less). nullptr where it does not apply.
 #pragma once
 
@@ -46,7 +46,7 @@ inline ggml_tensor* sdcpp_py_cpu_geglu(ggml_context* ctx, bool backend_is_cpu, g
     }
     // userdata: 1 for a bf16 graph (Context's cpu_precision="bf16", patch 0014): there the GELU is computed
     // rather than read from ggml's f16 table.
-    const uintptr_t bf16 = sdcpp_py_graph_bf16() != 0;
+    const uintptr_t bf16 = sdcpp_py_graph_bf16() != 0 && sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS) != nullptr;
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0] / 2, x->ne[1], x->ne[2], x->ne[3], args, n_args, op,
                           GGML_N_TASKS_MAX, reinterpret_cast<void*>(bf16));
 }

@@ -307,7 +307,7 @@ inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ld
 inline thread_local bool bf16_products = false;
 
 #if defined(__AVX512F__)
-// A zmm register tile's sums into C (column stride ldc): SLIVERS slivers of 16 rows by NR columns, stored or
+// A zmm register tile's sums into C (column stride ldc): SLIVERS slivers of 16 rows by COLS columns, stored or
 // added to what C holds (the f32 and bf16 tiles alike).
 template <int SLIVERS, int COLS = NR>
 inline void store_tile_512(const __m512 (&c)[COLS][SLIVERS], float* C, int64_t ldc, bool accumulate) {
@@ -475,7 +475,8 @@ inline void pair_steps_bf16(const float* panel, int64_t steps, int64_t width, ui
 
 // SLIVERS x 16 rows x COLS columns (NR, or 8 where a product's columns come in eights: attention's channels)
 // over kc2 pair steps into C (column stride ldc); B's columns are runs of kc2 pairs, one after another. row_max
-// (if given): each sliver's running maximum over the columns (its rows' lanes), from the registers.
+// (if given): each sliver's running maximum over the columns (its rows' lanes) of this call's sums, from the
+// registers (not of what C holds: meant for accumulate false).
 template <int SLIVERS, int COLS = NR>
 inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_stride, const uint32_t* b,
                                float* C, int64_t ldc, bool accumulate, __m512* row_max = nullptr) {

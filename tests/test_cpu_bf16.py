@@ -128,7 +128,8 @@ def reference_attention(q, k, v, n_head):
 @needs_bf16
 @pytest.mark.parametrize("L_q, L_k, C, n_head, per_head_inputs", [(64, 77, 320, 8, False), (200, 200, 128, 2, True),
                                                                  (37, 300, 64, 1, False), (70, 1030, 320, 8, False),
-                                                                 (40, 1101, 80, 2, True), (57, 45, 96, 2, False)])
+                                                                 (40, 1101, 80, 2, True), (57, 45, 96, 2, False),
+                                                                 (33, 50, 84, 2, False)])  # d_head 42: 6-wide tiles
 def test_fused_attention_in_bf16(L_q, L_k, C, n_head, per_head_inputs):
     rng = np.random.default_rng(L_q + L_k)
     q, k, v = (rng.standard_normal((length, C)).astype(np.float32) for length in (L_q, L_k, L_k))
@@ -159,6 +160,23 @@ def test_bf16_attention_with_huge_score_gaps_stays_finite(d_head):
     assert np.isfinite(result).all()
     assert all((f32[i] == v).all(axis=1).any() for i in range(len(q))), "f32: one key's value row each"
     assert relative_error(result, f32) < 1e-2
+
+
+@needs_bf16
+def test_bf16_attention_keeps_a_part_key_slivers_padding_out_of_the_maximum():
+    # 77 keys: the last sliver of 6 holds 5 real ones and a zero padding key (score 0). Every real score is
+    # about -6500; were the padding's 0 taken for the maximum, every weight would be clamped to the same 2^-126
+    # and the output the plain mean of the value rows. Operands exact in bf16, so the f32 path is the reference.
+    rng = np.random.default_rng(5)
+    direction = bf16(rng.standard_normal(40))
+    k = bf16(direction + 0.01 * rng.standard_normal((77, 40)))
+    q = np.tile(-1024 * direction, (20, 1)).astype(np.float32)
+    v = bf16(rng.standard_normal((77, 40)))
+    result, _, _ = _test_hooks._cpu_attention(q, k, v, 1, 2, bf16=True)
+    f32, _, _ = _test_hooks._cpu_attention(q, k, v, 1, 2)
+    assert np.isfinite(result).all()
+    assert relative_error(result, f32) < 1e-2
+    assert relative_error(np.broadcast_to(v.mean(axis=0), f32.shape), f32) > 0.3  # what the bug would give
 
 
 def psnr(a, b) -> float:

@@ -62,6 +62,7 @@ def _run(kind, batch, channels, out_channels, side, threads, bf16, seed):
     ("unet", 2, 64, 64, 16, None),
     ("unet", 2, 32, 32, 32, None),           # 8-tile rows: the vector write (f32 F(4x4), bf16 F(2x2))
     ("unet", 2, 32, 32, 16, "winograd2x2"),  # the F(2x2) vector write with f32 products
+    ("unet", 2, 32, 32, 32, "winograd2x2"),  # F(2x2), f32: 16-tile rows (the AVX-512 write of 16 tiles)
     ("unet", 1, 16, 24, 17, None),           # part tiles at the edges; 24 channels: a short register column
     ("unet", 2, 32, 48, 8, None),            # F(2x2) at its fewest tiles; a 1x1 skip connection
     ("unet", 2, 32, 32, 4, None),            # direct nodes, the batch's 16-pixel images stacked into one product

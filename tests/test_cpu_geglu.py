@@ -89,9 +89,10 @@ def test_a_bf16_graph_computes_the_gelu_instead_of_reading_the_f16_table():
     # cpu_precision="bf16": the GELU to ~1e-6 from its formula rather than ggml's table, which rounds the gate
     # and the result to f16 (3 digits). Values across the range, the +-10 cut-off, a tail shorter than a vector.
     rng = np.random.default_rng(3)
-    gates = np.concatenate([rng.standard_normal(1000) * 4, [10, -10, 9.99, -9.99, 30, -30, 0, 1e-30]])
-    x = np.concatenate([rng.standard_normal((4, 1008)) * 3, np.tile(gates, (4, 1))], axis=1).astype(np.float32)
-    bias = (rng.standard_normal(2016) * 0.5).astype(np.float32)
+    gates = np.concatenate([rng.standard_normal(1000) * 4, [10, -10, 9.99, -9.99, 30, -30, 0, 1e-30, 5]])
+    assert len(gates) % 16 != 0  # the last values of a row take the masked tail
+    x = np.concatenate([rng.standard_normal((4, len(gates))) * 3, np.tile(gates, (4, 1))], axis=1).astype(np.float32)
+    bias = (rng.standard_normal(2 * len(gates)) * 0.5).astype(np.float32)
     for b in (None, bias):
         expected = _tanh_geglu(x, b)
         tabled, _, _ = _test_hooks._core_geglu(x, 2, bias=b)

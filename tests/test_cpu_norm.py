@@ -35,6 +35,7 @@ def _affine(channels, seed):
     ((2, 640, 16, 16), 32),  # rows a multiple of 8 wide: summed 32 rows side by side
     ((1, 96, 24, 8), 32),    # 72 rows of 8 per group: two blocks of 32 rows, one of 8
     ((1, 32, 3, 16), 32),    # 3 rows of 16 per group: fewer than 8 side by side
+    ((1, 32, 13, 8), 32),    # 13 rows: 8 side by side, then 4 at a time, then one
     ((2, 64, 5, 7), 32),     # a batch, odd planes, rows not a multiple of the four summed at once
     ((1, 40, 3, 3), 32),     # channels not a multiple of the groups: the last groups are empty
     ((1, 70, 3, 3), 32),     # 3 per group: the 24th holds one channel, the rest are empty
