@@ -137,23 +137,13 @@ void pair_head(const float* K, int64_t k_stride, const float* V, int64_t v_key_s
     }
 }
 
-// 2^y for y <= 0 (a softmax's shifted scores in base 2), to ~2e-7 like ggml's e^y: y = n + r (n = round(y),
-// r exact, |r| <= 1/2), 2^r from a degree-5 polynomial fitted to it on that range (relative error 2.4e-7),
-// times 2^n. Base 2 saves e^y's two-part ln 2 reduction: 10 instructions per 16 values instead of 13. Rounded to
-// bf16 next, but an exp off by more ulps moves more weights across a bf16 rounding boundary.
+// 2^y for y <= 0 (a softmax's shifted scores in base 2; exp2_512's fit). Base 2 saves e^y's two-part ln 2
+// reduction: 10 instructions per 16 values instead of 13. Rounded to bf16 next, but an exp off by more ulps
+// moves more weights across a bf16 rounding boundary.
 inline __m512 exp2_nonpositive(__m512 y) {
     // Below -126 2^y is under the smallest normal float: 2^-126 there instead of denormals, 0 or (from -inf or a
     // huge gap, through inf - inf) NaN. A NaN y stays NaN (max_ps returns its second operand).
-    y = _mm512_max_ps(_mm512_set1_ps(-126.0f), y);
-    const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 r = _mm512_sub_ps(y, n);
-    __m512 p = _mm512_set1_ps(1.32764713e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.67554189e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.55071346e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.40221202e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.93146944e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.00000012f));
-    return _mm512_scalef_ps(p, n);
+    return exp2_512(_mm512_max_ps(_mm512_set1_ps(-126.0f), y));
 }
 
 // The scores of a block's QB_BF16 queries (two slivers of their channel pairs) against every key, key by key

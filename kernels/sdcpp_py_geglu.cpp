@@ -33,20 +33,11 @@ void gelu_row(int64_t n, float* y, const float* x) {
 }
 
 #if defined(__AVX512F__)
-// e^y, to ~2e-7 relative, 16 values at a time: 2^(y log2 e) as n + r (n = round, |r| <= 1/2), 2^r from a degree-5
-// polynomial, times 2^n; the exponent kept within +-126 (no denormals, no infinities).
+// e^y, to ~2e-7 relative, 16 values at a time: 2^(y log2 e), the exponent kept within +-126 (no denormals, no
+// infinities).
 inline __m512 exp_512(__m512 y) {
-    __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(1.44269504f));
-    t = _mm512_min_ps(_mm512_set1_ps(126.0f), _mm512_max_ps(_mm512_set1_ps(-126.0f), t));
-    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 r = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_set1_ps(1.32764713e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.67554189e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.55071346e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.40221202e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.93146944e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.00000012f));
-    return _mm512_scalef_ps(p, n);
+    const __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(1.44269504f));
+    return sdcpp_py_gemm::exp2_512(_mm512_min_ps(_mm512_set1_ps(126.0f), _mm512_max_ps(_mm512_set1_ps(-126.0f), t)));
 }
 
 // The bf16 mode's GELU: ggml_gelu_f32's tanh form computed, not read from ggml's f16 table (which rounds x and

@@ -307,6 +307,21 @@ inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ld
 inline thread_local bool bf16_products = false;
 
 #if defined(__AVX512F__)
+// 2^y for y within +-126 (the callers clamp it), to ~2e-7 like ggml's e^y: y = n + r (n = round(y), r exact,
+// |r| <= 1/2), 2^r from a degree-5 polynomial fitted to it on that range (relative error 2.4e-7), times 2^n. A
+// NaN y stays NaN. For the bf16 softmax's weights and the bf16 GEGLU's GELU.
+inline __m512 exp2_512(__m512 y) {
+    const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(y, n);
+    __m512 p = _mm512_set1_ps(1.32764713e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.67554189e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.55071346e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.40221202e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.93146944e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.00000012f));
+    return _mm512_scalef_ps(p, n);
+}
+
 // A zmm register tile's sums into C (column stride ldc): SLIVERS slivers of 16 rows by COLS columns, stored or
 // added to what C holds (the f32 and bf16 tiles alike).
 template <int SLIVERS, int COLS = NR>
