@@ -105,6 +105,7 @@ def test_a_q8_0_unet_on_vulkan_multiplies_by_its_flattened_kernels(sd1_checkpoin
         cpu = ctx.txt2img("a red cube", width=64, height=64, steps=2, cfg_scale=1.0, seed=42)[0]
     assert vulkan.shape == cpu.shape and vulkan.std() > 1.0
     # The GPU's product rounds the image columns to 8 bits (ours keeps them in f32): close, not equal
-    # (measured 31 dB; f16 kernels on llvmpipe are as far from the CPU build's picture: 31 dB).
+    # (measured 43 dB at cfg 1 on a Zen 3; at cfg 7, which magnifies the difference, 31 dB, as far as f16 kernels on
+    # llvmpipe are from the CPU build's picture).
     mse = np.mean((vulkan.astype(np.float64) - cpu.astype(np.float64)) ** 2)
-    assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 25, mse
+    assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 30, mse
