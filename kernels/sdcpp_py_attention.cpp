@@ -11,6 +11,7 @@
 #include "sdcpp_py_attention.h"
 
 #include "ggml-cpu-impl.h"
+#include "sdcpp_py_claims.h"
 #include "sdcpp_py_packed_gemm.h"
 #include "sdcpp_py_precision.h"
 #include "vec.h"
@@ -295,21 +296,25 @@ static void attention_bf16(ggml_tensor* dst, int ith, int nth, float scale) {
     const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2], batches = q->ne[3];
     GGML_ASSERT(scale > 0.0f);  // the softmax's weights are 2^(scale log2(e) (x - max))
     const int64_t blocks_per_head = (L_q + QB_BF16 - 1) / QB_BF16, units = batches * heads * blocks_per_head;
-    const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
     thread_local HeadPairs head;
     thread_local BlockBuffers buffers;
     int64_t paired_head = -1;
-    for (int64_t u = u0; u < u1; ++u) {
-        const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
-        const int64_t j0 = (u % blocks_per_head) * QB_BF16, nq = std::min(QB_BF16, L_q - j0);
-        if (head_index != paired_head) {
-            pair_head(head_row(k, 0, h, n), k->nb[1] / sizeof(float), head_row(v, 0, h, n), v->nb[1] / sizeof(float),
-                      v->nb[0] / sizeof(float), L_k, d_head, head);
-            paired_head = head_index;
+    ClaimedRanges claims(sdcpp_py_claim_counters(dst), ith, nth, units, units, 1);
+    for (ClaimedRanges::Range range = claims.next(); !range.empty(); range = claims.next()) {
+        for (int64_t u = range.u0; u < range.u1; ++u) {
+            const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
+            const int64_t j0 = (u % blocks_per_head) * QB_BF16, nq = std::min(QB_BF16, L_q - j0);
+            if (head_index != paired_head) {
+                pair_head(head_row(k, 0, h, n), k->nb[1] / sizeof(float), head_row(v, 0, h, n),
+                          v->nb[1] / sizeof(float), v->nb[0] / sizeof(float), L_k, d_head, head);
+                paired_head = head_index;
+            }
+            float* const out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
+            attention_block_bf16(head_row(q, j0, h, n), q->nb[1] / sizeof(float), nq, head, L_k, d_head, scale, out,
+                                 heads * d_head, buffers);
         }
-        attention_block_bf16(head_row(q, j0, h, n), q->nb[1] / sizeof(float), nq, head, L_k, d_head, scale,
-                             static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head, heads * d_head, buffers);
     }
+    claims.finish();
     for (auto* buffer : {&head.k, &head.v, &buffers.query_pairs, &buffers.weight_slivers}) release_if_large(*buffer);
     for (auto* buffer : {&head.v_t, &buffers.score_columns, &buffers.outputs}) release_if_large(*buffer);
 }
@@ -332,33 +337,38 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         return;
     }
 #endif
-    // Units are (batch, head, query block); each thread takes a contiguous run, so it packs each head's K
-    // and V once. No barrier: units write disjoint outputs.
+    // Units are (batch, head, query block), claimed by the threads as they come free (ClaimedRanges), in
+    // runs that shrink towards the end: a thread slowed by something else on its core takes fewer instead of
+    // holding the node's barrier, and a run repacks K and V only where it starts a head. No barrier: units
+    // write disjoint outputs, each the same whichever thread computes it.
     const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = batches * heads * blocks_per_head;
-    const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
     // Kept by ggml's threads from call to call, as the packed product's buffers are.
     thread_local std::vector<float> k_packed, v_packed, b_panels, score_rows;
     float* const scores = scratch(score_rows, L_k * QB);
     int64_t packed_head = -1;
-    for (int64_t u = u0; u < u1; ++u) {
-        const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
-        const int64_t j0 = (u % blocks_per_head) * QB, nq = std::min(QB, L_q - j0);
-        if (head_index != packed_head) {
-            pack_all_rows(head_row(k, 0, h, n), k_stride, L_k, d_head, k_packed);
-            if (v->nb[0] == sizeof(float)) {  // channels contiguous: V^T's columns
-                pack_all_transposed(head_row(v, 0, h, n), v->nb[1] / sizeof(float), d_head, L_k, v_packed);
-            } else {  // keys contiguous: V^T's rows
-                pack_all_rows(head_row(v, 0, h, n), v->nb[0] / sizeof(float), d_head, L_k, v_packed);
+    ClaimedRanges claims(sdcpp_py_claim_counters(dst), ith, nth, units, units, 1);
+    for (ClaimedRanges::Range range = claims.next(); !range.empty(); range = claims.next()) {
+        for (int64_t u = range.u0; u < range.u1; ++u) {
+            const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
+            const int64_t j0 = (u % blocks_per_head) * QB, nq = std::min(QB, L_q - j0);
+            if (head_index != packed_head) {
+                pack_all_rows(head_row(k, 0, h, n), k_stride, L_k, d_head, k_packed);
+                if (v->nb[0] == sizeof(float)) {  // channels contiguous: V^T's columns
+                    pack_all_transposed(head_row(v, 0, h, n), v->nb[1] / sizeof(float), d_head, L_k, v_packed);
+                } else {  // keys contiguous: V^T's rows
+                    pack_all_rows(head_row(v, 0, h, n), v->nb[0] / sizeof(float), d_head, L_k, v_packed);
+                }
+                packed_head = head_index;
             }
-            packed_head = head_index;
+            float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
+            // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
+            product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores, L_k);
+            for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
+            // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
+            product(d_head, nq, L_k, v_packed, scores, L_k, true, b_panels, out, out_stride);
         }
-        float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
-        // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
-        product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores, L_k);
-        for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
-        // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
-        product(d_head, nq, L_k, v_packed, scores, L_k, true, b_panels, out, out_stride);
     }
+    claims.finish();
     for (auto* buffer : {&k_packed, &v_packed, &b_panels, &score_rows}) release_if_large(*buffer);
 }
 
