@@ -148,6 +148,18 @@ def test_upscaler_matches_sd_cli(esrgan, run_sd_cli, tmp_path):
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_upscaler_refuses_a_factor_it_would_ignore_and_an_output_past_max_side(esrgan):
+    # The core always scales by the model's factor (it ignores the one passed), and counts the output's
+    # bytes in an int: a 16-bit-wide request must not reach it.
+    with sdcpp_py.Upscaler(esrgan, n_threads=1) as upscaler:
+        assert upscaler.upscale(picture(1, size=8), factor=2).shape == (16, 16, 3)
+        with pytest.raises(ValueError, match=r"factor=4: this model upscales by 2"):
+            upscaler.upscale(picture(1, size=8), factor=4)
+        wide = np.zeros((1, 8193, 3), np.uint8)  # MAX_SIDE is 16384
+        with pytest.raises(ValueError, match=r"image: 8193x1 upscaled by 2 is 16386x2"):
+            upscaler.upscale(wide)
+
+
 def test_canny_gives_edges_and_leaves_the_input_alone():
     image = np.zeros((64, 64, 3), np.uint8)
     image[16:48, 16:48] = 255

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from . import _core
-from ._checks import check_bool, check_float, check_int, check_tensor_type_rules, model_file
+from ._checks import MAX_SIDE, check_bool, check_float, check_int, check_tensor_type_rules, model_file
 from ._enums import WeightType
 from ._headers import check_component
 from ._images import ImageLike, as_rgb, fs_path, native_path
@@ -43,11 +43,22 @@ class Upscaler(NativeOwner):
         return self._require_native().factor()
 
     def upscale(self, image: ImageLike, factor: Optional[int] = None) -> np.ndarray:
-        """Upscale an image (numpy, PIL or path) by ``factor`` (default: the model's); returns (H', W', 3)."""
+        """Upscale an image (numpy, PIL or path) by the model's factor; returns (H * factor, W * factor, 3).
+
+        ``factor``, if given, must be the model's own (``self.factor``): the core always scales by that.
+        The output is at most MAX_SIDE pixels a side."""
         native = self._require_native()
+        own = native.factor()
+        if factor is not None and check_int("factor", factor, 1, 16) != own:
+            raise ValueError(f"factor={factor}: this model upscales by {own} only (resize its output for "
+                             "another size)")
         pixels = as_rgb(image, "image")
-        wanted = native.factor() if factor is None else check_int("factor", factor, 1, 16)
-        return native.upscale(pixels, wanted)
+        height, width = pixels.shape[:2]
+        if height * own > MAX_SIDE or width * own > MAX_SIDE:
+            # The core counts the output's bytes in an int: past ~26,755 pixels a side it overflows.
+            raise ValueError(f"image: {width}x{height} upscaled by {own} is {width * own}x{height * own}, more "
+                             f"than {MAX_SIDE} pixels a side")
+        return native.upscale(pixels, own)
 
     def __repr__(self) -> str:
         return f"<sdcpp_py.Upscaler {os.path.basename(self.path)!r}{' closed' if self._native is None else ''}>"
