@@ -137,6 +137,16 @@ def test_prompt_lora_syntax_with_a_lora_dir(parts, lora_dir):
             context.txt2img(PROMPT + "<lora:nothere:1>", steps=1, **BASE)
 
 
+def test_a_high_noise_lora_without_a_high_noise_model_is_refused(parts, lora_dir):
+    # The core loads it under the high-noise model's prefix, matches no weight and changes nothing.
+    with sdcpp_py.Context(**parts, n_threads=2, lora_dir=lora_dir) as context:
+        with pytest.raises(ValueError, match=r"loras\[0\]\.high_noise=True .* this call has none"):
+            context.txt2img(PROMPT, steps=1, loras=[sdcpp_py.Lora(lora_dir / "style.safetensors", 0.8,
+                                                                  high_noise=True)], **BASE)
+        with pytest.raises(ValueError, match=r"prompt <lora:style\.safetensors>\.high_noise=True"):
+            context.txt2img(PROMPT + "<lora:|high_noise|style:0.8>", steps=1, **BASE)
+
+
 def test_upscaler_matches_sd_cli(esrgan, run_sd_cli, tmp_path):
     image = picture(6, size=32)
     with sdcpp_py.Upscaler(esrgan, n_threads=2) as upscaler:

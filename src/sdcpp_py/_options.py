@@ -26,7 +26,7 @@ _CORE = _core.ImageGenParams()  # the core's defaults
 @dataclass(frozen=True)
 class Lora:
     """A LoRA applied for one call: ``Lora("style.safetensors", 0.8)``. ``high_noise`` applies it to the
-    high-noise diffusion model of a two-model video setup only."""
+    high-noise diffusion model of a two-model video setup only (refused where a call has none)."""
 
     path: PathLike
     multiplier: float = 1.0

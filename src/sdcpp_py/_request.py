@@ -59,7 +59,7 @@ def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     if needs_encoder and facts.vae_decode_only:
         raise ValueError(f"{needs_encoder[0]} needs the VAE encoder, which this Context did not load "
                          "(vae_decode_only=True)")
-    request.loras = _loras(request, values["loras"], lora_dir)
+    request.loras = _loras(request, values["loras"], lora_dir, high_noise_model=False)
     _check_photo_maker_prompt(request.prompt, photo_maker, facts)
     sampling(IMAGE, request, values)
     IMAGE.fill(request, values, ("batch_count",))
@@ -95,7 +95,8 @@ def video_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
         raise ValueError("video inputs need the VAE encoder, which this Context did not load "
                          "(vae_decode_only=True)")
     VIDEO.fill(request, values, ("frames", "strength", "vace_strength", "moe_boundary"))
-    request.loras = _loras(request, values["loras"], lora_dir)
+    request.loras = _loras(request, values["loras"], lora_dir,
+                           high_noise_model="high_noise_diffusion_model" in facts.components)
     _apply_cache(request, values["cache"])
     sampling(VIDEO, request, values)
     sampling(VIDEO, request, values, HIGH_NOISE)
@@ -221,18 +222,22 @@ def _apply_hires(request, hires, facts: ModelFacts) -> bool:
     return upscaler in (HiresUpscaler.MODEL, HiresUpscaler.LANCZOS, HiresUpscaler.NEAREST)
 
 
-def _loras(request, loras, lora_dir: Optional[str]) -> list:
+def _loras(request, loras, lora_dir: Optional[str], high_noise_model: bool) -> list:
     """The explicit ``loras``, then those named in the prompt when the Context has a ``lora_dir`` (their
-    tags are removed from the prompt, as sd-cli does)."""
-    specs = lora_specs(loras)
+    tags are removed from the prompt, as sd-cli does). ``high_noise_model``: whether the Context has a
+    high-noise diffusion model for ``high_noise`` LoRAs to apply to."""
+    specs = lora_specs(loras, high_noise_model=high_noise_model)
     if lora_dir is not None:
         request.prompt, from_prompt = prompt_loras(request.prompt, lora_dir)
-        specs += lora_specs(from_prompt, [f"prompt <lora:{os.path.basename(lora.path)}>" for lora in from_prompt])
+        specs += lora_specs(from_prompt, [f"prompt <lora:{os.path.basename(lora.path)}>" for lora in from_prompt],
+                            high_noise_model=high_noise_model)
     return specs
 
 
-def lora_specs(loras, labels: Optional[Sequence[str]] = None) -> list:
-    """Native LoRA specs, checked; ``labels`` name each in messages (default ``loras[i]``)."""
+def lora_specs(loras, labels: Optional[Sequence[str]] = None, high_noise_model: bool = False) -> list:
+    """Native LoRA specs, checked; ``labels`` name each in messages (default ``loras[i]``). A ``high_noise``
+    LoRA is refused unless ``high_noise_model``: the core would look for its weights under the high-noise
+    model's prefix, match none and change nothing."""
     if loras is None:
         return []
     if isinstance(loras, (str, bytes, os.PathLike, Lora)) or not isinstance(loras, Sequence):
@@ -245,6 +250,10 @@ def lora_specs(loras, labels: Optional[Sequence[str]] = None) -> list:
         path = model_file(f"{argument}.path", lora.path)
         check_component(f"{argument}.path", path)
         multiplier = check_float(f"{argument}.multiplier", lora.multiplier)
-        specs.append(_core.LoraSpec(native_path(path), multiplier,
-                                    check_bool(f"{argument}.high_noise", lora.high_noise)))
+        high_noise = check_bool(f"{argument}.high_noise", lora.high_noise)
+        if high_noise and not high_noise_model:
+            raise ValueError(f"{argument}.high_noise=True applies the LoRA to a high-noise diffusion model, and "
+                             "this call has none (only generate_video on a Context with "
+                             "high_noise_diffusion_model= has one)")
+        specs.append(_core.LoraSpec(native_path(path), multiplier, high_noise))
     return specs
