@@ -111,6 +111,19 @@ def test_non_finite_sampling_floats_are_refused(ctx, argument, value):
         ctx.txt2img("a red cube", **{**SMALL, argument: value})
 
 
+@pytest.mark.parametrize("sigmas", [[1.0], [], iter([0.5])])
+def test_custom_sigmas_of_fewer_than_two_values_are_refused(ctx, sigmas):
+    # One value ran zero steps (a flat image); none silently meant the scheduler's.
+    with pytest.raises(ValueError, match=r"^custom_sigmas: need at least 2 values \(one step\), got [01]"):
+        ctx.txt2img("a red cube", **{**SMALL, "custom_sigmas": sigmas})
+
+
+def test_custom_sigmas_may_be_an_iterator(ctx):
+    as_list = ctx.txt2img("a red cube", **{**SMALL, "custom_sigmas": [1.0, 0.5, 0.0]})[0]
+    as_iterator = ctx.txt2img("a red cube", **{**SMALL, "custom_sigmas": iter([1.0, 0.5, 0.0])})[0]
+    np.testing.assert_array_equal(as_list, as_iterator)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from . import _core
 from ._checks import (
-    MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, model_file, resolve_seed,
+    MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence, model_file,
+    resolve_seed,
 )
 from ._enums import HiresUpscaler, Preview
 from ._headers import check_component
@@ -108,6 +109,14 @@ def video_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
 def sampling(table: OptionTable, request, values: Values, prefix: str = "") -> None:
     """The sampling record's fields, or its high-noise copy's with ``prefix``. None is "leave the core's" only
     where the row's own default is None (custom_sigmas); elsewhere the row's check refuses it."""
+    sigmas_name = prefix + "custom_sigmas"
+    if sigmas_name in values and values[sigmas_name] is not None:
+        sigmas = check_sequence(sigmas_name, values[sigmas_name])  # once: it may be an iterator
+        if len(sigmas) < 2:
+            # The core runs len - 1 steps, and takes an empty list as "use the scheduler".
+            raise ValueError(f"{sigmas_name}: need at least 2 values (one step), got {len(sigmas)}; pass None "
+                             "for the scheduler's")
+        values = {**values, sigmas_name: sigmas}
     table.fill(request, values, [prefix + name for name in SAMPLING if values[prefix + name] is not None
                                  or table.defaults[prefix + name] is not None or table[prefix + name].auto is not None])
 
