@@ -44,6 +44,7 @@ std::atomic<bool> shutting_down{false};
 
 thread_local CoreCall* waiting_for = nullptr;  // the call this thread is waiting for
 thread_local bool running_core_work = false;     // this is the core thread, inside a call's work
+thread_local bool direct_core_call = false;      // a Python thread inside a DirectCoreCall
 unsigned long main_thread_ident = 0;             // Python's main thread: never parked at exit
 
 // A GGML_ASSERT / GGML_ABORT, or an integer division by zero, on the core thread: ends the call, not the process.
@@ -313,6 +314,11 @@ class Runtime {
     std::atomic<CoreCall*> active_{nullptr};
 };
 
+DirectCoreCall::DirectCoreCall() : outer_(!direct_core_call) { direct_core_call = true; }
+DirectCoreCall::~DirectCoreCall() {
+    if (outer_) direct_core_call = false;
+}
+
 namespace {
 
 // The core's global C callbacks, installed once at import.
@@ -325,8 +331,8 @@ void log_trampoline(sd_log_level_t level, const char* text, void*) {
         message.pop_back();
     }
     int py_level = python_log_level(level);
-    if (PyGILState_Check()) {
-        // A direct call from Python (device listing, backend loading): this thread can log itself.
+    if (direct_core_call) {
+        // A direct call from Python (device listing, backend loading): this thread holds the GIL.
         try {
             emit_log(py_level, message);
         } catch (py::error_already_set& error) {

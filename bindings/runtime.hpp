@@ -45,6 +45,21 @@ class CancelledError : public CoreError {
 // Held by the core thread for each call.
 std::mutex& core_mutex();
 
+// Around a Python thread's own direct calls into the core or ggml (device listing, backend loading), GIL
+// held: the core's log lines on this thread are logged right here. Lines on any other thread go through the
+// call they belong to. (Not PyGILState_Check(): once a subinterpreter has existed it answers yes on every
+// thread, and a core thread then ran Python without the GIL.)
+class DirectCoreCall {
+   public:
+    DirectCoreCall();
+    ~DirectCoreCall();
+    DirectCoreCall(const DirectCoreCall&) = delete;
+    DirectCoreCall& operator=(const DirectCoreCall&) = delete;
+
+   private:
+    bool outer_;
+};
+
 class Runtime;
 
 // One call into the core. The submitting Python thread waits for it and meanwhile runs, with the GIL, what

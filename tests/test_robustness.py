@@ -318,6 +318,34 @@ def test_failed_checks_of_the_core_become_errors(flux_parts, tmp_path):
     assert outcome["again"].startswith("SdcppError") and "can no longer be used" in outcome["again"], outcome
 
 
+SUBINTERPRETER_CHILD = """
+    import json, logging, sys
+    import _xxsubinterpreters as interpreters
+    import sdcpp_py
+    parts, call = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+    logger = logging.getLogger("sdcpp_py")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Keep())
+    interpreters.destroy(interpreters.create())  # from now on PyGILState_Check() says yes on every thread
+    with sdcpp_py.Context(**parts, n_threads=2) as ctx:
+        shape = list(ctx.txt2img("a red cube", **call)[0].shape)
+    print(json.dumps({"shape": shape, "logged": len(lines) > 0}))
+"""
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="_xxsubinterpreters is gone in 3.13")
+def test_the_core_logs_safely_after_a_subinterpreter_existed(flux_parts):
+    # The core thread's log lines were emitted without the GIL (a segfault) once PyGILState_Check() broke.
+    result = run_child(SUBINTERPRETER_CHILD, parts_json(flux_parts), TINY)
+    assert_clean_exit(result)
+    assert json.loads(result.stdout.splitlines()[-1]) == {"shape": [64, 64, 3], "logged": True}
+
+
 # -- re-entrant callbacks, close while waiting, exit mid-call -----------------------------------------------------
 
 REENTRY_CHILD = """
