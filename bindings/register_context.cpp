@@ -290,11 +290,16 @@ class NativeContext {
                      int preview_interval, bool preview_noisy, Call call, Own own) {
         const bool wants_preview = !preview.is_none();
         bool was_closed          = false;
+        bool was_broken          = false;
         auto state               = state_;
         bool spent               = false;
         auto core_call           = std::make_shared<CoreCall>(what, [&, state] {
             if (state->ctx == nullptr) {
                 was_closed = true;  // closed by another thread while this call waited
+                return;
+            }
+            if (broken_in_.load() != nullptr) {
+                was_broken = true;  // an earlier call, queued before this one, left the core half way
                 return;
             }
             if (state->params.scalars.free_params_immediately && generations_started_ > 0) {
@@ -304,19 +309,29 @@ class NativeContext {
             ++generations_started_;
             PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
             GraphPrecisionScope precision(state->params.cpu_precision);
-            call(state->ctx.get());
+            try {
+                call(state->ctx.get());
+            } catch (...) {
+                // The core stopped half way through (a failed check of its own): its state is not to be
+                // trusted. Marked here, before the next queued call can start on it.
+                broken_in_.store(what);
+                throw;
+            }
         });
         core_call->cancel_epoch = &cancel_epoch_;
         core_call->start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call
         run_on_core_thread(core_call, progress, preview);
         if (core_call->core_exception) {
-            // The core stopped half way through (a failed check of its own): its state is not to be trusted.
-            broken_ = std::string(what) + " failed inside the core";
+            const char* none = nullptr;  // also a call the core thread never finished (forked in a callback)
+            broken_in_.compare_exchange_strong(none, what);
         }
         const bool produced = own();
         core_call->raise_errors();
         if (was_closed) {
             throw std::invalid_argument("this Context is closed");
+        }
+        if (was_broken) {
+            require_open();  // raises what the earlier call broke
         }
         if (spent) {
             throw std::runtime_error("this Context was made with free_params_immediately=True and freed its weights "
@@ -335,16 +350,17 @@ class NativeContext {
         if (closed_.load()) {
             throw std::invalid_argument("this Context is closed");
         }
-        if (!broken_.empty()) {
-            throw CoreError("this Context can no longer be used: " + broken_ +
-                            " in an earlier call; close it and load the model again");
+        if (const char* broken_in = broken_in_.load()) {
+            throw CoreError("this Context can no longer be used: " + std::string(broken_in) +
+                            " failed inside the core in an earlier call; close it and load the model again");
         }
     }
 
     std::shared_ptr<LoadedContext> state_;
     std::atomic<bool> closed_{false};
     std::atomic<uint64_t> cancel_epoch_{0};
-    std::string broken_;  // set (with the GIL) after the core failed half way through a call
+    // The call (its name) in which the core failed half way through, set on the core thread; nullptr: none.
+    std::atomic<const char*> broken_in_{nullptr};
     int generations_started_ = 0;  // read and written on the core thread only
     int default_sample_method_ = 0;
     std::vector<int> default_schedulers_;

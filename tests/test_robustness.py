@@ -317,6 +317,37 @@ def test_failed_checks_of_the_core_become_errors(flux_parts, tmp_path):
     assert outcome["generate"].startswith("SdcppError") and "ggml_can_mul_mat" in outcome["generate"], outcome
     assert outcome["again"].startswith("SdcppError") and "can no longer be used" in outcome["again"], outcome
 
+    # Two calls at once: the one queued behind the failing call must not run on the half-unwound core.
+    result = run_child(TWO_CALLS_CHILD, parts_json({**flux_parts, "diffusion_model": wide_text}), TINY)
+    assert_clean_exit(result)
+    outcomes = sorted(json.loads(result.stdout.splitlines()[-1]))
+    assert "ggml_can_mul_mat" in outcomes[0] and "can no longer be used: generate_image failed" in outcomes[1], \
+        outcomes
+
+
+TWO_CALLS_CHILD = """
+    import json, sys, threading
+    import sdcpp_py
+    parts, call = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    ctx = sdcpp_py.Context(**parts, n_threads=2)
+    outcomes, start = [], threading.Barrier(2)
+
+    def generate():
+        start.wait()
+        try:
+            ctx.txt2img("a red cube", **call)
+            outcomes.append("ok")
+        except Exception as error:
+            outcomes.append(f"{type(error).__name__}: {error}")
+    threads = [threading.Thread(target=generate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ctx.close()
+    print(json.dumps(outcomes))
+"""
+
 
 SUBINTERPRETER_CHILD = """
     import json, logging, sys
