@@ -167,10 +167,18 @@ class NativeContext {
                 if (results == nullptr) {
                     return false;
                 }
-                for (int i = 0; i < c.batch_count; ++i) {
-                    if (results[i].data != nullptr) {
-                        images.append(adopt_image(results[i]));
+                int i = 0;
+                try {
+                    for (; i < c.batch_count; ++i) {
+                        if (results[i].data != nullptr) {
+                            images.append(adopt_image(results[i]));
+                        }
                     }
+                } catch (...) {
+                    // A MemoryError: image i is freed by adopt_image or its array; the rest are still ours.
+                    for (int rest = i + 1; rest < c.batch_count; ++rest) std::free(results[rest].data);
+                    std::free(results);
+                    throw;
                 }
                 std::free(results);
                 return images.size() > 0;
@@ -210,6 +218,15 @@ class NativeContext {
                 if (frames == nullptr) {
                     return false;
                 }
+                // The frames are copied into one array: freed here however this ends (a MemoryError included).
+                struct FreeFrames {
+                    sd_image_t* frames;
+                    int count;
+                    ~FreeFrames() {
+                        for (int i = 0; i < count; ++i) std::free(frames[i].data);
+                        std::free(frames);
+                    }
+                } free_frames{frames, frame_count};
                 bool complete = frame_count > 0 && frames[0].data != nullptr;
                 if (complete) {
                     const sd_image_t& first = frames[0];
@@ -226,10 +243,6 @@ class NativeContext {
                         }
                     }
                 }
-                for (int i = 0; i < frame_count; ++i) {
-                    std::free(frames[i].data);
-                }
-                std::free(frames);
                 return complete;
             });
         return video;

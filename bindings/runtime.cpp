@@ -722,11 +722,17 @@ py::str text_from_core(const std::string& text) {
 }
 
 py::array_t<uint8_t> adopt_image(sd_image_t image) {
-    ++image_buffers;
-    py::capsule owner(image.data, [](void* data) {
-        std::free(data);
-        --image_buffers;
-    });
+    py::capsule owner;
+    try {
+        owner = py::capsule(image.data, [](void* data) {
+            std::free(data);
+            --image_buffers;
+        });
+    } catch (...) {
+        std::free(image.data);  // no capsule (MemoryError): nothing else will free it
+        throw;
+    }
+    ++image_buffers;  // from here the capsule frees it, also if the array cannot be made
     const py::ssize_t height = image.height, width = image.width, channels = image.channel;
     return py::array_t<uint8_t>({height, width, channels}, static_cast<uint8_t*>(image.data), owner);
 }
