@@ -479,12 +479,18 @@ std::vector<std::string> CoreCall::warning_lines() const {
 
 void CoreCall::post(Request request, bool wait_until_handled) {
     std::unique_lock<std::mutex> lock(mutex_);
+    if (detached_.load()) {  // its waiter left (interrupted while it waited for a free): nobody to hand it to
+        if (request.kind == Request::Kind::log) {
+            keep_orphan(request.level, std::move(request.text));
+        }
+        return;
+    }
     request.seq = ++posted_;
     const uint64_t seq = request.seq;
     requests_.push_back(std::move(request));
     changed_.notify_all();
     if (wait_until_handled) {
-        while (!changed_.wait_for(lock, 100ms, [&] { return handled_ >= seq; })) {
+        while (!changed_.wait_for(lock, 100ms, [&] { return handled_ >= seq || detached_.load(); })) {
             if (!python_alive.load()) {
                 return;  // the caller is gone with the interpreter
             }
@@ -631,6 +637,23 @@ void CoreCall::wait_as_caller(const std::shared_ptr<CoreCall>& call, const py::o
             }
         } catch (...) {
             call->record_python_error();
+        }
+        if (!done && call->always_runs && call->failed_.load()) {
+            // Ctrl-C (or a log handler's exception) while waiting for a free queued behind another thread's
+            // call: raise it now instead of after that call. The free still runs in its turn, unwatched.
+            std::deque<Request> left;
+            {
+                std::lock_guard<std::mutex> lock(call->mutex_);
+                call->detached_.store(true);
+                left.swap(call->requests_);
+            }
+            call->changed_.notify_all();  // a log line the core thread waits on is let go
+            for (Request& request : left) {
+                if (request.kind == Request::Kind::log) {
+                    keep_orphan(request.level, std::move(request.text));
+                }
+            }
+            break;
         }
         if (&runtime != &Runtime::get()) {
             // Forked inside a callback: this child has no core thread running the call.

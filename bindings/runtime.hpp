@@ -127,7 +127,7 @@ class CoreCall {
     std::atomic<bool> failed_{false};    // python_error is set
     std::atomic<bool> aborting_{false};  // the core was told to abort
     bool started_      = false;          // guarded by the runtime's queue mutex
-    bool detached_     = false;          // nobody waits: nothing is handed over
+    std::atomic<bool> detached_{false};  // nobody waits (or the waiter left): nothing is handed over
     bool has_progress_ = false;
     bool has_preview_  = false;
     int log_enabled_mask_ = 0;           // the levels the sdcpp_py logger would emit, a bit per level

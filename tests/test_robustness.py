@@ -377,6 +377,43 @@ def test_the_core_logs_safely_after_a_subinterpreter_existed(flux_parts):
     assert json.loads(result.stdout.splitlines()[-1]) == {"shape": [64, 64, 3], "logged": True}
 
 
+INTERRUPTED_CLOSE_CHILD = """
+    import json, os, signal, sys, threading
+    import sdcpp_py
+    parts, call = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    busy, other = sdcpp_py.Context(**parts, n_threads=2), sdcpp_py.Context(**parts, n_threads=2)
+    started, ended = threading.Event(), []
+
+    def generate():
+        try:
+            busy.txt2img("a red cube", progress=lambda *_: started.set(), **{**call, "steps": 2000})
+            ended.append("finished")
+        except sdcpp_py.Cancelled:
+            ended.append("cancelled")
+    worker = threading.Thread(target=generate)
+    worker.start()
+    started.wait()
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        other.close()  # queued behind busy's call on the core thread
+        outcome = {"close": "returned", "busy call then": list(ended)}
+    except KeyboardInterrupt:
+        outcome = {"close": "KeyboardInterrupt", "busy call then": list(ended), "closed": other.closed}
+    busy.cancel()
+    worker.join()
+    busy.close()
+    print(json.dumps({**outcome, "busy call": ended}))
+"""
+
+
+def test_ctrl_c_while_close_waits_behind_another_call_interrupts_it(flux_parts):
+    # The free was waited for to the end of the other thread's generation (minutes on a real model).
+    result = run_child(INTERRUPTED_CLOSE_CHILD, parts_json(flux_parts), TINY)
+    assert_clean_exit(result)
+    assert json.loads(result.stdout.splitlines()[-1]) == {
+        "close": "KeyboardInterrupt", "busy call then": [], "closed": True, "busy call": ["cancelled"]}
+
+
 # -- re-entrant callbacks, close while waiting, exit mid-call -----------------------------------------------------
 
 REENTRY_CHILD = """

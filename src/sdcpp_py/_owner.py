@@ -8,7 +8,10 @@ class NativeOwner:
     _native = None
 
     def close(self) -> None:
-        """Free the native object now (waiting for a call in flight). Safe to call more than once."""
+        """Free the native object now, waiting for the call in flight (the core runs one call at a time, so
+        also another object's). Safe to call more than once. From inside a callback of a call it does not
+        wait; Ctrl-C stops the wait (the free still happens). Do not wait, inside a callback, for another
+        thread that closes: that thread waits for the call your callback belongs to."""
         native, self._native = self._native, None
         if native is not None:
             native.close()
