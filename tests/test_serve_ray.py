@@ -151,6 +151,9 @@ def test_arguments_are_converted_and_checked(parts, tmp_path):
         serve_ray.parse_args(dict(args, n_threads="two"))
     with pytest.raises(ValueError, match=r"queue_size must be an int of at least 0"):
         serve_ray.parse_args(dict(args, queue_size="-1"))
+    assert serve_ray.parse_args(dict(args, max_ref_images="2"))[0]["settings"] == {"max_ref_images": 2}
+    with pytest.raises(ValueError, match=r"the API key must be printable ASCII"):
+        serve_ray.parse_args(dict(args, api_key=" k"))
     with pytest.raises(ValueError, match=r"use num_replicas"):
         serve_ray.parse_args(dict(args, workers="2"))
     with pytest.raises(ValueError, match=r"no model"):

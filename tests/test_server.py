@@ -232,6 +232,9 @@ def test_a_client_that_disconnects_cancels_its_job(base, client):
 
 
 NOT_AN_IMAGE = base64.b64encode(b"hello, not a picture").decode()
+TINY_PNG = b64_png(np.zeros((8, 8, 3), np.uint8))
+# A 128x128 PNG (max_pixels of the tests' server) cut short: its header says its size, its pixels fail to decode.
+CUT_PNG = base64.b64encode(base64.b64decode(b64_png(np.zeros((128, 128, 3), np.uint8)))[:-20]).decode()
 BAD_REQUESTS = [
     ("/v1/images/generations", {"prompt": "x", "sampler": "nope"}, "sampler"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "nope"}, "sampler_name"),
@@ -253,6 +256,19 @@ BAD_REQUESTS = [
     ("/v1/jobs", {"prompt": "x", "loras": [{"name": "../../etc/passwd"}]}, "loras"),
     ("/v1/images/generations", {"size": "64x64"}, "prompt"),
     ("/v1/images/generations", {"prompt": "x", "model": "other"}, "model"),
+    # What the answer could not hold again: NaN (A1111 echoes the body), lone surrogates, in values and names.
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "styles": float("nan")}, "styles"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "styles": ["\ud800"]}, "styles[0]"),
+    ("/v1/jobs", {"prompt": "x", "\ud800": 1}, "\\ud800"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "override_settings": "junk"},
+     "override_settings"),
+    # A job with previews is checked with a preview callable, as it runs.
+    ("/v1/jobs", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "preview": True, "preview_mode": "none"},
+     "preview_mode"),
+    # Reference images: at most 10, and 4 * max_pixels together, known from the headers before any is decoded.
+    ("/v1/jobs", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "ref_images": [TINY_PNG] * 11}, "ref_images"),
+    ("/v1/jobs", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "ref_images": [CUT_PNG] * 5}, "ref_images"),
+    ("/v1/jobs", {"prompt": "x", "width": 64, "height": 64, "steps": 1, "ref_images": [CUT_PNG]}, "ref_images[0]"),
 ]
 
 
@@ -272,6 +288,70 @@ def test_bad_bodies_and_files(client):
     response = client.post("/v1/images/edits", files={"image": ("x.png", b"not an image", "image/png")},
                            data={"prompt": "x"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "image"
+
+
+def test_edits_form_fields_are_checked(client):
+    image = ("in.png", base64.b64decode(TINY_PNG), "image/png")
+    for data, field in (({"prompt": "x", "loras": "[" * 100000}, "loras"),  # nested too deeply for json.loads
+                        ({"prompt": "x", "mask": "not a file"}, "mask")):  # not left out: the edit would ignore it
+        response = client.post("/v1/images/edits", files={"image": image}, data=data)
+        assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
+
+
+def test_ref_images_within_the_limits_are_decoded_and_used(client, ctx):
+    refs = [np.full((SIZE, SIZE, 3), value, np.uint8) for value in (40, 200)]
+    body = {"prompt": "a cat", "width": SIZE, "height": SIZE, "steps": 1, "seed": 2,
+            "ref_images": [b64_png(ref) for ref in refs]}
+    job = client.post("/v1/jobs", json=body).json()["id"]
+    done = wait_for(lambda: (lambda s: s if s["state"] == "done" else None)(client.get(f"/v1/jobs/{job}").json()))
+    expected = ctx.edit("a cat", refs, width=SIZE, height=SIZE, steps=1, seed=2)[0]
+    np.testing.assert_array_equal(b64_pixels(done["images"][0]), expected)
+
+
+def test_a1111_img2img_infotext_has_the_size_of_the_image(client):
+    body = {"prompt": "a boat", "init_images": [b64_png(np.full((SIZE, SIZE, 3), 90, np.uint8))], "steps": 1}
+    response = client.post("/sdapi/v1/img2img", json=body)  # no width or height: the init image's size
+    assert response.status_code == 200, response.text
+    assert f"Size: {SIZE}x{SIZE}," in json.loads(response.json()["info"])["infotexts"][0]
+
+
+def test_a_finished_job_keeps_its_last_preview_frame_only(client):
+    job = client.post("/v1/jobs", json={"prompt": "a tree", "width": SIZE, "height": SIZE, "steps": 4,
+                                        "preview": True}).json()["id"]
+    wait_for(lambda: client.get(f"/v1/jobs/{job}").json()["state"] == "done")
+    with client.stream("GET", f"/v1/jobs/{job}/events") as stream:  # the replay of a finished job
+        events = _events(stream)
+    assert [data["step"] for name, data in events if name == "preview"] == [4]
+    assert [name for name, _ in events][-1] == "done"
+
+
+def test_errors_of_routing_and_query_parameters_have_the_usual_shape(client):
+    response = client.get("/sdapi/v1/progress", params={"skip_current_image": "maybe"})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "skip_current_image"
+    assert "skip_current_image" in response.json()["error"]["message"]
+    for response in (client.get("/no/such/route"), client.put("/v1/models")):
+        error = response.json()["error"]
+        assert response.status_code in (404, 405) and error["message"] == response.json()["detail"], response.text
+
+
+def test_a_stopping_server_answers_503(served):
+    from starlette.testclient import TestClient
+
+    from sdcpp_py.server import Settings, create_app
+
+    app = create_app(served, Settings())
+    with TestClient(app) as http:
+        app.state.server.worker.stop()
+        response = http.post("/v1/jobs", json={"prompt": "x", "width": SIZE, "height": SIZE, "steps": 1})
+    assert response.status_code == 503 and "stopping" in response.json()["error"]["message"], response.text
+
+
+@pytest.mark.parametrize("key", ["clé", "", " secret", "a\nb"])
+def test_an_api_key_no_header_can_carry_is_refused_at_start(served, key):
+    from sdcpp_py.server import Settings, create_app
+
+    with pytest.raises(ValueError, match="API key must be printable ASCII"):
+        create_app(served, Settings(api_key=key))
 
 
 def test_the_api_key_is_required_except_for_health(served):

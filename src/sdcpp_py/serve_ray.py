@@ -12,9 +12,9 @@ context (or one config's models) per replica (``pip install 'sdcpp-py[ray]'``).
 Arguments: the Context's keywords (paths relative to the folder the app is built in: give absolute ones in a
 ``serve deploy`` config, whose builder runs on the cluster), or ``config`` (the TOML file of
 ``sdcpp serve --config``) with ``max_loaded`` and optionally ``n_threads``; the server's limits (``queue_size``,
-``api_key``, ``max_pixels``, ``max_n``, ``max_body``, ``model_name``); and the deployment's ``num_replicas``
-(a number or ``auto``), ``num_gpus`` (per replica; 1 by default for a CUDA or Vulkan build) and ``num_cpus``
-(per replica; ``n_threads`` by default for a CPU build). Each replica loads its own contexts, so the model
+``api_key``, ``max_pixels``, ``max_n``, ``max_body``, ``max_ref_images``, ``model_name``); and the deployment's
+``num_replicas`` (a number or ``auto``), ``num_gpus`` (per replica; 1 by default for a CUDA or Vulkan build)
+and ``num_cpus`` (per replica; ``n_threads`` by default for a CPU build). Each replica loads its own contexts, so the model
 files must be at the same paths on every node (and on the one that builds the app, where they are checked).
 A replica takes ``queue_size + 1`` generations at a time (one generating, the rest queued) and answers 429
 beyond them; ``max_ongoing_requests`` leaves room for status and progress requests besides. A client that
@@ -41,7 +41,7 @@ __all__ = ["app", "build", "deployment", "parse_args"]
 
 DEPLOYMENT_NAME = "sdcpp"
 LIGHT_REQUESTS = 16  # requests beyond the queue a replica takes at once: status, progress, event streams
-SETTINGS_INTS = {"queue_size": 0, "max_pixels": 1, "max_n": 1, "max_body": 1}  # name: lowest value
+SETTINGS_INTS = {"queue_size": 0, "max_pixels": 1, "max_n": 1, "max_body": 1, "max_ref_images": 0}  # lowest
 SETTINGS_TEXT = ("api_key", "model_name")
 DEPLOYMENT_KEYS = ("config", "max_loaded", "num_replicas", "num_gpus", "num_cpus")
 KNOWN = tuple(CONTEXT.rows) + tuple(SETTINGS_INTS) + SETTINGS_TEXT + DEPLOYMENT_KEYS
@@ -113,6 +113,7 @@ def parse_args(args: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
     from, the deployment's options). ValueError naming the argument for an unknown key or a bad value; the
     models are checked as ``Context()`` checks them (their files' headers included), without loading."""
     from .server._models import Model, Models
+    from .server.app import Settings, check_settings
 
     context: Dict[str, Any] = {}
     settings: Dict[str, Any] = {}
@@ -166,6 +167,7 @@ def parse_args(args: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
         except TypeError as error:  # CONTEXT.bind's unknown keyword cannot happen here: a bad value's type
             raise ValueError(str(error)) from None
         specs = [(name, context, True)]
+    check_settings(Settings(**settings))  # here, not first in a replica (a bad api_key)
     replica = {"models": specs, "max_loaded": max_loaded, "settings": settings}
     return replica, _deployment_options(extra, settings, n_threads)
 

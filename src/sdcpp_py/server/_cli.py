@@ -29,9 +29,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                                           "numbers; worker i gets the i-th, cycling); implies --workers "
                                           "len(LIST) when --workers is not given")
     add("--queue-size", type=int, default=8, help="jobs waiting behind the running ones; more get 429")
-    add("--api-key", help="require 'Authorization: Bearer KEY' on everything but /health")
+    add("--api-key", help="require 'Authorization: Bearer KEY' (printable ASCII) on everything but /health and "
+                           "the page at / (static: it asks for the key)")
     add("--max-pixels", type=int, default=2048 * 2048, help="largest width*height of an image")
     add("--max-n", type=int, default=4, help="most images per request")
+    add("--max-ref-images", type=int, default=10, help="most reference images (ref_images) per request, of at most "
+                                                      "4 times --max-pixels pixels together")
     add("--max-body", type=int, default=64 * 2**20, help="largest request body in bytes")
     add("--model-name", help="the model's name in /v1/models and requests' model field (default sdcpp)")
     add("-v", "--verbose", action="store_true", help="show the core's log")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import Settings, create_app
+        from .app import Settings, check_settings, create_app
     except ImportError as error:
         raise ValueError(f"sdcpp serve needs the server extra: pip install 'sdcpp-py[server]' ({error})") from None
     from .. import Context
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     options = {name: value for name, value in vars(args).items() if name in CONTEXT}
     for flag, value, low in (("--queue-size", args.queue_size, 0), ("--max-pixels", args.max_pixels, 1),
                              ("--max-n", args.max_n, 1), ("--max-body", args.max_body, 1),
-                             ("--max-loaded", args.max_loaded, 1)):
+                             ("--max-loaded", args.max_loaded, 1), ("--max-ref-images", args.max_ref_images, 0)):
         if value is not None and value < low:
             raise ValueError(f"{flag} must be at least {low}, not {value}")
     devices = _devices(args.devices)
@@ -66,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, not {args.workers}")
     settings = Settings(model_name=args.model_name or "sdcpp", queue_size=args.queue_size, api_key=args.api_key,
-                        max_pixels=args.max_pixels, max_n=args.max_n, max_body=args.max_body, workers=workers,
-                        devices=devices)
+                        max_pixels=args.max_pixels, max_n=args.max_n, max_body=args.max_body,
+                        max_ref_images=args.max_ref_images, workers=workers, devices=devices)
+    check_settings(settings)  # before a model loads
     serve = dict(host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                  timeout_graceful_shutdown=5)  # a running generation is cancelled by the app's shutdown
     if args.config is not None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
+import math
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -113,18 +115,28 @@ def decode_base64(field: str, text: Any) -> bytes:
         raise FieldError(400, field, f"{field} is not valid base64") from None
 
 
+def _open(field: str, data: bytes, max_pixels: int):
+    """An image file opened with its header read and nothing decoded; refused over ``max_pixels``, since a
+    small file can hold a huge image."""
+    from PIL import Image
+
+    try:
+        picture = Image.open(io.BytesIO(data))
+    except Exception as error:  # Pillow raises many kinds for broken files; all mean "not an image"
+        raise FieldError(400, field, f"{field} is not an image Pillow can read ({type(error).__name__})") from None
+    if picture.width * picture.height > max_pixels:
+        picture.close()
+        raise FieldError(400, field, f"{field} is {picture.width}x{picture.height}, more than the "
+                                     f"server's {max_pixels} pixels")
+    return picture
+
+
 def image(field: str, data: bytes, mode: str, max_pixels: int) -> np.ndarray:
     """The pixels of an encoded image file: (H, W, 3) uint8 for ``mode`` "RGB"; for a mask (H, W), 255 where
     the image may change: white, or for "openai_mask" the transparent pixels, for "mask" (A1111's) the opaque
     pixels of an image whose alpha is not all opaque."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            # Refused before decoding: a small file can hold a huge image.
-            if picture.width * picture.height > max_pixels:
-                raise FieldError(400, field, f"{field} is {picture.width}x{picture.height}, more than the "
-                                 f"server's {max_pixels} pixels")
+    with _open(field, data, max_pixels) as picture:
+        try:
             picture.load()
             if mode == "RGB":
                 return np.asarray(picture.convert("RGB"))
@@ -135,14 +147,107 @@ def image(field: str, data: bytes, mode: str, max_pixels: int) -> np.ndarray:
                 if alpha.min() < 255:  # A1111: an alpha mask, opaque where to repaint
                     return np.where(alpha > 128, 255, 0).astype(np.uint8)
             return np.asarray(picture.convert("L"))
-    except FieldError:
-        raise
-    except Exception as error:  # Pillow raises many kinds for broken files; all mean "not an image"
-        raise FieldError(400, field, f"{field} is not an image Pillow can read ({type(error).__name__})") from None
+        except Exception as error:
+            raise FieldError(400, field, f"{field} is not an image Pillow can read ({type(error).__name__})") \
+                from None
 
 
 def base64_image(field: str, text: Any, mode: str, max_pixels: int) -> np.ndarray:
     return image(field, decode_base64(field, text), mode, max_pixels)
+
+
+def base64_images(field: str, texts: Any, max_count: int, max_pixels: int, max_total: int) -> List[np.ndarray]:
+    """A list of base64 RGB images, its count and its pixels together checked from the files' headers before
+    any is decoded: copies of a small file of a huge plain image would otherwise decode to gigabytes."""
+    if not isinstance(texts, list):
+        raise FieldError(400, field, f"{field} must be a list of base64 images")
+    if len(texts) > max_count:
+        raise FieldError(400, field, f"{field}: {len(texts)} images, over this server's limit of {max_count}")
+    files = [decode_base64(f"{field}[{index}]", text) for index, text in enumerate(texts)]
+    total = 0
+    for index, data in enumerate(files):
+        with _open(f"{field}[{index}]", data, max_pixels) as picture:
+            total += picture.width * picture.height
+    if total > max_total:
+        raise FieldError(400, field, f"{field}: {total} pixels together, over this server's limit of {max_total}")
+    return [image(f"{field}[{index}]", data, "RGB", max_pixels) for index, data in enumerate(files)]
+
+
+def json_object(data: bytes) -> Dict[str, Any]:
+    """A request body as a JSON object, refused (400 naming the field) where it holds what no JSON answer can
+    hold again: NaN or Infinity (JSON has neither) or text that is not Unicode (a lone surrogate, "\\ud800")."""
+    try:
+        value = json.loads(data, parse_constant=_NonFinite)
+    except (ValueError, RecursionError):
+        raise FieldError(400, None, "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise FieldError(400, None, "the body must be a JSON object")
+    try:  # the answer's own encoding, at C speed; the slower search for the field only when it fails
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except RecursionError:
+        raise FieldError(400, None, "the body is nested too deeply") from None
+    except (TypeError, ValueError):
+        raise _unencodable(value) from None
+    return value
+
+
+class _NonFinite:
+    """NaN, Infinity or -Infinity where the body had it, to be refused naming its field."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _unencodable(body: Dict[str, Any]) -> FieldError:
+    """The error naming a field of ``body`` (its path: "styles[0]") that JSON cannot encode."""
+    # Depth first with a stack of its own (json.loads nests deeper than a recursive walk could); an entry is
+    # (value, its key, its parent's entry), so a path is built for the culprit only.
+    stack: List[tuple] = [(body, None, None)]
+    while stack:
+        entry = stack.pop()
+        item = entry[0]
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not _is_unicode(key):
+                    path = _path((None, key, entry))
+                    return FieldError(400, path, f"the field name \"{path}\" is not valid Unicode text "
+                                                 "(it holds a lone surrogate)")
+                stack.append((child, key, entry))
+        elif isinstance(item, list):
+            stack.extend((child, index, entry) for index, child in enumerate(item))
+        elif isinstance(item, _NonFinite):
+            path = _path(entry)
+            return FieldError(400, path, f"{path}: {item.name} is not a number JSON allows")
+        elif isinstance(item, float) and not math.isfinite(item):
+            path = _path(entry)
+            return FieldError(400, path, f"{path}: the number is too large (infinite as a double)")
+        elif isinstance(item, str) and not _is_unicode(item):
+            path = _path(entry)
+            return FieldError(400, path, f"{path} is not valid Unicode text (it holds a lone surrogate)")
+    return FieldError(400, None, "the body holds a value JSON cannot encode")
+
+
+def _path(entry: tuple) -> str:
+    """The path of a stack entry of ``_unencodable``: "styles[0]", "override_settings.key"."""
+    parts = []
+    while entry[2] is not None:
+        key, entry = entry[1], entry[2]
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        else:
+            name = key if _is_unicode(key) else json.dumps(key)[1:-1]  # escaped: the answer must hold it
+            parts.append(name if entry[2] is None else "." + name)
+    return "".join(reversed(parts))
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _ARGUMENT = re.compile(r"^(?:generate\(\) got an unexpected keyword argument '([A-Za-z_0-9]+)'|([A-Za-z_]+))")

@@ -30,6 +30,7 @@ from .._png import encode_png
 log = logging.getLogger("sdcpp_py.server")
 FINISHED = ("done", "failed", "cancelled")
 PREVIEW_SIDE = 256  # preview frames are shrunk to at most this many pixels a side
+SUPERSEDED = ("superseded", None)  # in Job.events, a preview frame a later one replaced; readers skip it
 
 
 class QueueFull(Exception):
@@ -38,13 +39,18 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class Stopping(Exception):
+    """The server is stopping: it takes no more jobs."""
+
+
 class _Stop(Exception):
     """Raised from the progress callback of a job cancelled before the core call began."""
 
 
 class Job:
     """One generation: its keywords, its state and the events a client can follow. Events are appended on
-    a runner's thread and read on the loop, which ``loop.call_soon_threadsafe`` wakes."""
+    a runner's thread and read on the loop, which ``loop.call_soon_threadsafe`` wakes. An event keeps its
+    index (readers follow the list by index); only a preview frame's is overwritten, with SUPERSEDED."""
 
     def __init__(self, prompt: str, options: Dict[str, Any], loop: asyncio.AbstractEventLoop, *,
                  model=None, preview: bool = False, keep: bool = True):
@@ -53,6 +59,7 @@ class Job:
         self.preview, self.keep = preview, keep
         self.state = "queued"
         self.step, self.steps = 0, 0
+        self.seconds_per_step = 0.0
         self.error: Optional[str] = None
         self.error_kind: Optional[str] = None
         self.seed: Optional[int] = None
@@ -63,6 +70,7 @@ class Job:
         self.worker: Optional[int] = None  # the index of the runner that ran it
         self.latest_preview: Optional[str] = None  # base64 PNG
         self.events: List[tuple] = []
+        self._last_preview: Optional[int] = None  # the index of the latest preview frame in events
         self._loop = loop
         self.changed = asyncio.Event()
         self.finished = loop.create_future()
@@ -70,10 +78,15 @@ class Job:
     def emit(self, name: str, data: Dict[str, Any]) -> None:
         if name == "progress":
             self.step, self.steps = data["step"], data["steps"]
+            self.seconds_per_step = data["seconds_per_step"]
         elif name == "preview":
             self.latest_preview = data["image"]
             if not self.keep:  # no event stream reads it: keep the latest frame only
                 return
+            # A kept job stays in memory a while: its latest frame only (a stream behind skips older frames).
+            if self._last_preview is not None:
+                self.events[self._last_preview] = SUPERSEDED
+            self._last_preview = len(self.events)
         self.events.append((name, data))
         self._call_soon(self.changed.set)
 
@@ -270,7 +283,7 @@ class Worker:
         """Queue ``job``; its position (0: next). QueueFull when the queue holds ``queue_size`` jobs."""
         with self._lock:
             if self._stopping:
-                raise QueueFull(5)
+                raise Stopping()
             # A job waits only if every runner is busy: queue_size counts the jobs beyond the runners.
             waiting = len(self._queue) + len(self._running)
             if waiting >= self.queue_size + len(self.runners):

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from .. import Lora, __version__
 from .._enums import Sampler, Scheduler
@@ -29,19 +31,23 @@ from .._request import image_request
 from . import _fields as F
 from ._fields import FieldError
 from ._models import Model, Models
-from ._worker import FINISHED, Job, QueueFull, Worker, parameters_text
+from ._worker import FINISHED, SUPERSEDED, Job, QueueFull, Stopping, Worker, parameters_text
 
 log = logging.getLogger("sdcpp_py.server")
 LORA_EXTENSIONS = (".gguf", ".safetensors", ".pt")
 _KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          409: "cancelled", 413: "request_too_large", 429: "rate_limit_error"}
+          405: "invalid_request_error", 409: "cancelled", 413: "request_too_large", 422: "invalid_request_error",
+          429: "rate_limit_error"}
+REF_PIXELS = 4  # a request's ref_images together: at most this many times max_pixels (the core shrinks each
+#                 to at most the output's size, 1 megapixel at most, unless auto_resize_ref_images is off)
 
 
 @dataclass
 class Settings:
     """Server limits. ``model_name``: the name of a single Context (models of a config have their own);
     ``max_pixels``: width*height of an output (and of an input image); ``max_n``: images per request;
-    ``queue_size``: jobs waiting behind the running ones; ``max_body``: bytes of a request; ``workers``: worker
+    ``queue_size``: jobs waiting behind the running ones; ``max_body``: bytes of a request; ``max_ref_images``:
+    reference images of a request (of ``REF_PIXELS`` * ``max_pixels`` pixels together); ``workers``: worker
     processes (each loads its own contexts; 0 runs jobs on a thread of this process); ``devices``: the GPU
     each worker process sees (``CUDA_VISIBLE_DEVICES`` and ``GGML_VK_VISIBLE_DEVICES``)."""
 
@@ -51,6 +57,7 @@ class Settings:
     max_pixels: int = 2048 * 2048
     max_n: int = 4
     max_body: int = 64 * 2**20
+    max_ref_images: int = 10  # Flux Kontext and Qwen-Image-Edit take one to three, FLUX.2 up to 10
     workers: int = 0  # 0: generate on a thread of this process; N: in N worker processes of their own
     devices: Optional[Sequence[str]] = None  # with workers: worker i sees device devices[i % len(devices)]
 
@@ -77,10 +84,10 @@ class _Guard:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         key = self.settings.api_key
-        if key and scope.get("path") not in _OPEN_PATHS:
-            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
-                                                                      key.encode("utf-8")):
+        if key is not None and scope.get("path") not in _OPEN_PATHS:
+            # Bytes as they came: the key is printable ASCII (checked at start-up), as a header can carry it.
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), key.encode("ascii")):
                 response = _error(401, None, "a valid API key is required (Authorization: Bearer KEY)",
                                   {"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, send)
@@ -100,8 +107,10 @@ class Server:
     """The routes' state: the models, their worker and the settings."""
 
     def __init__(self, models: Models, settings: Settings):
+        check_settings(settings)
         self.models, self.settings = models, settings
         self.worker = Worker(models, settings.queue_size, runners=_runners(models, settings))
+        self._offloading: Optional[asyncio.Lock] = None  # made on the loop (Python 3.9 binds a lock at creation)
 
     def model(self, field: str, value: Any) -> Model:
         """The model a request names in ``field`` (None: the default one); 404 for one not served here."""
@@ -127,21 +136,24 @@ class Server:
         return data
 
     async def json_body(self, request: Request) -> Dict[str, Any]:
-        data = await self.body(request)
-        try:
-            value = json.loads(data)
-        except (ValueError, RecursionError):
-            raise FieldError(400, None, "the body is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise FieldError(400, None, "the body must be a JSON object")
-        return value
+        return await self.offload(F.json_object, await self.body(request))
+
+    async def offload(self, function, *args):
+        """``function(*args)`` (parsing a body, decoding images) on a thread, so that a large body does not stall
+        the loop; one request's at a time, so that memory holds one request's decoded images at a time."""
+        if self._offloading is None:
+            self._offloading = asyncio.Lock()
+        async with self._offloading:
+            return await asyncio.to_thread(function, *args)
 
     # -- checking and queueing -------------------------------------------------------------------------
-    def check(self, model: Model, prompt: Any, options: Dict[str, Any], fields: Dict[str, str]) -> None:
+    def check(self, model: Model, prompt: Any, options: Dict[str, Any], fields: Dict[str, str],
+              preview: bool = False) -> None:
         """``Context.generate``'s checks against ``model``'s facts (no context needed: the model may not be
         loaded yet), then the server's limits."""
         try:
-            values = IMAGE.bind(options, "generate")
+            # A job with previews runs with a preview callable, which some options refuse (preview_mode "none").
+            values = IMAGE.bind(dict(options, preview=_no_preview) if preview else options, "generate")
             native, _ = image_request(prompt, values, model.facts, model.lora_dir)
         except (TypeError, ValueError, OSError) as error:
             raise F.from_api_error(error, fields) from None
@@ -160,13 +172,15 @@ class Server:
 
     def submit(self, model: Model, prompt: str, options: Dict[str, Any], fields: Dict[str, str], *, keep: bool,
                preview: bool = False) -> Job:
-        self.check(model, prompt, options, fields)
+        self.check(model, prompt, options, fields, preview)
         job = Job(prompt, options, asyncio.get_running_loop(), model=model, preview=preview, keep=keep)
         try:
             self.worker.submit(job)
         except QueueFull as full:
             raise FieldError(429, None, "the queue is full; try again later",
                              {"Retry-After": str(full.retry_after)}) from None
+        except Stopping:
+            raise FieldError(503, None, "the server is stopping") from None
         return job
 
     def describe(self, job: Job, seed: int, size: Tuple[int, int]) -> str:
@@ -214,9 +228,13 @@ class Server:
             loras.append(Lora(path, multiplier))
         return loras
 
-    def image(self, field: str, value: Any, mode: str = "RGB"):
+    async def image(self, field: str, value: Any, mode: str = "RGB"):
         # Inputs larger than the output could be are refused before decoding.
-        return F.base64_image(field, value, mode, self.settings.max_pixels)
+        return await self.offload(F.base64_image, field, value, mode, self.settings.max_pixels)
+
+    async def ref_images(self, field: str, value: Any):
+        limits = self.settings.max_ref_images, self.settings.max_pixels, REF_PIXELS * self.settings.max_pixels
+        return await self.offload(F.base64_images, field, value, *limits)
 
     def table_fields(self, body: Dict[str, Any], names, options: Dict[str, Any], fields: Dict[str, str]) -> None:
         """Fields named as ``generate``'s keywords; samplers and schedulers also by A1111's names."""
@@ -229,6 +247,22 @@ class Server:
             elif name == "scheduler":
                 value = F.scheduler(name, value)
             options[name], fields[name] = value, name
+
+
+def _no_preview(step: int, frames, is_noisy: bool) -> None:
+    """The preview callable a request with previews is checked with (the job gets the worker's own)."""
+
+
+def check_settings(settings: Settings) -> None:
+    """ValueError for a setting the server could not honour (the worker settings: ``_runners``)."""
+    key = settings.api_key
+    # A header carries ASCII (browsers send other text as latin-1 bytes, other clients refuse it), and the
+    # token is read without the spaces around it: any other key could never match.
+    if key is not None and not (key and key.isascii() and key.isprintable() and key == key.strip()):
+        raise ValueError("the API key must be printable ASCII without spaces around it, and not empty")
+    if isinstance(settings.max_ref_images, bool) or not isinstance(settings.max_ref_images, int) \
+            or settings.max_ref_images < 0:
+        raise ValueError(f"max_ref_images must be an int of at least 0, not {settings.max_ref_images!r}")
 
 
 def _runners(models: Models, settings: Settings) -> Optional[list]:
@@ -309,6 +343,20 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
     async def field_error(request: Request, error: FieldError):
         return _error(error.status, error.field, error.message, error.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        # FastAPI's checks of query and path parameters, in the shape of every other refusal.
+        problem = (error.errors() or [{}])[0]
+        location = [str(part) for part in problem.get("loc", ()) if part not in ("query", "path", "body", "header")]
+        field = ".".join(location) or None
+        message = problem.get("msg", "invalid request")
+        return _error(422, field, f"{field}: {message}" if field else message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        # Starlette's own answers (no such route, method not allowed), in the shape of every other refusal.
+        return _error(error.status_code, None, str(error.detail), dict(error.headers or {}))
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):
         log.exception("request %s", request.url.path)
@@ -383,6 +431,9 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
                 name = key[:-2] if key.endswith("[]") else key
                 if hasattr(value, "read"):
                     files.setdefault(name, []).append(await value.read())
+                elif name in ("image", "mask"):
+                    raise FieldError(400, name, f"{name} must be a file (multipart with a filename), not a text "
+                                                "field")
                 else:
                     body[name] = _form_value(name, value)
         finally:
@@ -391,17 +442,23 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         if len(images) != 1:
             raise FieldError(400, "image", "image: give one image file")
         model, prompt, options, fields = openai_options(body)
-        picture = F.image("image", images[0], "RGB", settings.max_pixels)
+        if len(files.get("mask", [])) > 1:
+            raise FieldError(400, "mask", "mask: give one mask file")
+        picture = await server.offload(F.image, "image", images[0], "RGB", settings.max_pixels)
         options["init_image"], fields["init_image"] = picture, "image"
         if files.get("mask"):
-            mask = F.image("mask", files["mask"][0], "openai_mask", settings.max_pixels)
+            mask = await server.offload(F.image, "mask", files["mask"][0], "openai_mask", settings.max_pixels)
             options["mask"], fields["mask"] = mask, "mask"
         job = server.submit(model, prompt, options, fields, keep=False)
         return openai_response(await server.wait(request, job))
 
     # -- AUTOMATIC1111 ---------------------------------------------------------------------------------
     def a1111_options(body: Dict[str, Any]) -> Tuple[Model, Any, Dict[str, Any], Dict[str, str]]:
-        overrides = body.get("override_settings") if isinstance(body.get("override_settings"), dict) else {}
+        overrides = body.get("override_settings")
+        if overrides is None:
+            overrides = {}
+        elif not isinstance(overrides, dict):
+            raise FieldError(400, "override_settings", "override_settings must be an object of settings")
         # The checkpoint as A1111 clients choose it: per request in override_settings, or at the top level.
         if overrides.get("sd_model_checkpoint") is not None:
             model = server.model("override_settings.sd_model_checkpoint", overrides["sd_model_checkpoint"])
@@ -438,7 +495,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         # Previews (the core's cheap latent projection by default) feed progress's current_image.
         job = server.submit(model, prompt, options, fields, keep=False, preview=True)
         await server.wait(request, job)
-        size = (options.get("width"), options.get("height"))
+        size = _png_size(job.images[0]) if job.images else (options.get("width"), options.get("height"))
         texts = [server.describe(job, job.seed + index, size) for index in range(len(job.images))]
         info = {"prompt": prompt, "negative_prompt": options.get("negative_prompt", ""), "seed": job.seed,
                 "all_seeds": [job.seed + index for index in range(len(job.images))], "infotexts": texts}
@@ -457,11 +514,12 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         images = body.get("init_images")
         if not isinstance(images, list) or not images:
             raise FieldError(400, "init_images", "init_images must be a list of one or more base64 images")
-        options["init_image"], fields["init_image"] = server.image("init_images[0]", images[0]), "init_images"
+        options["init_image"] = await server.image("init_images[0]", images[0])
+        fields["init_image"] = "init_images"
         if body.get("denoising_strength") is not None:
             options["strength"], fields["strength"] = body["denoising_strength"], "denoising_strength"
         if body.get("mask") is not None:
-            mask = server.image("mask", body["mask"], "mask")
+            mask = await server.image("mask", body["mask"], "mask")
             if body.get("inpainting_mask_invert") in (1, True):
                 mask = 255 - mask
             options["mask"], fields["mask"] = mask, "mask"
@@ -473,7 +531,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         steps = job.steps if job else 0
         step = job.step if job else 0
         fraction = step / steps if steps else 0.0
-        seconds = job.events[-1][1].get("seconds_per_step", 0.0) if job and job.events else 0.0
+        seconds = job.seconds_per_step if job else 0.0
         state = {"skipped": False, "interrupted": bool(job and job.cancel_requested), "job": job.id if job else "",
                  "job_count": server.worker.queued() + len(server.worker.running_jobs()), "job_timestamp": "",
                  "job_no": 0, "sampling_step": step, "sampling_steps": steps}
@@ -517,7 +575,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
                 for n in names]
 
     # -- the job API -------------------------------------------------------------------------------------
-    def job_options(body: Dict[str, Any]) -> Tuple[Model, Any, Dict[str, Any], Dict[str, str], bool]:
+    async def job_options(body: Dict[str, Any]) -> Tuple[Model, Any, Dict[str, Any], Dict[str, str], bool]:
         if body.get("prompt") is None:
             raise FieldError(400, "prompt", "prompt is required")
         preview = body.get("preview", False)
@@ -535,12 +593,10 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         server.table_fields(body, F.JSON_ROWS, options, fields)
         for name in F.IMAGE_FIELDS:
             if body.get(name) is not None:
-                options[name], fields[name] = server.image(name, body[name], "mask" if name == "mask" else "RGB"), name
+                options[name] = await server.image(name, body[name], "mask" if name == "mask" else "RGB")
+                fields[name] = name
         if body.get("ref_images") is not None:
-            if not isinstance(body["ref_images"], list):
-                raise FieldError(400, "ref_images", "ref_images must be a list of base64 images")
-            options["ref_images"] = [server.image(f"ref_images[{index}]", item)
-                                     for index, item in enumerate(body["ref_images"])]
+            options["ref_images"] = await server.ref_images("ref_images", body["ref_images"])
             fields["ref_images"] = "ref_images"
         if body.get("loras") is not None:
             options["loras"], fields["loras"] = server.loras(model, "loras", body["loras"]), "loras"
@@ -554,7 +610,7 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
 
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: Request):
-        model, prompt, options, fields, preview = job_options(await server.json_body(request))
+        model, prompt, options, fields, preview = await job_options(await server.json_body(request))
         job = server.submit(model, prompt, options, fields, keep=True, preview=preview)
         return JSONResponse(_job_status(server, job), status_code=202)
 
@@ -576,11 +632,14 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
             index = 0
             while True:
                 while index < len(job.events):
-                    name, data = job.events[index]
+                    event = job.events[index]
                     index += 1
+                    if event is SUPERSEDED:  # a preview frame a later one replaced
+                        continue
+                    name, data = event
                     yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
-                if job.state in FINISHED and index >= len(job.events):
-                    return
+                    if name in FINISHED:  # the last event (job.state changes just before it is appended)
+                        return
                 job.changed.clear()
                 if index < len(job.events):  # appended while this stream was sending
                     continue
@@ -615,7 +674,17 @@ def _form_value(name: str, text: str) -> Any:
             return {"true": True, "1": True, "false": False, "0": False}[text.strip().lower()]
         if kind in ("ints", "floats") or name == "loras":
             return json.loads(text)
-    except (ValueError, KeyError):
-        raise FieldError(400, name, f"{name}={text!r} is not a {kind}") from None
+    except (ValueError, KeyError, RecursionError):  # RecursionError: JSON nested too deeply
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise FieldError(400, name, f"{name}={shown!r} is not {_FORM_KINDS.get(kind, 'JSON')}") from None
     return text
+
+
+_FORM_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "ints": "a JSON list of integers",
+               "floats": "a JSON list of numbers"}
+
+
+def _png_size(data: bytes) -> Tuple[int, int]:
+    """(width, height) of a PNG file from its header (IHDR, the first chunk)."""
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
