@@ -271,8 +271,9 @@ class NativeContext {
     }
 
     // Stops the calls in flight or queued on this context (they raise Cancelled) and frees it. With `wait`, and
-    // unless this thread is inside a core call's callback (which would wait for itself), returns once freed;
-    // otherwise the free is queued behind the call in flight.
+    // unless this thread is inside a core call's callback (which would wait for itself), returns once freed
+    // (or raises KeyboardInterrupt at Ctrl-C, the free still queued); otherwise the free is queued behind the
+    // call in flight.
     void close(bool wait) {
         if (closed_.exchange(true)) {
             return;
@@ -372,7 +373,8 @@ class NativeContext {
     std::shared_ptr<LoadedContext> state_;
     std::atomic<bool> closed_{false};
     std::atomic<uint64_t> cancel_epoch_{0};
-    // The call (its name) in which the core failed half way through, set on the core thread; nullptr: none.
+    // The call (its name) in which the core failed half way through, set on the core thread (or by its caller
+    // for a call the core thread never finished); nullptr: none.
     std::atomic<const char*> broken_in_{nullptr};
     int generations_started_ = 0;  // read and written on the core thread only
     int default_sample_method_ = 0;

@@ -340,6 +340,18 @@ void log_trampoline(sd_log_level_t level, const char* text, void*) {
         }
         return;
     }
+    if (PyGILState_GetThisThreadState() != nullptr) {
+        // Another Python thread's own call into the core or ggml (a test hook's graph; Canny, with the GIL let
+        // go): its lines are not the active call's, whose waiter may need the GIL this thread holds. Native
+        // threads (the core's, ggml's, the loader's) have no Python thread state.
+        py::gil_scoped_acquire gil;
+        try {
+            emit_log(py_level, message);
+        } catch (py::error_already_set& error) {
+            error.discard_as_unraisable("sdcpp_py's log handler");
+        }
+        return;
+    }
     CoreCall* call = Runtime::get().active();
     if (call == nullptr) {
         keep_orphan(py_level, std::move(message));

@@ -1,8 +1,8 @@
 // sdcpp-py patch 0006: the compute side of the fused CPU attention (see sdcpp_py_attention.h).
 //
-// Per head, K and V are packed once; then each block of QB queries gets its L_k x QB scores from the packed
-// kernel's register tiles, ggml's scale and softmax steps on each score row while it is in cache, and its
-// outputs from the tiles again with the scores read in place. Every score and output element is summed in
+// Per head, K and V are packed (again where a run of blocks a thread claims starts a head); then each block of
+// QB queries gets its L_k x QB scores from the packed kernel's register tiles, ggml's scale and softmax steps
+// on each score row while it is in cache, and its outputs from the tiles again with the scores read in place. Every score and output element is summed in
 // the order the unfused mul_mat nodes use (one tile's FMA chain per KC-deep block, blocks added in order),
 // and the softmax calls ggml's own vector functions, so the result is bitwise that of the four nodes. With
 // bf16 products (cpu_precision="bf16") there is no such reference: blocks of 32 queries, the scores a key at a
@@ -288,8 +288,8 @@ inline const float* head_row(const ggml_tensor* t, int64_t j, int64_t h, int64_t
 }
 
 #if defined(SDCPP_PY_BF16_GEMM)
-// The node with bf16 products: units of (batch, head, QB_BF16 queries), each thread a contiguous run, pairing
-// each head's K and V once.
+// The node with bf16 products: units of (batch, head, QB_BF16 queries) claimed in runs, as below, pairing a
+// head's K and V where a run starts it.
 static void attention_bf16(ggml_tensor* dst, int ith, int nth, float scale) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];

@@ -1,5 +1,5 @@
-// Work handed to a node's threads as they come free (used by sdcpp_py_winograd.cpp; the test hooks drive it
-// from threads of their own). Plain C++: no instruction set of its own.
+// Work handed to a node's threads as they come free (used by sdcpp_py_winograd.cpp and sdcpp_py_attention.cpp;
+// the test hooks drive it from threads of their own). Plain C++: no instruction set of its own.
 #pragma once
 
 #include <algorithm>
