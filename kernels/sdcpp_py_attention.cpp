@@ -287,34 +287,48 @@ inline const float* head_row(const ggml_tensor* t, int64_t j, int64_t h, int64_t
                                           n * t->nb[3]);
 }
 
-#if defined(SDCPP_PY_BF16_GEMM)
-// The node with bf16 products: units of (batch, head, QB_BF16 queries) claimed in runs, as below, pairing a
-// head's K and V where a run starts it.
-static void attention_bf16(ggml_tensor* dst, int ith, int nth, float scale) {
-    using namespace sdcpp_py_gemm;
-    const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];
-    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2], batches = q->ne[3];
-    GGML_ASSERT(scale > 0.0f);  // the softmax's weights are 2^(scale log2(e) (x - max))
-    const int64_t blocks_per_head = (L_q + QB_BF16 - 1) / QB_BF16, units = batches * heads * blocks_per_head;
-    thread_local HeadPairs head;
-    thread_local BlockBuffers buffers;
-    int64_t paired_head = -1;
+// Calls block(n, h, j0, nq) for each unit (batch n, head h, the nq <= block_queries queries from j0) this
+// thread claims: units are handed to the node's threads as they come free (ClaimedRanges), in runs that shrink
+// towards the end, so that a thread slowed by something else on its core takes fewer instead of holding the
+// node's barrier. Units write disjoint outputs, each the same whichever thread computes it; a run goes through
+// the heads in order, so a thread prepares a head's K and V again only where a run starts one.
+template <typename Block>
+static void for_claimed_blocks(ggml_tensor* dst, int ith, int nth, int64_t block_queries, Block block) {
+    using sdcpp_py_gemm::ClaimedRanges;
+    const ggml_tensor* q = dst->src[0];
+    const int64_t L_q = q->ne[1], heads = q->ne[2], blocks_per_head = (L_q + block_queries - 1) / block_queries;
+    const int64_t units = q->ne[3] * heads * blocks_per_head;
     ClaimedRanges claims(sdcpp_py_claim_counters(dst), ith, nth, units, units, 1);
     for (ClaimedRanges::Range range = claims.next(); !range.empty(); range = claims.next()) {
         for (int64_t u = range.u0; u < range.u1; ++u) {
-            const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
-            const int64_t j0 = (u % blocks_per_head) * QB_BF16, nq = std::min(QB_BF16, L_q - j0);
-            if (head_index != paired_head) {
-                pair_head(head_row(k, 0, h, n), k->nb[1] / sizeof(float), head_row(v, 0, h, n),
-                          v->nb[1] / sizeof(float), v->nb[0] / sizeof(float), L_k, d_head, head);
-                paired_head = head_index;
-            }
-            float* const out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
-            attention_block_bf16(head_row(q, j0, h, n), q->nb[1] / sizeof(float), nq, head, L_k, d_head, scale, out,
-                                 heads * d_head, buffers);
+            const int64_t head_index = u / blocks_per_head, j0 = (u % blocks_per_head) * block_queries;
+            block(head_index / heads, head_index % heads, j0, std::min(block_queries, L_q - j0));
         }
     }
     claims.finish();
+}
+
+#if defined(SDCPP_PY_BF16_GEMM)
+// The node with bf16 products: units of (batch, head, QB_BF16 queries), pairing a head's K and V where a
+// claimed run starts it.
+static void attention_bf16(ggml_tensor* dst, int ith, int nth, float scale) {
+    using namespace sdcpp_py_gemm;
+    const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];
+    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2];
+    GGML_ASSERT(scale > 0.0f);  // the softmax's weights are 2^(scale log2(e) (x - max))
+    thread_local HeadPairs head;
+    thread_local BlockBuffers buffers;
+    int64_t paired_head = -1;
+    for_claimed_blocks(dst, ith, nth, QB_BF16, [&](int64_t n, int64_t h, int64_t j0, int64_t nq) {
+        if (n * heads + h != paired_head) {
+            pair_head(head_row(k, 0, h, n), k->nb[1] / sizeof(float), head_row(v, 0, h, n), v->nb[1] / sizeof(float),
+                      v->nb[0] / sizeof(float), L_k, d_head, head);
+            paired_head = n * heads + h;
+        }
+        float* const out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
+        attention_block_bf16(head_row(q, j0, h, n), q->nb[1] / sizeof(float), nq, head, L_k, d_head, scale, out,
+                             heads * d_head, buffers);
+    });
     for (auto* buffer : {&head.k, &head.v, &buffers.query_pairs, &buffers.weight_slivers}) release_if_large(*buffer);
     for (auto* buffer : {&head.v_t, &buffers.score_columns, &buffers.outputs}) release_if_large(*buffer);
 }
@@ -323,7 +337,7 @@ static void attention_bf16(ggml_tensor* dst, int ith, int nth, float scale) {
 extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith, int nth, void* userdata) {
     using namespace sdcpp_py_gemm;
     const ggml_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2];
-    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2], batches = q->ne[3];
+    const int64_t d_head = q->ne[0], L_q = q->ne[1], L_k = k->ne[1], heads = q->ne[2];
     const int64_t q_stride = q->nb[1] / sizeof(float), k_stride = k->nb[1] / sizeof(float);
     const int64_t out_stride = heads * d_head;  // dst is (d_head, heads, L_q, N)
     float scale;
@@ -337,38 +351,28 @@ extern "C" void sdcpp_py_cpu_attention_compute(struct ggml_tensor* dst, int ith,
         return;
     }
 #endif
-    // Units are (batch, head, query block), claimed by the threads as they come free (ClaimedRanges), in
-    // runs that shrink towards the end: a thread slowed by something else on its core takes fewer instead of
-    // holding the node's barrier, and a run repacks K and V only where it starts a head. No barrier: units
-    // write disjoint outputs, each the same whichever thread computes it.
-    const int64_t blocks_per_head = (L_q + QB - 1) / QB, units = batches * heads * blocks_per_head;
+    // Units are (batch, head, query block) (for_claimed_blocks). No barrier: units write disjoint outputs.
     // Kept by ggml's threads from call to call, as the packed product's buffers are.
     thread_local std::vector<float> k_packed, v_packed, b_panels, score_rows;
     float* const scores = scratch(score_rows, L_k * QB);
     int64_t packed_head = -1;
-    ClaimedRanges claims(sdcpp_py_claim_counters(dst), ith, nth, units, units, 1);
-    for (ClaimedRanges::Range range = claims.next(); !range.empty(); range = claims.next()) {
-        for (int64_t u = range.u0; u < range.u1; ++u) {
-            const int64_t head_index = u / blocks_per_head, h = head_index % heads, n = head_index / heads;
-            const int64_t j0 = (u % blocks_per_head) * QB, nq = std::min(QB, L_q - j0);
-            if (head_index != packed_head) {
-                pack_all_rows(head_row(k, 0, h, n), k_stride, L_k, d_head, k_packed);
-                if (v->nb[0] == sizeof(float)) {  // channels contiguous: V^T's columns
-                    pack_all_transposed(head_row(v, 0, h, n), v->nb[1] / sizeof(float), d_head, L_k, v_packed);
-                } else {  // keys contiguous: V^T's rows
-                    pack_all_rows(head_row(v, 0, h, n), v->nb[0] / sizeof(float), d_head, L_k, v_packed);
-                }
-                packed_head = head_index;
+    for_claimed_blocks(dst, ith, nth, QB, [&](int64_t n, int64_t h, int64_t j0, int64_t nq) {
+        if (n * heads + h != packed_head) {
+            pack_all_rows(head_row(k, 0, h, n), k_stride, L_k, d_head, k_packed);
+            if (v->nb[0] == sizeof(float)) {  // channels contiguous: V^T's columns
+                pack_all_transposed(head_row(v, 0, h, n), v->nb[1] / sizeof(float), d_head, L_k, v_packed);
+            } else {  // keys contiguous: V^T's rows
+                pack_all_rows(head_row(v, 0, h, n), v->nb[0] / sizeof(float), d_head, L_k, v_packed);
             }
-            float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
-            // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
-            product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores, L_k);
-            for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
-            // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
-            product(d_head, nq, L_k, v_packed, scores, L_k, true, b_panels, out, out_stride);
+            packed_head = n * heads + h;
         }
-    }
-    claims.finish();
+        float* out = static_cast<float*>(dst->data) + ((n * L_q + j0) * heads + h) * d_head;
+        // scores[j * L_k + i] = K_i . Q_j, as mul_mat(k, q) lays them out.
+        product(L_k, nq, d_head, k_packed, head_row(q, j0, h, n), q_stride, false, b_panels, scores, L_k);
+        for (int64_t j = 0; j < nq; ++j) scaled_softmax(scores + j * L_k, L_k, scale);
+        // out[j, h, i] = V^T_i . P_j, the values mul_mat(v, softmax) computes.
+        product(d_head, nq, L_k, v_packed, scores, L_k, true, b_panels, out, out_stride);
+    });
     for (auto* buffer : {&k_packed, &v_packed, &b_panels, &score_rows}) release_if_large(*buffer);
 }
 
