@@ -247,6 +247,7 @@ BAD_REQUESTS = [
     ("/sdapi/v1/txt2img", {"prompt": "x", "width": 64, "height": 64, "batch_size": 3}, "batch_size"),
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["!!not base64!!"]}, "init_images[0]"),
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [NOT_AN_IMAGE]}, "init_images[0]"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [NOT_AN_IMAGE, NOT_AN_IMAGE]}, "init_images"),
     ("/v1/jobs", {"prompt": "x", "init_image": NOT_AN_IMAGE}, "init_image"),
     ("/v1/images/generations", {"prompt": "x", "response_format": "url"}, "response_format"),
     ("/v1/images/generations", {"prompt": "x", "size": "64x64", "steps": "two"}, "steps"),

@@ -513,7 +513,10 @@ def create_app(context, settings: Optional[Settings] = None) -> FastAPI:
         model, prompt, options, fields = a1111_options(body)
         images = body.get("init_images")
         if not isinstance(images, list) or not images:
-            raise FieldError(400, "init_images", "init_images must be a list of one or more base64 images")
+            raise FieldError(400, "init_images", "init_images must be a list of one base64 image")
+        if len(images) > 1:  # A1111 runs a batch over them; here they would be dropped without a word
+            raise FieldError(400, "init_images", f"init_images: {len(images)} images; this server takes one per "
+                                                 "request")
         options["init_image"] = await server.image("init_images[0]", images[0])
         fields["init_image"] = "init_images"
         if body.get("denoising_strength") is not None:
