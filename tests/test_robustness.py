@@ -317,7 +317,7 @@ def test_failed_checks_of_the_core_become_errors(flux_parts, tmp_path):
     assert outcome["generate"].startswith("SdcppError") and "ggml_can_mul_mat" in outcome["generate"], outcome
     assert outcome["again"].startswith("SdcppError") and "can no longer be used" in outcome["again"], outcome
 
-    # Two calls at once: the one queued behind the failing call must not run on the half-unwound core.
+    # A call queued behind the failing one must not run on the half-unwound core.
     result = run_child(TWO_CALLS_CHILD, parts_json({**flux_parts, "diffusion_model": wide_text}), TINY)
     assert_clean_exit(result)
     outcomes = sorted(json.loads(result.stdout.splitlines()[-1]))
@@ -326,24 +326,33 @@ def test_failed_checks_of_the_core_become_errors(flux_parts, tmp_path):
 
 
 TWO_CALLS_CHILD = """
-    import json, sys, threading
+    import json, logging, sys, threading, time
     import sdcpp_py
     parts, call = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     ctx = sdcpp_py.Context(**parts, n_threads=2)
-    outcomes, start = [], threading.Barrier(2)
+    outcomes = []
 
     def generate():
-        start.wait()
         try:
             ctx.txt2img("a red cube", **call)
             outcomes.append("ok")
         except Exception as error:
             outcomes.append(f"{type(error).__name__}: {error}")
-    threads = [threading.Thread(target=generate) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    first, second = threading.Thread(target=generate), threading.Thread(target=generate)
+
+    class QueueTheSecond(logging.Handler):
+        # The first call's first log line, handled on its thread while the core waits for it: the second
+        # call is queued behind it now, before the first one fails.
+        def emit(self, record):
+            if threading.current_thread() is first and not second.is_alive() and not outcomes:
+                second.start()
+                time.sleep(0.5)
+    logger = logging.getLogger("sdcpp_py")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(QueueTheSecond())
+    first.start()
+    first.join()
+    second.join()
     ctx.close()
     print(json.dumps(outcomes))
 """
