@@ -28,10 +28,7 @@ std::vector<std::string> names_of(const char* (*name_of)(Enum), int count) {
 void register_info(py::module_& m) {
     m.def("core_version", [] { return std::string(sd_version()); }, "Version tag of the vendored core.");
     m.def("core_commit", [] { return std::string(sd_commit()); }, "Commit of the vendored core.");
-    m.def("system_info", [] {
-        const DirectCoreCall direct;
-        return std::string(sd_get_system_info());
-    }, "The core's CPU/backend feature report.");
+    m.def("system_info", [] { return std::string(sd_get_system_info()); }, "The core's CPU/backend feature report.");
     m.def("physical_cores", &sd_get_num_physical_cores, "Physical CPU cores, the core's default thread count.");
     m.attr("BACKEND") = SDCPP_BACKEND;
 #ifdef GGML_BACKEND_DL
@@ -42,7 +39,6 @@ void register_info(py::module_& m) {
     m.def("_load_backends", [](const std::string& folder) {
         // ggml scores every libggml-cpu-<variant> there against this CPU and loads the best. It reports what it
         // loaded on stderr: keep those lines for the caller's logger instead (nothing printed at import).
-        const DirectCoreCall direct;
         std::vector<std::string> lines;
         ggml_log_set([](ggml_log_level, const char* text, void* user) {
             static_cast<std::vector<std::string>*>(user)->emplace_back(text ? text : "");
@@ -87,7 +83,6 @@ void register_info(py::module_& m) {
           "Whether the loaded CPU backend can run products in bf16 (AVX512_BF16, patch 0014), unless "
           "SDCPP_PY_CPU_KERNELS=avx2 restricts it.");
     m.def("devices", [] {
-        const DirectCoreCall direct;
         if (ggml_backend_dev_count() == 0) {
             ggml_backend_load_all();  // a GGML_BACKEND_DL build registers its backends on demand
         }

@@ -44,7 +44,6 @@ std::atomic<bool> shutting_down{false};
 
 thread_local CoreCall* waiting_for = nullptr;  // the call this thread is waiting for
 thread_local bool running_core_work = false;     // this is the core thread, inside a call's work
-thread_local bool direct_core_call = false;      // a Python thread inside a DirectCoreCall
 unsigned long main_thread_ident = 0;             // Python's main thread: never parked at exit
 
 // A GGML_ASSERT / GGML_ABORT, or an integer division by zero, on the core thread: ends the call, not the process.
@@ -314,11 +313,6 @@ class Runtime {
     std::atomic<CoreCall*> active_{nullptr};
 };
 
-DirectCoreCall::DirectCoreCall() : outer_(!direct_core_call) { direct_core_call = true; }
-DirectCoreCall::~DirectCoreCall() {
-    if (outer_) direct_core_call = false;
-}
-
 namespace {
 
 // The core's global C callbacks, installed once at import.
@@ -331,20 +325,13 @@ void log_trampoline(sd_log_level_t level, const char* text, void*) {
         message.pop_back();
     }
     int py_level = python_log_level(level);
-    if (direct_core_call) {
-        // A direct call from Python (device listing, backend loading): this thread holds the GIL.
-        try {
-            emit_log(py_level, message);
-        } catch (py::error_already_set& error) {
-            error.restore();  // raised by the function that called into ggml
-        }
-        return;
-    }
     if (PyGILState_GetThisThreadState() != nullptr) {
-        // Another Python thread's own call into the core or ggml (a test hook's graph; Canny, with the GIL let
-        // go): its lines are not the active call's, whose waiter may need the GIL this thread holds. Native
-        // threads (the core's, ggml's, the loader's) have no Python thread state.
-        py::gil_scoped_acquire gil;
+        // A Python thread's own call into the core or ggml (device listing, backend loading, a test hook's
+        // graph; Canny, with the GIL let go): its lines are not the active call's, whose waiter may need the GIL
+        // this thread holds. Native threads (the core's, ggml's, the loader's) have no Python thread state.
+        // (Not PyGILState_Check(): once a subinterpreter has existed it answers yes on every thread, and the
+        // core thread then ran Python without the GIL.)
+        py::gil_scoped_acquire gil;  // taken again if this thread let it go
         try {
             emit_log(py_level, message);
         } catch (py::error_already_set& error) {

@@ -45,22 +45,6 @@ class CancelledError : public CoreError {
 // Held by the core thread for each call.
 std::mutex& core_mutex();
 
-// Around a Python thread's own direct calls into the core or ggml (device listing, backend loading), GIL
-// held: the core's log lines on this thread are logged right here, and an exception of the log handler is
-// raised by the function that called. Lines on the core's and ggml's threads go through the call they belong
-// to. (Not PyGILState_Check(): once a subinterpreter has existed it answers yes on every thread, and the
-// core thread then ran Python without the GIL.)
-class DirectCoreCall {
-   public:
-    DirectCoreCall();
-    ~DirectCoreCall();
-    DirectCoreCall(const DirectCoreCall&) = delete;
-    DirectCoreCall& operator=(const DirectCoreCall&) = delete;
-
-   private:
-    bool outer_;
-};
-
 class Runtime;
 
 // One call into the core. The submitting Python thread waits for it and meanwhile runs, with the GIL, what
@@ -173,8 +157,9 @@ class PreviewScope {
 
 // Frees what `state->ctx` owns (a core context or upscaler) on the core thread. With `wait`, and unless this
 // thread is inside a core call's callback (it would wait for itself), returns once it is freed (Ctrl-C raises
-// at once, the free still queued); otherwise the free is queued behind the call in flight. At interpreter exit it is left to the process's end: freeing it here
-// could race with a core thread still busy or run during finalization.
+// at once, the free still queued); otherwise the free is queued behind the call in flight. At interpreter exit
+// it is left to the process's end: freeing it here could race with a core thread still busy or run during
+// finalization.
 template <typename State>
 void free_on_core_thread(const std::shared_ptr<State>& state, const std::string& what, bool wait) {
     auto free = std::make_shared<CoreCall>(what, [state] { state->ctx.reset(); });

@@ -2,12 +2,13 @@
 //
 // Per head, K and V are packed (again where a run of blocks a thread claims starts a head); then each block of
 // QB queries gets its L_k x QB scores from the packed kernel's register tiles, ggml's scale and softmax steps
-// on each score row while it is in cache, and its outputs from the tiles again with the scores read in place. Every score and output element is summed in
-// the order the unfused mul_mat nodes use (one tile's FMA chain per KC-deep block, blocks added in order),
-// and the softmax calls ggml's own vector functions, so the result is bitwise that of the four nodes. With
-// bf16 products (cpu_precision="bf16") there is no such reference: blocks of 32 queries, the scores a key at a
-// time with the queries side by side, the softmax's weights written once as the second product's bf16 operand
-// and the output normalized after it (softmax_columns_bf16), the channels that product's columns.
+// on each score row while it is in cache, and its outputs from the tiles again with the scores read in place.
+// Every score and output element is summed in the order the unfused mul_mat nodes use (one tile's FMA chain
+// per KC-deep block, blocks added in order), and the softmax calls ggml's own vector functions, so the result
+// is bitwise that of the four nodes. With bf16 products (cpu_precision="bf16") there is no such reference:
+// blocks of 32 queries, the scores a key at a time with the queries side by side, the softmax's weights written
+// once as the second product's bf16 operand and the output normalized after it (softmax_columns_bf16), the
+// channels that product's columns.
 #include "sdcpp_py_attention.h"
 
 #include "ggml-cpu-impl.h"

@@ -14,8 +14,9 @@ Arguments: the Context's keywords (paths relative to the folder the app is built
 ``sdcpp serve --config``) with ``max_loaded`` and optionally ``n_threads``; the server's limits (``queue_size``,
 ``api_key``, ``max_pixels``, ``max_n``, ``max_body``, ``max_ref_images``, ``model_name``); and the deployment's
 ``num_replicas`` (a number or ``auto``), ``num_gpus`` (per replica; 1 by default for a CUDA or Vulkan build)
-and ``num_cpus`` (per replica; ``n_threads`` by default for a CPU build). Each replica loads its own contexts, so the model
-files must be at the same paths on every node (and on the one that builds the app, where they are checked).
+and ``num_cpus`` (per replica; ``n_threads`` by default for a CPU build). Each replica loads its own contexts,
+so the model files must be at the same paths on every node (and on the one that builds the app, where they are
+checked).
 A replica takes ``queue_size + 1`` generations at a time (one generating, the rest queued) and answers 429
 beyond them; ``max_ongoing_requests`` leaves room for status and progress requests besides. A client that
 goes away cancels its job (Ray cancels the request).
