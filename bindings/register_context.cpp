@@ -270,10 +270,8 @@ class NativeContext {
         return supports_video_;
     }
 
-    // Stops the calls in flight or queued on this context (they raise Cancelled) and frees it. With `wait`, and
-    // unless this thread is inside a core call's callback (which would wait for itself), returns once freed
-    // (or raises KeyboardInterrupt at Ctrl-C, the free still queued); otherwise the free is queued behind the
-    // call in flight.
+    // Stops the calls in flight or queued on this context (they raise Cancelled) and frees it, waiting as
+    // free_on_core_thread says.
     void close(bool wait) {
         if (closed_.exchange(true)) {
             return;

@@ -34,6 +34,9 @@ constexpr size_t kStackBytesPerPromptByte = 1024;
 constexpr size_t kMaxPromptBytes          = 100000;
 // How often a waiting thread looks at signals and at cancellation of a call still queued.
 constexpr auto kPoll = 50ms;
+// A close() stops waiting for its free once the call ahead of it has waited this long for one of its callbacks:
+// that callback may be waiting for the closing thread.
+constexpr auto kCallbackStuck = std::chrono::milliseconds(1000);
 constexpr size_t kErrorLines  = 8;
 constexpr size_t kOrphanLines = 1000;
 
@@ -183,6 +186,12 @@ class Runtime {
 
     CoreCall* active() const { return active_.load(); }
 
+    // The call the core thread runs now, if any (kept alive while looked at).
+    std::shared_ptr<CoreCall> running() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return running_;
+    }
+
     size_t stack_bytes() {
         std::lock_guard<std::mutex> lock(mutex_);
         start_thread_locked();
@@ -276,6 +285,7 @@ class Runtime {
             queue_.pop_front();
             call->started_ = true;
             busy_          = true;
+            running_       = call;
             lock.unlock();
             const bool run = call->always_runs || !call->stop_requested();
             if (run) {
@@ -298,6 +308,7 @@ class Runtime {
             call->changed_.notify_all();
             call.reset();
             lock.lock();
+            running_.reset();
             busy_ = false;
             idle_.notify_all();
         }
@@ -311,6 +322,7 @@ class Runtime {
     bool busy_           = false;
     size_t stack_bytes_  = 0;
     std::atomic<CoreCall*> active_{nullptr};
+    std::shared_ptr<CoreCall> running_;  // guarded by mutex_
 };
 
 namespace {
@@ -484,6 +496,9 @@ void CoreCall::post(Request request, bool wait_until_handled) {
         }
         return;
     }
+    if (handled_ == posted_) {
+        unhandled_since_ = std::chrono::steady_clock::now();
+    }
     request.seq = ++posted_;
     const uint64_t seq = request.seq;
     requests_.push_back(std::move(request));
@@ -538,6 +553,11 @@ void CoreCall::route_preview(CoreCall& call, int step, int frame_count, const sd
     call.post(std::move(request), true);  // the core frees the frames when we return
 }
 
+bool CoreCall::waiting_on_its_caller_longer_than(std::chrono::milliseconds limit) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return handled_ < posted_ && !detached_.load() && std::chrono::steady_clock::now() - unhandled_since_ > limit;
+}
+
 bool CoreCall::should_abort(CoreCall& call) {
     const bool stop = call.stop_requested();
     if (stop) {
@@ -590,7 +610,29 @@ int enabled_levels() {  // with the GIL
     return mask;
 }
 
+// `free` waits behind a call whose callback or log handler has not returned for a while.
+bool stuck_behind_a_callback(Runtime& runtime, const CoreCall& free) {
+    const std::shared_ptr<CoreCall> ahead = runtime.running();
+    return ahead != nullptr && ahead.get() != &free && ahead->waiting_on_its_caller_longer_than(kCallbackStuck);
+}
+
 }  // namespace
+
+// The waiter of a queued call leaves; the call runs in its turn, unwatched (its log lines kept for later).
+void CoreCall::leave_queued(CoreCall& call) {
+    std::deque<Request> left;
+    {
+        std::lock_guard<std::mutex> lock(call.mutex_);
+        call.detached_.store(true);
+        left.swap(call.requests_);
+    }
+    call.changed_.notify_all();  // a log line the core thread waits on is let go
+    for (Request& request : left) {
+        if (request.kind == Request::Kind::log) {
+            keep_orphan(request.level, std::move(request.text));
+        }
+    }
+}
 
 void CoreCall::wait_as_caller(const std::shared_ptr<CoreCall>& call, const py::object& progress,
                               const py::object& preview) {
@@ -625,6 +667,7 @@ void CoreCall::wait_as_caller(const std::shared_ptr<CoreCall>& call, const py::o
             {
                 std::lock_guard<std::mutex> lock(call->mutex_);
                 call->handled_ = last;
+                call->unhandled_since_ = std::chrono::steady_clock::now();  // the next one waits from now
             }
             call->changed_.notify_all();
         }
@@ -637,21 +680,11 @@ void CoreCall::wait_as_caller(const std::shared_ptr<CoreCall>& call, const py::o
         } catch (...) {
             call->record_python_error();
         }
-        if (!done && call->always_runs && call->failed_.load()) {
-            // Ctrl-C (or a log handler's exception) while waiting for a free queued behind another thread's
-            // call: raise it now instead of after that call. The free still runs in its turn, unwatched.
-            std::deque<Request> left;
-            {
-                std::lock_guard<std::mutex> lock(call->mutex_);
-                call->detached_.store(true);
-                left.swap(call->requests_);
-            }
-            call->changed_.notify_all();  // a log line the core thread waits on is let go
-            for (Request& request : left) {
-                if (request.kind == Request::Kind::log) {
-                    keep_orphan(request.level, std::move(request.text));
-                }
-            }
+        if (!done && call->always_runs && (call->failed_.load() || stuck_behind_a_callback(runtime, *call))) {
+            // A free queued behind another thread's call, and Ctrl-C (or a log handler's exception) came: it is
+            // raised now instead of after that call. Or that call waits for one of its callbacks, which may wait
+            // for this thread (one that joins the thread closing): stop waiting. The free runs in its turn.
+            leave_queued(*call);
             break;
         }
         if (&runtime != &Runtime::get()) {

@@ -13,6 +13,7 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -81,6 +82,8 @@ class CoreCall {
     bool skipped = false;               // never started (stopped before its turn)
 
     bool cancelled() const { return cancel_epoch != nullptr && cancel_epoch->load() != start_epoch; }
+    // A request handed to the waiting thread (a callback or log handler) has been unhandled for over `limit`.
+    bool waiting_on_its_caller_longer_than(std::chrono::milliseconds limit) const;
     bool stop_requested() const;                         // any thread
     bool aborted() const { return aborting_.load(); }    // the core was told to stop this call
     // `what_failed` followed by the error lines the core logged during this call (from any of its threads).
@@ -107,6 +110,7 @@ class CoreCall {
     friend bool run_detached(const std::shared_ptr<CoreCall>&);
 
     void post(Request request, bool wait_until_handled);
+    static void leave_queued(CoreCall& call);
     void record_python_error();  // inside a catch of py::error_already_set, with the GIL
 
     std::atomic<bool> failed_{false};    // python_error is set
@@ -123,6 +127,7 @@ class CoreCall {
     std::deque<Request> requests_;
     uint64_t posted_  = 0;
     uint64_t handled_ = 0;
+    std::chrono::steady_clock::time_point unhandled_since_;  // when the oldest unhandled request was posted
     std::deque<std::string> error_lines_;
     std::deque<std::string> warning_lines_;
 };
@@ -156,10 +161,11 @@ class PreviewScope {
 };
 
 // Frees what `state->ctx` owns (a core context or upscaler) on the core thread. With `wait`, and unless this
-// thread is inside a core call's callback (it would wait for itself), returns once it is freed (Ctrl-C raises
-// at once, the free still queued); otherwise the free is queued behind the call in flight. At interpreter exit
-// it is left to the process's end: freeing it here could race with a core thread still busy or run during
-// finalization.
+// thread is inside a core call's callback (it would wait for itself), returns once it is freed; otherwise the
+// free is queued behind the call in flight. A wait ends early, the free still queued, at Ctrl-C (raised) or
+// once the call ahead has waited a second for one of its callbacks (which may wait for this thread). At
+// interpreter exit it is left to the process's end: freeing it here could race with a core thread still busy
+// or run during finalization.
 template <typename State>
 void free_on_core_thread(const std::shared_ptr<State>& state, const std::string& what, bool wait) {
     auto free = std::make_shared<CoreCall>(what, [state] { state->ctx.reset(); });

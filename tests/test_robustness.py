@@ -425,6 +425,35 @@ def test_ctrl_c_while_close_waits_behind_another_call_interrupts_it(flux_parts):
         "close": "KeyboardInterrupt", "busy call then": [], "closed": True, "busy call": ["cancelled"]}
 
 
+CALLBACK_JOINS_CLOSER_CHILD = """
+    import json, sys, threading
+    import sdcpp_py
+    parts, call = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    ctx = sdcpp_py.Context(**parts, n_threads=2)
+    closers = []
+
+    def progress(*_):
+        if not closers:  # the first step: close from another thread and wait for that thread
+            closer = threading.Thread(target=ctx.close)
+            closers.append(closer)
+            closer.start()
+            closer.join()
+    try:
+        ctx.txt2img("a red cube", progress=progress, **{**call, "steps": 20})
+        outcome = "finished"
+    except sdcpp_py.Cancelled:
+        outcome = "cancelled"
+    print(json.dumps({"call": outcome, "closed": ctx.closed, "closer alive": closers[0].is_alive()}))
+"""
+
+
+def test_a_callback_that_waits_for_a_closing_thread_does_not_hang(flux_parts):
+    # close() waited for the free queued behind the call whose callback waited for close(): neither returned.
+    result = run_child(CALLBACK_JOINS_CLOSER_CHILD, parts_json(flux_parts), TINY, timeout=60)
+    assert_clean_exit(result)
+    assert json.loads(result.stdout.splitlines()[-1]) == {"call": "cancelled", "closed": True, "closer alive": False}
+
+
 # -- re-entrant callbacks, close while waiting, exit mid-call -----------------------------------------------------
 
 REENTRY_CHILD = """

@@ -9,9 +9,9 @@ class NativeOwner:
 
     def close(self) -> None:
         """Free the native object now, waiting for the call in flight (the core runs one call at a time, so
-        also another object's). Safe to call more than once. From inside a callback of a call it does not
-        wait; Ctrl-C stops the wait (the free still happens). Do not wait, inside a callback, for another
-        thread that closes: that thread waits for the call your callback belongs to."""
+        also another object's). Safe to call more than once. It does not wait from inside a callback of a call,
+        nor once the call ahead has waited a second for one of its callbacks (which may be waiting for this
+        thread): the free then runs when that call ends. Ctrl-C stops the wait (the free still happens)."""
         native, self._native = self._native, None
         if native is not None:
             native.close()
