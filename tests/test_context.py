@@ -162,6 +162,8 @@ def test_lora_all_in_one_and_bare_dit_slots(flux_parts, sd1_checkpoint, tmp_path
     "kwargs, message",
     [
         (dict(weight_type="q9_9"), "weight_type='q9_9'"),
+        (dict(weight_type="q8_K"), "weight_type='q8_K'"),  # ggml has no quantizer for it: SIGABRT
+        (dict(weight_type=31), "weight_type=31"),  # a removed repacking type: a division by zero
         (dict(rng="mersenne"), "rng='mersenne'"),
         (dict(prediction="x0"), "prediction='x0'"),
         (dict(n_threads=0), "n_threads=0"),
@@ -171,6 +173,15 @@ def test_lora_all_in_one_and_bare_dit_slots(flux_parts, sd1_checkpoint, tmp_path
 def test_bad_context_options_raise_value_error(flux_parts, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         sdcpp_py.Context(**flux_parts, **kwargs)
+
+
+def test_tools_refuse_weight_types_nothing_converts_to(flux_parts, sd1_checkpoint, tmp_path):
+    for bad in ("q8_1", "i32", "f64"):
+        with pytest.raises(ValueError, match=f"weight_type='{bad}'"):
+            sdcpp_py.convert(flux_parts["vae"], tmp_path / "out.gguf", weight_type=bad)
+        with pytest.raises(ValueError, match=f"weight_types\\['vae'\\]='{bad}'"):
+            sdcpp_py.split(sd1_checkpoint, tmp_path, weight_types={"vae": bad})
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_bool_option_is_a_type_error(flux_parts):
@@ -205,6 +216,8 @@ def test_enums_come_from_the_core_name_tables():
     assert sdcpp_py.Sampler.coerce("dpm++2m", "sampler") is sdcpp_py.Sampler.DPMPP2M
     assert sdcpp_py.Scheduler.coerce("KARRAS", "scheduler") is sdcpp_py.Scheduler.KARRAS
     assert sdcpp_py.WeightType.coerce("q8_0", "weight_type") == 8
+    # Only what weights can be converted to: no activation-only, integer or removed types.
+    assert {str(t) for t in sdcpp_py.WeightType} == set(_core.TENSOR_RULE_TYPES)
     assert str(sdcpp_py.Sampler.EULER_A) == "euler_a"
 
 

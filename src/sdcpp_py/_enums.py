@@ -65,8 +65,11 @@ LoraApplyMode = _make("LoraApplyMode", _tables["lora_apply_mode"], doc="How LoRA
 HiresUpscaler = _make("HiresUpscaler", _tables["hires_upscaler"], doc="Hires-fix upscalers.")
 CacheMode = _make("CacheMode", list(_core.CACHE_MODES.keys()), list(_core.CACHE_MODES.values()),
                   doc="Step/block caches that skip diffusion computes (sd-cli --cache-mode; no core name table).")
+# Only the types the core can convert weights to: ggml aborts the process on the others (q8_1, q8_K, the
+# integer types, f64) and the removed repacking types divide by zero.
+_CONVERTIBLE = {name: value for name, value in _core.WEIGHT_TYPES.items() if name in _core.TENSOR_RULE_TYPES}
 WeightType = _make(
-    "WeightType", list(_core.WEIGHT_TYPES.keys()), list(_core.WEIGHT_TYPES.values()),
+    "WeightType", list(_CONVERTIBLE.keys()), list(_CONVERTIBLE.values()),
     doc="Weight types (ggml types) for loading or converting weights (sd-cli --type).",
 )
 # Ours, not the core's (patch 0014): "bf16" rounds the operands of the CPU's matrix products to bfloat16,
