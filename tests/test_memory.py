@@ -72,3 +72,30 @@ def test_cancelled_generations_do_not_leak(flux_parts):
     after_twenty = rss_mb()
     ctx.close()
     assert after_twenty - after_one < 20, f"20 cancels grew RSS by {after_twenty - after_one:.1f} MB"
+
+
+def test_failed_loads_free_what_they_built(flux_parts, tmp_path):
+    # One Wan tensor name makes the core take the Flux file for Wan, whose constructor fails a check during
+    # init: an exception that used to unwind past new_sd_ctx's cleanup (patch 0021).
+    import numpy as np
+    from sdcpp_py import _formats
+    from test_robustness import read_safetensors
+
+    tensors = read_safetensors(flux_parts["diffusion_model"])
+    wan_like = _formats.write_safetensors(tmp_path / "wan-like.safetensors",
+                                          {**tensors, "blocks.0.cross_attn.norm_k.weight": np.ones(4, np.float32)})
+    parts = {**flux_parts, "diffusion_model": wan_like}
+
+    def failed_load():
+        with pytest.raises(sdcpp_py.SdcppError, match="wan"):
+            sdcpp_py.Context(**parts, n_threads=1)
+        gc.collect()
+
+    for _ in range(3):  # warm-up: allocator pools
+        failed_load()
+    before = rss_mb()
+    for _ in range(15):
+        failed_load()
+    grown = rss_mb() - before
+    # Each failed load leaked ~14 MB (200 MB over 15); what is left is allocator noise.
+    assert grown < 60, f"15 failed loads grew RSS by {grown:.1f} MB"
