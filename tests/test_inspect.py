@@ -33,6 +33,27 @@ def test_unknown_and_missing_files(tmp_path):
         sdcpp_py.inspect(tmp_path / "missing.gguf")
 
 
+def test_marker_tensors_without_a_width_are_not_an_error(tmp_path):
+    # A scalar or empty tensor where a family's marker is raised a bare ZeroDivisionError or ValueError (max() of
+    # an empty sequence) from inspect() and Context().
+    from sdcpp_py._formats import write_safetensors
+    wan = {f"blocks.{i}.ffn.0.bias": np.zeros(1, np.float32) for i in range(30)}
+    wan.update({"blocks.0.cross_attn.norm_k.weight": np.zeros(4, np.float32),
+                "patch_embedding.weight": np.zeros((4, 4), np.float32)})
+    cases = {
+        "wan-scalar-q": {**wan, "blocks.0.self_attn.q.weight": np.zeros((), np.float32)},
+        "wan-empty-q": {**wan, "blocks.0.self_attn.q.weight": np.zeros((0, 0), np.float32)},
+        "clip-vision-scalar-q": {"vision_model.encoder.layers.0.self_attn.q_proj.weight": np.zeros((), np.float32)},
+        "clip-text-scalar-q": {"text_model.encoder.layers.0.self_attn.q_proj.weight": np.zeros((), np.float32),
+                               "text_model.embeddings.token_embedding.weight": np.zeros((2, 2), np.float32)},
+        "t5-scalar-shared": {"encoder.block.0.layer.0.SelfAttention.q.weight": np.zeros((2, 2), np.float32),
+                             "shared.weight": np.zeros((), np.float32)},
+    }
+    for name, tensors in cases.items():
+        info = sdcpp_py.inspect(write_safetensors(tmp_path / f"{name}.safetensors", tensors))
+        assert info.tensor_count == len(tensors), name
+
+
 def test_wan_parts_are_recognised_from_headers_alone(synthetic_dir):
     from sdcpp_py.testing import video
 

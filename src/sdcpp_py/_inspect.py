@@ -77,16 +77,16 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
         return "diffusion_model", "SD3"
     if has("encoder.block.0.layer.0.SelfAttention.q.weight"):
         shared = _find(tensors, "shared.weight")
-        return "t5xxl", "UMT5-XXL" if shared is not None and max(shared.shape) > 200_000 else "T5-XXL"
+        return "t5xxl", "UMT5-XXL" if shared is not None and max(shared.shape, default=0) > 200_000 else "T5-XXL"
     vision_q = _find(tensors, "vision_model.encoder.layers.0.self_attn.q_proj.weight")
     if vision_q is not None and not has("text_model.") and not has("fuse_module."):
-        width = max(vision_q.shape)
+        width = max(vision_q.shape, default=0)  # a scalar or empty shape: no width
         return "clip_vision", {1024: "CLIP-ViT-L/14", 1280: "CLIP-ViT-H/14", 1664: "CLIP-ViT-bigG/14"}.get(width)
     # q_proj is (d, d); a fused in_proj (OpenCLIP layout, e.g. a clip_g written by split) is (3d, d).
     q_proj = (_find(tensors, "encoder.layers.0.self_attn.q_proj.weight")
               or _find(tensors, "encoder.layers.0.self_attn.in_proj.weight"))
     if q_proj is not None and has("text_model."):
-        width = min(q_proj.shape)
+        width = min(q_proj.shape, default=0)
         return ("clip_l", "CLIP-L") if width == 768 else ("clip_g", "CLIP-G") if width == 1280 else ("unknown", None)
     q_norm = _find(tensors, "layers.0.self_attn.q_norm.weight")
     if q_norm is not None and has("embed_tokens.weight"):
@@ -132,8 +132,8 @@ def wan_variant(tensors: Dict[str, TensorInfo]) -> Optional[str]:
     depth = _max_block(tensors, "blocks.")
     q = _find(tensors, "blocks.0.self_attn.q.weight")
     patch = _find(tensors, "patch_embedding.weight")
-    if depth not in (30, 40) or q is None or patch is None:
-        return None
+    if depth not in (30, 40) or q is None or patch is None or max(q.shape, default=0) == 0:
+        return None  # not one the core builds (a zero-size q would divide by zero here)
     in_channels = math.prod(patch.shape) // 4 // max(q.shape)  # kernel 1x2x2
     vace = _max_block(tensors, "vace_blocks.") > 0
     image_embedder = any("img_emb." in name for name in tensors)
