@@ -12,12 +12,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdcpp_py
-from sdcpp_py import _headers
+from sdcpp_py import _formats, _headers
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -179,3 +180,47 @@ def test_fuzzed_headers_never_crash_the_core(tmp_path, flux_parts, gguf_dit):
     results = run_child(cases, flux_parts)
     print(f"fuzz: {tried} mutants, {len(cases)} passed the header check and went to the core, 0 crashes")
     assert set(results) == set(cases)
+
+
+# -- textual-inversion embeddings: what the core would read out of bounds is refused ------------------------------
+
+def _embedding_file(path: Path, tensors: dict) -> Path:
+    """A safetensors file of zero-filled tensors {name: (dtype, shape)}, its data a sparse tail (fast when large)."""
+    sizes = {"F32": 4, "F16": 2}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        nbytes = sizes[dtype] * int(np.prod(shape))
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header).encode()
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text)
+        handle.truncate(8 + len(text) + offset)
+    return path
+
+
+def test_embeddings_the_core_cannot_read_are_refused(sd1_checkpoint, tmp_path):
+    # Before: F16 vectors were read as F32 past their end (a white image, or heap corruption with a second
+    # embedding), a third dimension failed a check on a loader thread (SIGABRT), and over 100 MiB the core's
+    # ggml context aborted.
+    cases = {
+        "half": ({"emb_params": ("F16", (2, 768))}, "is F16; the core reads textual-inversion embeddings as F32"),
+        "rank3": ({"emb_params": ("F32", (2, 2, 768))}, r"shape \[2, 2, 768\]"),
+        "huge": ({"emb_params": ("F32", (40000, 768))}, "at most 100 MiB"),
+    }
+    for name, (tensors, message) in cases.items():
+        path = _embedding_file(tmp_path / f"{name}.safetensors", tensors)
+        with pytest.raises(ValueError, match=rf"embeddings\['{name}'\]: .*{message}"):
+            sdcpp_py.Context(model=sd1_checkpoint, embeddings={name: path})
+
+
+def test_an_f32_embedding_is_used(sd1_checkpoint, tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "shiny.safetensors"
+    _formats.write_safetensors(path, {"emb_params": rng.standard_normal((2, 768)).astype(np.float32)})
+    call = dict(width=64, height=64, steps=1, seed=4)
+    with sdcpp_py.Context(model=sd1_checkpoint, embeddings=[path], n_threads=2) as ctx:
+        with_embedding = ctx.txt2img("a shiny cube", **call)[0]
+    with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2) as ctx:
+        as_words = ctx.txt2img("a shiny cube", **call)[0]  # "shiny" as a word
+    assert np.abs(with_embedding.astype(int) - as_words.astype(int)).mean() > 0.5

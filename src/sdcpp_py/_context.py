@@ -19,7 +19,7 @@ from . import _core
 from ._checks import MAX_SEED, MAX_SIDE, check_tensor_type_rules, model_file
 from ._devices import accelerator_missing, default_device
 from ._enums import CpuPrecision, Sampler, Scheduler
-from ._headers import check_component
+from ._headers import check_component, check_embedding
 from ._images import ImageLike, fs_path, native_path
 from ._model import ModelFacts
 from ._owner import NativeOwner
@@ -62,7 +62,9 @@ def _embedding_pairs(embeddings) -> list:
             raise TypeError(f"{argument}: an embedding name must be a str, not {type(name).__name__}")
         name = fs_path(f"{argument} (the name)", name)  # no NUL, encodable
         path = model_file(argument, path)
-        check_component(argument, path)
+        header = check_component(argument, path)
+        if header is not None:
+            check_embedding(argument, header)
         pairs.append((native_path(name), native_path(path)))
     return pairs
 

@@ -26,3 +26,28 @@ def check_component(argument: str, path: str) -> FileHeader | None:
     if header is not None and not header.tensors:
         raise InvalidComponentError(f"{argument}: {MalformedFileError(path, 'it holds no tensors')}")
     return header
+
+
+# The core reads an embedding file into a ggml context of 100 MiB (conditioner.hpp load_embedding): more aborts.
+EMBEDDING_BYTES = 100 * 2**20
+_TENSOR_OVERHEAD = 1024  # ggml's bookkeeping per tensor in that context, rounded up
+
+
+def check_embedding(argument: str, header: FileHeader) -> None:
+    """What the core's textual-inversion loader takes without reading out of bounds: F32 tensors (it reads
+    them as the CLIP's F32 token embeddings, whatever their type), of rank 1 or 2 (it sizes them from the first
+    two dimensions), 100 MiB in all."""
+    total = 0
+    for tensor in header.tensors.values():
+        if tensor.dtype.upper() != "F32":
+            raise InvalidComponentError(
+                f"{argument}: tensor {tensor.name!r} is {tensor.dtype}; the core reads textual-inversion embeddings "
+                f"as F32 only (it would read other types past their end): save the embedding as float32")
+        if len(tensor.shape) > 2:
+            raise InvalidComponentError(
+                f"{argument}: tensor {tensor.name!r} has shape {list(tensor.shape)}; an embedding is a (vectors, "
+                f"width) matrix or one vector")
+        total += tensor.nbytes + _TENSOR_OVERHEAD
+    if total > EMBEDDING_BYTES:
+        raise InvalidComponentError(
+            f"{argument}: {total / 2**20:.1f} MiB of tensors; the core reads at most 100 MiB of embeddings per file")
