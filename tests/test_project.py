@@ -15,7 +15,8 @@ def test_readme_opens_with_the_install_and_test_commands():
     commands = _readme_commands()
     assert len(commands) == 2
     assert "pip install" in commands[0] and "sdcpp_py.selfcheck" in commands[0]
-    assert commands[1].startswith("python -m pytest")
+    assert commands[1].startswith(".venv/bin/python -m pytest")
+    assert commands[0].startswith("bash tools/prerequisites.sh && python3 -m venv")  # a bare Debian has no `python`
 
 
 def test_ci_runs_the_readme_commands():

@@ -182,6 +182,15 @@ def test_nul_and_lone_surrogates_in_prompts_name_the_argument(ctx, argument):
             ctx.txt2img(args.pop("prompt"), **args, **SMALL)
 
 
+def test_an_image_path_without_pillow_is_a_value_error(ctx, tmp_path, monkeypatch):
+    # Pillow is optional (the pil extra): a path raised a bare ModuleNotFoundError from deep inside the call.
+    picture = tmp_path / "in.png"
+    picture.write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ValueError, match=r"^init_image: reading the image file .* needs Pillow"):
+        ctx.img2img("a red cube", picture, **SMALL)
+
+
 def test_nul_in_paths_names_the_argument(flux_parts, ctx, tmp_path):
     with pytest.raises(ValueError, match=r"^diffusion_model contains a NUL character"):
         sdcpp_py.Context(**{**flux_parts, "diffusion_model": "dit\0.safetensors"})

@@ -54,9 +54,12 @@ def regular_file(argument: str, path: str, what: str = "file") -> str:
 
 
 def _open_path(value, argument: str):
-    from PIL import Image
-
     path = regular_file(argument, fs_path(argument, value), "image file")
+    try:
+        from PIL import Image
+    except ImportError:  # an optional dependency: arrays need nothing
+        raise ValueError(f"{argument}: reading the image file {path!r} needs Pillow (pip install pillow); or "
+                         "pass the pixels as a numpy array") from None
     try:
         with Image.open(path) as image:
             image.load()
@@ -71,7 +74,7 @@ def _to_array(value, argument: str, pil_mode: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         try:
             from PIL import Image
-        except ImportError:  # pragma: no cover - pillow is a dependency
+        except ImportError:  # optional: without it no value is a PIL image
             Image = None
         if Image is not None and isinstance(value, Image.Image):
             return np.asarray(value.convert(pil_mode))
