@@ -126,6 +126,24 @@ def test_a_file_in_the_wrong_slot_is_refused_saying_where_it_belongs(flux_parts,
         sdcpp_py.Context(**parts)
 
 
+def test_other_kinds_of_file_in_a_model_slot_are_refused(flux_parts, esrgan, sd1_controlnet, tmp_path):
+    # Before, the core loaded these beside the model, used none of their tensors and generated without a word.
+    taesd = extras.taesd(tmp_path)
+    embedding = tmp_path / "shiny.safetensors"
+    _formats.write_safetensors(embedding, {"emb_params": np.zeros((2, 768), np.float32)})
+    cases = [
+        ("clip_g", esrgan, "clip_g: this file is an ESRGAN upscaler; load it with sdcpp_py.Upscaler"),
+        ("llm", sd1_controlnet, "llm: this file is a SD1 ControlNet control_net component; pass it as control_net="),
+        ("vae", taesd, "vae: this file is a TAESD taesd component; pass it as taesd="),
+        ("clip_vision", embedding, "clip_vision: this file is a textual-inversion embedding; pass it in embeddings="),
+    ]
+    for slot, path, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sdcpp_py.Context(**{**flux_parts, slot: path})
+    with pytest.raises(ValueError, match=re.escape("high_noise_diffusion_model: the Flux.1 model does not use one")):
+        sdcpp_py.Context(**flux_parts, high_noise_diffusion_model=flux_parts["diffusion_model"])
+
+
 @pytest.fixture(scope="module")
 def wan_dir(synthetic_dir):
     return synthetic_dir / "wan"  # sparse files, a second to write; nothing here loads them

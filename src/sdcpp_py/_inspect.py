@@ -224,6 +224,12 @@ def slot_mismatch(slot: str, header: FileHeader) -> Optional[str]:
         return f"{slot}: this file is an all-in-one {what}checkpoint; pass it as model="
     if role in _TEXT_ENCODERS + ("vae", "clip_vision") and slot != role and not (role == "vae" and slot == "taesd"):
         return f"{slot}: this file looks like a {what}{role} component; pass it as {role}="
+    if role in ("taesd", "control_net", "photo_maker", "llm_vision") and slot != role:
+        return f"{slot}: this file is a {what}{role} component; pass it as {role}="
+    if role == "upscaler":
+        return f"{slot}: this file is an {what}upscaler; load it with sdcpp_py.Upscaler"
+    if role == "embedding":
+        return f"{slot}: this file is a textual-inversion embedding; pass it in embeddings="
     if role == "diffusion_model" and slot not in ("diffusion_model", "high_noise_diffusion_model", "model"):
         return f"{slot}: this file is a {what}diffusion model; pass it as diffusion_model="
     if role == "diffusion_model" and slot == "model":

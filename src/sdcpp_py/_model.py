@@ -66,6 +66,10 @@ class ModelFacts:
             # encoder): sd-cli generates with it as the only VAE.
             raise ValueError(f"diffusion_model is a {architecture} model, whose VAE is a separate file: "
                              "pass vae= (or taesd=)")
+        if "high_noise_diffusion_model" in components and architecture and not architecture.startswith("Wan"):
+            # The core loads it beside the model and never runs it.
+            raise ValueError(f"high_noise_diffusion_model: the {architecture} model does not use one (Wan2.2 "
+                             "A14B models do)")
         video_inputs = wan_video_inputs(architecture) if architecture and architecture.startswith("Wan2") else None
         if video_inputs is not None:
             if video_inputs.needs_clip_vision and "clip_vision" not in components:
