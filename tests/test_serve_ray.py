@@ -166,6 +166,27 @@ def test_arguments_are_converted_and_checked(parts, tmp_path):
         serve_ray.parse_args({"config": str(config), "vae": str(parts["vae"])})
 
 
+def test_resources_model_name_and_config_are_checked_naming_the_argument(parts, tmp_path):
+    args = {name: str(path) for name, path in parts.items()}
+    for key in ("num_cpus", "num_gpus"):
+        for value in ("inf", "nan", "-1", "1e30"):
+            with pytest.raises(ValueError, match=rf"{key} must be a number from 0 to \d+, not '{value}'"):
+                serve_ray.parse_args(dict(args, **{key: value}))
+    assert serve_ray.parse_args(dict(args, num_cpus="0.5"))[1]["ray_actor_options"]["num_cpus"] == 0.5
+    for name in ("", "  ", "a\nb", "tab\there", "bell\x07"):
+        with pytest.raises(ValueError, match=r"model_name must be non-empty printable text"):
+            serve_ray.parse_args(dict(args, model_name=name))
+    assert serve_ray.parse_args(dict(args, model_name="flux schnell"))[0]["models"][0][0] == "flux schnell"
+    binary = tmp_path / "models.toml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ValueError, match=r"^config '.*models.toml': not a TOML text file \(not UTF-8"):
+        serve_ray.parse_args({"config": str(binary)})
+    with pytest.raises(ValueError, match=r"^config must be the path of a TOML file, not ''"):
+        serve_ray.parse_args({"config": ""})
+    with pytest.raises(ValueError, match=r"^config: .*missing.toml: No such file"):
+        serve_ray.parse_args({"config": str(tmp_path / "missing.toml")})
+
+
 def openai_body(seed: int) -> dict:
     return {"prompt": f"a lighthouse {seed}", "size": f"{SIZE}x{SIZE}", "response_format": "b64_json",
             "steps": STEPS, "seed": seed, "cfg_scale": 1.0}

@@ -56,6 +56,32 @@ MODE_OPTIONS = {
     "convert": {"model", "diffusion_model", "vae", "weight_type", "tensor_type_rules"},
     "metadata": set(),
 }  # sd-cli's own encoders; sdcpp writes frames, or an animated .webp
+GENERATING = ("img_gen", "vid_gen")
+# The modes that use each of this module's own flags (the tables' flags: MODE_OPTIONS and the tables). Only a
+# given flag counts (their defaults are None, filled in by plan()); one not here (-M, -v, --progress) is any mode's.
+OWN_FLAGS = {
+    "prompt": ("-p/--prompt", GENERATING), "output": ("-o/--output", (*GENERATING, "upscale", "convert")),
+    "output_begin_idx": ("--output-begin-idx", (*GENERATING, "upscale")), "canny": ("--canny", ("img_gen",)),
+    "convert_name": ("--convert-name", ("convert",)),
+    "disable_image_metadata": ("--disable-image-metadata", GENERATING), "fps": ("--fps", ("vid_gen",)),
+    "preview_path": ("--preview-path", GENERATING), "embd_dir": ("--embd-dir", GENERATING),
+    "hires": ("--hires", ("img_gen",)), "hires_upscaler": ("--hires-upscaler", ("img_gen",)),
+    "hires_upscalers_dir": ("--hires-upscalers-dir", ("img_gen",)),
+    **{f"hires_{name}": (flag, ("img_gen",)) for flag, (name, _) in HIRES_FLAGS.items()},
+    "cache_mode": ("--cache-mode", GENERATING), "cache_option": ("--cache-option", GENERATING),
+    "scm_mask": ("--scm-mask", GENERATING), "scm_policy": ("--scm-policy", GENERATING),
+    "pm_id_images_dir": ("--pm-id-images-dir", ("img_gen",)),
+    "pm_id_embed_path": ("--pm-id-embed-path", ("img_gen",)),
+    "pm_style_strength": ("--pm-style-strength", ("img_gen",)),
+    "upscale_model": ("--upscale-model", (*GENERATING, "upscale")),
+    "upscale_repeats": ("--upscale-repeats", (*GENERATING, "upscale")),
+    "upscale_tile_size": ("--upscale-tile-size", (*GENERATING, "upscale")),
+    "image": ("--image", ("metadata",)), "metadata_format": ("--metadata-format", ("metadata",)),
+    "metadata_brief": ("--metadata-brief", ("metadata",)), "lora": ("--lora", GENERATING),
+}
+# The own flags' defaults, set by plan() once it knows which were given.
+OWN_DEFAULTS = {"fps": 16, "preview_path": "preview.png", "hires_upscaler": "Latent", "upscale_repeats": 1,
+                "upscale_tile_size": 128, "metadata_format": "text"}
 
 
 def _int_list(text: str) -> List[int]:
@@ -139,17 +165,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="image path (.png, .jpg, .jpeg, .webp, .bmp); printf-style %%d numbers a sequence; a batch writes "
              "NAME_i.EXT, a video its frames the same way or an animated .webp")
     add("--output-begin-idx", type=int)
-    add("-v", "--verbose", action="store_true", help="show the core's log on stderr")
+    add("-v", "--verbose", action="store_true", help="show the core's info log on stderr (its warnings show anyway)")
     add("--color", action="store_true", help="colour the log's level names")
     add("--canny", action="store_true", help="apply the Canny preprocessor to the control image")
     add("--convert-name", action="store_true", help="convert tensor names (convert mode)")
     add("--disable-image-metadata", action="store_true", help="write no parameters into the image")
-    add("--fps", type=int, default=16, help="frames per second of an animated .webp video")
-    add("--preview-path", default="preview.png")
+    add("--fps", type=int, help="frames per second of an animated .webp video (default 16)")
+    add("--preview-path", help="where --preview writes (default preview.png)")
     add("--embd-dir", help="textual-inversion embeddings: every .gguf/.safetensors/.pt file in the folder")
     add("--hires", action="store_true")
-    add("--hires-upscaler", default="Latent",
-        help="Lanczos, Nearest, Latent, Latent (nearest), ... or a model name under --hires-upscalers-dir")
+    add("--hires-upscaler",
+        help="Lanczos, Nearest, Latent (default), Latent (nearest), ... or a model name under --hires-upscalers-dir")
     add("--hires-upscalers-dir")
     for flag, (name, kind) in HIRES_FLAGS.items():
         add(flag, dest=f"hires_{name}", type=kind)
@@ -162,10 +188,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add("--pm-id-embed-path")
     add("--pm-style-strength", type=float)
     add("--upscale-model", help="ESRGAN model: upscale the results (img_gen) or -i (upscale mode)")
-    add("--upscale-repeats", type=int, default=1)
-    add("--upscale-tile-size", type=int, default=128)
+    add("--upscale-repeats", type=int, help="default 1")
+    add("--upscale-tile-size", type=int, help="default 128")
     add("--image", help="the image to read (metadata mode)")
-    add("--metadata-format", choices=("text", "json"), default="text")
+    add("--metadata-format", choices=("text", "json"), help="default text")
     add("--metadata-brief", action="store_true", help="truncate long values (metadata mode)")
     for flag, why in REFUSED.items():
         add(flag, action="store_true", help=f"refused: {why}")
@@ -207,8 +233,15 @@ def plan(args: argparse.Namespace) -> Plan:
                 name not in CONTEXT.rows and name not in table.rows):
             flag = next(flag for flag, targets in flags.items() if any(name == target for target, _ in targets))
             raise ValueError(f"{flag}: not used in {args.mode} mode")
+    _check_own_flags(args)
     if args.mode in ("img_gen", "vid_gen") and args.prompt is None:
         raise ValueError(f"-p/--prompt is required in {args.mode} mode")
+    if args.mode == "convert" and "model" in given and "diffusion_model" in given:
+        raise ValueError("-M convert converts one file: give -m/--model or --diffusion-model, not both")
+    if args.canny and "control_image" not in given:
+        raise ValueError("--canny needs --control-image (the image it preprocesses)")
+    if args.preview_path is not None and "preview_mode" not in given:
+        raise ValueError("--preview-path needs --preview (no preview is written without it)")
     if args.output is None:
         args.output = DEFAULT_OUTPUT.get(args.mode, "output.png")
     if args.mode in ("img_gen", "vid_gen"):
@@ -235,12 +268,19 @@ def plan(args: argparse.Namespace) -> Plan:
             result.folders[name] = getattr(args, name)
     if "control_frames" in result.call:
         result.folders["control_video"] = result.call.pop("control_frames")
-    if args.hires and args.hires_upscaler.strip().lower() != "none":  # sd-cli: "None" turns the fix off
+    upscaler = args.hires_upscaler or OWN_DEFAULTS["hires_upscaler"]
+    if args.hires and upscaler.strip().lower() != "none":  # sd-cli: "None" turns the fix off
         result.hires = {name: getattr(args, f"hires_{name}") for name, _ in HIRES_FLAGS.values()
                         if getattr(args, f"hires_{name}") is not None}
-        result.hires["upscaler"] = args.hires_upscaler
-    elif not args.hires and any(getattr(args, f"hires_{name}") is not None for name, _ in HIRES_FLAGS.values()):
-        raise ValueError("--hires-* options need --hires (sd-cli ignores them without it)")
+        result.hires["upscaler"] = upscaler
+    elif not args.hires:
+        given_hires = [flag for name, (flag, _) in OWN_FLAGS.items()
+                       if name.startswith("hires_") and getattr(args, name) is not None]
+        if given_hires:
+            raise ValueError(f"{given_hires[0]}: the --hires-* options need --hires (sd-cli ignores them without it)")
+    for name, value in OWN_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.cache_mode:
         result.cache = _cache(args)
     elif args.cache_option or args.scm_mask or args.scm_policy:
@@ -250,6 +290,23 @@ def plan(args: argparse.Namespace) -> Plan:
         if args.pm_style_strength is not None:
             result.photo_maker["style_strength"] = args.pm_style_strength
     return result
+
+
+def _check_own_flags(args) -> None:
+    """ValueError for an own flag the mode does not use, or a value sd-cli refuses, naming the flag."""
+    for name, (flag, modes) in OWN_FLAGS.items():
+        value = getattr(args, name)
+        if value is not None and value is not False and value != [] and args.mode not in modes:
+            raise ValueError(f"{flag}: not used in {args.mode} mode")
+    for flag, value in (("--fps", args.fps), ("--upscale-repeats", args.upscale_repeats),
+                        ("--upscale-tile-size", args.upscale_tile_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
+    if args.mode != "upscale" and not args.upscale_model:
+        for flag, value in (("--upscale-repeats", args.upscale_repeats),
+                            ("--upscale-tile-size", args.upscale_tile_size)):
+            if value is not None:
+                raise ValueError(f"{flag} needs --upscale-model (there is nothing to upscale with)")
 
 
 def _cache(args) -> Dict[str, Any]:
@@ -274,11 +331,27 @@ def _cache(args) -> Dict[str, Any]:
             record[name] = float(text) != 0.0 if kind == "flag" else kind(text)
         except ValueError:
             raise ValueError(f"--cache-option: {key}={text!r} is not a number") from None
+    _check_cache(record, args.cache_option)
     if args.scm_mask:
         record["scm_mask"] = args.scm_mask
     if args.scm_policy and mode in ("dbcache", "taylorseer", "cache-dit"):
         record["scm_policy_dynamic"] = args.scm_policy == "dynamic"
     return record
+
+
+def _check_cache(record: Dict[str, Any], text: Optional[str]) -> None:
+    """sd-cli's checks of --cache-option's values, before a model is read (the core checks none of them)."""
+    from ._options import Cache
+
+    for name in ("reuse_threshold", "residual_diff_threshold"):
+        if name in record and not record[name] >= 0:
+            raise ValueError(f"--cache-option {text!r}: threshold must be at least 0, not {record[name]}")
+    if "start_percent" in record or "end_percent" in record:
+        start = record.get("start_percent", Cache.start_percent)
+        end = record.get("end_percent", Cache.end_percent)
+        if not 0 <= start < end <= 1:
+            raise ValueError(f"--cache-option {text!r}: start and end must satisfy 0 <= start < end <= 1, "
+                             f"not start={start}, end={end}")
 
 
 def files_in(folder: str, extensions, flag: str) -> List[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -90,9 +91,11 @@ def _parameters_text(plan, values: dict, seed: int, size: tuple) -> str:
     return f"{text}\n{', '.join(fields)}, Models: {models}, Generator: sdcpp-py"
 
 
-def _check_output(output: str, video: bool = False, flag: str = "-o/--output") -> str:
-    """The output path's extension, once it is known the image can be written there: checked before any model is
-    read, so a typo does not cost a load and a generation."""
+def _check_output(output: str, video: bool = False, flag: str = "-o/--output",
+                  paths: Optional[List[Path]] = None) -> str:
+    """The output path's extension, once it is known the image can be written there (at each of ``paths``, the
+    names the run writes; else at ``output``): checked before any model is read, so a typo does not cost a load
+    and a generation."""
     path = Path(output)
     suffix = path.suffix.lower()
     if video and suffix in VIDEO_CONTAINERS:
@@ -107,18 +110,24 @@ def _check_output(output: str, video: bool = False, flag: str = "-o/--output") -
         except ImportError:
             raise ValueError(f"{flag} {output!r}: writing {suffix} needs Pillow (pip install pillow), "
                              "or write .png") from None
+    for target in paths or [path]:
+        _check_target(target, f"{flag} {output!r}" + (f" ({str(target)!r})" if str(target) != output else ""))
+    return suffix
+
+
+def _check_target(path: Path, where: str) -> None:
+    """ValueError (starting with ``where``) unless a file can be written at ``path``."""
     folder = path.parent
     if not folder.exists():
-        raise ValueError(f"{flag} {output!r}: folder {str(folder)!r} does not exist")
+        raise ValueError(f"{where}: folder {str(folder)!r} does not exist")
     if not folder.is_dir():
-        raise ValueError(f"{flag} {output!r}: {str(folder)!r} is not a folder")
+        raise ValueError(f"{where}: {str(folder)!r} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {output!r}: folder {str(folder)!r} is not writable")
+        raise ValueError(f"{where}: folder {str(folder)!r} is not writable")
     if path.is_dir():
-        raise ValueError(f"{flag} {output!r}: is a folder; give a file name")
+        raise ValueError(f"{where}: is a folder; give a file name")
     if path.exists() and not path.is_file():  # writing to a FIFO would block until a reader comes
-        raise ValueError(f"{flag} {output!r}: exists and is not a regular file")
-    return suffix
+        raise ValueError(f"{where}: exists and is not a regular file")
 
 
 def _write_image(path: Path, suffix: str, image, parameters: str) -> None:
@@ -225,7 +234,7 @@ def _generate(args) -> int:
         return _convert_mode(args, plan)
     if plan.mode == "metadata":
         return _metadata_mode(args)
-    suffix = _check_output(args.output, video=plan.mode == "vid_gen")
+    suffix = _check_output(args.output, video=plan.mode == "vid_gen", paths=_planned_outputs(args, plan))
     if plan.mode == "upscale":
         return _upscale_mode(args, plan, suffix)
     if not any(plan.context.get(name) for name in COMPONENTS):
@@ -260,9 +269,30 @@ def _generate(args) -> int:
     return 0
 
 
+def _one_webp(args, plan, count: int) -> bool:
+    """Whether a video of ``count`` frames goes into one animated .webp (else one image a frame)."""
+    return (plan.mode == "vid_gen" and Path(args.output).suffix.lower() == ".webp" and count > 1
+            and not _PRINTF_INDEX.search(args.output))
+
+
+def _planned_outputs(args, plan) -> List[Path]:
+    """The files the run writes: a batch's images, a video's frames (the frames asked for: the core may make
+    fewer, never more) or an animated .webp, an upscaled image."""
+    if plan.mode == "upscale":
+        count = 1
+    elif plan.mode == "vid_gen":
+        count = plan.call.get("frames", 1)
+        if _one_webp(args, plan, count):
+            return [Path(args.output)]
+    else:
+        count = plan.call.get("batch_count", 1)
+    count = count if isinstance(count, int) and count > 0 else 1  # a bad count is the call's to refuse
+    return _output_paths(args.output, count, args.output_begin_idx)
+
+
 def _write_results(args, plan, images, suffix, values, seed) -> None:
     size = (images[0].shape[1], images[0].shape[0])
-    if plan.mode == "vid_gen" and suffix == ".webp" and len(images) > 1 and not _PRINTF_INDEX.search(args.output):
+    if _one_webp(args, plan, len(images)):
         from PIL import Image
 
         frames = [Image.fromarray(frame) for frame in images]
@@ -310,6 +340,8 @@ def _convert_mode(args, plan) -> int:
     if source is None:
         raise ValueError("-M convert needs -m/--model, the file to convert")
     args.src, args.dst = source, args.output
+    args.src_flag = "-m/--model" if plan.context.get("model") else "--diffusion-model"
+    args.dst_flag = "-o/--output"
     args.weight_type = plan.context.get("weight_type")
     args.tensor_type_rules = plan.context.get("tensor_type_rules")
     args.vae = plan.context.get("vae")
@@ -360,14 +392,44 @@ def _inspect(args) -> int:
     return 0
 
 
+def _convert_target(args) -> str:
+    """The file convert replaces (a link's target), once it is known to be neither the source nor the VAE and
+    to be writable."""
+    dst_flag = getattr(args, "dst_flag", "dst")
+    dst = fs_path(dst_flag, args.dst)
+    for flag, other in ((getattr(args, "src_flag", "src"), args.src), ("--vae", args.vae)):
+        if other is None:
+            continue
+        other = fs_path(flag, other)
+        if os.path.realpath(dst) == os.path.realpath(other) or (
+                os.path.exists(dst) and os.path.exists(other) and os.path.samefile(dst, other)):
+            raise ValueError(f"{dst_flag} {args.dst!r}: is the same file as {flag}; write the converted model "
+                             "to another file")
+    target = os.path.realpath(dst) if os.path.islink(dst) else dst
+    _check_target(Path(target), f"{dst_flag} {args.dst!r}")
+    return target
+
+
 def _convert(args) -> int:
     from . import convert
 
+    target = _convert_target(args)
+    # Written under a temporary name beside it and renamed when complete: an interrupted or failed conversion
+    # leaves no partial file, nor replaces one already there. The suffix stays: the core picks the format by it.
+    folder, name = os.path.split(target)
+    stem, suffix = os.path.splitext(name)
+    partial = os.path.join(folder, f".{stem}.partial-{os.getpid()}{suffix}")
     started = time.perf_counter()
-    convert(args.src, args.dst, weight_type=args.weight_type, tensor_type_rules=args.tensor_type_rules or "",
-            vae=args.vae, convert_name=getattr(args, "convert_name", False),
-            progress=ProgressBar(_progress_enabled(args.progress)))
-    before, after = os.path.getsize(args.src), os.path.getsize(args.dst)
+    try:
+        convert(args.src, partial, weight_type=args.weight_type, tensor_type_rules=args.tensor_type_rules or "",
+                vae=args.vae, convert_name=getattr(args, "convert_name", False),
+                progress=ProgressBar(_progress_enabled(args.progress)))
+        os.replace(partial, target)
+    except BaseException:
+        if os.path.lexists(partial):
+            os.remove(partial)
+        raise
+    before, after = os.path.getsize(args.src), os.path.getsize(target)
     print(f"wrote {args.dst}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
           f"in {time.perf_counter() - started:.1f} s")
     return 0
@@ -376,6 +438,8 @@ def _convert(args) -> int:
 def _split(args) -> int:
     from . import split
 
+    if args.models < 1:  # before the part files are written
+        raise ValueError(f"--models {args.models}: must be at least 1")
     types = {}
     for item in args.type or []:
         part, sep, kind = item.partition("=")
@@ -413,8 +477,11 @@ def _serve(args) -> int:
 
 
 def _check(args) -> int:
-    from .selfcheck import main as selfcheck
+    from .selfcheck import main as selfcheck, out_problem
 
+    problem = out_problem(args.out)  # here too, for sdcpp's one-line error
+    if problem:
+        raise ValueError(problem)
     return selfcheck(["--out", str(args.out)])
 
 
@@ -486,13 +553,12 @@ def _sd_cli_argv(argv: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = _sd_cli_argv(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
-    if args.debug or getattr(args, "verbose", False):
-        import logging
-
-        logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-        if getattr(args, "color", False):
-            for handler in logging.getLogger().handlers:
-                handler.setFormatter(_ColourLevels(handler.formatter))
+    # The core's warnings always (a size aligned up, a file it skips: sd-cli shows them); its info with -v.
+    verbose = args.debug or getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    if getattr(args, "color", False):
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_ColourLevels(handler.formatter))
     handler = {"generate": _generate, "inspect": _inspect, "convert": _convert, "split": _split, "info": _info,
                "check": _check, "serve": _serve}[args.command]
     try:

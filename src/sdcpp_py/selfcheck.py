@@ -10,6 +10,7 @@ loading of separate component files and generation work, not image quality.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,11 +22,32 @@ from ._png import write_png
 from .testing.flux1 import flux_components
 
 
+def out_problem(out: Path) -> str | None:
+    """Why the PNG cannot be written at ``out`` (None if it can): known before anything is generated."""
+    where = f"--out {str(out)!r}"
+    if out.suffix.lower() != ".png":
+        return f"{where}: the check writes a PNG; give a .png name"
+    folder = out.parent
+    if not folder.is_dir():
+        return f"{where}: folder {str(folder)!r} {'is not a folder' if folder.exists() else 'does not exist'}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{where}: folder {str(folder)!r} is not writable"
+    if out.is_dir():
+        return f"{where}: is a folder; give a file name"
+    if out.exists() and not out.is_file():  # a FIFO would block the write until a reader comes
+        return f"{where}: exists and is not a regular file"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("selfcheck.png"))
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "sdcpp-py" / "synthetic" / "flux")
     args = parser.parse_args(argv)
+    problem = out_problem(args.out)
+    if problem:
+        print(f"selfcheck: error: {problem}", file=sys.stderr)
+        return 2
 
     print(f"sdcpp-py INSTALL CHECK (synthetic random-weight components, not a real model); "
           f"core {core_version()}, backend {BACKEND}")

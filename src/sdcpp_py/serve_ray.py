@@ -46,6 +46,7 @@ SETTINGS_INTS = {"queue_size": 0, "max_pixels": 1, "max_n": 1, "max_body": 1, "m
 SETTINGS_TEXT = ("api_key", "model_name")
 DEPLOYMENT_KEYS = ("config", "max_loaded", "num_replicas", "num_gpus", "num_cpus")
 KNOWN = tuple(CONTEXT.rows) + tuple(SETTINGS_INTS) + SETTINGS_TEXT + DEPLOYMENT_KEYS
+MAX_RESOURCE = 2**20  # num_cpus / num_gpus per replica: more is a typo (no node has it), and Ray would wait forever
 GPU_BACKENDS = ("cuda", "vulkan")  # what Ray schedules as "GPU" (it has no resource for Apple's Metal GPUs)
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -113,7 +114,7 @@ def parse_args(args: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
     """``args`` (``serve run``'s ``key=value`` texts, or Python values) as (what each replica builds its app
     from, the deployment's options). ValueError naming the argument for an unknown key or a bad value; the
     models are checked as ``Context()`` checks them (their files' headers included), without loading."""
-    from .server._models import Model, Models
+    from .server._models import Model
     from .server.app import Settings, check_settings
 
     context: Dict[str, Any] = {}
@@ -134,6 +135,9 @@ def parse_args(args: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
                 raise ValueError(f"{key} must be an int of at least {SETTINGS_INTS[key]}, not {value!r}")
         elif key in SETTINGS_TEXT:
             settings[key] = str(value)
+            if key == "model_name" and not (settings[key].strip() and settings[key].isprintable()):
+                # Clients send it back as "model": an empty name or a control character could not be matched.
+                raise ValueError(f"model_name must be non-empty printable text (no control characters), not {value!r}")
         else:
             extra[key] = value
     if context.get("n_threads") is not None and context["n_threads"] <= 0:
@@ -149,7 +153,7 @@ def parse_args(args: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
             raise ValueError(f"config gives each model's Context options in the file; drop {others[0]}")
         if "model_name" in settings:
             raise ValueError("config names its models itself ([models.NAME]); drop model_name")
-        models = Models.from_config(_path(os.fspath(extra["config"])), max_loaded)
+        models = _config(extra["config"], max_loaded)
         specs = []
         for model in models:
             options = dict(model.options)
@@ -173,6 +177,21 @@ def parse_args(args: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
     return replica, _deployment_options(extra, settings, n_threads)
 
 
+def _config(value: Any, max_loaded: int):
+    """The models of the TOML file ``value``, ValueError naming ``config`` for a bad one."""
+    from .server._models import Models
+
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(f"config must be the path of a TOML file, not {value!r}")
+    try:
+        return Models.from_config(_path(os.fspath(value)), max_loaded)
+    except UnicodeDecodeError as error:  # tomllib reads UTF-8 text only
+        raise ValueError(f"config {os.fspath(value)!r}: not a TOML text file (not UTF-8: {error.reason} at byte "
+                         f"{error.start})") from None
+    except ValueError as error:
+        raise ValueError(f"config: {error}") from None
+
+
 def _deployment_options(extra: Dict[str, Any], settings: Dict[str, Any], n_threads: Optional[int]) -> Dict[str, Any]:
     # One generating and queue_size queued, as the replica's worker takes them, plus room for the light
     # requests (progress, health, job status, event streams) so that they never wait behind generations, and
@@ -192,8 +211,8 @@ def _deployment_options(extra: Dict[str, Any], settings: Dict[str, Any], n_threa
     for key in ("num_gpus", "num_cpus"):
         if extra.get(key) is not None:
             value = _number(key, extra[key], float)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{key} must be a number of at least 0, not {extra[key]!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_RESOURCE:
+                raise ValueError(f"{key} must be a number from 0 to {MAX_RESOURCE}, not {extra[key]!r}")
             actor[key] = value
     # The backend this package was built with (what sdcpp_py.backends()["built_with"] says), read without
     # asking ggml for its devices here: this machine need not have the replicas' GPUs.
