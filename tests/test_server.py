@@ -491,6 +491,18 @@ def test_a_bad_config_names_the_model_and_key(parts, tmp_path, change, message):
     assert "models.toml: model 'bad': " in str(error.value) and message in str(error.value), str(error.value)
 
 
+def test_a_config_that_is_not_toml_text_names_the_file(tmp_path):
+    # tomllib's UnicodeDecodeError (a binary file) and RecursionError (deep nesting) escaped as they were.
+    from sdcpp_py.server._models import read_config
+
+    binary, deep = tmp_path / "binary.toml", tmp_path / "deep.toml"
+    binary.write_bytes(b'a = "\xff\xfe"\n')
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    for path, reason in ((binary, "not UTF-8 text"), (deep, "nested too deeply")):
+        with pytest.raises(ValueError, match=f"{path.name}: not valid TOML: {reason}"):
+            read_config(path)
+
+
 def test_sdcpp_serve_config_errors_are_one_line_with_status_2(parts, tmp_path):
     path = write_config(tmp_path, {"tiny": dict(relative_parts(parts, tmp_path), n_threads=0)})
     for extra in ([], ["--diffusion-model", str(parts["diffusion_model"])]):

@@ -127,6 +127,10 @@ def read_config(path) -> List[Model]:
             document = tomllib.load(file)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:  # tomllib reads UTF-8 only: a binary file
+        raise ValueError(f"{path}: not valid TOML: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except RecursionError:  # deeply nested arrays or tables
+        raise ValueError(f"{path}: not valid TOML: nested too deeply") from None
     except OSError as error:
         raise ValueError(f"{path}: {error.strerror or error}") from None
     for key in document:
