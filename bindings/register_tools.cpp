@@ -75,6 +75,8 @@ class NativeUpscaler {
             }
             result = ::upscale(state->ctx.get(), view, factor);
         });
+        call->cancel_epoch = &cancel_epoch_;
+        call->start_epoch  = cancel_epoch_.load();  // a cancel() from now on stops this call (patch 0022)
         run_on_core_thread(call);
         if (result.data != nullptr) {
             auto owned = adopt_image(result);  // owned before any error is raised: nothing leaks
@@ -88,13 +90,18 @@ class NativeUpscaler {
         throw CoreError(call->with_core_log("upscaling failed"));
     }
 
-    // Frees the model; with `wait` (and outside a core call's callback) once the call in flight is done.
+    // Stops the upscales in flight or queued on this upscaler (they raise Cancelled) and frees it, waiting as
+    // free_on_core_thread says.
     void close(bool wait) {
         if (closed_.exchange(true)) {
             return;
         }
+        cancel_epoch_.fetch_add(1);
         free_on_core_thread(state_, "closing an Upscaler", wait);
     }
+
+    // Any thread, no lock: upscales in flight or waiting on this upscaler stop; later calls are unaffected.
+    void cancel() { cancel_epoch_.fetch_add(1); }
 
     bool closed() const { return closed_.load(); }
 
@@ -115,6 +122,7 @@ class NativeUpscaler {
 
     std::shared_ptr<LoadedUpscaler> state_;
     std::atomic<bool> closed_{false};
+    std::atomic<uint64_t> cancel_epoch_{0};
     int factor_ = 0;
 };
 
@@ -126,6 +134,8 @@ void register_tools(py::module_& m) {
              py::arg("direct"), py::arg("n_threads"), py::arg("tile_size"))
         .def("factor", &NativeUpscaler::factor)
         .def("upscale", &NativeUpscaler::upscale, py::arg("image"), py::arg("factor"))
+        .def("cancel", &NativeUpscaler::cancel,
+             "Stop the upscales in flight or waiting on this upscaler (they raise Cancelled); thread-safe.")
         .def("close", &NativeUpscaler::close, py::arg("wait") = true)
         .def_property_readonly("closed", &NativeUpscaler::closed);
 

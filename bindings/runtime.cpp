@@ -456,7 +456,7 @@ void CoreCall::raise_errors() {
         throw CoreError(with_core_log(what + " failed inside the core (" + reason + ")"));
     }
     if (cancelled()) {
-        throw CancelledError(what + " was cancelled by Context.cancel() or close()");
+        throw CancelledError(what + " was cancelled (cancel() or close())");
     }
     if (skipped && shutting_down.load()) {
         throw std::runtime_error(what + " did not run: the interpreter is shutting down");

@@ -559,8 +559,37 @@ def test_closing_an_upscaler_while_calls_wait_is_safe(tmp_path):
     outcomes = json.loads(result.stdout.splitlines()[-1])
     for results in outcomes[0::2]:
         for value in results.values():
-            assert value == [192, 192, 3] or value == "ValueError: this Upscaler is closed", results
+            assert value == [192, 192, 3] or value == "ValueError: this Upscaler is closed" or \
+                value.startswith("Cancelled: "), results
     assert outcomes[1::2] == ["this Upscaler is closed"] * 3
+
+
+def test_an_upscale_stops_at_a_cancel(esrgan):
+    # The upscale could not be stopped (patch 0022): Ctrl-C, cancel() and close() waited for every tile.
+    import logging
+    upscaler = sdcpp_py.Upscaler(esrgan, n_threads=2, tile_size=32)
+    lines = []
+
+    class CancelAtTheStart(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+            if "upscaling from" in record.getMessage():  # the core's first line of the upscale
+                upscaler.cancel()
+    logger = logging.getLogger("sdcpp_py")
+    handler, level = CancelAtTheStart(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)  # a cancelled call's failure lines come at DEBUG
+    image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    try:
+        with pytest.raises(sdcpp_py.Cancelled):
+            upscaler.upscale(image)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("esrgan compute failed" in line for line in lines), lines
+    assert not any("upscaled, taking" in line for line in lines), lines
+    assert upscaler.upscale(image).shape == (256, 256, 3)  # later calls are unaffected
+    upscaler.close()
 
 
 EXIT_MID_CALL_CHILD = """

@@ -917,6 +917,10 @@ class NativeUpscaler:
     """
     def __init__(self, path: str, offload_params_to_cpu: bool, direct: bool, n_threads: typing.SupportsInt | typing.SupportsIndex, tile_size: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
+    def cancel(self) -> None:
+        """
+        Stop the upscales in flight or waiting on this upscaler (they raise Cancelled); thread-safe.
+        """
     def close(self, wait: bool = True) -> None:
         ...
     def factor(self) -> int:

@@ -60,6 +60,13 @@ class Upscaler(NativeOwner):
                              f"than {MAX_SIDE} pixels a side")
         return native.upscale(pixels, own)
 
+    def cancel(self) -> None:
+        """Stop the upscale in flight, and those waiting, on this upscaler: they raise ``sdcpp_py.Cancelled``.
+        Any thread, and from a callback or log handler; later calls are unaffected. ``close()`` cancels too."""
+        native = self._native
+        if native is not None:
+            native.cancel()
+
     def __repr__(self) -> str:
         return f"<sdcpp_py.Upscaler {os.path.basename(self.path)!r}{' closed' if self._native is None else ''}>"
 
