@@ -282,6 +282,9 @@ class NativeContext {
 
     bool closed() const { return closed_.load(); }
 
+    // Open, and no earlier call failed inside the core (which leaves it half way: see run_in_core).
+    bool usable() const { return !closed_.load() && broken_in_.load() == nullptr; }
+
     // Any thread, no lock: calls in flight or waiting on this context stop; later calls are unaffected.
     void cancel() { cancel_epoch_.fetch_add(1); }
 
@@ -403,7 +406,8 @@ void register_context(py::module_& m) {
         .def("close", &NativeContext::close, py::arg("wait") = true,
              "Stop this context's calls and free it (idempotent). wait=False (or from inside a callback) queues "
              "the free behind the call in flight instead of waiting for it.")
-        .def_property_readonly("closed", &NativeContext::closed);
+        .def_property_readonly("closed", &NativeContext::closed)
+        .def_property_readonly("usable", &NativeContext::usable);
 }
 
 }  // namespace sdcpp

@@ -614,3 +614,25 @@ def test_workers_and_devices_flags_are_checked(parts):
         result = subprocess.run([sys.executable, "-m", "sdcpp_py.cli", "serve", *component_flags(parts), *flags],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_request_that_fails_inside_the_core_does_not_disable_the_model(parts, served, tmp_path):
+    # A LoRA whose .diff has the wrong size fails a check inside the core, after which a context refuses every
+    # call: the server kept it, so every later request for the model failed until a restart.
+    from sdcpp_py import _formats
+    from sdcpp_py.server._models import Model, Models
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    _formats.write_safetensors(loras / "bad.safetensors", {
+        "diffusion_model.double_blocks.0.img_mlp.0.diff": np.zeros((10, 10), np.float16)})
+    models = Models([Model.from_options("tiny", dict(parts, n_threads=2, lora_dir=str(loras)), default=True)])
+    body = {"size": f"{SIZE}x{SIZE}", "steps": 1, "seed": 3}
+    with serving(models, queue_size=1) as url, httpx.Client(base_url=url, timeout=60) as http:
+        response = http.post("/v1/images/generations", json=dict(body, prompt="a lighthouse <lora:bad:1>"))
+        assert response.status_code == 500 and "failed inside the core" in response.text, response.text
+        response = http.post("/v1/images/generations", json=dict(body, prompt="a lighthouse"))
+        assert response.status_code == 200, response.text
+        expected = served.txt2img("a lighthouse", width=SIZE, height=SIZE, steps=1, seed=3)[0]
+        np.testing.assert_array_equal(b64_pixels(response.json()["data"][0]["b64_json"]), expected)
+    assert not any(model.loaded for model in models)

@@ -190,6 +190,13 @@ class Context(NativeOwner):
         if native is not None:
             native.cancel()
 
+    @property
+    def usable(self) -> bool:
+        """False once closed, or once a call failed inside the core (a failed check of its own, which leaves
+        it half way): such a context refuses every call, and only a new one (the files loaded again) works."""
+        native = self._native
+        return native is not None and native.usable
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={os.path.basename(path)!r}" for name, path in self.components.items())
         state = "closed" if self.closed else f"device={self.device.name!r} ({self.device.description})"

@@ -911,6 +911,9 @@ class NativeContext:
     @property
     def closed(self) -> bool:
         ...
+    @property
+    def usable(self) -> bool:
+        ...
 class NativeUpscaler:
     """
     One loaded ESRGAN upscaler. Use sdcpp_py.Upscaler.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import difflib
+import logging
 import os
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -17,6 +18,8 @@ from .._context import prepare_context
 from .._images import fs_path
 from .._model import ModelFacts, spatial_multiple
 from .._params import CONTEXT
+
+log = logging.getLogger("sdcpp_py.server")
 
 
 class Model:
@@ -82,6 +85,13 @@ class Models:
         most ``max_loaded`` stay loaded (closing before loading keeps the peak memory at that many)."""
         if not model.owned:
             return model.context
+        if model.context is not None and not model.context.usable:
+            # A request failed inside the core, which refuses every later call on that context: load it again
+            # rather than fail every request for the model from now on.
+            log.warning("model %r: reloading it (a call failed inside the core)", model.name)
+            self._lru.pop(model.name, None)
+            model.context, context = None, model.context
+            context.close()
         if model.loaded:
             self._lru.move_to_end(model.name)
             return model.context
