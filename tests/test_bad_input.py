@@ -224,3 +224,38 @@ def test_an_f32_embedding_is_used(sd1_checkpoint, tmp_path):
     with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2) as ctx:
         as_words = ctx.txt2img("a shiny cube", **call)[0]  # "shiny" as a word
     assert np.abs(with_embedding.astype(int) - as_words.astype(int)).mean() > 0.5
+
+
+# -- LoRA files: what the core's LoRA code would fail inside (disabling the Context) or read wrongly -----------------
+
+def test_lora_files_the_core_would_fail_on_are_refused_before_the_call(flux_parts, tmp_path):
+    # Each failed a check inside the core at the call (the Context then refused every later call) or read
+    # uninitialised memory (an integer alpha).
+    from sdcpp_py.testing import extras
+    layer = "diffusion_model.double_blocks.0.img_mlp.0"
+    half = lambda *shape: np.full(shape, 0.1, np.float16)  # noqa: E731
+    good = {f"{layer}.lora_down.weight": half(4, 128), f"{layer}.lora_up.weight": half(512, 4),
+            f"{layer}.alpha": np.array(4.0, np.float32)}
+    cases = {
+        "ranks": ({f"{layer}.lora_up.weight": half(512, 8)}, "do not share a rank above 0"),
+        "rank0": ({f"{layer}.lora_down.weight": half(0, 128), f"{layer}.lora_up.weight": half(512, 0)},
+                  "do not share a rank above 0"),
+        "up1d": ({f"{layer}.lora_up.weight": half(512)}, "LoRA matrices are 2-D"),
+        "int-alpha": ({f"{layer}.alpha": np.array(4, np.int32)}, "stored as I32"),
+        "empty-alpha": ({f"{layer}.alpha": np.zeros(0, np.float32)}, "holds no value"),
+        "nan-alpha": ({f"{layer}.alpha": np.array(np.nan, np.float32)}, "not a finite number"),
+    }
+    fine = extras.flux_lora(flux_parts["diffusion_model"], tmp_path / "fine.safetensors")
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
+        for name, (change, message) in cases.items():
+            path = _formats.write_safetensors(tmp_path / f"{name}.safetensors", {**good, **change})
+            with pytest.raises(ValueError, match=rf"loras\[0\]\.path: .*{message}"):
+                ctx.txt2img("a cube", loras=[path], width=64, height=64, steps=1)
+        assert ctx.usable
+        call = dict(width=64, height=64, steps=1, seed=2)
+        # The same file twice adds its multipliers (the core kept the last one only).
+        twice = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(fine, 0.5), sdcpp_py.Lora(fine, 0.5)], **call)[0]
+        once = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(fine, 1.0)], **call)[0]
+        half_once = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(fine, 0.5)], **call)[0]
+    np.testing.assert_array_equal(twice, once)
+    assert not np.array_equal(once, half_once)

@@ -8,6 +8,10 @@ the header (never the weights), so it costs milliseconds on multi-GB files, and 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ._formats import FileHeader, MalformedFileError, read_header
 
 
@@ -51,3 +55,66 @@ def check_embedding(argument: str, header: FileHeader) -> None:
     if total > EMBEDDING_BYTES:
         raise InvalidComponentError(
             f"{argument}: {total / 2**20:.1f} MiB of tensors; the core reads at most 100 MiB of embeddings per file")
+
+
+# A LoRA's matrix pairs, by the suffixes the core's name conversion accepts: (down, up).
+_LORA_PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"),
+               (".lora.down.weight", ".lora.up.weight"), (".lora_down", ".lora_up"))
+# Types the core cannot read as a float (patch 0012 refuses them in models; a LoRA's loader ignored the failure
+# and used uninitialised memory). Safetensors' U8 is skipped by the core's reader.
+_NOT_FLOAT = {"I32", "I64", "I8", "I16", "i8", "i16", "i32", "i64", "f64", "q8_1", "q8_K"}
+_FLOAT_ITEMS = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "f32": np.float32, "f16": np.float16}
+
+
+def _row_major(header: FileHeader, shape: tuple) -> tuple:
+    return tuple(reversed(shape)) if header.format == "gguf" else tuple(shape)
+
+
+def _scalar_values(header: FileHeader, tensor) -> "np.ndarray | None":
+    """A small float tensor's values, read from the file (None where its type has no plain layout here)."""
+    kind = _FLOAT_ITEMS.get(tensor.dtype)
+    if kind is None or tensor.offset < 0 or tensor.nbytes > 4096:
+        return None
+    with open(header.path, "rb") as handle:
+        handle.seek(tensor.offset)
+        raw = handle.read(tensor.nbytes)
+    return np.frombuffer(raw, kind) if len(raw) == tensor.nbytes else None
+
+
+def check_lora(argument: str, header: FileHeader) -> None:
+    """What the core's LoRA code assumes of a file, checked where the file alone says it: every tensor of a
+    float type, each down/up pair of matrices sharing a rank above 0, and each alpha or scale one finite
+    number. (Shapes that do not fit the model fail inside the core at the call.)"""
+    tensors = header.tensors
+    for tensor in tensors.values():
+        if tensor.dtype in _NOT_FLOAT:
+            raise InvalidComponentError(f"{argument}: tensor {tensor.name!r} is stored as {tensor.dtype}, which the "
+                                        "core cannot read as a float (it would use uninitialised memory)")
+    for name, tensor in tensors.items():
+        for down_suffix, up_suffix in _LORA_PAIRS:
+            if not name.endswith(down_suffix):
+                continue
+            up = tensors.get(name[: -len(down_suffix)] + up_suffix)
+            if up is None:
+                break
+            down_shape, up_shape = _row_major(header, tensor.shape), _row_major(header, up.shape)
+            if len(down_shape) not in (2, 4) or len(up_shape) not in (2, 4):
+                raise InvalidComponentError(
+                    f"{argument}: {name!r} {list(down_shape)} and {up.name!r} {list(up_shape)}: LoRA matrices "
+                    "are 2-D (a linear layer's) or 4-D (a convolution's)")
+            if down_shape[0] != up_shape[1] or down_shape[0] == 0:
+                raise InvalidComponentError(
+                    f"{argument}: {name!r} {list(down_shape)} and {up.name!r} {list(up_shape)} do not share a "
+                    "rank above 0 (down is rank x in, up is out x rank)")
+            break
+    for name, tensor in tensors.items():
+        if not name.endswith((".alpha", ".scale")) or name.endswith("dora_scale"):
+            continue
+        if math.prod(tensor.shape) < 1:
+            raise InvalidComponentError(f"{argument}: {name!r} holds no value (shape {list(tensor.shape)})")
+        if header.format == "gguf" and tensor.dtype not in ("f32", "f16", "bf16"):
+            raise InvalidComponentError(f"{argument}: {name!r} is stored as {tensor.dtype}; the core reads an alpha "
+                                        "as one f32, f16 or bf16 number")
+        values = _scalar_values(header, tensor)
+        if values is not None and values.size and not np.isfinite(values.astype(np.float64)[0]):
+            raise InvalidComponentError(f"{argument}: {name!r} is {values[0]}, not a finite number")

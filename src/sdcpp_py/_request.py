@@ -5,18 +5,19 @@ Nothing here touches a native context, so a call refused for a bad argument leav
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from . import _core
 from ._checks import (
-    MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence, model_file,
-    resolve_seed,
+    FLOAT32_MAX, MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence,
+    model_file, resolve_seed,
 )
 from ._enums import HiresUpscaler, Preview
-from ._headers import check_component
+from ._headers import check_component, check_lora
 from ._images import as_mask, as_rgb, as_rgb_list, check_size, native_path
-from ._model import ModelFacts
+from ._model import ModelFacts, _align_up, spatial_multiple
 from ._options import Cache, Hires, Lora, PhotoMaker, photo_maker_prompt_problem, prompt_loras
 from ._params import HIGH_NOISE, IMAGE, SAMPLING, VIDEO, OptionTable
 
@@ -42,7 +43,10 @@ def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
         request.set_mask_image(mask)
     IMAGE.fill(request, values, ("strength", "auto_resize_ref_images", "increase_ref_index"))
     if values["ref_images"] is not None:
-        request.set_ref_images(as_rgb_list(values["ref_images"], "ref_images"))
+        ref_images = as_rgb_list(values["ref_images"], "ref_images")
+        if request.auto_resize_ref_image:
+            _check_ref_image_resize(ref_images, width, height, facts.architecture)
+        request.set_ref_images(ref_images)
         needs_encoder.append("ref_images")
     if values["control_image"] is not None:
         if "control_net" not in facts.components:
@@ -140,6 +144,42 @@ def _size(request, values: Values, init) -> tuple:
     return request.width, request.height
 
 
+def _check_ref_image_resize(ref_images: list, width: int, height: int, architecture: Optional[str]) -> None:
+    """Refuse a reference image that the core's auto-resize (stable-diffusion.cpp, "auto resize ref images")
+    would bring to a side of 0: its interpolate then throws inside the core, which leaves the Context unusable.
+    The arithmetic is the core's: an int64 quotient under the square root, doubles after it, std::round."""
+    if architecture is None:  # the core's multiple and rounding factor unknown: refuse what any of them would
+        configurations = [(multiple, factor) for multiple in (1, 8, 16, 32, 64) for factor in (16, 32)]
+    else:
+        configurations = [(spatial_multiple(architecture), 32 if architecture == "Qwen-Image" else 16)]
+    for index, image in enumerate(ref_images):
+        ref_height, ref_width = image.shape[:2]
+        for multiple, factor in configurations:
+            # The core resizes to about the pixel count of the output as it aligns it, at most 1024 * 1024.
+            pixels = min(1024 * 1024, _align_up(width, multiple) * _align_up(height, multiple))
+            resized_width = math.sqrt(pixels * ref_width // ref_height)
+            resized_height = resized_width * ref_height / ref_width
+            resized_width = _round_half_away(resized_width / factor) * factor
+            resized_height = _round_half_away(resized_height / factor) * factor
+            if min(resized_width, resized_height) < 1:
+                why = "a side of 0 pixels"
+            elif max(resized_width, resized_height) > MAX_SIDE:
+                why = f"a side over the largest, {MAX_SIDE}"
+            else:
+                continue
+            raise ValueError(f"ref_images[{index}] is {ref_width}x{ref_height} (WxH): auto-resizing it to about the "
+                             f"pixel count of the {width}x{height} output would make it "
+                             f"{resized_width}x{resized_height}, {why}; use a less extreme aspect ratio, or "
+                             "auto_resize_ref_images=False")
+
+
+def _round_half_away(value: float) -> int:
+    """std::round of a non-negative double (Python's round goes to even; floor(x + 0.5) misrounds
+    0.49999999999999994)."""
+    whole = math.floor(value)
+    return whole + 1 if value - whole >= 0.5 else whole
+
+
 def _tiling_and_preview(table: OptionTable, request, values: Values) -> tuple:
     """Fill the VAE tiling fields; return the native call's (preview mode, interval, noisy)."""
     table.fill(request, values, ("vae_tiling",))
@@ -235,34 +275,45 @@ def _loras(request, loras, lora_dir: Optional[str], high_noise_model: bool) -> l
     """The explicit ``loras``, then those named in the prompt when the Context has a ``lora_dir`` (their
     tags are removed from the prompt, as sd-cli does). ``high_noise_model``: whether the Context has a
     high-noise diffusion model for ``high_noise`` LoRAs to apply to."""
-    specs = lora_specs(loras, high_noise_model=high_noise_model)
+    entries = _lora_entries(loras, high_noise_model=high_noise_model)
     if lora_dir is not None:
         request.prompt, from_prompt = prompt_loras(request.prompt, lora_dir)
-        specs += lora_specs(from_prompt, [f"prompt <lora:{os.path.basename(lora.path)}>" for lora in from_prompt],
-                            high_noise_model=high_noise_model)
-    return specs
+        entries += _lora_entries(from_prompt,
+                                 [f"prompt <lora:{os.path.basename(lora.path)}>" for lora in from_prompt],
+                                 high_noise_model=high_noise_model)
+    # The core keeps one multiplier per file (the last given): the same file twice adds up instead.
+    totals: Dict[tuple, float] = {}
+    for argument, path, multiplier, high_noise in entries:
+        key = (path, high_noise)
+        totals[key] = totals.get(key, 0.0) + multiplier
+        if abs(totals[key]) > FLOAT32_MAX:
+            raise ValueError(f"{argument}: the multipliers of this LoRA add up to {totals[key]:g}, which is not "
+                             "finite as the core's 32-bit float")
+    return [_core.LoraSpec(path, multiplier, high_noise) for (path, high_noise), multiplier in totals.items()]
 
 
-def lora_specs(loras, labels: Optional[Sequence[str]] = None, high_noise_model: bool = False) -> list:
-    """Native LoRA specs, checked; ``labels`` name each in messages (default ``loras[i]``). A ``high_noise``
-    LoRA is refused unless ``high_noise_model``: the core would look for its weights under the high-noise
-    model's prefix, match none and change nothing."""
+def _lora_entries(loras, labels: Optional[Sequence[str]] = None, high_noise_model: bool = False) -> list:
+    """(argument, native path, multiplier, high_noise) of each LoRA, checked; ``labels`` name each in messages
+    (default ``loras[i]``). A ``high_noise`` LoRA is refused unless ``high_noise_model``: the core would look
+    for its weights under the high-noise model's prefix, match none and change nothing."""
     if loras is None:
         return []
     if isinstance(loras, (str, bytes, os.PathLike, Lora)) or not isinstance(loras, Sequence):
         raise TypeError("loras must be a list of sdcpp_py.Lora or paths")
-    specs = []
+    entries = []
     for index, lora in enumerate(list(loras)):
         if not isinstance(lora, Lora):
             lora = Lora(lora)
         argument = f"loras[{index}]" if labels is None else labels[index]
         path = model_file(f"{argument}.path", lora.path)
-        check_component(f"{argument}.path", path)
+        header = check_component(f"{argument}.path", path)
+        if header is not None:
+            check_lora(f"{argument}.path", header)
         multiplier = check_float(f"{argument}.multiplier", lora.multiplier)
         high_noise = check_bool(f"{argument}.high_noise", lora.high_noise)
         if high_noise and not high_noise_model:
             raise ValueError(f"{argument}.high_noise=True applies the LoRA to a high-noise diffusion model, and "
                              "this call has none (only generate_video on a Context with "
                              "high_noise_diffusion_model= has one)")
-        specs.append(_core.LoraSpec(native_path(path), multiplier, high_noise))
-    return specs
+        entries.append((argument, native_path(path), multiplier, high_noise))
+    return entries
