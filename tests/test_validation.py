@@ -373,3 +373,99 @@ def test_hires_size_follows_the_cores_arithmetic(architecture, width, scale, all
     else:
         with pytest.raises(ValueError, match=r"^hires\.scale: the hires output would be"):
             model.check_hires_size(request)
+
+
+# -- reference images the core's auto-resize would bring to nothing ----------------------------------------
+@pytest.fixture(scope="module")
+def edit_ctx(flux_parts_with_encoder):
+    """A Context over the tiny Flux.1 parts with a VAE encoder, which reference images need."""
+    with sdcpp_py.Context(**flux_parts_with_encoder, n_threads=2) as context:
+        yield context
+
+
+def grey_ref(height: int, width: int) -> np.ndarray:
+    return np.full((height, width, 3), 128, np.uint8)
+
+
+@pytest.mark.parametrize(
+    "height, width, size",
+    [
+        (1, 5000, 512),   # 36208x0: the reviewer's case
+        (1, 4096, 64),
+        (4096, 1, 64),
+        (300, 2, 64),
+        (1, 65, 64),      # sqrt(4096 * 65) = 515.9 wide, 7.9 high: rounds to 0 sixteens
+        (65, 1, 64),
+    ],
+)
+def test_a_ref_image_auto_resized_to_nothing_is_refused_and_the_context_lives(edit_ctx, height, width, size):
+    # The core's interpolate threw on a side of 0, which marked the Context unusable.
+    with pytest.raises(ValueError, match=rf"^ref_images\[0\] is {width}x{height} \(WxH\): auto-resizing it .* "
+                                         r"a side of 0 pixels; .*auto_resize_ref_images=False"):
+        edit_ctx.generate("a red cube", ref_images=[grey_ref(height, width)],
+                          **{**SMALL, "width": size, "height": size})
+    assert edit_ctx.txt2img("a red cube", **SMALL)[0].shape == (64, 64, 3)
+
+
+def test_ref_images_the_core_can_resize_or_take_as_they_are_still_work(edit_ctx):
+    # 64x1 at 64x64: 8 pixels high, exactly half of 16, which std::round takes up (Python's round would not).
+    for ref in (grey_ref(48, 80), grey_ref(1, 64), grey_ref(64, 1)):
+        assert edit_ctx.generate("a red cube", ref_images=[ref], **SMALL)[0].shape == (64, 64, 3)
+    # Without auto-resize the core encodes the image as it is, whatever its aspect.
+    result = edit_ctx.generate("a red cube", ref_images=[grey_ref(1, 4096)], auto_resize_ref_images=False, **SMALL)
+    assert result[0].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("architecture, allowed", [("Flux.1", True), ("Qwen-Image", False), (None, False)])
+def test_the_ref_image_resize_check_follows_the_models_rounding(architecture, allowed):
+    from sdcpp_py._request import _check_ref_image_resize
+
+    # 64x1 at 64x64 resizes to 512x8 before rounding: one sixteen high (Flux), none of 32 (Qwen-Image); a model
+    # not recognised is refused for what any model would do.
+    if allowed:
+        _check_ref_image_resize([grey_ref(1, 64)], 64, 64, architecture)
+    else:
+        with pytest.raises(ValueError, match=r"^ref_images\[0\] is 64x1 \(WxH\): .* would make it 512x0"):
+            _check_ref_image_resize([grey_ref(1, 64)], 64, 64, architecture)
+
+
+# -- PIL images of more than 8 bits a channel, and modes PIL cannot convert ----------------------------------
+def test_a_16_bit_png_keeps_its_gradient(ctx, tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from sdcpp_py._images import as_mask, as_rgb
+
+    levels = np.arange(256)
+    picture = tmp_path / "depth16.png"
+    # 0..65535: PIL's convert clipped everything above 255 to white.
+    Image.fromarray((levels * 257).astype(np.uint16).reshape(16, 16)).save(picture)
+    with Image.open(picture) as opened:
+        assert opened.mode in ("I;16", "I")  # which one depends on the Pillow version
+    rgb = as_rgb(picture, "control_image")
+    assert rgb.shape == (16, 16, 3)
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 1].tolist() == [1, 1, 1]
+    assert rgb[8, 0].tolist() == [128, 128, 128] and rgb[15, 15].tolist() == [255, 255, 255]
+    assert np.array_equal(as_mask(picture, "mask")[:, :, 0].ravel(), levels)
+    # A mode "I" image (32-bit ints) is read as 16-bit when its values fit.
+    as_int32 = Image.fromarray((levels * 257).astype(np.int32).reshape(16, 16))
+    assert as_int32.mode == "I"
+    assert np.array_equal(as_rgb(as_int32, "init_image")[:, :, 0].ravel(), levels)
+    with pytest.raises(ValueError, match=r"^init_image: a PIL image of mode 'I' .* values span 0\.\.70000"):
+        ctx.img2img("a red cube", Image.fromarray(np.array([[0, 70000]], np.int32)), **SMALL)
+
+
+def test_pil_images_that_cannot_be_read_as_pixels_name_the_argument(ctx, tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    init = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^init_image: a PIL image of mode 'F' .* no agreed range"):
+        ctx.img2img("a red cube", Image.new("F", (64, 64), 0.5), **SMALL)
+    with pytest.raises(ValueError, match=r"^init_image: a PIL image of mode 'La' cannot be converted to 'RGB'"):
+        ctx.img2img("a red cube", Image.new("La", (64, 64)), **SMALL)
+    with pytest.raises(ValueError, match=r"^mask: a PIL image of mode 'LAB' cannot be converted to 'L'"):
+        ctx.generate("a red cube", init_image=init, mask=Image.new("LAB", (64, 64)), **SMALL)
+    # Image.open reads the pixels only when they are used: a truncated file failed then with a bare OSError.
+    picture = tmp_path / "truncated.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(picture)
+    picture.write_bytes(picture.read_bytes()[:2000])
+    with Image.open(picture) as lazy:
+        with pytest.raises(ValueError, match=r"^init_image: the PIL image \(mode 'RGB'\) could not be loaded"):
+            ctx.img2img("a red cube", lazy, **SMALL)

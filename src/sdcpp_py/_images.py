@@ -64,7 +64,7 @@ def _open_path(value, argument: str):
         with Image.open(path) as image:
             image.load()
             return image.copy()
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{argument}: {path!r} is not a readable image ({error})") from None
 
 
@@ -77,16 +77,44 @@ def _to_array(value, argument: str, pil_mode: str) -> np.ndarray:
         except ImportError:  # optional: without it no value is a PIL image
             Image = None
         if Image is not None and isinstance(value, Image.Image):
-            return np.asarray(value.convert(pil_mode))
+            return _pil_to_array(value, argument, pil_mode)
         raise TypeError(f"{argument} must be a numpy array, a PIL image or a path, not {type(value).__name__}")
     if value.dtype != np.uint8:
         raise ValueError(f"{argument} must be uint8 pixels (0-255), got dtype {value.dtype}")
     return value
 
 
+def _pil_to_array(image, argument: str, pil_mode: str) -> np.ndarray:
+    """The pixels of a PIL image as uint8: in ``pil_mode``, or (H, W) grey for a grey image of more than 8 bits,
+    which PIL's convert would clip to 255 (a 16-bit depth map comes out white); those are scaled instead."""
+    mode = image.mode
+    if mode == "F":
+        # Float pixels have no agreed range (0-1, 0-255, depth in metres): any guess would be silently wrong.
+        raise ValueError(f"{argument}: a PIL image of mode 'F' (32-bit floats) has no agreed range; scale it to "
+                         "0-255 and pass a uint8 array or a mode 'L' image")
+    high_bit = mode == "I" or mode.startswith("I;16")
+    try:
+        if not high_bit:
+            return np.asarray(image.convert(pil_mode))
+        pixels = np.asarray(image)  # loads a lazily opened image, as convert does
+    except OSError as error:  # a lazily opened image is read only now: a truncated or corrupt file fails here
+        raise ValueError(f"{argument}: the PIL image (mode {mode!r}) could not be loaded ({error})") from None
+    except ValueError as error:  # a mode PIL cannot convert, such as "La", or "LAB" to "L"
+        raise ValueError(f"{argument}: a PIL image of mode {mode!r} cannot be converted to {pil_mode!r} "
+                         f"({error}); pass an 'RGB' or 'L' image, or a uint8 array") from None
+    if mode == "I":
+        # 32-bit integers: what some Pillow versions open a 16-bit PNG as, so read as 16-bit when they fit.
+        low, high = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ValueError(f"{argument}: a PIL image of mode 'I' (32-bit integers) is read as 16-bit grey "
+                             f"(0-65535), but its values span {low}..{high}; scale it to 0-255 and pass a uint8 "
+                             "array or a mode 'L' image")
+    return (pixels.astype(np.uint16) >> 8).astype(np.uint8)  # 16-bit to 8 by the full range: the high byte
+
+
 def as_rgb(value: ImageLike, argument: str) -> np.ndarray:
     """A C-contiguous (H, W, 3) uint8 array. Accepts (H, W), (H, W, 1) (grey), (H, W, 3), (H, W, 4) (alpha
-    dropped), a PIL image (converted to RGB) or an image file path."""
+    dropped), a PIL image (converted to RGB; 16-bit grey scaled to 8 bits) or an image file path."""
     array = _to_array(value, argument, "RGB")
     if array.ndim == 2:
         array = array[:, :, None]
