@@ -636,3 +636,20 @@ def test_a_request_that_fails_inside_the_core_does_not_disable_the_model(parts, 
         expected = served.txt2img("a lighthouse", width=SIZE, height=SIZE, steps=1, seed=3)[0]
         np.testing.assert_array_equal(b64_pixels(response.json()["data"][0]["b64_json"]), expected)
     assert not any(model.loaded for model in models)
+
+
+def test_uploaded_16_bit_images_keep_their_range():
+    # The server's own decoding converted a 16-bit grey PNG (a depth map) with PIL, which clips it to white.
+    from sdcpp_py.server._fields import FieldError, image
+
+    gradient = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    encoded = io.BytesIO()
+    Image.fromarray(gradient).save(encoded, "PNG")
+    rgb = image("init_image", encoded.getvalue(), "RGB", 1 << 20)
+    assert rgb.shape == (8, 64, 3) and rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and 120 < rgb[0, 32, 0] < 135
+    grey = image("mask", encoded.getvalue(), "mask", 1 << 20)
+    np.testing.assert_array_equal(grey, rgb[:, :, 0])
+    floats = io.BytesIO()
+    Image.fromarray(gradient.astype(np.float32)).save(floats, "TIFF")
+    with pytest.raises(FieldError, match="mode 'F'"):
+        image("init_image", floats.getvalue(), "RGB", 1 << 20)

@@ -77,14 +77,14 @@ def _to_array(value, argument: str, pil_mode: str) -> np.ndarray:
         except ImportError:  # optional: without it no value is a PIL image
             Image = None
         if Image is not None and isinstance(value, Image.Image):
-            return _pil_to_array(value, argument, pil_mode)
+            return pil_to_array(value, argument, pil_mode)
         raise TypeError(f"{argument} must be a numpy array, a PIL image or a path, not {type(value).__name__}")
     if value.dtype != np.uint8:
         raise ValueError(f"{argument} must be uint8 pixels (0-255), got dtype {value.dtype}")
     return value
 
 
-def _pil_to_array(image, argument: str, pil_mode: str) -> np.ndarray:
+def pil_to_array(image, argument: str, pil_mode: str) -> np.ndarray:
     """The pixels of a PIL image as uint8: in ``pil_mode``, or (H, W) grey for a grey image of more than 8 bits,
     which PIL's convert would clip to 255 (a 16-bit depth map comes out white); those are scaled instead."""
     mode = image.mode

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .._enums import Sampler, Scheduler
+from .._images import pil_to_array
 from .._params import IMAGE
 
 # Rows a JSON value can fill as it is (the API checks it); "other" rows take images, records or callables.
@@ -139,14 +140,17 @@ def image(field: str, data: bytes, mode: str, max_pixels: int) -> np.ndarray:
         try:
             picture.load()
             if mode == "RGB":
-                return np.asarray(picture.convert("RGB"))
+                pixels = pil_to_array(picture, field, "RGB")  # 16-bit grey scaled, not clipped white
+                return np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
                 alpha = np.asarray(picture.convert("RGBA"))[:, :, 3]
                 if mode == "openai_mask":  # OpenAI: transparent pixels are the ones to edit
                     return np.where(alpha == 0, 255, 0).astype(np.uint8)
                 if alpha.min() < 255:  # A1111: an alpha mask, opaque where to repaint
                     return np.where(alpha > 128, 255, 0).astype(np.uint8)
-            return np.asarray(picture.convert("L"))
+            return pil_to_array(picture, field, "L")
+        except ValueError as error:  # a mode that has no 8-bit reading (float pixels), named by pil_to_array
+            raise FieldError(400, field, str(error)) from None
         except Exception as error:
             raise FieldError(400, field, f"{field} is not an image Pillow can read ({type(error).__name__})") \
                 from None
