@@ -259,3 +259,14 @@ def test_lora_files_the_core_would_fail_on_are_refused_before_the_call(flux_part
         half_once = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(fine, 0.5)], **call)[0]
     np.testing.assert_array_equal(twice, once)
     assert not np.array_equal(once, half_once)
+
+
+def test_lora_multipliers_past_100_are_refused(flux_parts, tmp_path):
+    # Merged into f16 weights (lora_apply_mode "immediately", or "auto" on f16 models) 1e30 overflowed them, and
+    # every later image of the Context came out white.
+    from sdcpp_py.testing import extras
+    lora = extras.flux_lora(flux_parts["diffusion_model"], tmp_path / "style.safetensors")
+    with sdcpp_py.Context(**flux_parts, n_threads=2, lora_apply_mode="immediately") as ctx:
+        for loras in ([sdcpp_py.Lora(lora, 1e30)], [sdcpp_py.Lora(lora, -101)], [sdcpp_py.Lora(lora, 60)] * 2):
+            with pytest.raises(ValueError, match=r"loras\[\d\]: a LoRA multiplier of .* the largest is 100"):
+                ctx.txt2img("a cube", loras=loras, width=64, height=64, steps=1)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from . import _core
 from ._checks import (
-    FLOAT32_MAX, MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence,
+    MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence,
     model_file, resolve_seed,
 )
 from ._enums import HiresUpscaler, Preview
@@ -22,6 +22,7 @@ from ._options import Cache, Hires, Lora, PhotoMaker, photo_maker_prompt_problem
 from ._params import HIGH_NOISE, IMAGE, SAMPLING, VIDEO, OptionTable
 
 Values = Dict[str, Any]
+MAX_LORA_MULTIPLIER = 100.0
 
 
 def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Optional[str]):
@@ -286,9 +287,11 @@ def _loras(request, loras, lora_dir: Optional[str], high_noise_model: bool) -> l
     for argument, path, multiplier, high_noise in entries:
         key = (path, high_noise)
         totals[key] = totals.get(key, 0.0) + multiplier
-        if abs(totals[key]) > FLOAT32_MAX:
-            raise ValueError(f"{argument}: the multipliers of this LoRA add up to {totals[key]:g}, which is not "
-                             "finite as the core's 32-bit float")
+        if abs(totals[key]) > MAX_LORA_MULTIPLIER:
+            # Merged into f16 weights ("immediately", and "auto" on f16 models) a huge one overflows them, and
+            # taking it out again leaves them changed: every later image of the Context comes out white.
+            raise ValueError(f"{argument}: a LoRA multiplier of {totals[key]:g} (its uses in this call added up); "
+                             f"the largest is {MAX_LORA_MULTIPLIER:g} either way")
     return [_core.LoraSpec(path, multiplier, high_noise) for (path, high_noise), multiplier in totals.items()]
 
 
