@@ -368,14 +368,17 @@ def test_safetensors_detected_as_the_core_does(tmp_path):
     refused(tmp_path, st_file(None, bytes(8), raw_json=b"[1, 2]"), "JSON list, not an object", name="list.bin")
     good = accepted(tmp_path, st_file({"w": ENTRY}, bytes(8), pad=b"\r\n  "), name="model.sft")
     assert good.format == "safetensors" and good.tensors["w"].offset == len(st_file({"w": ENTRY}, pad=b"\r\n  "))
-    # Not safetensors for the core: left to it (None), whatever the name but .safetensors.
+    # Not safetensors for the core, whatever the name but .safetensors: not read as safetensors (the PyTorch
+    # readers then refuse these too).
     for name, raw in {"zip.ckpt": b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(100),
                       "pickle.pt": b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19." + bytes(100),
                       "small.bin": struct.pack("<Q", 2) + b"{}" + bytes(10),
                       "nul.bin": struct.pack("<Q", 10) + b"   \0{}    " + bytes(10),
                       "short.bin": b"1234"}.items():
         (tmp_path / name).write_bytes(raw)
-        assert _headers.check_component("model", str(tmp_path / name)) is None, name
+        assert _formats.read_header(str(tmp_path / name)) is None, name
+        with pytest.raises(InvalidComponentError, match="^model: "):
+            _headers.check_component("model", str(tmp_path / name))
     refused(tmp_path, b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(100), "claims", name="zip.safetensors")
 
 

@@ -1,9 +1,9 @@
 """Checks of component files before the core sees them, built on the header reader of ``_formats``.
 
 The core trusts file headers; a malformed one can take the interpreter down. ``check_component`` reads only
-the header (never the weights), so it costs milliseconds on multi-GB files, and raises
-``InvalidComponentError`` (a ValueError) naming the argument, the file and what is wrong. Other formats
-(.ckpt, .pt) are left to the core. This module needs nothing from the compiled core.
+the header (never the weights; of a PyTorch file its pickle), so it costs milliseconds on multi-GB files, and
+raises ``InvalidComponentError`` (a ValueError) naming the argument, the file and what is wrong, also for a file in
+none of the core's formats. This module needs nothing from the compiled core.
 """
 
 from __future__ import annotations
@@ -13,21 +13,29 @@ import math
 import numpy as np
 
 from ._formats import FileHeader, MalformedFileError, read_header
+from ._pickle_headers import read_torch_header
 
 
 class InvalidComponentError(ValueError):
     """A component file whose header is malformed or does not fit the slot it was given in."""
 
 
-def check_component(argument: str, path: str) -> FileHeader | None:
-    """Read and check a component's header; raise InvalidComponentError naming the argument."""
+def check_component(argument: str, path: str) -> FileHeader:
+    """Read and check a component's header (safetensors, GGUF, or a PyTorch file's pickle); raise
+    InvalidComponentError naming the argument, also for a file in none of the formats the core reads."""
     try:
         header = read_header(path)
+        if header is None:
+            header = read_torch_header(path)
     except OSError as exc:
         raise InvalidComponentError(f"{argument}: cannot read {path!r}: {exc.strerror or exc}") from None
     except MalformedFileError as exc:
         raise InvalidComponentError(f"{argument}: {exc}") from None
-    if header is not None and not header.tensors:
+    if header is None:
+        # The core would try it as a legacy PyTorch file, reading it whole into memory first.
+        reason = "not GGUF, safetensors or a PyTorch file"
+        raise InvalidComponentError(f"{argument}: {MalformedFileError(path, reason)}")
+    if not header.tensors:
         raise InvalidComponentError(f"{argument}: {MalformedFileError(path, 'it holds no tensors')}")
     return header
 

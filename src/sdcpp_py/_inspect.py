@@ -15,7 +15,7 @@ from ._headers import check_component
 @dataclass(frozen=True)
 class ComponentInfo:
     path: str
-    format: str  # "safetensors", "gguf" or "other"
+    format: str  # "safetensors", "gguf", "torch-zip" or "torch-legacy" (a .pt/.ckpt file)
     role: str  # a Context argument name, "all_in_one", "lora" or "unknown"
     architecture: Optional[str]
     tensor_count: int
@@ -177,7 +177,7 @@ def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
         FileNotFoundError: no such file.
         IsADirectoryError: the path is a directory.
         ValueError: the path is not a regular file (a device such as /dev/null, a FIFO, a socket).
-        InvalidComponentError: a safetensors/GGUF header is malformed.
+        InvalidComponentError: a header is malformed, or the file is in none of the core's formats.
     """
     path = os.fsdecode(os.fspath(path))  # bytes paths too, as Context takes them
     # stat, never open, before we know it is a regular file: opening a FIFO for reading blocks until a writer comes.
@@ -189,10 +189,7 @@ def inspect(path: "str | os.PathLike[str]") -> ComponentInfo:
         raise IsADirectoryError(f"path: {path!r} is a directory")
     if not stat.S_ISREG(mode):
         raise ValueError(f"path: {path!r} is not a regular file")
-    header: Optional[FileHeader] = check_component("path", path)
-    if header is None:
-        return ComponentInfo(path, "other", "unknown", None, 0, 0, os.path.getsize(path),
-                             reason="not safetensors or GGUF: only the core can read it")
+    header: FileHeader = check_component("path", path)
     role, architecture = classify_tensors(header.tensors)
     total_bytes = sum(t.nbytes for t in header.tensors.values()) or 1
     shares: Dict[str, float] = {}

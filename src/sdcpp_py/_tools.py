@@ -83,6 +83,16 @@ def preprocess_canny(image: ImageLike, *, high_threshold: float = 0.08, low_thre
                                   check_bool("inverse", inverse))
 
 
+def _check_convertible(argument: str, header) -> None:
+    """The core's converter aborts (a failed check on a loader thread) on a 0-dimensional tensor of a PyTorch
+    file, which loading a model skips: SD1 .ckpt files hold one (model_ema.decay)."""
+    if header.format.startswith("torch"):
+        for tensor in header.tensors.values():
+            if tensor.shape == ():
+                raise ValueError(f"{argument}: tensor {tensor.name!r} of this PyTorch file has no dimensions, which "
+                                 "the core's converter cannot copy; save the file without it (or as safetensors)")
+
+
 def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str, int, None] = None,
             tensor_type_rules: str = "", vae: Optional[PathLike] = None, convert_name: bool = False,
             progress: Optional[Callable[[int, int, float], object]] = None) -> None:
@@ -101,11 +111,11 @@ def convert(src: PathLike, dst: PathLike, *, weight_type: Union[WeightType, str,
         SdcppError: the core could not convert (its error lines are in the message).
     """
     source = model_file("src", src)
-    check_component("src", source)
+    _check_convertible("src", check_component("src", source))
     vae_path = b""
     if vae is not None:
         vae_path = model_file("vae", vae)
-        check_component("vae", vae_path)
+        _check_convertible("vae", check_component("vae", vae_path))
         vae_path = native_path(vae_path)
     target = fs_path("dst", dst)
     if os.path.isdir(target):
