@@ -241,7 +241,7 @@ def test_lora_files_the_core_would_fail_on_are_refused_before_the_call(flux_part
         "rank0": ({f"{layer}.lora_down.weight": half(0, 128), f"{layer}.lora_up.weight": half(512, 0)},
                   "do not share a rank above 0"),
         "up1d": ({f"{layer}.lora_up.weight": half(512)}, "LoRA matrices are 2-D"),
-        "int-alpha": ({f"{layer}.alpha": np.array(4, np.int32)}, "stored as I32"),
+        "int-matrix": ({f"{layer}.lora_up.weight": np.ones((512, 4), np.int32)}, "stored as I32"),
         "empty-alpha": ({f"{layer}.alpha": np.zeros(0, np.float32)}, "holds no value"),
         "nan-alpha": ({f"{layer}.alpha": np.array(np.nan, np.float32)}, "not a finite number"),
     }
@@ -253,6 +253,12 @@ def test_lora_files_the_core_would_fail_on_are_refused_before_the_call(flux_part
                 ctx.txt2img("a cube", loras=[path], width=64, height=64, steps=1)
         assert ctx.usable
         call = dict(width=64, height=64, steps=1, seed=2)
+        # One integer alpha is a number (diffusers' kohya export writes int64 ones): read as the float one.
+        by_alpha = [ctx.txt2img("a cube", loras=[_formats.write_safetensors(
+            tmp_path / f"alpha-{alpha.dtype}.safetensors", {**good, f"{layer}.alpha": alpha})], **call)[0]
+            for alpha in (np.array(4.0, np.float32), np.array(4, np.int32), np.array(4, np.int64))]
+        np.testing.assert_array_equal(by_alpha[1], by_alpha[0])
+        np.testing.assert_array_equal(by_alpha[2], by_alpha[0])
         # The same file twice adds its multipliers (the core kept the last one only).
         twice = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(fine, 0.5), sdcpp_py.Lora(fine, 0.5)], **call)[0]
         once = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(fine, 1.0)], **call)[0]

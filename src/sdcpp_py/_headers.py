@@ -95,7 +95,11 @@ def check_lora(argument: str, header: FileHeader) -> None:
     number. (Shapes that do not fit the model fail inside the core at the call.)"""
     tensors = header.tensors
     for tensor in tensors.values():
-        if tensor.dtype in _NOT_FLOAT:
+        # One integer alpha is read as a number (diffusers' kohya export writes int64 ones; the core reads i64
+        # from safetensors and PyTorch files as i32, GGUF's i64 not at all).
+        integer_alpha = (tensor.name.endswith(".alpha") and math.prod(tensor.shape) == 1
+                         and tensor.dtype in ("I32", "I64", "i32"))
+        if tensor.dtype in _NOT_FLOAT and not integer_alpha:
             raise InvalidComponentError(f"{argument}: tensor {tensor.name!r} is stored as {tensor.dtype}, which the "
                                         "core cannot read as a float (it would use uninitialised memory)")
     for name, tensor in tensors.items():
