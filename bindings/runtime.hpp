@@ -23,6 +23,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "stable-diffusion.h"
@@ -86,6 +87,7 @@ class CoreCall {
     bool waiting_on_its_caller_longer_than(std::chrono::milliseconds limit) const;
     bool stop_requested() const;                         // any thread
     bool aborted() const { return aborting_.load(); }    // the core was told to stop this call
+    bool left_queued() const { return detached_.load(); }  // its waiter left before it ran (see leave_queued)
     // `what_failed` followed by the error lines the core logged during this call (from any of its threads).
     std::string with_core_log(const std::string& what_failed) const;
     // The warning lines the core logged during this call.
@@ -172,6 +174,12 @@ void free_on_core_thread(const std::shared_ptr<State>& state, const std::string&
     free->always_runs = true;
     if (wait && !inside_core_call() && !core_thread_stopped()) {
         run_on_core_thread(free);
+        if (free->left_queued()) {  // the core thread owns it now: only this thread's own error is read
+            if (free->python_error) {
+                std::rethrow_exception(std::exchange(free->python_error, nullptr));
+            }
+            return;
+        }
         free->raise_errors();
     } else if (!run_detached(free)) {
         (void)state->ctx.release();

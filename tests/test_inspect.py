@@ -96,3 +96,22 @@ def test_every_other_synthetic_part_is_recognised(sd1_controlnet, esrgan, synthe
     for path, expected in cases.items():
         info = sdcpp_py.inspect(path)
         assert (info.role, info.architecture) == expected, path
+
+
+def test_files_holding_more_than_their_part_are_recognised(tmp_path):
+    # A whole Qwen2.5-VL (ComfyUI's qwen_2.5_vl_7b, passed as llm= in the core's docs) was taken for its vision
+    # tower alone, and lllyasviel's ControlNet 1.0 .pth (a whole SD1 model beside it) for an all-in-one model.
+    from sdcpp_py._formats import write_safetensors
+    qwen_vl = {"model.embed_tokens.weight": np.zeros((8, 4), np.float16),
+               "model.layers.0.self_attn.q_proj.weight": np.zeros((4, 4), np.float16),
+               "visual.blocks.0.attn.qkv.weight": np.zeros((12, 4), np.float16)}
+    info = sdcpp_py.inspect(write_safetensors(tmp_path / "qwen_2.5_vl.safetensors", qwen_vl))
+    assert (info.role, info.architecture) == ("llm", "Qwen2.5-VL")
+    control = {"control_model.input_hint_block.0.weight": np.zeros((16, 3, 3, 3), np.float16),
+               "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": np.zeros((320, 768),
+                                                                                                   np.float16),
+               "model.diffusion_model.out.2.weight": np.zeros((4, 320, 3, 3), np.float16),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": np.zeros(768, np.float16),
+               "first_stage_model.decoder.conv_in.weight": np.zeros((512, 4, 3, 3), np.float16)}
+    info = sdcpp_py.inspect(write_safetensors(tmp_path / "control_sd15_canny.safetensors", control))
+    assert (info.role, info.architecture) == ("control_net", "SD1 ControlNet")

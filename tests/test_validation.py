@@ -449,6 +449,8 @@ def test_a_16_bit_png_keeps_its_gradient(ctx, tmp_path):
     as_int32 = Image.fromarray((levels * 257).astype(np.int32).reshape(16, 16))
     assert as_int32.mode == "I"
     assert np.array_equal(as_rgb(as_int32, "init_image")[:, :, 0].ravel(), levels)
+    eight_bit = Image.fromarray(levels.astype(np.uint8).reshape(16, 16)).convert("I")  # values 0..255 kept
+    assert np.array_equal(as_rgb(eight_bit, "init_image")[:, :, 0].ravel(), levels)
     with pytest.raises(ValueError, match=r"^init_image: a PIL image of mode 'I' .* values span 0\.\.70000"):
         ctx.img2img("a red cube", Image.fromarray(np.array([[0, 70000]], np.int32)), **SMALL)
 

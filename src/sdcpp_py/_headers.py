@@ -75,7 +75,11 @@ _FLOAT_ITEMS = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "f32": 
 
 
 def _row_major(header: FileHeader, shape: tuple) -> tuple:
-    return tuple(reversed(shape)) if header.format == "gguf" else tuple(shape)
+    if header.format != "gguf":
+        return tuple(shape)
+    if len(shape) == 1:  # GGUF drops trailing 1s: a rank-1 down matrix (1, in) is stored as (in,)
+        shape = (*shape, 1)
+    return tuple(reversed(shape))
 
 
 def _scalar_values(header: FileHeader, tensor) -> "np.ndarray | None":

@@ -103,8 +103,11 @@ def pil_to_array(image, argument: str, pil_mode: str) -> np.ndarray:
         raise ValueError(f"{argument}: a PIL image of mode {mode!r} cannot be converted to {pil_mode!r} "
                          f"({error}); pass an 'RGB' or 'L' image, or a uint8 array") from None
     if mode == "I":
-        # 32-bit integers: what some Pillow versions open a 16-bit PNG as, so read as 16-bit when they fit.
+        # 32-bit integers: what some Pillow versions open a 16-bit PNG as, so read as 16-bit when they fit; values
+        # up to 255 are an 8-bit image converted to "I" (PIL's convert kept them).
         low, high = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+        if low >= 0 and high <= 255:
+            return pixels.astype(np.uint8)
         if low < 0 or high > 65535:
             raise ValueError(f"{argument}: a PIL image of mode 'I' (32-bit integers) is read as 16-bit grey "
                              f"(0-65535), but its values span {low}..{high}; scale it to 0-255 and pass a uint8 "

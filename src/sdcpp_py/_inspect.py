@@ -42,6 +42,8 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
     if any(has(k) for k in ("lora_up", "lora_down", "lora_A.", "lora_B.")):
         return "lora", None
     has_unet_or_dit = has("model.diffusion_model.")
+    if has("control_model.input_hint_block."):  # lllyasviel's ControlNet 1.0 .pth: a whole SD1 model beside it
+        return "control_net", _unet_family(tensors, suffix=" ControlNet")
     if has_unet_or_dit and (has("cond_stage_model.") or has("conditioner.")) and has("first_stage_model."):
         if has("conditioner.embedders.1."):
             return "all_in_one", "SDXL"
@@ -93,8 +95,10 @@ def classify_tensors(tensors: Dict[str, TensorInfo]):
         return "llm", "Qwen3"  # per-head q/k norms: Qwen3 (Qwen2.5 has none)
     if has("decoder.layers.") and has(".conv.4.weight"):  # tae.hpp TinyDecoder blocks
         return "taesd", "TAESD"
-    if has("visual.blocks.") or has("v.blk."):  # Qwen2.5-VL vision tower, HF or GGUF mmproj names
-        return "llm_vision", "Qwen2.5-VL vision"
+    if (has("visual.blocks.") or has("v.blk.")) and not has("embed_tokens."):
+        return "llm_vision", "Qwen2.5-VL vision"  # the vision tower alone, HF or GGUF mmproj names
+    if has("visual.blocks.") and has("embed_tokens."):
+        return "llm", "Qwen2.5-VL"  # the whole model (ComfyUI's qwen_2.5_vl_7b): the core takes its tower too
     if has("decoder.conv1.weight") and has("decoder.head.0.gamma"):
         return "vae", "Wan VAE"
     conv_in = _find(tensors, "decoder.conv_in.weight")
