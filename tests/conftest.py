@@ -18,6 +18,10 @@ from sdcpp_py.testing import extras, flux1, sd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The tools pip installed beside this interpreter (cmake, ninja) come first, whether or not its virtual
+# environment is activated (README's `.venv/bin/python -m pytest` does not activate it).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
 
 def _synthetic_dir() -> Path:
     # Cached across runs: generation is cheap, but rewriting ~100 MB of sparse files each session is not.

@@ -379,3 +379,16 @@ def test_the_txt2img_example_keeps_the_suffix_of_a_batch_and_refuses_bad_values(
         result = subprocess.run([sys.executable, str(example), "-m", "m", "-p", "x", *argv], capture_output=True,
                                 text=True, check=False, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result
+
+
+def test_embd_dir_skips_files_the_core_cannot_read_as_embeddings(tmp_path, caplog):
+    # sd-cli reads only the embeddings a prompt names: one unusable file in the folder must not stop the run.
+    import numpy as np
+    from sdcpp_py import _formats
+    from sdcpp_py.cli import _usable_embeddings
+
+    good = _formats.write_safetensors(tmp_path / "good.safetensors", {"emb_params": np.zeros((2, 768), np.float32)})
+    half = _formats.write_safetensors(tmp_path / "half.safetensors", {"emb_params": np.zeros((2, 768), np.float16)})
+    with caplog.at_level("WARNING", logger="sdcpp_py"):
+        assert _usable_embeddings([str(good), str(half)]) == [str(good)]
+    assert "half.safetensors" in caplog.text and "F16" in caplog.text

@@ -79,9 +79,9 @@ def test_failed_loads_free_what_they_built(flux_parts, tmp_path):
     # init: an exception that used to unwind past new_sd_ctx's cleanup (patch 0021).
     import numpy as np
     from sdcpp_py import _formats
-    from test_robustness import read_safetensors
+    from sdcpp_py.testing.extras import read_tensors
 
-    tensors = read_safetensors(flux_parts["diffusion_model"])
+    tensors = read_tensors(flux_parts["diffusion_model"])
     wan_like = _formats.write_safetensors(tmp_path / "wan-like.safetensors",
                                           {**tensors, "blocks.0.cross_attn.norm_k.weight": np.ones(4, np.float32)})
     parts = {**flux_parts, "diffusion_model": wan_like}

@@ -509,9 +509,9 @@ def test_core_reads_the_same_tensors(tmp_path, layout):
 
 def _as_torch_zip(source: Path, target: Path) -> Path:
     """A safetensors file's tensors as a torch.save zip (one storage each)."""
-    from test_robustness import read_safetensors
+    from sdcpp_py.testing.extras import read_tensors
 
-    arrays = read_safetensors(source)
+    arrays = read_tensors(source)
     storage = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage"}
     entries = [(name, storage[array.dtype], str(index), array.size, array.shape)
                for index, (name, array) in enumerate(arrays.items())]

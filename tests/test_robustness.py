@@ -47,22 +47,6 @@ def parts_json(parts: dict) -> dict:
     return {name: str(path) for name, path in parts.items()}
 
 
-def read_safetensors(path: Path) -> dict:
-    """All tensors of a synthetic safetensors file as numpy arrays (dtype by the header)."""
-    raw = path.read_bytes()
-    size = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + size])
-    header.pop("__metadata__", None)
-    dtypes = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16}
-    tensors = {}
-    for name, entry in header.items():
-        begin, end = entry["data_offsets"]
-        data = np.frombuffer(raw, dtypes[entry["dtype"]], (end - begin) // np.dtype(dtypes[entry["dtype"]]).itemsize,
-                             8 + size + begin)
-        tensors[name] = data.reshape(entry["shape"])
-    return tensors
-
-
 # -- the core thread: long prompts on any thread -----------------------------------------------------------------
 
 LONG_PROMPT_CHILD = """
@@ -230,7 +214,7 @@ def test_a_weight_of_an_integer_type_is_refused_by_name(flux_parts, tmp_path):
     outcome = load_in_child({**flux_parts, "diffusion_model": integer_bias})
     assert outcome["load"].startswith("SdcppError") and bias in outcome["load"] and "i32" in outcome["load"]
 
-    tensors = read_safetensors(flux_parts["diffusion_model"])
+    tensors = extras.read_tensors(flux_parts["diffusion_model"])
     weight = next(name for name, a in tensors.items() if name.endswith(".weight") and a.dtype == np.float16
                   and a.ndim == 2)
     gguf = _formats.write_gguf(tmp_path / "int-weight.gguf", tensors)
@@ -270,7 +254,7 @@ def test_a_lora_the_core_cannot_load_fails_the_call(flux_parts, tmp_path):
 
 def test_convert_still_copies_integer_tensors_the_model_does_not_use(flux_parts, tmp_path):
     # Hugging Face CLIP files carry position_ids as I64; patch 0012 must refuse only weights, not such copies.
-    tensors = read_safetensors(flux_parts["clip_l"])
+    tensors = extras.read_tensors(flux_parts["clip_l"])
     tensors["text_model.embeddings.position_ids"] = np.arange(77, dtype=np.int64)[None]
     source = _formats.write_safetensors(tmp_path / "clip-with-ids.safetensors", tensors)
     target = tmp_path / "clip.gguf"
@@ -281,7 +265,7 @@ def test_convert_still_copies_integer_tensors_the_model_does_not_use(flux_parts,
         assert ctx.txt2img("a red cube", **TINY)[0].shape == (64, 64, 3)
 
 def variant_of(source: Path, target: Path, **changes) -> Path:
-    return _formats.write_safetensors(target, {**read_safetensors(source), **changes})
+    return _formats.write_safetensors(target, {**extras.read_tensors(source), **changes})
 
 
 @pytest.mark.skipif(not (_core.FPE_TO_EXCEPTION and platform.machine() in ("x86_64", "AMD64")),
@@ -299,7 +283,7 @@ def test_an_integer_division_by_zero_in_the_core_becomes_an_error(flux_parts, tm
 def test_failed_checks_of_the_core_become_errors(flux_parts, tmp_path):
     """Shapes that make the core build an impossible model end in its own asserts (GGML_ASSERT / GGML_ABORT): on
     the core thread these end the call, not the process."""
-    tensors = read_safetensors(flux_parts["diffusion_model"])
+    tensors = extras.read_tensors(flux_parts["diffusion_model"])
     rng = np.random.default_rng(0)
 
     def variant(name, **changes):

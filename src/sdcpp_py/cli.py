@@ -171,8 +171,24 @@ def _output_paths(output: str, count: int, begin: Optional[int]) -> List[Path]:
 def _context_options(plan) -> dict:
     options = dict(plan.context)
     if "embd_dir" in plan.folders:
-        options["embeddings"] = files_in(plan.folders["embd_dir"], MODEL_EXTENSIONS, "--embd-dir")
+        options["embeddings"] = _usable_embeddings(files_in(plan.folders["embd_dir"], MODEL_EXTENSIONS, "--embd-dir"))
     return options
+
+
+def _usable_embeddings(paths: list) -> list:
+    """The files of --embd-dir that the core can read as embeddings; sd-cli reads only those a prompt names,
+    so one it cannot read (an F16 or SDXL one beside SD1 ones) is skipped with a warning, not fatal."""
+    from ._headers import InvalidComponentError, check_component, check_embedding
+
+    usable = []
+    for path in paths:
+        try:
+            check_embedding(f"--embd-dir {os.path.basename(path)!r}", check_component("--embd-dir", path))
+        except InvalidComponentError as error:
+            logging.getLogger("sdcpp_py").warning("skipping an embedding: %s", error)
+            continue
+        usable.append(path)
+    return usable
 
 
 def _call_options(plan, args) -> dict:

@@ -13,6 +13,20 @@ from ._encoders import clip_vision
 from ._tensors import Spec, build_component, cached_path, params_hash
 
 
+def read_tensors(path: str | os.PathLike) -> dict:
+    """Every tensor of a safetensors file as a numpy array (BF16 as its uint16 bits), to build variants of a
+    synthetic file. Aliased tensors share memory; the arrays are read-only views of one read of the file."""
+    header = read_header(os.fspath(path))
+    if header is None or header.format != "safetensors":
+        raise ValueError(f"{path}: not a safetensors file")
+    raw = pathlib.Path(path).read_bytes()
+    dtypes = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16, "F64": np.float64, "I32": np.int32,
+              "I64": np.int64}
+    return {name: np.frombuffer(raw, dtypes[info.dtype], int(np.prod(info.shape, dtype=np.int64)),
+                                info.offset).reshape(info.shape)
+            for name, info in header.tensors.items()}
+
+
 def _taesd(s: Spec, z: int, encoder: bool) -> None:
     """Tiny AutoEncoder (tae.hpp TAESD: TinyDecoder / TinyEncoder), madebyollin's ``decoder.layers.N`` and
     ``encoder.layers.N`` names.  Width 64 throughout, so every TAEBlock has the same shapes and no skip conv;
