@@ -265,11 +265,32 @@ def test_legacy_format_tensors(tmp_path):
     assert described(header) == {**EXPECTED, "model.ids.low": ("I32", (2,), 8), "model.ids.high": ("I32", (6,), 24)}
 
 
-def test_zip_views_of_larger_storages_refused(tmp_path):
-    # model.cpp's zip loader reads such tensors into a vector it then resizes under the pointer it reads into
-    # (whenever it converts: GPU weights, another weight type, F64/I64): sdcpp_py.convert aborted on this
-    # file with heap corruption in testing.
-    refused(write_torch_zip(tmp_path / "views.ckpt", TENSORS + VIEWS), "'model.ids.low'", "uses 8 of the 32 bytes")
+def test_zip_views_of_larger_storages_load_and_convert(tmp_path):
+    # Tensors that are views of one storage (torch.chunk, slicing): model.cpp's zip loader read such a tensor
+    # into a vector it then resized under the pointer it had read into (patch 0023): converting this file to
+    # f16 corrupted the heap (SIGABRT). Run in a child: without the patch the process dies.
+    code = """
+import sys, numpy as np
+from pathlib import Path
+import sdcpp_py
+from sdcpp_py import _formats
+out, values = Path(sys.argv[1]), np.arange(64, dtype=np.float32) / 8
+raw = (out / "views.gguf")
+sdcpp_py.convert(out / "views.ckpt", raw, weight_type="f16")
+header, data = _formats.read_header(str(raw)), raw.read_bytes()
+for name, start, count in (("first_stage_model.a.weight", 0, 16), ("first_stage_model.b.weight", 16, 32)):
+    got = np.frombuffer(data, np.float16, count, header.tensors[name].offset).astype(np.float32)
+    assert np.array_equal(got, values[start:start + count]), name
+print("ok")
+"""
+    values = np.arange(64, dtype=np.float32) / 8
+    entries = [("first_stage_model.a.weight", "FloatStorage", "0", 64, (2, 8), 0),
+               ("first_stage_model.b.weight", "FloatStorage", "0", 64, (4, 8), 16)]
+    path = write_zip(tmp_path / "views.ckpt", state_dict_pickle(entries), {"0": (64, values.tobytes())})
+    assert {name: t.shape for name, t in read_torch_header(str(path)).tensors.items()} == {
+        "first_stage_model.a.weight": (2, 8), "first_stage_model.b.weight": (4, 8)}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def test_legacy_without_magic_number(tmp_path):

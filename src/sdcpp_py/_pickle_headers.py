@@ -4,8 +4,8 @@ The core parses PyTorch files itself (vendor/stable-diffusion.cpp/src/model_io: 
 format that ``torch.save`` writes by default, torch_legacy_io.cpp for the older sequence of pickles, both through
 pickle_io.cpp). That reader copies its pickle values by value (on every memo get, DUP, tuple build...), so a tiny
 pickle that keeps duplicating a value exhausts memory; it recurses on nested values on its C++ stack; it keeps
-tensors of 5 dimensions that its loader then aborts on; and its zip loader corrupts memory on a tensor that is a
-view of a larger storage. This module never executes a pickle: it walks the opcodes the core supports, with the
+tensors of 5 dimensions that its loader then aborts on (its zip loader's use after free on a tensor that is a
+view of a larger storage is patch 0023's). This module never executes a pickle: it walks the opcodes the core supports, with the
 core's semantics (its integer widths, its string and memo rules), keeps GLOBAL, REDUCE and persistent ids
 symbolic, and counts the nodes the core would materialize, copies included (shared snapshots keep our own work
 linear). Files are decided as the core decides them: a zip archive that its miniz would open, else a legacy file.
@@ -843,13 +843,6 @@ def _read_zip(handle: BinaryIO, path: str, file_size: int, directory: tuple) -> 
                     _check_storage_entry(handle, file_size, info, shown)
                     checked_entries.add(entry)
                 tensor_info = _tensor_info(tensor_name, tensor, declared)
-                if tensor_info.nbytes != info.file_size:
-                    # model.cpp load_tensors reads such a tensor through a buffer it resizes under its own pointer
-                    # (a use after free) whenever it converts the tensor: GPU weights, another weight type, F64/I64.
-                    raise _Refused(f"tensor {tensor_info.name!r} uses {tensor_info.nbytes} of the {info.file_size} "
-                                   f"bytes of its storage {shown!r} (a view of a larger tensor): the core's zip "
-                                   "loader corrupts memory reading it; re-save the file with each tensor in its own "
-                                   "storage, or as safetensors")
                 result.tensors.pop(tensor_info.name, None)  # a later tensor of the same name replaces it
                 result.tensors[tensor_info.name] = tensor_info
     return result
