@@ -1,16 +1,16 @@
 """PyTorch files (.pt, .pth, .ckpt): the tensors the core's own pickle reader would find, checked before it runs.
 
-The core parses PyTorch files itself (vendor/stable-diffusion.cpp/src/model_io: torch_zip_io.cpp for the zip
-format that ``torch.save`` writes by default, torch_legacy_io.cpp for the older sequence of pickles, both through
+The core parses PyTorch files itself (vendor/stable-diffusion.cpp/src/model_io: torch_zip_io.cpp for the zip format
+that ``torch.save`` writes by default, torch_legacy_io.cpp for the older sequence of pickles, both through
 pickle_io.cpp). That reader copies its pickle values by value (on every memo get, DUP, tuple build...), so a tiny
 pickle that keeps duplicating a value exhausts memory; it recurses on nested values on its C++ stack; it keeps
-tensors of 5 dimensions that its loader then aborts on (its zip loader's use after free on a tensor that is a
-view of a larger storage is patch 0023's). This module never executes a pickle: it walks the opcodes the core supports, with the
-core's semantics (its integer widths, its string and memo rules), keeps GLOBAL, REDUCE and persistent ids
+tensors of 5 dimensions that its loader then aborts on (its zip loader's use after free on a tensor that is a view
+of a larger storage is patch 0023's). This module never executes a pickle: it walks the opcodes the core supports,
+with the core's semantics (its integer widths, its string and memo rules), keeps GLOBAL, REDUCE and persistent ids
 symbolic, and counts the nodes the core would materialize, copies included (shared snapshots keep our own work
 linear). Files are decided as the core decides them: a zip archive that its miniz would open, else a legacy file.
-Only pickles and zip directories are read (capped), never weights. Refusals raise ``MalformedFileError`` naming
-the file and what is wrong; an unreadable file raises OSError. This module needs nothing from the compiled core.
+Only pickles and zip directories are read (capped), never weights. Refusals raise ``MalformedFileError`` naming the
+file and what is wrong; an unreadable file raises OSError. This module needs nothing from the compiled core.
 """
 
 from __future__ import annotations
