@@ -179,7 +179,7 @@ def test_resources_model_name_and_config_are_checked_naming_the_argument(parts, 
     assert serve_ray.parse_args(dict(args, model_name="flux schnell"))[0]["models"][0][0] == "flux schnell"
     binary = tmp_path / "models.toml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
-    with pytest.raises(ValueError, match=r"^config '.*models.toml': not a TOML text file \(not UTF-8"):
+    with pytest.raises(ValueError, match=r"^config: .*models.toml: not valid TOML: not UTF-8 text"):
         serve_ray.parse_args({"config": str(binary)})
     with pytest.raises(ValueError, match=r"^config must be the path of a TOML file, not ''"):
         serve_ray.parse_args({"config": ""})

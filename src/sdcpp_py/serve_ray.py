@@ -184,10 +184,7 @@ def _config(value: Any, max_loaded: int):
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
         raise ValueError(f"config must be the path of a TOML file, not {value!r}")
     try:
-        return Models.from_config(_path(os.fspath(value)), max_loaded)
-    except UnicodeDecodeError as error:  # tomllib reads UTF-8 text only
-        raise ValueError(f"config {os.fspath(value)!r}: not a TOML text file (not UTF-8: {error.reason} at byte "
-                         f"{error.start})") from None
+        return Models.from_config(_path(os.fspath(value)), max_loaded)  # a binary file too is a ValueError
     except ValueError as error:
         raise ValueError(f"config: {error}") from None
 
