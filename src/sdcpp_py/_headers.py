@@ -82,15 +82,15 @@ def _row_major(header: FileHeader, shape: tuple) -> tuple:
     return tuple(reversed(shape))
 
 
-def _scalar_values(header: FileHeader, tensor) -> "np.ndarray | None":
-    """A small float tensor's values, read from the file (None where its type has no plain layout here)."""
+def _first_value(handle, tensor) -> "float | None":
+    """The first value of a float tensor, the one the core reads as an alpha (None where its type has no plain
+    layout here)."""
     kind = _FLOAT_ITEMS.get(tensor.dtype)
-    if kind is None or tensor.offset < 0 or tensor.nbytes > 4096:
+    if kind is None or tensor.offset < 0:
         return None
-    with open(header.path, "rb") as handle:
-        handle.seek(tensor.offset)
-        raw = handle.read(tensor.nbytes)
-    return np.frombuffer(raw, kind) if len(raw) == tensor.nbytes else None
+    handle.seek(tensor.offset)
+    raw = handle.read(np.dtype(kind).itemsize)
+    return float(np.frombuffer(raw, kind)[0]) if len(raw) == np.dtype(kind).itemsize else None
 
 
 def check_lora(argument: str, header: FileHeader) -> None:
@@ -123,14 +123,16 @@ def check_lora(argument: str, header: FileHeader) -> None:
                     f"{argument}: {name!r} {list(down_shape)} and {up.name!r} {list(up_shape)} do not share a "
                     "rank above 0 (down is rank x in, up is out x rank)")
             break
-    for name, tensor in tensors.items():
-        if not name.endswith((".alpha", ".scale")) or name.endswith("dora_scale"):
-            continue
-        if math.prod(tensor.shape) < 1:
-            raise InvalidComponentError(f"{argument}: {name!r} holds no value (shape {list(tensor.shape)})")
-        if header.format == "gguf" and tensor.dtype not in ("f32", "f16", "bf16"):
-            raise InvalidComponentError(f"{argument}: {name!r} is stored as {tensor.dtype}; the core reads an alpha "
-                                        "as one f32, f16 or bf16 number")
-        values = _scalar_values(header, tensor)
-        if values is not None and values.size and not np.isfinite(values.astype(np.float64)[0]):
-            raise InvalidComponentError(f"{argument}: {name!r} is {values[0]}, not a finite number")
+    alphas = [tensor for name, tensor in tensors.items()
+              if name.endswith((".alpha", ".scale")) and not name.endswith("dora_scale")]
+    with open(header.path, "rb") as handle:  # once for all of them: a LoRA has one per layer
+        for tensor in alphas:
+            name = tensor.name
+            if math.prod(tensor.shape) < 1:
+                raise InvalidComponentError(f"{argument}: {name!r} holds no value (shape {list(tensor.shape)})")
+            if header.format == "gguf" and tensor.dtype not in ("f32", "f16", "bf16"):
+                raise InvalidComponentError(f"{argument}: {name!r} is stored as {tensor.dtype}; the core reads an "
+                                            "alpha as one f32, f16 or bf16 number")
+            value = _first_value(handle, tensor)
+            if value is not None and not math.isfinite(value):
+                raise InvalidComponentError(f"{argument}: {name!r} is {value}, not a finite number")
