@@ -10,7 +10,6 @@ loading of separate component files and generation work, not image quality.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,18 +23,15 @@ from .testing.flux1 import flux_components
 
 def out_problem(out: Path) -> str | None:
     """Why the PNG cannot be written at ``out`` (None if it can): known before anything is generated."""
+    from .cli import _check_target
+
     where = f"--out {str(out)!r}"
     if out.suffix.lower() != ".png":
         return f"{where}: the check writes a PNG; give a .png name"
-    folder = out.parent
-    if not folder.is_dir():
-        return f"{where}: folder {str(folder)!r} {'is not a folder' if folder.exists() else 'does not exist'}"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{where}: folder {str(folder)!r} is not writable"
-    if out.is_dir():
-        return f"{where}: is a folder; give a file name"
-    if out.exists() and not out.is_file():  # a FIFO would block the write until a reader comes
-        return f"{where}: exists and is not a regular file"
+    try:
+        _check_target(out, where)  # the checks of sdcpp's output paths
+    except ValueError as error:
+        return str(error)
     return None
 
 
