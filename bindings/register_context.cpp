@@ -160,10 +160,20 @@ class NativeContext {
 
         sd_image_t* results = nullptr;
         py::list images;
+        std::string lora_refusal;
         run_in_core(
             "generate_image", std::move(progress), std::move(preview), preview_mode, preview_interval,
-            preview_noisy, [&](sd_ctx_t* ctx) { results = ::generate_image(ctx, &c); },
+            preview_noisy,
+            [&](sd_ctx_t* ctx) {
+                lora_refusal = refused_loras(ctx, c.loras, c.lora_count);
+                if (lora_refusal.empty()) {
+                    results = ::generate_image(ctx, &c);
+                }
+            },
             [&] {
+                if (!lora_refusal.empty()) {
+                    throw std::invalid_argument(lora_refusal);
+                }
                 if (results == nullptr) {
                     return false;
                 }
@@ -211,10 +221,20 @@ class NativeContext {
         sd_image_t* frames = nullptr;
         int frame_count    = 0;
         py::array_t<uint8_t> video;
+        std::string lora_refusal;
         run_in_core(
             "generate_video", std::move(progress), std::move(preview), preview_mode, preview_interval,
-            preview_noisy, [&](sd_ctx_t* ctx) { frames = ::generate_video(ctx, &c, &frame_count); },
+            preview_noisy,
+            [&](sd_ctx_t* ctx) {
+                lora_refusal = refused_loras(ctx, c.loras, c.lora_count);
+                if (lora_refusal.empty()) {
+                    frames = ::generate_video(ctx, &c, &frame_count);
+                }
+            },
             [&] {
+                if (!lora_refusal.empty()) {
+                    throw std::invalid_argument(lora_refusal);
+                }
                 if (frames == nullptr) {
                     return false;
                 }
@@ -296,6 +316,14 @@ class NativeContext {
     }
 
    private:
+    // The core's LoRA code fails its checks half way (weights merged, graphs begun) on a LoRA that does not fit
+    // the model, and takes a merged file out of the weights as whatever the file holds now: patch 0024 checks
+    // the call's LoRAs first, leaving the context as it was. On the core thread; "" when they can be applied.
+    static std::string refused_loras(sd_ctx_t* ctx, const sd_lora_t* loras, uint32_t count) {
+        char reason[4096] = "";
+        return sd_check_loras(ctx, loras, count, reason, sizeof reason) ? "" : "loras: " + std::string(reason);
+    }
+
     void free_detached() { free_on_core_thread(state_, "freeing a Context", false); }
 
     // Runs `call` on the core thread with this call's callbacks and cancellation installed; then, with the GIL,

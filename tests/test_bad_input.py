@@ -5,6 +5,7 @@ signal) instead of killing pytest.
 """
 
 import json
+import os
 import random
 import struct
 import subprocess
@@ -265,6 +266,60 @@ def test_lora_files_the_core_would_fail_on_are_refused_before_the_call(flux_part
         half_once = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(fine, 0.5)], **call)[0]
     np.testing.assert_array_equal(twice, once)
     assert not np.array_equal(once, half_once)
+
+
+@pytest.mark.parametrize("mode", ["at_runtime", "immediately"])
+def test_loras_that_do_not_fit_the_model_are_refused_and_the_context_kept(flux_parts, tmp_path, mode):
+    # Patch 0024. Each failed one of ggml's checks inside the core half way through the call (merging, or building
+    # the sampling graph), after which the Context refused every later call; a LoRA for another model was
+    # applied as nothing, silently.
+    layer = "diffusion_model.double_blocks.0.img_mlp.0"  # the model's 512x128 (out x in) matrix
+    half = lambda *shape: np.full(shape, 0.1, np.float16)  # noqa: E731
+    good = {f"{layer}.lora_down.weight": half(4, 128), f"{layer}.lora_up.weight": half(512, 4),
+            f"{layer}.alpha": np.array(4.0, np.float32)}
+    cases = {
+        "narrow-input": ({**good, f"{layer}.lora_down.weight": half(4, 64)}, r"img_mlp\.0\.weight \(512x128\)"),
+        "diff-size": ({f"{layer}.diff": half(10, 10)}, r"img_mlp\.0\.weight \(512x128\)"),
+        "other-model": ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": half(4, 320),
+                         "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": half(320, 4)},
+                        "is for no weight of this model: none of its 2 LoRA tensors names one"),
+    }
+    call = dict(width=64, height=64, steps=1, seed=2)
+    with sdcpp_py.Context(**flux_parts, n_threads=2, lora_apply_mode=mode) as ctx:
+        plain = ctx.txt2img("a cube", **call)[0]
+        for name, (tensors, message) in cases.items():
+            path = _formats.write_safetensors(tmp_path / f"{name}.safetensors", tensors)
+            with pytest.raises(ValueError, match=rf"loras: the LoRA file '.*{name}\.safetensors' .*{message}"):
+                ctx.txt2img("a cube", loras=[path], **call)
+            assert ctx.usable
+        fitting = _formats.write_safetensors(tmp_path / "fitting.safetensors", good)
+        with_lora = ctx.txt2img("a cube", loras=[fitting], **call)[0]
+        # A refused LoRA beside a fitting one: neither is applied (with merged LoRAs the fitting one would have
+        # been merged before the other failed).
+        with pytest.raises(ValueError, match="narrow-input"):
+            ctx.txt2img("a cube", loras=[fitting, tmp_path / "narrow-input.safetensors"], **call)
+        np.testing.assert_array_equal(ctx.txt2img("a cube", loras=[fitting], **call)[0], with_lora)
+        if mode == "at_runtime":  # merging and taking out again rounds f16 weights
+            np.testing.assert_array_equal(ctx.txt2img("a cube", **call)[0], plain)
+    assert not np.array_equal(with_lora, plain)
+
+
+def test_a_merged_lora_file_that_changed_is_not_taken_out_as_its_new_contents(flux_parts, tmp_path):
+    # Patch 0024. Merged LoRAs are taken out of the weights by reading their files again: a file rewritten in
+    # between (a LoRA trained further, under the same name) left every later image of the Context wrong.
+    from sdcpp_py.testing import extras
+    lora = extras.flux_lora(flux_parts["diffusion_model"], tmp_path / "style.safetensors")
+    call = dict(width=64, height=64, steps=1, seed=2)
+    with sdcpp_py.Context(**flux_parts, n_threads=2, lora_apply_mode="immediately") as ctx:
+        merged = ctx.txt2img("a cube", loras=[lora], **call)[0]
+        extras.flux_lora(flux_parts["diffusion_model"], lora, seed=5)  # same size, new values
+        os.utime(lora, ns=(0, 0))  # a different time even where the file system's clock is coarse
+        for loras in ([], [sdcpp_py.Lora(lora, 0.5)]):
+            with pytest.raises(ValueError, match=r"style\.safetensors' changed or went away since it was merged .* "
+                                                 r"ask for it at multiplier 1 as before"):
+                ctx.txt2img("a cube", loras=loras, **call)
+        assert ctx.usable
+        np.testing.assert_array_equal(ctx.txt2img("a cube", loras=[lora], **call)[0], merged)
 
 
 def test_lora_multipliers_past_100_are_refused(flux_parts, tmp_path):

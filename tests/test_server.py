@@ -616,9 +616,9 @@ def test_workers_and_devices_flags_are_checked(parts):
         assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_a_request_that_fails_inside_the_core_does_not_disable_the_model(parts, served, tmp_path):
-    # A LoRA whose .diff has the wrong size fails a check inside the core, after which a context refuses every
-    # call: the server kept it, so every later request for the model failed until a restart.
+def test_a_lora_that_does_not_fit_is_a_400_and_the_model_stays(parts, served, tmp_path):
+    # A LoRA whose .diff has the wrong size failed a check inside the core, after which the context refused every
+    # call: a 500, then a reload of the model. Patch 0024 refuses it before the call, the context kept.
     from sdcpp_py import _formats
     from sdcpp_py.server._models import Model, Models
 
@@ -630,12 +630,40 @@ def test_a_request_that_fails_inside_the_core_does_not_disable_the_model(parts, 
     body = {"size": f"{SIZE}x{SIZE}", "steps": 1, "seed": 3}
     with serving(models, queue_size=1) as url, httpx.Client(base_url=url, timeout=60) as http:
         response = http.post("/v1/images/generations", json=dict(body, prompt="a lighthouse <lora:bad:1>"))
-        assert response.status_code == 500 and "failed inside the core" in response.text, response.text
+        assert response.status_code == 400 and "bad.safetensors' does not fit this model" in response.text, \
+            response.text
+        context = models.find("tiny").context
         response = http.post("/v1/images/generations", json=dict(body, prompt="a lighthouse"))
         assert response.status_code == 200, response.text
+        assert models.find("tiny").context is context
         expected = served.txt2img("a lighthouse", width=SIZE, height=SIZE, steps=1, seed=3)[0]
         np.testing.assert_array_equal(b64_pixels(response.json()["data"][0]["b64_json"]), expected)
-    assert not any(model.loaded for model in models)
+
+
+def test_a_context_that_failed_inside_the_core_is_loaded_again(parts):
+    # A call that fails inside the core leaves a context that refuses every later call (Context.usable false):
+    # the server kept it, so every later request for the model failed until a restart.
+    from sdcpp_py.server._models import Model, Models
+
+    class FailedContext:
+        usable = False
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    models = Models([Model.from_options("tiny", dict(parts, n_threads=2), default=True)])
+    model = models.find("tiny")
+    try:
+        loaded = models.context(model)
+        assert models.context(model) is loaded
+        failed = model.context = FailedContext()
+        models._lru["tiny"] = model
+        reloaded = models.context(model)
+        assert failed.closed and reloaded is not failed and reloaded.usable and model.context is reloaded
+    finally:
+        loaded.close()
+        models.close()
 
 
 def test_uploaded_16_bit_images_keep_their_range():
