@@ -97,6 +97,20 @@ def test_core_failure_carries_the_core_error_lines(flux_parts, tmp_path):
     assert isinstance(info.value, RuntimeError)
 
 
+@pytest.mark.parametrize("slot", ["llm", "clip_g", "clip_vision"])
+def test_a_part_the_model_does_not_use_is_refused(flux_parts, flux_parts_with_encoder, tmp_path, slot):
+    # Patch 0026. Flux.1 has no LLM, CLIP-G or CLIP vision encoder: the core loaded such a file beside it, used
+    # none of its tensors and generated without a word.
+    unused = _formats.write_safetensors(tmp_path / "part.safetensors",
+                                        {"some.layer.weight": np.zeros((4, 4), np.float16)})
+    with pytest.raises(ValueError, match=rf"^{slot}: this Flux\.1 model uses none of this file's tensors .* "
+                                         rf"leave {slot}= out"):
+        sdcpp_py.Context(**flux_parts, **{slot: unused}, n_threads=2)
+    # Tensors the core leaves out on purpose are a use: a VAE's encoder when the context only decodes.
+    with sdcpp_py.Context(**flux_parts_with_encoder, vae_decode_only=True, n_threads=2) as ctx:
+        assert ctx.usable
+
+
 def test_diffusion_model_without_any_text_encoder_is_refused(flux_parts):
     # Without this check the core loads, then segfaults at the first prompt.
     with pytest.raises(ValueError, match="text encoder"):

@@ -120,6 +120,14 @@ def prepare_context(options: Mapping[str, object], where: str = "Context") -> Pr
     return PreparedContext(facts, lora_dir, params)
 
 
+def _unused_part(message: str, components: Mapping[str, str]) -> Optional[str]:
+    """The slot of the file the core's loader found no use for (patch 0026), from its error line."""
+    for slot, path in components.items():
+        if f"no tensor of '{path}' is one this model uses" in message:
+            return slot
+    return None
+
+
 class Context(NativeOwner):
     """A stable-diffusion.cpp model assembled from component files.
 
@@ -146,7 +154,8 @@ class Context(NativeOwner):
         FileNotFoundError: a component path does not exist (the message names the argument).
         InvalidComponentError: a safetensors/GGUF header is malformed (a ValueError naming the argument).
         ValueError: no model or no text encoder was given, a part the model needs is missing (a VAE for
-            a DiT, CLIP vision or the VAE encoder for a Wan image-to-video or VACE model), a path is not a
+            a DiT, CLIP vision or the VAE encoder for a Wan image-to-video or VACE model), the model uses
+            none of a file's tensors (an LLM beside Flux.1: a part it does not have), a path is not a
             regular file (a FIFO or device would block the load) or holds a NUL, or an option has an invalid
             value (``tensor_type_rules`` is checked item by item as the core parses it).
         TypeError: an option has the wrong type.
@@ -168,7 +177,15 @@ class Context(NativeOwner):
             warnings.warn(f"sdcpp_py was built for {_core.BACKEND} but ggml found no {_core.BACKEND} device: this "
                           "Context runs on the CPU", RuntimeWarning, stacklevel=2)
         self._device = None
-        self._native = _core.NativeContext(params)
+        try:
+            self._native = _core.NativeContext(params)
+        except _core.SdcppError as error:
+            unused = _unused_part(str(error), self.components)
+            if unused is None:
+                raise
+            model = f"this {self.architecture} model" if self.architecture else "this model"
+            raise ValueError(f"{unused}: {model} uses none of this file's tensors (a part it does not have, or a "
+                             f"part of another model): leave {unused}= out, or pass the file it needs") from error
 
     @property
     def device(self):
