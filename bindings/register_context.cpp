@@ -160,20 +160,11 @@ class NativeContext {
 
         sd_image_t* results = nullptr;
         py::list images;
-        std::string lora_refusal;
         run_in_core(
             "generate_image", std::move(progress), std::move(preview), preview_mode, preview_interval,
-            preview_noisy,
-            [&](sd_ctx_t* ctx) {
-                lora_refusal = refused_loras(ctx, c.loras, c.lora_count);
-                if (lora_refusal.empty()) {
-                    results = ::generate_image(ctx, &c);
-                }
-            },
+            preview_noisy, [&](sd_ctx_t* ctx) { return refused_loras(ctx, c.loras, c.lora_count); },
+            [&](sd_ctx_t* ctx) { results = ::generate_image(ctx, &c); },
             [&] {
-                if (!lora_refusal.empty()) {
-                    throw std::invalid_argument(lora_refusal);
-                }
                 if (results == nullptr) {
                     return false;
                 }
@@ -221,20 +212,11 @@ class NativeContext {
         sd_image_t* frames = nullptr;
         int frame_count    = 0;
         py::array_t<uint8_t> video;
-        std::string lora_refusal;
         run_in_core(
             "generate_video", std::move(progress), std::move(preview), preview_mode, preview_interval,
-            preview_noisy,
-            [&](sd_ctx_t* ctx) {
-                lora_refusal = refused_loras(ctx, c.loras, c.lora_count);
-                if (lora_refusal.empty()) {
-                    frames = ::generate_video(ctx, &c, &frame_count);
-                }
-            },
+            preview_noisy, [&](sd_ctx_t* ctx) { return refused_loras(ctx, c.loras, c.lora_count); },
+            [&](sd_ctx_t* ctx) { frames = ::generate_video(ctx, &c, &frame_count); },
             [&] {
-                if (!lora_refusal.empty()) {
-                    throw std::invalid_argument(lora_refusal);
-                }
                 if (frames == nullptr) {
                     return false;
                 }
@@ -326,17 +308,19 @@ class NativeContext {
 
     void free_detached() { free_on_core_thread(state_, "freeing a Context", false); }
 
-    // Runs `call` on the core thread with this call's callbacks and cancellation installed; then, with the GIL,
-    // `own` takes the results (returning whether there are any) before any error is raised, so nothing leaks.
-    template <typename Call, typename Own>
+    // Runs `call` on the core thread with this call's callbacks and cancellation installed, unless `refuse`
+    // (run there first) gives a reason not to, raised as a ValueError; then, with the GIL, `own` takes the
+    // results (returning whether there are any) before any error is raised, so nothing leaks.
+    template <typename Refuse, typename Call, typename Own>
     void run_in_core(const char* what, py::object progress, py::object preview, int preview_mode,
-                     int preview_interval, bool preview_noisy, Call call, Own own) {
+                     int preview_interval, bool preview_noisy, Refuse refuse, Call call, Own own) {
         const bool wants_preview = !preview.is_none();
         bool was_closed          = false;
         bool was_broken          = false;
         auto state               = state_;
         bool spent               = false;
-        auto core_call           = std::make_shared<CoreCall>(what, [&, state] {
+        std::string refusal;
+        auto core_call = std::make_shared<CoreCall>(what, [&, state] {
             if (state->ctx == nullptr) {
                 was_closed = true;  // closed by another thread while this call waited
                 return;
@@ -348,6 +332,10 @@ class NativeContext {
             if (state->params.scalars.free_params_immediately && generations_started_ > 0) {
                 spent = true;  // the first generation freed the weights: this one would read freed buffers
                 return;
+            }
+            refusal = refuse(state->ctx.get());
+            if (!refusal.empty()) {
+                return;  // not a generation: nothing of the context was touched
             }
             ++generations_started_;
             PreviewScope preview_scope(wants_preview, preview_mode, preview_interval, preview_noisy);
@@ -379,6 +367,9 @@ class NativeContext {
         if (spent) {
             throw std::runtime_error("this Context was made with free_params_immediately=True and freed its weights "
                                      "during its first generation: make a new Context");
+        }
+        if (!refusal.empty()) {
+            throw std::invalid_argument(refusal);
         }
         if (!produced) {
             throw CoreError(core_call->with_core_log("generation failed"));

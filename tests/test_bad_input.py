@@ -304,6 +304,47 @@ def test_loras_that_do_not_fit_the_model_are_refused_and_the_context_kept(flux_p
     assert not np.array_equal(with_lora, plain)
 
 
+def test_convolution_loras_are_checked_on_the_run_time_path(sd1_checkpoint, tmp_path):
+    # Patch 0024 on a UNet's convolutions at run time: LoCon pairs (3x3 down, 1x1 up), a 1x1 pair and a whole
+    # .diff are applied, not refused; a pair made for 160 input channels is refused naming the layer.
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for layer, k in (("input_blocks.1.0.in_layers.2", 3), ("input_blocks.1.1.proj_in", 1)):
+        tensors[f"diffusion_model.{layer}.lora_down.weight"] = (rng.standard_normal((4, 320, k, k)) * 0.5).astype(
+            np.float16)
+        tensors[f"diffusion_model.{layer}.lora_up.weight"] = (rng.standard_normal((320, 4, 1, 1)) * 0.5).astype(
+            np.float16)
+        tensors[f"diffusion_model.{layer}.alpha"] = np.array(4.0, np.float32)
+    tensors["diffusion_model.input_blocks.2.0.in_layers.2.diff"] = (
+        rng.standard_normal((320, 320, 3, 3)) * 0.2).astype(np.float16)
+    fitting = _formats.write_safetensors(tmp_path / "locon.safetensors", tensors)
+    narrow = _formats.write_safetensors(tmp_path / "narrow.safetensors", {
+        **tensors, "diffusion_model.input_blocks.1.0.in_layers.2.lora_down.weight": np.full((4, 160, 3, 3), 0.1,
+                                                                                             np.float16)})
+    call = dict(width=64, height=64, steps=1, cfg_scale=1.0, seed=1)
+    with sdcpp_py.Context(model=sd1_checkpoint, n_threads=2, lora_apply_mode="at_runtime") as ctx:
+        plain = ctx.txt2img("a cube", **call)[0]
+        with pytest.raises(ValueError, match=r"narrow\.safetensors' does not fit this model: its tensors for the "
+                                             r"model's model\.diffusion_model\.input_blocks\.1\.0\.in_layers\.2"
+                                             r"\.weight \(320x320x3x3\) do not fit it"):
+            ctx.txt2img("a cube", loras=[narrow], **call)
+        with_lora = ctx.txt2img("a cube", loras=[fitting], **call)[0]
+    assert np.abs(with_lora.astype(int) - plain).mean() > 1.0
+
+
+def test_a_refused_lora_does_not_count_as_the_one_generation_of_a_freeing_context(flux_parts, tmp_path):
+    # A Context with free_params_immediately=True allows one generation; a call refused before it touched the
+    # weights is not that generation.
+    other = _formats.write_safetensors(tmp_path / "other.safetensors", {
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.full((4, 320), 0.1, np.float16),
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": np.full((320, 4), 0.1, np.float16)})
+    call = dict(width=64, height=64, steps=1, seed=2)
+    with sdcpp_py.Context(**flux_parts, n_threads=2, free_params_immediately=True) as ctx:
+        with pytest.raises(ValueError, match="is for no weight of this model"):
+            ctx.txt2img("a cube", loras=[other], **call)
+        assert ctx.txt2img("a cube", **call)[0].shape == (64, 64, 3)
+
+
 def test_a_merged_lora_file_that_changed_is_not_taken_out_as_its_new_contents(flux_parts, tmp_path):
     # Patch 0024. Merged LoRAs are taken out of the weights by reading their files again: a file rewritten in
     # between (a LoRA trained further, under the same name) left every later image of the Context wrong.

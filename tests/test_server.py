@@ -654,6 +654,7 @@ def test_a_context_that_failed_inside_the_core_is_loaded_again(parts):
 
     models = Models([Model.from_options("tiny", dict(parts, n_threads=2), default=True)])
     model = models.find("tiny")
+    loaded = None
     try:
         loaded = models.context(model)
         assert models.context(model) is loaded
@@ -662,7 +663,8 @@ def test_a_context_that_failed_inside_the_core_is_loaded_again(parts):
         reloaded = models.context(model)
         assert failed.closed and reloaded is not failed and reloaded.usable and model.context is reloaded
     finally:
-        loaded.close()
+        if loaded is not None:
+            loaded.close()
         models.close()
 
 
