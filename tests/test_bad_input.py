@@ -5,8 +5,10 @@ signal) instead of killing pytest.
 """
 
 import json
+import logging
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -269,7 +271,7 @@ def test_lora_files_the_core_would_fail_on_are_refused_before_the_call(flux_part
 
 
 @pytest.mark.parametrize("mode", ["at_runtime", "immediately"])
-def test_loras_that_do_not_fit_the_model_are_refused_and_the_context_kept(flux_parts, tmp_path, mode):
+def test_loras_that_do_not_fit_the_model_are_refused_and_the_context_kept(flux_parts, tmp_path, mode, caplog):
     # Patch 0024. Each failed one of ggml's checks inside the core half way through the call (merging, or building
     # the sampling graph), after which the Context refused every later call; a LoRA for another model was
     # applied as nothing, silently.
@@ -294,6 +296,13 @@ def test_loras_that_do_not_fit_the_model_are_refused_and_the_context_kept(flux_p
             assert ctx.usable
         fitting = _formats.write_safetensors(tmp_path / "fitting.safetensors", good)
         with_lora = ctx.txt2img("a cube", loras=[fitting], **call)[0]
+        # Tensors for a part this model lacks beside ones it has: applied, with a warning naming one of them.
+        partial = _formats.write_safetensors(tmp_path / "partial.safetensors", {
+            **good, "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": half(4, 1280),
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": half(5120, 4)})
+        with caplog.at_level(logging.WARNING, logger="sdcpp_py"):
+            np.testing.assert_array_equal(ctx.txt2img("a cube", loras=[partial], **call)[0], with_lora)
+        assert re.search(r"only 3 of the 5 LoRA tensors of '.*partial\.safetensors' are applied", caplog.text)
         # A refused LoRA beside a fitting one: neither is applied (with merged LoRAs the fitting one would have
         # been merged before the other failed).
         with pytest.raises(ValueError, match="narrow-input"):

@@ -1,4 +1,5 @@
 import inspect
+import os
 import re
 import pathlib
 
@@ -106,7 +107,12 @@ def test_a_part_the_model_does_not_use_is_refused(flux_parts, flux_parts_with_en
     with pytest.raises(ValueError, match=rf"^{slot}: this Flux\.1 model uses none of this file's tensors .* "
                                          rf"leave {slot}= out"):
         sdcpp_py.Context(**flux_parts, **{slot: unused}, n_threads=2)
-    # Tensors the core leaves out on purpose are a use: a VAE's encoder when the context only decodes.
+    if slot == "llm":  # a file name that is not UTF-8 (the core's log line has U+FFFD for its byte)
+        odd = os.fsencode(tmp_path) + b"/part-\xff.safetensors"
+        os.link(unused, odd)
+        with pytest.raises(ValueError, match="^llm: this Flux"):
+            sdcpp_py.Context(**flux_parts, llm=odd, n_threads=2)
+    # A VAE whose encoder the context leaves out (it only decodes) still loads.
     with sdcpp_py.Context(**flux_parts_with_encoder, vae_decode_only=True, n_threads=2) as ctx:
         assert ctx.usable
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +122,11 @@ def prepare_context(options: Mapping[str, object], where: str = "Context") -> Pr
 
 
 def _unused_part(message: str, components: Mapping[str, str]) -> Optional[str]:
-    """The slot of the file the core's loader found no use for (patch 0026), from its error line."""
+    """The slot of the file the core's loader found no use for (patch 0026), from its error line (where the
+    binding wrote each byte of a non-UTF-8 name as U+FFFD)."""
     for slot, path in components.items():
-        if f"no tensor of '{path}' is one this model uses" in message:
+        as_logged = re.sub("[\udc80-\udcff]", "\ufffd", path)
+        if f"no tensor of '{as_logged}' is one this model uses" in message:
             return slot
     return None
 
