@@ -67,3 +67,40 @@ def test_a_tucker_locon_is_the_convolution_it_was_trained_as(sd1_checkpoint, tmp
     assert np.abs(reference.astype(int) - images["plain", "at_runtime"]).mean() > 1.0  # the LoRA shows
     for key in (("tucker", "at_runtime"), ("tucker", "immediately"), ("composed", "immediately")):
         assert psnr(images[key], reference) > 40, key  # f16 rounding of the kernels aside
+
+
+def test_a_lora_that_leaves_out_a_middle_part_of_a_fused_layer_applies_the_parts_it_has(flux_parts, tmp_path):
+    # The core maps to_q, to_k, to_v (and a single block's proj_mlp) to numbered parts of one fused weight (qkv,
+    # linear1) and stopped at the first part a LoRA lacks: a LoRA of to_q and to_v (a common choice of target
+    # modules) applied to_q alone, one of proj_mlp alone nothing. Reference: the same LoRAs with the parts they
+    # leave out written as zeros, which the core applies part by part.
+    rng = np.random.default_rng(2)
+    double, single = "transformer.transformer_blocks.0.attn", "transformer.single_transformer_blocks.0"
+
+    def lora_part(module: str, zero: bool = False) -> dict:
+        up = np.zeros((128, 4)) if zero else rng.standard_normal((128, 4)) * 0.5
+        return {f"{module}.lora_A.weight": (rng.standard_normal((4, 128)) * 0.5).astype(np.float16),
+                f"{module}.lora_B.weight": up.astype(np.float16)}
+
+    q_only = {**lora_part(f"{double}.to_q"), **lora_part(f"{single}.attn.to_q")}
+    q_and_v = {**q_only, **lora_part(f"{double}.to_v"), **lora_part(f"{single}.attn.to_v")}
+    mlp = lora_part(f"{single}.proj_mlp")
+    files = {name: _formats.write_safetensors(tmp_path / f"{name}.safetensors", tensors) for name, tensors in {
+        "q_only": q_only, "q_and_v": q_and_v,
+        "q_and_v_zero_k": {**q_and_v, **lora_part(f"{double}.to_k", True), **lora_part(f"{single}.attn.to_k", True)},
+        "mlp": mlp,
+        "mlp_zero_qkv": {**mlp, **{key: value for part in ("to_q", "to_k", "to_v")
+                                   for key, value in lora_part(f"{single}.attn.{part}", True).items()}},
+    }.items()}
+    call = dict(width=64, height=64, steps=2, seed=5)
+    for mode in ("at_runtime", "immediately"):
+        images = {}
+        for name in ("plain", *files):
+            # a fresh context per LoRA: taking a merged LoRA out again leaves the weights' rounding
+            with sdcpp_py.Context(**flux_parts, n_threads=2, lora_apply_mode=mode) as ctx:
+                images[name] = ctx.txt2img("a cube", loras=[] if name == "plain" else [files[name]], **call)[0]
+        # to_v shows (what the core dropped), and proj_mlp alone shows (the core applied nothing)
+        assert np.abs(images["q_and_v_zero_k"].astype(int) - images["q_only"]).mean() > 1.0, mode
+        assert np.abs(images["mlp_zero_qkv"].astype(int) - images["plain"]).mean() > 1.0, mode
+        np.testing.assert_array_equal(images["q_and_v"], images["q_and_v_zero_k"], err_msg=mode)
+        np.testing.assert_array_equal(images["mlp"], images["mlp_zero_qkv"], err_msg=mode)
