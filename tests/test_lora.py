@@ -78,7 +78,8 @@ def test_a_lora_that_leaves_out_a_middle_part_of_a_fused_layer_applies_the_parts
     double, single = "transformer.transformer_blocks.0.attn", "transformer.single_transformer_blocks.0"
 
     def lora_part(module: str, zero: bool = False) -> dict:
-        up = np.zeros((128, 4)) if zero else rng.standard_normal((128, 4)) * 0.5
+        rows = 512 if module.endswith("proj_mlp") else 128  # q, k and v as wide as the input (128), the MLP 4x
+        up = np.zeros((rows, 4)) if zero else rng.standard_normal((rows, 4)) * 0.5
         return {f"{module}.lora_A.weight": (rng.standard_normal((4, 128)) * 0.5).astype(np.float16),
                 f"{module}.lora_B.weight": up.astype(np.float16)}
 
