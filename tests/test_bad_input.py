@@ -270,6 +270,34 @@ def test_lora_files_the_core_would_fail_on_are_refused_before_the_call(flux_part
     assert not np.array_equal(once, half_once)
 
 
+def test_a_loha_tucker_kernel_without_its_matrix_is_refused_in_a_child_process(flux_parts, tmp_path):
+    # Found by `tools/fuzz.py loras`: the core transposes the kernel's w1_a matrix without looking for it, a null
+    # pointer (SIGSEGV) in the LoRA check and in applying the LoRA alike. In a child: the bug killed the process.
+    layer = "lora_unet_double_blocks_0_img_attn_qkv"
+    lora = _formats.write_safetensors(tmp_path / "tucker-alone.safetensors", {
+        f"{layer}.hada_t1": np.full((4, 4, 1, 1), 0.1, np.float16),
+        f"{layer}.hada_w1_b": np.full((4, 128), 0.1, np.float16)})
+    child = textwrap.dedent("""
+        import json, sys
+        import sdcpp_py
+        parts, lora = json.loads(sys.argv[1]), sys.argv[2]
+        with sdcpp_py.Context(**parts, n_threads=1) as ctx:
+            try:
+                ctx.txt2img("a cube", loras=[lora], width=32, height=32, steps=1)
+                print("RESULT generated")
+            except Exception as exc:
+                print("RESULT", type(exc).__name__, exc)
+            ctx.txt2img("a cube", width=32, height=32, steps=1)
+            print("PLAIN ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", child, json.dumps({k: str(v) for k, v in flux_parts.items()}),
+                           str(lora)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the interpreter died (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+    assert re.search(r"RESULT InvalidComponentError loras\[0\]\.path: .*LoHa Tucker kernel without its "
+                     r"'lora_unet_double_blocks_0_img_attn_qkv\.hada_w1_a'", proc.stdout), proc.stdout
+    assert "PLAIN ok" in proc.stdout
+
+
 @pytest.mark.parametrize("mode", ["at_runtime", "immediately"])
 def test_loras_that_do_not_fit_the_model_are_refused_and_the_context_kept(flux_parts, tmp_path, mode, caplog):
     # Patch 0024. Each failed one of ggml's checks inside the core half way through the call (merging, or building

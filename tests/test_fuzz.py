@@ -1,5 +1,5 @@
-"""A small fixed-seed run of tools/fuzz.py (issue 17): malformed component files and random call sequences
-across threads never crash or hang the interpreter.
+"""A small fixed-seed run of tools/fuzz.py (issue 17): malformed component files, generated LoRA files and
+random call sequences across threads never crash or hang the interpreter.
 
 Each mutant and sequence runs in a child process of the fuzzer, so a crash is counted, not fatal to pytest.
 Longer campaigns: `python tools/fuzz.py components --mutants 20000 --jobs 2` (see the tool's docstring).
@@ -50,3 +50,15 @@ def test_ten_call_sequences_across_threads_neither_crash_nor_hang(tmp_path, flux
     assert summary["tried"] == 10
     assert summary["counts"]["crash"] == 0 and summary["counts"]["hang"] == 0, failures(summary)
     assert summary["counts"]["fuzzer_error"] == 0, failures(summary)
+
+
+def test_sixty_generated_loras_neither_crash_nor_hang_nor_break_the_context(tmp_path, flux_parts, flux_gguf_dit):
+    # LoRA files of every kind the core applies, well formed and not, in 1-3 calls at run time or merged: a
+    # refusal must be an exception of a documented type, and the context must make a plain image after it.
+    summary = run_fuzz(tmp_path, flux_parts["diffusion_model"].parent, "loras", "--cases", "60",
+                       "--seed", "17", "--jobs", "2", "--timeout", "60")
+    assert summary["tried"] == 60
+    assert summary["counts"]["refused"] > 0 and summary["counts"]["ok"] > 0  # the cases reach both ends
+    for outcome in ("crash", "hang", "broken", "fuzzer_error"):
+        assert summary["counts"][outcome] == 0, failures(summary)
+    assert not summary["undocumented_exceptions"], summary["undocumented_exceptions"]

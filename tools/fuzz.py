@@ -3,6 +3,7 @@
 
     python tools/fuzz.py components --mutants 20000 --seed 1 --jobs 2 --timeout 20 --out fuzz-out
     python tools/fuzz.py calls --sequences 200 --seed 1 --jobs 1 --timeout 60 --out fuzz-out
+    python tools/fuzz.py loras --cases 2000 --seed 1 --jobs 2 --timeout 60 --out fuzz-out
     python tools/fuzz.py replay fuzz-out/crashes/crash-components-s1-i123.json [--repeat 20] [--gdb]
 
 ``components``: mutants of small valid component files made by ``sdcpp_py.testing`` (the tiny Flux DiT as
@@ -12,6 +13,14 @@ then). Mutations know the formats: the safetensors JSON header (dtypes, shapes, 
 metadata, the length field, whitespace, encodings) and the GGUF header (version, counts, key strings,
 metadata value types, tensor dims, ggml type ids, offsets, alignment), many of them kept self-consistent so
 that they get past the header checks to the core; plus truncation, byte flips and file-name extensions.
+
+``loras``: generated LoRA files (safetensors, some GGUF) for the tiny Flux parts (DiT, CLIP-L, VAE; the DiT
+also as Q8_0) and, in some cases, the synthetic SD1 checkpoint (its UNet's convolutions; f16 or q8_0): 1-6
+layers each, in the spellings trainers write (kohya, diffusers, LyCORIS) and the kinds the core applies (LoRA,
+LoCon with a middle kernel, LoHa, LoKr, raw differences), with 0-3 mutations (a dimension off, swapped, dropped
+or 0, another layer's shape, a huge rank, integer dtypes, NaN/inf/huge values, odd alphas and scales, missing
+or renamed tensors), applied in 1-3 calls with multipliers from 0 to 1000 and NaN, at run time or merged. A
+refused call must leave the context usable: a plain call follows it ("broken" if that fails).
 
 ``calls``: random sequences across 2-4 threads on one or two tiny Flux contexts (and an ESRGAN upscaler):
 generations whose progress/preview callbacks call back into the package (cancel, close, another
@@ -50,6 +59,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 M32, M64 = 2**32 - 1, 2**64 - 1
 OUTCOMES = ("ok", "refused", "crash", "hang")
+# what a campaign reports as found: also "broken" (loras: a refused LoRA left the context refusing plain calls)
+BAD_OUTCOMES = ("crash", "hang", "fuzzer_error", "broken")
 
 # --------------------------------------------------------------------------- seeds
 
@@ -1176,6 +1187,258 @@ def sequence_work(report: Reporter, plan: dict, files: Dict[str, Path]) -> None:
            exceptions=seen)
 
 
+# --------------------------------------------------------------------------- LoRA files (mode "loras")
+
+# Spellings of a LoRA's tensors for one model tensor, as trainers write them (the core converts each).
+LORA_PAIRS = [(".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"),
+              (".lora.down.weight", ".lora.up.weight")]
+# diffusers' names for the tiny Flux DiT's layers, some of them parts of a fused weight (qkv, linear1)
+FLUX_DIFFUSERS = {
+    "transformer.transformer_blocks.0.attn.to_q": (128, 128), "transformer.transformer_blocks.0.attn.to_k": (128, 128),
+    "transformer.transformer_blocks.0.attn.to_v": (128, 128),
+    "transformer.transformer_blocks.0.attn.add_q_proj": (128, 128),
+    "transformer.transformer_blocks.0.attn.add_v_proj": (128, 128),
+    "transformer.transformer_blocks.0.attn.to_out.0": (128, 128), "transformer.transformer_blocks.0.ff.net.0.proj": (512, 128),
+    "transformer.single_transformer_blocks.0.attn.to_q": (128, 128),
+    "transformer.single_transformer_blocks.0.attn.to_k": (128, 128),
+    "transformer.single_transformer_blocks.0.attn.to_v": (128, 128),
+    "transformer.single_transformer_blocks.0.proj_mlp": (512, 128),
+    "transformer.single_transformer_blocks.0.proj_out": (128, 640),
+}
+
+
+def lora_seed_sd1(seed_dir: Path) -> Path:
+    """The synthetic SD1 checkpoint beside the Flux seeds (the test suite's cache keeps both)."""
+    from sdcpp_py.testing import sd
+
+    return Path(sd.sd1_checkpoint(seed_dir.parent / "sd1"))
+
+
+def safetensors_shapes(path: Path) -> Dict[str, List[int]]:
+    with open(path, "rb") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(size))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def lora_targets(files: Dict[str, Path]) -> Dict[str, List[Tuple[str, Tuple[int, ...]]]]:
+    """Per model ("flux": the tiny Flux parts; "sd1": the synthetic SD1 checkpoint, a full-size UNet), (a LoRA's
+    base name, the layer's weight shape) for its layers, in several spellings."""
+    sd1 = []
+    for name, shape in safetensors_shapes(files["sd1"]).items():
+        if not name.endswith(".weight") or len(shape) not in (2, 4) or "embed" in name:
+            continue
+        base = name[:-len(".weight")]
+        if base.startswith("model.diffusion_model."):
+            base = base[len("model."):]
+            sd1 += [(base, tuple(shape)), ("lora_unet_" + base[len("diffusion_model."):].replace(".", "_"), tuple(shape))]
+        elif base.startswith("cond_stage_model.transformer.text_model.encoder.layers.0."):
+            sd1.append(("lora_te_" + base[len("cond_stage_model.transformer."):].replace(".", "_"), tuple(shape)))
+        elif base.startswith("first_stage_model.decoder.") and len(shape) == 4:
+            sd1.append(("vae." + base[len("first_stage_model."):], tuple(shape)))
+    targets = []
+    for name, shape in safetensors_shapes(files["diffusion_model"]).items():
+        if name.endswith(".weight") and len(shape) == 2:
+            base = name[:-len(".weight")]
+            targets += [(f"diffusion_model.{base}", tuple(shape)), (f"lora_unet_{base.replace('.', '_')}", tuple(shape))]
+    targets += list(FLUX_DIFFUSERS.items())
+    for name, shape in safetensors_shapes(files["clip_l"]).items():
+        if ".layers.0." in name and name.endswith(".weight") and len(shape) == 2:
+            targets.append((f"lora_te1_{name[:-len('.weight')].replace('.', '_')}", tuple(shape)))
+    for name, shape in safetensors_shapes(files["vae"]).items():
+        if name.endswith(".weight") and len(shape) == 4 and "decoder" in name:
+            targets.append((f"vae.{name[:-len('.weight')]}", tuple(shape)))
+    return {"flux": targets, "sd1": sd1}
+
+
+def lora_module(rng: random.Random, base: str, shape: Tuple[int, ...]) -> Tuple[str, Dict[str, tuple]]:
+    """One layer's LoRA tensors as (dtype, shape, fill) specs, in a random kind, mostly well formed."""
+    out, rest = shape[0], list(shape[1:])
+    fan_in = math.prod(rest)
+    rank = rng.choice([1, 2, 4, 8, 16])
+    conv = len(shape) == 4
+    kind = rng.choices(["lora", "lora_mid", "loha", "lokr", "diff"], weights=[8, 2 if conv else 0, 2, 2, 1])[0]
+    t: Dict[str, tuple] = {}
+    if kind in ("lora", "lora_mid"):
+        down_name, up_name = rng.choice(LORA_PAIRS)
+        if kind == "lora_mid":
+            t[base + down_name] = ("f16", [rank, rest[0], 1, 1], "randn")
+            t[base + ".lora_mid.weight"] = ("f16", [rank, rank, *rest[1:]], "randn")
+        else:
+            t[base + down_name] = ("f16", [rank, *rest], "randn")
+        t[base + up_name] = ("f16", [out, rank] + ([1, 1] if conv else []), "randn")
+    elif kind == "loha":
+        for w in ("w1", "w2"):
+            t[f"{base}.hada_{w}_a"] = ("f16", [out, rank], "randn")
+            t[f"{base}.hada_{w}_b"] = ("f16", [rank, fan_in], "randn")
+    elif kind == "lokr":
+        a = rng.choice([d for d in (1, 2, 4, 8) if out % d == 0])
+        c = rng.choice([d for d in (1, 2, 4, 8) if fan_in % d == 0])
+        t[f"{base}.lokr_w1"] = ("f16", [a, c], "randn")
+        if rng.random() < 0.5:
+            t[f"{base}.lokr_w2"] = ("f16", [out // a, fan_in // c] if not conv else [out // a, rest[0] // c, *rest[1:]],
+                                    "randn")
+        else:
+            t[f"{base}.lokr_w2_a"] = ("f16", [out // a, rank], "randn")
+            t[f"{base}.lokr_w2_b"] = ("f16", [rank, fan_in // c], "randn")
+    else:
+        t[f"{base}.diff"] = ("f16", list(shape), "randn")
+        if rng.random() < 0.3:
+            t[f"{base}.diff_b"] = ("f16", [out], "randn")
+    if kind != "diff" and rng.random() < 0.8:
+        t[f"{base}.alpha"] = ("f32", [], rng.choice([1.0, float(rank), 0.5 * rank]))
+    return kind, t
+
+
+def lora_mutation(rng: random.Random, t: Dict[str, tuple], targets) -> str:
+    """One change to a LoRA's tensor specs; returns a note saying what."""
+    name = rng.choice(sorted(t))
+    dtype, shape, fill = t[name]
+    what = rng.choice(["dim", "dim", "swap", "ndims", "zero_dim", "dtype", "alpha", "drop", "values", "rename",
+                       "other_shape", "huge_rank", "extra", "scale"])
+    if what == "dim" and shape:
+        i = rng.randrange(len(shape))
+        shape = list(shape)
+        shape[i] = max(0, shape[i] + rng.choice([-1, 1, 2, shape[i]]))
+        t[name] = (dtype, shape, fill)
+    elif what == "swap" and len(shape) >= 2:
+        t[name] = (dtype, [shape[1], shape[0], *shape[2:]], fill)
+    elif what == "ndims":
+        t[name] = (dtype, rng.choice([[], [math.prod(shape) if shape else 1], list(shape) + [1], [1] + list(shape),
+                                      list(shape[:1])]), fill)
+    elif what == "zero_dim" and shape:
+        shape = list(shape)
+        shape[rng.randrange(len(shape))] = 0
+        t[name] = (dtype, shape, fill)
+    elif what == "dtype":
+        t[name] = (rng.choice(["f32", "f64", "i32", "i64"]), shape, fill)
+    elif what == "alpha":
+        alpha = [n for n in t if n.endswith(".alpha")] or [name.rsplit(".", 2)[0] + ".alpha"]
+        name = alpha[0]
+        t[name] = (rng.choice(["f32", "f16", "i64"]), rng.choice([[], [], [1], [2]]),
+                   rng.choice([0.0, -4.0, 1e30, float("nan"), float("inf"), 1e-30, 3.0]))
+    elif what == "drop":
+        del t[name]
+    elif what == "values":
+        t[name] = (dtype, shape, rng.choice(["nan", "inf", "huge", "zeros"]))
+    elif what == "rename":
+        new = rng.choice([name.replace("0", "7", 1), name + "x", name.replace(".weight", ""),
+                          rng.choice(targets)[0] + name[name.find("."):] if "." in name else name])
+        del t[name]
+        t[new] = (dtype, shape, fill)
+        name = f"{name} -> {new}"
+    elif what == "other_shape":
+        other = list(rng.choice(targets)[1])
+        t[name] = (dtype, rng.choice([other, other[:2], other[::-1]]), fill)
+    elif what == "huge_rank" and len(shape) >= 2:
+        shape = list(shape)
+        shape[0 if "down" in name or "lora_A" in name or "_b" in name else 1] = rng.choice([4096, 20000])
+        t[name] = (dtype, shape, fill)
+    elif what == "extra":
+        base = rng.choice(targets)[0]
+        t[base + rng.choice([".lora_mid.weight", ".hada_t1", ".lokr_w1_b", ".dora_scale", ".scale", ".lora_up.weight"])] \
+            = ("f16", rng.choice([[4, 4, 3, 3], [4], [128, 4], [1]]), "randn")
+    elif what == "scale":
+        t[name.rsplit(".", 2)[0] + ".scale"] = ("f32", [], rng.choice([0.0, 1.0, float("nan"), -1e30]))
+    return f"{what} {name}"
+
+
+def make_lora_case(rng: random.Random, targets_of: Dict[str, list]) -> dict:
+    """A LoRA case: a model, 1-2 files (each 1-6 layers of random kinds, 0-3 mutations), the context's options
+    and 1-3 calls naming them with multipliers."""
+    model = "sd1" if rng.random() < 0.15 else "flux"
+    targets = targets_of[model]
+    files, formats, notes, ops = [], [], [], []
+    for _ in range(rng.choice([1, 1, 2])):
+        tensors: Dict[str, tuple] = {}
+        for _ in range(rng.randint(1, 6)):
+            base, shape = rng.choice(targets)
+            kind, module = lora_module(rng, base, shape)
+            tensors.update(module)
+            ops.append(f"kind.{kind}")
+        for _ in range(rng.choices([0, 1, 2, 3], weights=[4, 8, 3, 1])[0]):
+            note = lora_mutation(rng, tensors, targets)
+            ops.append("mut." + note.split(" ", 1)[0])
+            notes.append(note)
+        files.append({k: list(v) for k, v in tensors.items()})
+        formats.append(rng.choices(["safetensors", "gguf", "gguf-q8_0"], weights=[8, 1, 1])[0])
+        ops.append(f"file.{formats[-1]}")
+    multipliers = {1.0: 30, 0.5: 10, 0.0: 6, -1.0: 6, 2.0: 6, 100.0: 3, 1e3: 1, float("nan"): 1}  # mostly accepted
+
+    def multiplier() -> float:
+        return rng.choices(list(multipliers), weights=list(multipliers.values()))[0]
+
+    calls = [[(rng.randrange(len(files)), multiplier()) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
+             for _ in range(rng.randint(1, 3))]
+    return {"model": model, "files": files, "formats": formats, "calls": calls, "mode": rng.choice(["at_runtime", "immediately", "auto"]),
+            "quantized": rng.random() < 0.3, "threads": rng.choice([1, 2]), "notes": notes, "ops": ops}
+
+
+def write_lora(path: Path, specs: Dict[str, list], seed: int, file_format: str = "safetensors"):
+    """A LoRA file of these tensor specs: safetensors, or GGUF (F16/F32 as given, or Q8_0 where a row allows;
+    integers as F32 and a scalar as one value: what GGUF holds)."""
+    import numpy as np
+    from sdcpp_py import _formats
+
+    rng = np.random.default_rng(seed)
+    dtypes = {"f16": np.float16, "f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64}
+    arrays = {}
+    for name, (dtype, shape, fill) in specs.items():
+        if isinstance(fill, float):
+            array = np.full(shape, fill)
+        elif fill == "randn":
+            array = rng.standard_normal(shape) * 0.05
+        else:
+            array = {"nan": np.full(shape, np.nan), "inf": np.full(shape, np.inf), "huge": np.full(shape, 6e4),
+                     "zeros": np.zeros(shape)}[fill]
+        with np.errstate(invalid="ignore", over="ignore"):
+            arrays[name] = array.astype(dtypes[dtype]) if dtype.startswith("f") else \
+                np.nan_to_num(array, posinf=1, neginf=-1).astype(dtypes[dtype])
+    if file_format.startswith("gguf"):
+        for name, array in arrays.items():
+            array = array.reshape(1) if array.ndim == 0 else array
+            arrays[name] = array if array.dtype in (np.float16, np.float32) else array.astype(np.float32)
+        try:
+            return _formats.write_gguf(path.with_suffix(".gguf"), arrays,
+                                       types="Q8_0" if file_format == "gguf-q8_0" else None)
+        except ValueError:  # a shape GGUF cannot hold (a zero dimension): the same tensors as safetensors
+            pass
+    return _formats.write_safetensors(path, arrays)
+
+
+def lora_work(report: Reporter, case: dict, files: Dict[str, Path], work: Path, gen_size: int, seed: int) -> None:
+    import sdcpp_py
+
+    formats = case.get("formats") or ["safetensors"] * len(case["files"])
+    paths = [write_lora(work / f"lora-{i}.safetensors", specs, seed + i, file_format)
+             for i, (specs, file_format) in enumerate(zip(case["files"], formats))]
+    if case.get("model") == "sd1":  # quantized: its f16 UNet as q8_0 at load (convolutions too, patch 0015)
+        parts = {"model": files["sd1"], **({"weight_type": "q8_0"} if case["quantized"] else {})}
+    else:
+        parts = {k: files[k] for k in ("diffusion_model", "clip_l", "vae")}
+        if case["quantized"]:
+            parts["diffusion_model"] = files["diffusion_model.gguf"]
+    report(event="stage", stage="context")
+    refusals: List[str] = []
+    with sdcpp_py.Context(**parts, n_threads=case["threads"], lora_apply_mode=case["mode"]) as ctx:
+        for number, call in enumerate(case["calls"]):
+            report(event="stage", stage=f"call {number}")
+            try:
+                loras = [sdcpp_py.Lora(paths[i], multiplier) for i, multiplier in call]
+                ctx.txt2img("a fuzzed cube", width=gen_size, height=gen_size, steps=1, cfg_scale=1.0, seed=seed,
+                            loras=loras)
+            except Exception as exc:
+                refusals.append(describe(exc))
+                report(event="stage", stage=f"plain call after refused call {number}")
+                try:  # a refused LoRA must leave the context usable
+                    ctx.txt2img("a fuzzed cube", width=gen_size, height=gen_size, steps=1, cfg_scale=1.0, seed=seed)
+                except Exception as after:
+                    report(event="result", outcome="broken", error=f"after {refusals[-1]}: {describe(after)}")
+                    return
+        report(event="stage", stage="close")
+    report(event="result", outcome="refused" if refusals else "ok", error=refusals[0] if refusals else None)
+
+
 # --------------------------------------------------------------------------- fork server
 
 
@@ -1193,6 +1456,9 @@ class ForkServer:
         self.args = args
         self.files = make_seed_files(Path(args.seed_dir))
         self.models = load_seed_models(self.files) if args.mode == "components" else None
+        if args.mode == "loras":
+            self.files["sd1"] = lora_seed_sd1(Path(args.seed_dir))
+        self.targets = lora_targets(self.files) if args.mode == "loras" else None
         self.work = Path(args.workdir)
         self.crash_dir = Path(args.out) / "crashes"
         self.warned = False
@@ -1241,6 +1507,8 @@ class ForkServer:
             report = Reporter(write_fd)
             if self.args.mode == "components":
                 self.component_child(request, report)
+            elif self.args.mode == "loras":
+                self.lora_child(request, report)
             else:
                 self.calls_child(request, report)
         except ExitForReal:
@@ -1270,6 +1538,18 @@ class ForkServer:
             report(event="mutant", role=role, ops=mutant.ops, notes=mutant.notes, ext=mutant.ext, mmap=use_mmap,
                    path=str(path))
         component_work(report, path, role, self.files, self.args.gen_size, use_mmap, index % 1000)
+
+    def lora_child(self, request: dict, report: Reporter) -> None:
+        index = request.get("index", -1)
+        if "replay" in request:
+            info = json.loads(Path(request["replay"]).read_text())
+            case, index = info["case"], info["index"]
+        else:
+            case = make_lora_case(random.Random(f"loras:{self.args.seed}:{index}"), self.targets)
+        role = f"lora {case.get('model', 'flux')} {case['mode']}" + (" q8_0" if case["quantized"] else "")
+        report(event="mutant", role=role, ops=case["ops"], notes=case["notes"], ext=".safetensors", mmap=False)
+        report(event="case", case=case)
+        lora_work(report, case, self.files, self.work, self.args.gen_size, index % 1000)
 
     def calls_child(self, request: dict, report: Reporter) -> None:
         if "replay" in request:
@@ -1334,6 +1614,8 @@ class ForkServer:
                               mmap=event["mmap"])
             elif kind == "plan":
                 result["plan"] = event["plan"]
+            elif kind == "case":
+                result["case"] = event["case"]
             elif kind == "stage":
                 result["stage"] = event["stage"]
             elif kind == "inspect":
@@ -1360,7 +1642,7 @@ class ForkServer:
                 result["outcome"] = "fuzzer_error"
             else:
                 result["outcome"], result["signal"] = "crash", f"exit status {os.WEXITSTATUS(status)}"
-        if result["outcome"] in ("crash", "hang", "fuzzer_error"):
+        if result["outcome"] in BAD_OUTCOMES:
             try:
                 text = stderr_path.read_text(errors="replace")
             except OSError:
@@ -1377,7 +1659,7 @@ class ForkServer:
         stem = f"{result['outcome']}-{self.args.mode}-s{self.args.seed}-i{result['index']}"
         info = {"mode": self.args.mode, "seed": self.args.seed, "index": result["index"],
                 "seed_dir": str(self.args.seed_dir), **{k: v for k, v in result.items() if k != "saved"}}
-        if self.args.mode == "components" and "role" in result:
+        if self.args.mode == "components" and "role" in result and "case" not in result:
             mutant = self.work / f"mutant-{result['role'].split('.')[0]}{result['ext']}"
             target = self.crash_dir / f"{stem}{result['ext'] or '.bin'}"
             if mutant.exists():
@@ -1524,6 +1806,7 @@ def normalize(message: str) -> str:
 
 # Exception types the README promises for each mode; anything else is listed on its own.
 DOCUMENTED = {"components": {"InvalidComponentError", "SdcppError", "ValueError", "FileNotFoundError"},
+              "loras": {"InvalidComponentError", "ValueError", "FileNotFoundError"},
               "calls": {"Cancelled", "SdcppError", "ValueError", "RuntimeError", "FuzzRaise"}}
 
 
@@ -1564,7 +1847,7 @@ class Tally:
                 odd[0] += 1
         if "inspect" in r and outcome in ("ok", "refused"):
             self.disagree[f"inspect {'ok' if r['inspect'] == 'ok' else 'refused'}, Context {outcome}"] += 1
-        if outcome in ("crash", "hang", "fuzzer_error"):
+        if outcome in BAD_OUTCOMES:
             self.bad.append(r)
             self.per_stage[str(r.get("stage"))][outcome] += 1
             where = r.get("saved") or ""
@@ -1580,7 +1863,7 @@ class Tally:
     def line(self) -> str:
         seconds = time.monotonic() - self.started
         rate = self.tried() / seconds * 60 if seconds else 0
-        shown = [o for o in OUTCOMES + ("fuzzer_error",) if o in OUTCOMES or self.counts[o]]
+        shown = [o for o in OUTCOMES + BAD_OUTCOMES[2:] if o in OUTCOMES or self.counts[o]]
         return f"{self.tried()} tried in {seconds:.0f} s ({rate:.0f}/min): " + ", ".join(
             f"{o} {self.counts[o]}" for o in shown)
 
@@ -1603,7 +1886,7 @@ class Tally:
         refusals = sorted(self.refusals.values(), key=lambda e: -e[0])
         return {"mode": self.mode, "seed": self.seed, "tried": self.tried(), "seconds": round(seconds, 1),
                 "per_minute": round(self.tried() / seconds * 60, 1) if seconds else 0,
-                "counts": {o: self.counts[o] for o in OUTCOMES + ("fuzzer_error",)},
+                "counts": {o: self.counts[o] for o in OUTCOMES + BAD_OUTCOMES[2:]},
                 "per_kind": {k: dict(v) for k, v in sorted(self.per_kind.items())},
                 "per_role": {k: dict(v) for k, v in sorted(self.per_role.items())},
                 "inspect_vs_context": dict(self.disagree), "exception_types": dict(self.exc_types.most_common()),
@@ -1627,7 +1910,7 @@ class Tally:
             out.append("inspect() against Context(): "
                        + ", ".join(f"{k} {v}" for k, v in s["inspect_vs_context"].items()))
         out.append("exception types: " + ", ".join(f"{k} {v}" for k, v in s["exception_types"].items()))
-        what = "refusals" if self.mode == "components" else "exceptions the calls raised"
+        what = "exceptions the calls raised" if self.mode == "calls" else "refusals"
         out.append(f"{what} (top 20 of {s['distinct_refusals']} distinct):")
         out += [f"  {n:6}  {m[:200]}" for n, m in s["refusals"]]
         if s["undocumented_exceptions"]:
@@ -1663,13 +1946,15 @@ def campaign(args) -> int:
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     make_seed_files(args.seed_dir)  # before the servers start, so that they do not race to write them
-    count = args.mutants if args.mode == "components" else args.sequences
+    if args.mode == "loras":
+        lora_seed_sd1(args.seed_dir)
+    count = getattr(args, {"components": "mutants", "loras": "cases"}.get(args.mode, "sequences"))
     tally = Tally(args.mode, args.seed)
     drive(args, args.mode, [{"index": i} for i in range(args.start, args.start + count)], tally.add)
     tally.print_summary()
     summary = tally.summary()
     (args.out / f"summary-{args.mode}.json").write_text(json.dumps(summary, indent=1, default=str))
-    return 1 if summary["counts"]["crash"] or summary["counts"]["hang"] or summary["counts"]["fuzzer_error"] else 0
+    return 1 if any(summary["counts"][o] for o in BAD_OUTCOMES) else 0
 
 
 def replay(args) -> int:
@@ -1688,7 +1973,7 @@ def replay(args) -> int:
             print("  in flight: " + "; ".join(r["in_flight"]))
         if r.get("stderr_tail"):
             print(r["stderr_tail"])
-        bad += r["outcome"] in ("crash", "hang")
+        bad += r["outcome"] in BAD_OUTCOMES
     shutil.rmtree(args.out, ignore_errors=True)
     return 1 if bad else 0
 
@@ -1701,6 +1986,10 @@ def direct(args) -> int:
     if info["mode"] == "components":
         component_work(report, Path(info["mutant_file"]), info["role"], files, args.gen_size, info.get("mmap", False),
                        info["index"] % 1000)
+    elif info["mode"] == "loras":
+        files["sd1"] = lora_seed_sd1(Path(args.seed_dir or info["seed_dir"]))
+        lora_work(report, info["case"], files, Path(tempfile.mkdtemp(prefix="sdcpp-fuzz-lora-")), args.gen_size,
+                  info["index"] % 1000)
     else:
         try:
             sequence_work(report, info["plan"], files)
@@ -1746,6 +2035,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("components", help="mutated safetensors/GGUF components through inspect() and Context()")
     p.add_argument("--mutants", type=int, default=1000)
     common(p, 30)
+    p = sub.add_parser("loras", help="generated LoRA files, well formed and not, through calls that apply them")
+    p.add_argument("--cases", type=int, default=500)
+    common(p, 60)
     p = sub.add_parser("calls", help="random call sequences across threads")
     p.add_argument("--sequences", type=int, default=50)
     common(p, 60)

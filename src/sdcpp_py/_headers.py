@@ -95,8 +95,8 @@ def _first_value(handle, tensor) -> "float | None":
 
 def check_lora(argument: str, header: FileHeader) -> None:
     """What the core's LoRA code assumes of a file, checked where the file alone says it: every tensor of a
-    float type, each down/up pair of matrices sharing a rank above 0, and each alpha or scale one finite
-    number. (Shapes that do not fit the model fail inside the core at the call.)"""
+    float type, each down/up pair of matrices sharing a rank above 0, each LoHa Tucker kernel with its matrix,
+    and each alpha or scale one finite number. (Whether the shapes fit the model the core checks at the call.)"""
     tensors = header.tensors
     for tensor in tensors.values():
         # One integer alpha is read as a number (diffusers' kohya export writes int64 ones; the core reads i64
@@ -123,6 +123,12 @@ def check_lora(argument: str, header: FileHeader) -> None:
                     f"{argument}: {name!r} {list(down_shape)} and {up.name!r} {list(up_shape)} do not share a "
                     "rank above 0 (down is rank x in, up is out x rank)")
             break
+    for name in tensors:
+        # a LoHa's Tucker kernel is used with its w*_a matrix, which the core transposes without looking for it
+        for kernel, partner in ((".hada_t1", ".hada_w1_a"), (".hada_t2", ".hada_w2_a")):
+            if name.endswith(kernel) and name[: -len(kernel)] + partner not in tensors:
+                raise InvalidComponentError(f"{argument}: {name!r} is a LoHa Tucker kernel without its "
+                                            f"{name[: -len(kernel)] + partner!r} (the core would crash on it)")
     alphas = [tensor for name, tensor in tensors.items()
               if name.endswith((".alpha", ".scale")) and not name.endswith("dora_scale")]
     with open(header.path, "rb") as handle:  # once for all of them: a LoRA has one per layer
