@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 
 import sdcpp_py
@@ -105,3 +110,37 @@ def test_a_lora_that_leaves_out_a_middle_part_of_a_fused_layer_applies_the_parts
         assert np.abs(images["mlp_zero_qkv"].astype(int) - images["plain"]).mean() > 1.0, mode
         np.testing.assert_array_equal(images["q_and_v"], images["q_and_v_zero_k"], err_msg=mode)
         np.testing.assert_array_equal(images["mlp"], images["mlp_zero_qkv"], err_msg=mode)
+
+
+def test_a_gguf_lokr_with_a_quantized_factor_on_a_convolution_applies_at_run_time(flux_parts, tmp_path):
+    # Found by `tools/fuzz.py loras`: at run time the core casts a convolution's LoRA parts to f16, which ggml's
+    # copy cannot do from a quantized type: a GGUF LoKr whose flattened factor is Q8_0 aborted the process when
+    # the graph ran (in a child here). Merged, the same file applies (through f32): the reference.
+    rng = np.random.default_rng(4)
+    layer = "vae.decoder.mid.block_2.conv2"  # 128 x 128 x 3 x 3
+    lokr = _formats.write_gguf(tmp_path / "lokr-q8_0.gguf", {
+        f"{layer}.lokr_w1": (rng.standard_normal((8, 1)) * 0.5).astype(np.float32),
+        f"{layer}.lokr_w2_a": (rng.standard_normal((16, 16)) * 0.5).astype(np.float32),
+        f"{layer}.lokr_w2_b": (rng.standard_normal((16, 1152)) * 0.05).astype(np.float32),
+        f"{layer}.alpha": np.array([16.0], np.float32)}, types={f"{layer}.lokr_w2_b": "Q8_0"})
+    child = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        import sdcpp_py
+        parts, lora, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+        images = {}
+        for mode in ("at_runtime", "immediately"):
+            with sdcpp_py.Context(**parts, n_threads=2, lora_apply_mode=mode) as ctx:
+                call = dict(width=64, height=64, steps=1, seed=4)
+                if mode == "at_runtime":
+                    images["plain"] = ctx.txt2img("a cube", **call)[0]
+                images[mode] = ctx.txt2img("a cube", loras=[lora], **call)[0]
+        np.savez(out, **images)
+    """)
+    out = tmp_path / "images.npz"
+    proc = subprocess.run([sys.executable, "-c", child, json.dumps({k: str(v) for k, v in flux_parts.items()}),
+                           str(lokr), str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the interpreter died (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+    images = np.load(out)
+    assert np.abs(images["at_runtime"].astype(int) - images["plain"]).mean() > 1.0  # the LoRA shows
+    assert psnr(images["immediately"], images["at_runtime"]) > 30  # as merged, rounding aside
