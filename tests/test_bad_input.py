@@ -400,6 +400,21 @@ def test_a_merged_lora_file_that_changed_is_not_taken_out_as_its_new_contents(fl
         np.testing.assert_array_equal(ctx.txt2img("a cube", loras=[lora], **call)[0], merged)
 
 
+def test_a_lora_first_asked_for_at_multiplier_0_merges_later(flux_parts, tmp_path):
+    # Found by `tools/fuzz.py loras`: with merged LoRAs a first call with a LoRA at multiplier 0 (nothing merged,
+    # so no file stamp kept) made every later call asking for it refused as a file that "changed or went away".
+    from sdcpp_py.testing import extras
+    lora = extras.flux_lora(flux_parts["diffusion_model"], tmp_path / "style.safetensors")
+    call = dict(width=64, height=64, steps=1, seed=2)
+    with sdcpp_py.Context(**flux_parts, n_threads=2, lora_apply_mode="immediately") as ctx:
+        off = ctx.txt2img("a cube", loras=[sdcpp_py.Lora(lora, 0.0)], **call)[0]
+        on = ctx.txt2img("a cube", loras=[lora], **call)[0]
+    with sdcpp_py.Context(**flux_parts, n_threads=2, lora_apply_mode="immediately") as fresh:
+        reference = fresh.txt2img("a cube", loras=[lora], **call)[0]
+    np.testing.assert_array_equal(on, reference)  # merged into weights the call at 0 left as they were
+    assert not np.array_equal(on, off)
+
+
 def test_lora_multipliers_past_100_are_refused(flux_parts, tmp_path):
     # Merged into f16 weights (lora_apply_mode "immediately", or "auto" on f16 models) 1e30 overflowed them, and
     # every later image of the Context came out white.
