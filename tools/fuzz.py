@@ -1234,13 +1234,16 @@ def lora_targets(files: Dict[str, Path]) -> Dict[str, List[Tuple[str, Tuple[int,
             sd1 += [(base, tuple(shape)), ("lora_unet_" + base[len("diffusion_model."):].replace(".", "_"), tuple(shape))]
         elif base.startswith("cond_stage_model.transformer.text_model.encoder.layers.0."):
             sd1.append(("lora_te_" + base[len("cond_stage_model.transformer."):].replace(".", "_"), tuple(shape)))
-        elif base.startswith("first_stage_model.decoder.") and len(shape) == 4:
+        elif base.startswith("first_stage_model.decoder.") and len(shape) == 4 and "_" not in base[18:]:
+            # (the core reads an SD1 LoRA's names with '_' as '.': block_1, attn_1, nin_shortcut find nothing)
             sd1.append(("vae." + base[len("first_stage_model."):], tuple(shape)))
     targets = []
     for name, shape in safetensors_shapes(files["diffusion_model"]).items():
         if name.endswith(".weight") and len(shape) == 2:
             base = name[:-len(".weight")]
-            targets += [(f"diffusion_model.{base}", tuple(shape)), (f"lora_unet_{base.replace('.', '_')}", tuple(shape))]
+            targets.append((f"diffusion_model.{base}", tuple(shape)))
+            if "blocks" in base:  # the core turns a kohya name's '_' back into '.' well for block layers only
+                targets.append((f"lora_unet_{base.replace('.', '_')}", tuple(shape)))
     targets += list(FLUX_DIFFUSERS.items())
     for name, shape in safetensors_shapes(files["clip_l"]).items():
         if ".layers.0." in name and name.endswith(".weight") and len(shape) == 2:
@@ -1290,6 +1293,23 @@ def lora_module(rng: random.Random, base: str, shape: Tuple[int, ...]) -> Tuple[
     return kind, t
 
 
+# tensors whose first dimension is the rank (the others' second)
+RANK_FIRST = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight", ".lora_mid.weight", ".hada_w1_b",
+              ".hada_w2_b", ".lokr_w1_b", ".lokr_w2_b")
+LAYER_SUFFIXES = tuple(sorted({suffix for pair in LORA_PAIRS for suffix in pair} | {
+    ".lora_mid.weight", ".alpha", ".scale", ".diff", ".diff_b", ".hada_w1_a", ".hada_w1_b", ".hada_w2_a",
+    ".hada_w2_b", ".hada_t1", ".hada_t2", ".lokr_w1", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2", ".lokr_w2_a",
+    ".lokr_w2_b", ".dora_scale"}, key=len, reverse=True))
+
+
+def layer_of(name: str) -> str:
+    """The layer a LoRA tensor's name is for (its name less the LoRA suffix)."""
+    for suffix in LAYER_SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name.rsplit(".", 1)[0]
+
+
 def lora_mutation(rng: random.Random, t: Dict[str, tuple], targets) -> str:
     """One change to a LoRA's tensor specs; returns a note saying what."""
     name = rng.choice(sorted(t))
@@ -1313,7 +1333,7 @@ def lora_mutation(rng: random.Random, t: Dict[str, tuple], targets) -> str:
     elif what == "dtype":
         t[name] = (rng.choice(["f32", "f64", "i32", "i64"]), shape, fill)
     elif what == "alpha":
-        alpha = [n for n in t if n.endswith(".alpha")] or [name.rsplit(".", 2)[0] + ".alpha"]
+        alpha = [n for n in t if n.endswith(".alpha")] or [layer_of(name) + ".alpha"]
         name = alpha[0]
         t[name] = (rng.choice(["f32", "f16", "i64"]), rng.choice([[], [], [1], [2]]),
                    rng.choice([0.0, -4.0, 1e30, float("nan"), float("inf"), 1e-30, 3.0]))
@@ -1332,14 +1352,16 @@ def lora_mutation(rng: random.Random, t: Dict[str, tuple], targets) -> str:
         t[name] = (dtype, rng.choice([other, other[:2], other[::-1]]), fill)
     elif what == "huge_rank" and len(shape) >= 2:
         shape = list(shape)
-        shape[0 if "down" in name or "lora_A" in name or "_b" in name else 1] = rng.choice([4096, 20000])
+        axis = 0 if name.endswith(RANK_FIRST) else 1
+        rest = math.prod(shape) // max(1, shape[axis])
+        shape[axis] = min(rng.choice([4096, 20000]), max(1, (1 << 26) // max(1, rest)))  # <= 64M values
         t[name] = (dtype, shape, fill)
     elif what == "extra":
         base = rng.choice(targets)[0]
         t[base + rng.choice([".lora_mid.weight", ".hada_t1", ".lokr_w1_b", ".dora_scale", ".scale", ".lora_up.weight"])] \
             = ("f16", rng.choice([[4, 4, 3, 3], [4], [128, 4], [1]]), "randn")
     elif what == "scale":
-        t[name.rsplit(".", 2)[0] + ".scale"] = ("f32", [], rng.choice([0.0, 1.0, float("nan"), -1e30]))
+        t[layer_of(name) + ".scale"] = ("f32", [], rng.choice([0.0, 1.0, float("nan"), -1e30]))
     return f"{what} {name}"
 
 
@@ -1386,11 +1408,12 @@ def write_lora(path: Path, specs: Dict[str, list], seed: int, file_format: str =
     for name, (dtype, shape, fill) in specs.items():
         if isinstance(fill, float):
             array = np.full(shape, fill)
-        elif fill == "randn":
-            array = rng.standard_normal(shape) * 0.05
+        elif fill == "randn":  # float32 in place: a huge rank's matrix (up to 64M values) twice in float64 is 1 GB
+            array = rng.standard_normal(shape, dtype=np.float32)
+            array *= 0.05
         else:
-            array = {"nan": np.full(shape, np.nan), "inf": np.full(shape, np.inf), "huge": np.full(shape, 6e4),
-                     "zeros": np.zeros(shape)}[fill]
+            array = {"nan": np.full(shape, np.nan, np.float32), "inf": np.full(shape, np.inf, np.float32),
+                     "huge": np.full(shape, 6e4, np.float32), "zeros": np.zeros(shape, np.float32)}[fill]
         with np.errstate(invalid="ignore", over="ignore"):
             arrays[name] = array.astype(dtypes[dtype]) if dtype.startswith("f") else \
                 np.nan_to_num(array, posinf=1, neginf=-1).astype(dtypes[dtype])
@@ -1401,7 +1424,7 @@ def write_lora(path: Path, specs: Dict[str, list], seed: int, file_format: str =
         try:
             return _formats.write_gguf(path.with_suffix(".gguf"), arrays,
                                        types="Q8_0" if file_format == "gguf-q8_0" else None)
-        except ValueError:  # a shape GGUF cannot hold (a zero dimension): the same tensors as safetensors
+        except ValueError:  # a tensor write_gguf cannot store: the same tensors as safetensors
             pass
     return _formats.write_safetensors(path, arrays)
 
@@ -1428,7 +1451,7 @@ def lora_work(report: Reporter, case: dict, files: Dict[str, Path], work: Path, 
                 ctx.txt2img("a fuzzed cube", width=gen_size, height=gen_size, steps=1, cfg_scale=1.0, seed=seed,
                             loras=loras)
             except Exception as exc:
-                refusals.append(describe(exc))
+                refusals.append(f"call {number}: {describe(exc)}")
                 report(event="stage", stage=f"plain call after refused call {number}")
                 try:  # a refused LoRA must leave the context usable
                     ctx.txt2img("a fuzzed cube", width=gen_size, height=gen_size, steps=1, cfg_scale=1.0, seed=seed)
@@ -1436,7 +1459,8 @@ def lora_work(report: Reporter, case: dict, files: Dict[str, Path], work: Path, 
                     report(event="result", outcome="broken", error=f"after {refusals[-1]}: {describe(after)}")
                     return
         report(event="stage", stage="close")
-    report(event="result", outcome="refused" if refusals else "ok", error=refusals[0] if refusals else None)
+    report(event="result", outcome="refused" if refusals else "ok", error=refusals[0] if refusals else None,
+           exceptions=refusals)
 
 
 # --------------------------------------------------------------------------- fork server
@@ -1852,7 +1876,8 @@ class Tally:
             self.per_stage[str(r.get("stage"))][outcome] += 1
             where = r.get("saved") or ""
             print(f"fuzz: {outcome} {r.get('signal', '')} at index {r['index']} stage={r.get('stage')} "
-                  f"{'; '.join(r.get('notes') or [])} {r.get('core_line') or ''} {where}", file=sys.stderr)
+                  f"{'; '.join(r.get('notes') or [])} {r.get('core_line') or ''} "
+                  f"{r.get('error') if outcome == 'broken' else ''} {where}", file=sys.stderr)
         if time.monotonic() - self.last_print > 30:
             self.last_print = time.monotonic()
             print(f"fuzz: {self.line()}", file=sys.stderr)
@@ -1872,7 +1897,8 @@ class Tally:
         frame, else what was in flight), with the mutation kinds that led there."""
         groups: Dict[tuple, dict] = {}
         for r in self.bad:
-            where = r.get("core_line") or r.get("python_frame") or "; ".join(sorted(r.get("in_flight") or []))
+            where = (r.get("core_line") or r.get("python_frame") or "; ".join(sorted(r.get("in_flight") or []))
+                     or r.get("error") or "")
             key = (r["outcome"], r.get("signal"), r.get("stage"), normalize(where))
             group = groups.setdefault(key, {"outcome": r["outcome"], "signal": r.get("signal"), "stage": r.get("stage"),
                                             "core_line": r.get("core_line"), "count": 0, "ops": collections.Counter(),
@@ -1938,7 +1964,8 @@ class Tally:
 
 def table_row(counter: dict) -> str:
     total = sum(counter.values())
-    return f"{total:7}  " + "  ".join(f"{o} {counter.get(o, 0)}" for o in OUTCOMES)
+    shown = OUTCOMES + tuple(o for o in BAD_OUTCOMES if o not in OUTCOMES and counter.get(o))
+    return f"{total:7}  " + "  ".join(f"{o} {counter.get(o, 0)}" for o in shown)
 
 
 def campaign(args) -> int:
@@ -1988,8 +2015,8 @@ def direct(args) -> int:
                        info["index"] % 1000)
     elif info["mode"] == "loras":
         files["sd1"] = lora_seed_sd1(Path(args.seed_dir or info["seed_dir"]))
-        lora_work(report, info["case"], files, Path(tempfile.mkdtemp(prefix="sdcpp-fuzz-lora-")), args.gen_size,
-                  info["index"] % 1000)
+        with tempfile.TemporaryDirectory(prefix="sdcpp-fuzz-lora-") as work:
+            lora_work(report, info["case"], files, Path(work), args.gen_size, info["index"] % 1000)
     else:
         try:
             sequence_work(report, info["plan"], files)
