@@ -1241,9 +1241,7 @@ def lora_targets(files: Dict[str, Path]) -> Dict[str, List[Tuple[str, Tuple[int,
     for name, shape in safetensors_shapes(files["diffusion_model"]).items():
         if name.endswith(".weight") and len(shape) == 2:
             base = name[:-len(".weight")]
-            targets.append((f"diffusion_model.{base}", tuple(shape)))
-            if "blocks" in base:  # the core turns a kohya name's '_' back into '.' well for block layers only
-                targets.append((f"lora_unet_{base.replace('.', '_')}", tuple(shape)))
+            targets += [(f"diffusion_model.{base}", tuple(shape)), (f"lora_unet_{base.replace('.', '_')}", tuple(shape))]
     targets += list(FLUX_DIFFUSERS.items())
     for name, shape in safetensors_shapes(files["clip_l"]).items():
         if ".layers.0." in name and name.endswith(".weight") and len(shape) == 2:
