@@ -1215,10 +1215,9 @@ def lora_seed_sd1(seed_dir: Path) -> Path:
 
 
 def safetensors_shapes(path: Path) -> Dict[str, List[int]]:
-    with open(path, "rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        header = json.loads(handle.read(size))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+    from sdcpp_py._formats import read_header  # the package's own reader
+
+    return {name: list(tensor.shape) for name, tensor in read_header(str(path)).tensors.items()}
 
 
 def lora_targets(files: Dict[str, Path]) -> Dict[str, List[Tuple[str, Tuple[int, ...]]]]:
