@@ -5,4 +5,5 @@ PYBIND11_MODULE(_test_hooks, m) {
     sdcpp::testing::register_cpu_ops(m);
     sdcpp::testing::register_core_graphs(m);
     sdcpp::testing::register_prompt(m);
+    sdcpp::testing::register_schedules(m);
 }

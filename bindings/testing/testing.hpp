@@ -27,6 +27,7 @@ struct BuildPrecision {
 void register_cpu_ops(py::module_& m);
 void register_core_graphs(py::module_& m);
 void register_prompt(py::module_& m);
+void register_schedules(py::module_& m);
 
 // The convolution hooks' arguments, checked: f16 kernel bits (OC, IC, KH, KW), f32 image (N, IC, H, W).
 struct ConvShape {

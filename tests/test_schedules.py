@@ -1,0 +1,101 @@
+"""Sigma schedules at the edges of the step count (patch 0031, found by tools/fuzz.py params) and the schedulers a
+model has no schedule for (refused before the core runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import sdcpp_py
+from native_hooks import hooks
+
+ONE_STEP = dict(width=32, height=32, steps=1, sampler="euler", seed=11)
+
+
+def test_one_step_of_karras_or_exponential_is_the_discrete_step(flux_parts):
+    # Each formula divided by steps - 1: a NaN first sigma, and the call returned an all-white image. One step
+    # is sigma_max then 0, which is the discrete scheduler's one step (t_to_sigma(999) is sigma_max).
+    with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
+        images = {name: ctx.txt2img("a cube", scheduler=name, **ONE_STEP)[0]
+                  for name in ("discrete", "karras", "exponential")}
+    assert images["discrete"].min() < 250  # a picture, not the blank a NaN sigma gives
+    for name in ("karras", "exponential"):
+        assert np.array_equal(images[name], images["discrete"]), name
+
+
+GITS_CHILD = """
+    import json, sys
+    import numpy as np
+    import sdcpp_py
+    from sdcpp_py import _test_hooks
+    parts, call = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    first = _test_hooks._scheduler_sigmas("gits", 2, 0.0, 1.0)[0]  # the 2-step table's first sigma
+    with sdcpp_py.Context(**parts, n_threads=2) as ctx:
+        one_step = ctx.txt2img("a cube", scheduler="gits", **call)[0]
+        custom = ctx.txt2img("a cube", custom_sigmas=[first, 0.0], **call)[0]
+    print(json.dumps({"same": bool(np.array_equal(one_step, custom)), "min": int(one_step.min()),
+                      "hook": _test_hooks._scheduler_sigmas("gits", 1, 0.0, 1.0), "first": first}))
+"""
+
+
+def test_one_step_of_gits_is_its_first_sigma_not_a_crash(flux_parts):
+    hooks()
+    # GITS read its tables at index steps - 2 = -1: SIGSEGV. In a child process, which such a read kills.
+    call = ONE_STEP
+    try:
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(GITS_CHILD),
+                                 json.dumps({k: str(v) for k, v in flux_parts.items()}), json.dumps(call)],
+                                capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child hung")
+    assert result.returncode == 0, f"exit status {result.returncode}\n{result.stderr[-3000:]}"
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["hook"] == [outcome["first"], 0.0]
+    assert outcome["same"], "one GITS step is not the step from its first sigma to 0"
+    assert outcome["min"] < 250
+
+
+@pytest.mark.parametrize("name", ["karras", "exponential"])
+def test_one_step_schedules_of_the_sigma_range_schedulers(name):
+    sigmas = hooks()._scheduler_sigmas(name, 1, 0.0292, 14.6146)
+    assert sigmas == [np.float32(14.6146), 0.0]
+    longer = hooks()._scheduler_sigmas(name, 4, 0.0292, 14.6146)
+    assert len(longer) == 5 and all(map(math.isfinite, longer)) and longer[0] == pytest.approx(14.6146, rel=1e-6)
+
+
+def reference_curve(levels: np.ndarray, n: int) -> np.ndarray:
+    """The log-linear interpolation in doubles: levels (descending) stretched to n points."""
+    x_ref = np.linspace(0.0, 1.0, len(levels))
+    return np.exp(np.interp(np.linspace(0.0, 1.0, n), x_ref, np.log(levels[::-1].astype(np.float64))))[::-1]
+
+
+INTERPOLATION_CHILD = """
+    import json, sys
+    from sdcpp_py import _test_hooks
+    levels, n = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    print(json.dumps(_test_hooks._log_linear_interpolation(levels, n)))
+"""
+
+
+# 8284 and 9004 points: both grids are float sums of their steps, and at these lengths a point just before the
+# last lies past the reference grid's last (a float simulation of the core's loops finds 99 such lengths up to
+# 10001, the first 8284); 21 reference points are GITS's longest table, 11 AYS's.
+@pytest.mark.parametrize("reference_points, n", [(11, 8284), (21, 9004), (11, 50)])
+def test_long_interpolations_stay_on_the_reference_curve(reference_points, n):
+    hooks()
+    levels = np.geomspace(14.6146, 0.0292, reference_points).astype(np.float32)
+    # In a child: without patch 0031 the search runs off the end of the reference vector.
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(INTERPOLATION_CHILD),
+                             json.dumps(levels.tolist()), json.dumps(n)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit status {result.returncode}\n{result.stderr[-3000:]}"
+    values = np.array(json.loads(result.stdout))
+    assert values.shape == (n,)
+    np.testing.assert_allclose(values, reference_curve(levels, n), rtol=2e-3)
+    assert np.all(np.diff(values) <= 0)
+
