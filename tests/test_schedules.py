@@ -99,3 +99,10 @@ def test_long_interpolations_stay_on_the_reference_curve(reference_points, n):
     np.testing.assert_allclose(values, reference_curve(levels, n), rtol=2e-3)
     assert np.all(np.diff(values) <= 0)
 
+
+def test_ays_is_refused_for_a_model_it_has_no_noise_levels_for(flux_parts):
+    # For Flux the core logged an error and sampled with every sigma 0, returning an image of nothing.
+    with sdcpp_py.Context(**flux_parts, n_threads=1) as ctx:
+        with pytest.raises(ValueError, match=r"scheduler='ays'.*SD1.x and SDXL.*Flux\.1"):
+            ctx.txt2img("a cube", scheduler="ays", **ONE_STEP)
+        assert ctx.txt2img("a cube", scheduler="simple", **ONE_STEP)[0].shape == (32, 32, 3)

@@ -14,7 +14,7 @@ from ._checks import (
     MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence,
     model_file, resolve_seed,
 )
-from ._enums import HiresUpscaler, Preview
+from ._enums import HiresUpscaler, Preview, Scheduler
 from ._headers import check_component, check_lora
 from ._images import as_mask, as_rgb, as_rgb_list, check_size, native_path
 from ._model import ModelFacts, _align_up, spatial_multiple
@@ -68,6 +68,7 @@ def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     request.loras = _loras(request, values["loras"], lora_dir, high_noise_model=False)
     _check_photo_maker_prompt(request.prompt, photo_maker, facts)
     sampling(IMAGE, request, values)
+    _check_scheduler(values, facts, ("scheduler",))
     IMAGE.fill(request, values, ("batch_count",))
     request.seed = resolve_seed(values["seed"], request.batch_count)
     IMAGE.fill(request, values, ("clip_skip",))
@@ -106,6 +107,7 @@ def video_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     _apply_cache(request, values["cache"])
     sampling(VIDEO, request, values)
     sampling(VIDEO, request, values, HIGH_NOISE)
+    _check_scheduler(values, facts, ("scheduler", HIGH_NOISE + "scheduler"))
     request.seed = resolve_seed(values["seed"], 1)
     VIDEO.fill(request, values, ("clip_skip",))
     return request, _tiling_and_preview(VIDEO, request, values)
@@ -124,6 +126,22 @@ def sampling(table: OptionTable, request, values: Values, prefix: str = "") -> N
         values = {**values, sigmas_name: sigmas}
     table.fill(request, values, [prefix + name for name in SAMPLING if values[prefix + name] is not None
                                  or table.defaults[prefix + name] is not None or table[prefix + name].auto is not None])
+
+
+# The models the AYS scheduler has noise levels for (the core's SD1.x and SDXL families; SVD is not loadable here).
+# For SD2 its interpolation started from no levels (SIGSEGV; patch 0031 made that all-ones sigmas); for any other
+# model the core logs an error and samples with every sigma 0: an all-white image, returned as a success.
+AYS_ARCHITECTURES = ("SD1", "SDXL")
+
+
+def _check_scheduler(values: Values, facts: ModelFacts, names: Sequence[str]) -> None:
+    for name in names:
+        if values[name] is None:
+            continue
+        if Scheduler.coerce(values[name], name) == Scheduler.AYS and facts.architecture is not None \
+                and facts.architecture not in AYS_ARCHITECTURES:
+            raise ValueError(f"{name}='ays': the AYS scheduler has noise levels for SD1.x and SDXL models only, and "
+                             f"this Context's model is {facts.architecture}; choose another scheduler")
 
 
 def _common(request, prompt, values: Values) -> None:
