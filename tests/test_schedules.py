@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,14 +19,15 @@ from native_hooks import hooks
 ONE_STEP = dict(width=32, height=32, steps=1, sampler="euler", seed=11)
 
 
-def test_one_step_of_karras_or_exponential_is_the_discrete_step(flux_parts):
+def test_one_step_of_karras_exponential_or_bong_tangent_is_the_discrete_step(flux_parts):
     # Each formula divided by steps - 1: a NaN first sigma, and the call returned an all-white image. One step
     # is sigma_max then 0, which is the discrete scheduler's one step (t_to_sigma(999) is sigma_max).
     with sdcpp_py.Context(**flux_parts, n_threads=2) as ctx:
         images = {name: ctx.txt2img("a cube", scheduler=name, **ONE_STEP)[0]
-                  for name in ("discrete", "karras", "exponential")}
+                  for name in ("discrete", "karras", "exponential", "bong_tangent")}
     assert images["discrete"].min() < 250  # a picture, not the blank a NaN sigma gives
-    for name in ("karras", "exponential"):
+    # bong_tangent's one step started from the middle sigma: half denoised
+    for name in ("karras", "exponential", "bong_tangent"):
         assert np.array_equal(images[name], images["discrete"]), name
 
 
@@ -91,8 +93,12 @@ def test_long_interpolations_stay_on_the_reference_curve(reference_points, n):
     hooks()
     levels = np.geomspace(14.6146, 0.0292, reference_points).astype(np.float32)
     # In a child: without patch 0031 the search runs off the end of the reference vector.
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(INTERPOLATION_CHILD),
-                             json.dumps(levels.tolist()), json.dumps(n)], capture_output=True, text=True, timeout=120)
+    try:
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(INTERPOLATION_CHILD),
+                                 json.dumps(levels.tolist()), json.dumps(n)], capture_output=True, text=True,
+                                timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child hung")
     assert result.returncode == 0, f"exit status {result.returncode}\n{result.stderr[-3000:]}"
     values = np.array(json.loads(result.stdout))
     assert values.shape == (n,)
@@ -106,3 +112,45 @@ def test_ays_is_refused_for_a_model_it_has_no_noise_levels_for(flux_parts):
         with pytest.raises(ValueError, match=r"scheduler='ays'.*SD1.x and SDXL.*Flux\.1"):
             ctx.txt2img("a cube", scheduler="ays", **ONE_STEP)
         assert ctx.txt2img("a cube", scheduler="simple", **ONE_STEP)[0].shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("architecture, refused", [("SD1", False), ("SDXL", False), ("SD2", True), ("Wan", True),
+                                                    (None, False)])
+def test_ays_follows_the_models_the_core_has_noise_levels_for(architecture, refused):
+    # SD2 made the core interpolate from no levels (SIGSEGV); an unknown model is left to the core.
+    from sdcpp_py._request import _check_scheduler
+
+    facts = SimpleNamespace(architecture=architecture)
+    for value in ("ays", "discrete", None):
+        values = {"scheduler": value}
+        if value == "ays" and refused:
+            with pytest.raises(ValueError, match="AYS"):
+                _check_scheduler(values, facts, ("scheduler",))
+        else:
+            _check_scheduler(values, facts, ("scheduler",))
+
+
+def test_a_hires_schedule_of_over_ten_thousand_steps_is_refused(flux_parts_with_encoder):
+    # The hires pass schedules steps / denoising_strength steps: up to 10000 / 1e-4 (the core raises a smaller
+    # strength to 1e-4) = 1e8 sigmas, past where the schedulers' float grids stay on their tables.
+    call = dict(width=32, height=32, steps=1, seed=2)
+    with sdcpp_py.Context(**flux_parts_with_encoder, n_threads=2) as ctx:
+        with pytest.raises(ValueError, match=r"hires: 2 steps at denoising_strength=0.0001 schedule 20000 steps"):
+            ctx.txt2img("a cube", hires=sdcpp_py.Hires("latent", scale=1.5, steps=2, denoising_strength=1e-4), **call)
+        with pytest.raises(ValueError, match=r"hires.denoising_strength=5e-05 is below the core's smallest"):
+            ctx.txt2img("a cube", hires=sdcpp_py.Hires("latent", scale=1.5, steps=1, denoising_strength=5e-5), **call)
+        edge = ctx.txt2img("a cube", hires=sdcpp_py.Hires("latent", scale=1.5, steps=1, denoising_strength=1e-4),
+                           **call)  # 10000 scheduled, one run
+        assert edge[0].shape == (48, 48, 3)
+
+
+@pytest.mark.parametrize("prediction", [None, "flux_flow"])
+def test_a_flux_flow_shift_past_the_float_exponent_is_refused(flux_parts, prediction):
+    # A Flux flow denoiser's sigma is e^shift / (e^shift + 1/t - 1) in floats: flow_shift=100 made every sigma
+    # inf / inf and the image all white. 88 still fits (e^88.7 is the largest float).
+    with sdcpp_py.Context(**flux_parts, n_threads=2, prediction=prediction) as ctx:
+        with pytest.raises(ValueError, match=r"flow_shift=100: with (a Flux\.1 model|prediction='flux_flow') the "
+                                             r"shift is an exponent"):
+            ctx.txt2img("a cube", flow_shift=100.0, **ONE_STEP)
+        image = ctx.txt2img("a cube", flow_shift=88.0, **ONE_STEP)[0]
+        assert image.min() < image.max()  # finite sigmas: a picture

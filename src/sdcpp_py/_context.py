@@ -19,7 +19,7 @@ import numpy as np
 from . import _core
 from ._checks import MAX_SEED, MAX_SIDE, check_tensor_type_rules, model_file
 from ._devices import accelerator_missing, default_device
-from ._enums import CpuPrecision, Sampler, Scheduler
+from ._enums import PREDICTION_AUTO, CpuPrecision, Sampler, Scheduler
 from ._headers import check_component, check_embedding
 from ._images import ImageLike, fs_path, native_path
 from ._model import ModelFacts
@@ -118,6 +118,7 @@ def prepare_context(options: Mapping[str, object], where: str = "Context") -> Pr
                   "this CPU or build lacks it (AVX512_BF16, in an x86-64 build with our kernels)")
         raise ValueError(f"cpu_precision='bf16' needs bf16 products on the CPU: {reason}; use cpu_precision='f32'")
     params.vae_decode_only = facts.vae_decode_only
+    facts.prediction = None if params.prediction == PREDICTION_AUTO else int(params.prediction)
     return PreparedContext(facts, lora_dir, params)
 
 

@@ -30,6 +30,7 @@ class ModelFacts:
     architecture: Optional[str]  # what inspect() calls the model ("Flux.1", "SD1", ...); None if unknown
     vae_decode_only: bool
     video_inputs: object  # wan_video_inputs(...) for a Wan model, else None
+    prediction: Optional[int] = None  # the Context's prediction= override (the core's enum value), else None
 
     @classmethod
     def from_components(cls, given: Mapping[str, object], vae_decode_only: Optional[bool]) -> "ModelFacts":

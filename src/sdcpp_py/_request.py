@@ -9,12 +9,14 @@ import math
 import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
+import numpy as np
+
 from . import _core
 from ._checks import (
     MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence,
     model_file, resolve_seed,
 )
-from ._enums import HiresUpscaler, Preview, Scheduler
+from ._enums import HiresUpscaler, Prediction, Preview, Scheduler
 from ._headers import check_component, check_lora
 from ._images import as_mask, as_rgb, as_rgb_list, check_size, native_path
 from ._model import ModelFacts, _align_up, spatial_multiple
@@ -69,6 +71,9 @@ def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     _check_photo_maker_prompt(request.prompt, photo_maker, facts)
     sampling(IMAGE, request, values)
     _check_scheduler(values, facts, ("scheduler",))
+    _check_flow_shift(request.flow_shift, facts)
+    if request.hires_enabled:
+        _check_hires_schedule(request)
     IMAGE.fill(request, values, ("batch_count",))
     request.seed = resolve_seed(values["seed"], request.batch_count)
     IMAGE.fill(request, values, ("clip_skip",))
@@ -108,6 +113,7 @@ def video_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     sampling(VIDEO, request, values)
     sampling(VIDEO, request, values, HIGH_NOISE)
     _check_scheduler(values, facts, ("scheduler", HIGH_NOISE + "scheduler"))
+    _check_flow_shift(request.flow_shift, facts)  # the core sets the shift from the main record only
     request.seed = resolve_seed(values["seed"], 1)
     VIDEO.fill(request, values, ("clip_skip",))
     return request, _tiling_and_preview(VIDEO, request, values)
@@ -142,6 +148,37 @@ def _check_scheduler(values: Values, facts: ModelFacts, names: Sequence[str]) ->
                 and facts.architecture not in AYS_ARCHITECTURES:
             raise ValueError(f"{name}='ays': the AYS scheduler has noise levels for SD1.x and SDXL models only, and "
                              f"this Context's model is {facts.architecture}; choose another scheduler")
+
+
+# The models the core gives a Flux flow denoiser, whose shift is an exponent: sigma = e^shift / (e^shift + 1/t - 1)
+# in 32-bit floats, so past e^88.7 (the largest float) every sigma was inf / inf, NaN, and the image all white.
+FLUX_SHIFT_ARCHITECTURES = ("Flux.1", "Chroma", "Chroma Radiance", "Ovis-Image")
+MAX_FLUX_SHIFT = 88.0
+
+
+def _check_flow_shift(shift: float, facts: ModelFacts) -> None:
+    if not math.isfinite(shift) or shift <= MAX_FLUX_SHIFT:  # inf: "the model's"
+        return
+    flux_flow = facts.prediction == Prediction.FLUX_FLOW if facts.prediction is not None else \
+        facts.architecture in FLUX_SHIFT_ARCHITECTURES
+    if flux_flow:
+        model = f"a {facts.architecture} model" if facts.prediction is None else "prediction='flux_flow'"
+        raise ValueError(f"flow_shift={shift:g}: with {model} the shift is an exponent (e^flow_shift) in 32-bit "
+                         f"floats, which overflow past {MAX_FLUX_SHIFT:g} (every sigma NaN, a white image)")
+
+
+def _check_hires_schedule(request) -> None:
+    """The hires pass schedules steps / denoising_strength steps and runs the last strength share of them (the
+    core's float arithmetic). Past 10000, the most ``steps`` takes, the
+    schedulers' float grids leave their tables (reads before the core's sigma table; LCM's uint32 index wraps
+    past ~86 million) and the schedule alone takes seconds and hundreds of MB."""
+    base = request.hires_steps if request.hires_steps > 0 else request.steps
+    strength = np.float32(request.hires_denoising_strength)  # at least 1e-4 (_apply_hires)
+    scheduled = np.floor(np.float32(base) / strength)  # the core's static_cast<int>
+    if not scheduled <= 10000:
+        raise ValueError(f"hires: {base} steps at denoising_strength={request.hires_denoising_strength:g} schedule "
+                         f"{float(scheduled):.0f} steps to run the last {request.hires_denoising_strength:g} of them; "
+                         "at most 10000: raise denoising_strength or lower hires.steps")
 
 
 def _common(request, prompt, values: Values) -> None:
@@ -277,6 +314,9 @@ def _apply_hires(request, hires, facts: ModelFacts) -> bool:
     strength = check_float("hires.denoising_strength", hires.denoising_strength, 0.0, 1.0)
     if strength == 0.0:
         raise ValueError("hires.denoising_strength=0.0 refines nothing: use a value in (0, 1]")
+    if np.float32(strength) < np.float32(1e-4):
+        raise ValueError(f"hires.denoising_strength={strength:g} is below the core's smallest, 0.0001 (it would "
+                         "use 0.0001 instead)")
     request.hires_denoising_strength = strength
     request.hires_upscale_tile_size = check_int("hires.tile_size", hires.tile_size, 1, 16384)
     if upscaler == HiresUpscaler.MODEL:
