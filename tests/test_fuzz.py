@@ -1,5 +1,5 @@
-"""A small fixed-seed run of tools/fuzz.py (issue 17): malformed component files, generated LoRA files and
-random call sequences across threads never crash or hang the interpreter.
+"""A small fixed-seed run of tools/fuzz.py (issue 17): malformed component files, generated LoRA files, random
+generation keywords and random call sequences across threads never crash or hang the interpreter.
 
 Each mutant and sequence runs in a child process of the fuzzer, so a crash is counted, not fatal to pytest.
 Longer campaigns: `python tools/fuzz.py components --mutants 20000 --jobs 2` (see the tool's docstring).
@@ -60,5 +60,18 @@ def test_sixty_generated_loras_neither_crash_nor_hang_nor_break_the_context(tmp_
     assert summary["tried"] == 60
     assert summary["counts"]["refused"] > 0 and summary["counts"]["ok"] > 0  # the cases reach both ends
     for outcome in ("crash", "hang", "broken", "fuzzer_error"):
+        assert summary["counts"][outcome] == 0, failures(summary)
+    assert not summary["undocumented_exceptions"], summary["undocumented_exceptions"]
+
+
+def test_sixty_calls_of_random_keywords_neither_crash_nor_hang_nor_break_the_context(tmp_path, flux_parts):
+    # Keywords from the option tables, mostly valid and at their edges (one-step schedules, huge finite floats,
+    # images in every layout), one bad keyword in some calls: an accepted call returns its images at the size
+    # asked for ("wrong" otherwise), a refused one raises a documented type and leaves the context usable.
+    summary = run_fuzz(tmp_path, flux_parts["diffusion_model"].parent, "params", "--cases", "60",
+                       "--seed", "17", "--jobs", "2", "--timeout", "90")
+    assert summary["tried"] == 60
+    assert summary["counts"]["refused"] > 0 and summary["counts"]["ok"] > 0
+    for outcome in ("crash", "hang", "broken", "wrong", "fuzzer_error"):
         assert summary["counts"][outcome] == 0, failures(summary)
     assert not summary["undocumented_exceptions"], summary["undocumented_exceptions"]

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Structure-aware fuzzing of sdcpp_py's model loaders and of its calls across threads (issue 17).
+"""Structure-aware fuzzing of sdcpp_py's model loaders, LoRA files, generation keywords and calls across threads
+(issue 17).
 
     python tools/fuzz.py components --mutants 20000 --seed 1 --jobs 2 --timeout 20 --out fuzz-out
     python tools/fuzz.py calls --sequences 200 --seed 1 --jobs 1 --timeout 60 --out fuzz-out
     python tools/fuzz.py loras --cases 2000 --seed 1 --jobs 2 --timeout 60 --out fuzz-out
+    python tools/fuzz.py params --cases 2000 --seed 1 --jobs 2 --timeout 90 --out fuzz-out
     python tools/fuzz.py replay fuzz-out/crashes/crash-components-s1-i123.json [--repeat 20] [--gdb]
 
 ``components``: mutants of small valid component files made by ``sdcpp_py.testing`` (the tiny Flux DiT as
@@ -21,6 +23,14 @@ LoCon with a middle kernel, LoHa, LoKr, raw differences), with 0-3 mutations (a 
 or 0, another layer's shape, a huge rank, integer dtypes, NaN/inf/huge values, odd alphas and scales, missing
 or renamed tensors), applied in 1-3 calls with multipliers from 0 to 1000 and NaN, at run time or merged. A
 refused call must leave the context usable: a plain call follows it ("broken" if that fails).
+
+``params``: random keywords of ``Context.generate`` / ``txt2img`` / ``img2img`` / ``inpaint`` / ``edit``, drawn from
+the option tables (``sdcpp_py._params``): mostly values the package should take, at their edges too (one step,
+huge finite floats, images in every layout it accepts, hires, caches, LoRAs, callbacks that raise or cancel),
+with one bad keyword in some calls, and now and then a Context option (weight type, rng, prediction, flags), on
+the tiny Flux and Flux.2 parts, 1-3 calls a case. An accepted call must return batch_count (H, W, 3) uint8
+images at the size asked for (rounded up to the model's multiple; else "wrong"), a refused call must leave the
+context usable ("broken" otherwise); accepted calls whose image is one colour are listed.
 
 ``calls``: random sequences across 2-4 threads on one or two tiny Flux contexts (and an ESRGAN upscaler):
 generations whose progress/preview callbacks call back into the package (cancel, close, another
@@ -59,8 +69,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 M32, M64 = 2**32 - 1, 2**64 - 1
 OUTCOMES = ("ok", "refused", "crash", "hang")
-# what a campaign reports as found: also "broken" (loras: a refused LoRA left the context refusing plain calls)
-BAD_OUTCOMES = ("crash", "hang", "fuzzer_error", "broken")
+# what a campaign reports as found: also "broken" (loras, params: a refused call left the context refusing plain
+# calls) and "wrong" (params: an accepted call returned images of another count, size or layout than asked for)
+BAD_OUTCOMES = ("crash", "hang", "fuzzer_error", "broken", "wrong")
 
 # --------------------------------------------------------------------------- seeds
 
@@ -1460,6 +1471,510 @@ def lora_work(report: Reporter, case: dict, files: Dict[str, Path], work: Path, 
            exceptions=refusals)
 
 
+# --------------------------------------------------------------------------- generation keywords (mode "params")
+
+# What a value spec becomes in the child: JSON-safe specs, so that a saved case replays as it ran.
+FLOAT_WORDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# Valid values kept cheap where the table's range allows minutes of work (the timeout would call it a hang).
+CHEAP_HIGH = {"steps": 6, "high_noise_steps": 6, "batch_count": 3, "width": 96, "height": 96, "hires.steps": 3}
+
+
+def spec_float(rng: random.Random) -> object:
+    return rng.choice(["nan", "inf", "-inf"]) if rng.random() < 0.3 else rng.choice(
+        [0.0, -0.0, 1e-30, 1e-7, 0.5, 1.0, 3.5, 7.0, 30.0, 1e6, 1e30, 3.4e38, 3.5e38, 1e308, -1.0, -1e30])
+
+
+def odd_value(rng: random.Random) -> object:
+    """A value of a type no option takes, or a boundary of the number types."""
+    return rng.choice([None, {"$str": "3"}, {"$str": ""}, True, 2**31, 2**63, 2**64, -2**63 - 1, 2.5,
+                       {"$f": rng.choice(list(FLOAT_WORDS))}, {"$np": ["int64", 2]}, {"$np": ["float32", 1.5]},
+                       {"$np": ["uint64", 2**64 - 1]}, {"$np": ["bool_", True]}, [1], {"$obj": "object"}])
+
+
+def number_spec(rng: random.Random, name: str, kind: str, low, high, valid: bool = True) -> object:
+    """An int or float option's value. Valid: mostly cheap values in its range, sometimes its edges and (floats
+    without a top) huge finite ones; not valid: past the range, non-finite or of another type."""
+    if kind == "int":
+        lo = int(low) if low is not None else -2**31
+        hi = int(high) if high is not None else 2**31 - 1
+        if valid:
+            cheap = min(hi, CHEAP_HIGH.get(name, hi), max(lo, 0) + 64)
+            if rng.random() < 0.8:
+                return rng.randint(max(lo, -8), max(max(lo, -8), cheap))
+            return rng.choice([lo] + ([hi] if name not in CHEAP_HIGH else []))
+        return rng.choice([lo - 1, hi + 1, odd_value(rng), odd_value(rng)])
+    lo = -math.inf if low is None else float(low)
+    hi = math.inf if high is None else float(high)
+    if valid:
+        roll = rng.random()
+        if roll < 0.7:
+            bottom = max(lo, -2.0)
+            return round(rng.uniform(bottom, max(min(hi, 12.0), bottom + 1.0) if hi > bottom + 1.0 else hi), 4)
+        edges = [v for v in (lo, hi, -0.0 if lo <= 0 else lo, 1e-30, 1e-7, 100.0, 1e6, 1e30, 3.4e38, -1e30, -3.4e38)
+                 if lo <= v <= hi and math.isfinite(v)]
+        return rng.choice(edges)
+    return rng.choice([{"$f": rng.choice(list(FLOAT_WORDS))}, odd_value(rng), 1e308, -1e308] +
+                      ([lo - 1.0] if math.isfinite(lo) else []) + ([hi + 1.0] if math.isfinite(hi) else []))
+
+
+def enum_spec(rng: random.Random, enum, valid: bool = True) -> object:
+    members = list(enum)
+    if valid:
+        member = rng.choice(members)
+        return rng.choice([member.name.lower(), member.name.lower(), int(member.value),
+                           {"$enum": [enum.__name__, member.name]}])
+    return rng.choice(["bogus", "", "EULER A", len(members), -1, 999, 2**40, 1.0, True, None, {"$str": "0"}])
+
+
+PROMPTS = ["a fuzzed cube", "", "a cube " * 40, "(((cube:1.5))) [cat:dog:0.5] BREAK sky", "(cube:nan) (cat:1e39)",
+           "<lora:missing:1>", "\u00e9\u6f22\U0001f600 cube", "((((((((((((((((((cube))))))))))))))))))",
+           "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "(cube:)", "(cube:-1e30)", "embedding:missing cube",
+           "\\(cube\\)", "a" * 20000, "cube, " * 600, "[cube|cat|dog]", "img", "cube (:1.2) ) ( ] [ :", "BREAK"]
+BAD_PROMPTS = ["cube\x00nul", "\ud800", "a" * 2_000_000]
+
+
+def image_spec(rng: random.Random, width: int, height: int, mask: bool = False, valid: bool = True) -> object:
+    """An image argument. Valid: the output's size in any layout the package takes (numpy of 1, 3 or 4
+    channels, views, read-only, PIL, a PNG path); not valid: another size, shape or dtype, bad paths, odd types."""
+    if valid:
+        layout = [height, width] if mask or rng.random() < 0.15 else [height, width, rng.choice([3, 3, 3, 1, 4])]
+        roll = rng.random()
+        if roll < 0.6:
+            return {"$img": [layout, "uint8"]}
+        if roll < 0.8 and len(layout) == 3:
+            return {"$img": [layout, "uint8", rng.choice(["transposed", "strided", "readonly"])]}
+        if roll < 0.9:
+            return {"$pil": [width, height, "L" if mask else rng.choice(["RGB", "L", "RGBA", "P", "1", "CMYK"])]}
+        return {"$path": ["png", width, height]}
+    roll = rng.random()
+    h, w = rng.choice([(height, width + 8), (1, 1), (height * 2, width), (height, 1)])
+    if roll < 0.35:
+        shape = rng.choice([[h, w], [height, width, 2], [height, width, 3, 1], [0, width, 3], [height, 0], [height],
+                            [], [h, w, 3]])
+        return {"$img": [shape, "uint8"]}
+    if roll < 0.55:
+        return {"$img": [[height, width] if mask else [height, width, 3],
+                         rng.choice(["float32", "float64", "bool", "int64", "uint16", "int8", "float16",
+                                     "complex64", "object"])]}
+    if roll < 0.6:
+        return {"$img": [[height, width, 3], "uint8", "nan"]}
+    if roll < 0.8:
+        return {"$path": rng.choice(["missing", "not_image", "dir", "empty", "bytes_png"])}
+    if roll < 0.9:
+        return {"$pil": [w, h, rng.choice(["RGB", "I;16", "F", "I"])]}
+    return odd_value(rng)
+
+
+def hires_spec(rng: random.Random, valid: bool = True) -> object:
+    if not valid and rng.random() < 0.3:
+        return odd_value(rng)
+    bad = rng.choice(["upscaler", "scale", "width", "steps", "denoising_strength", "tile_size", "model_path"]) \
+        if not valid else None
+    upscaler = rng.choice(["latent", "latent_nearest", "latent_nearest_exact", "latent_antialiased", "latent_bicubic",
+                           "latent_bicubic_antialiased", "lanczos", "nearest", "model"])
+    fields = {"upscaler": enum_spec(rng, _enum("HiresUpscaler"), False) if bad == "upscaler" else upscaler}
+    if rng.random() < 0.7:
+        fields["scale"] = rng.choice([1.0, 1.25, 1.5, 2.0, 0.5, 1e-3, 3.0])
+    else:
+        fields["width"], fields["height"] = rng.choice([16, 48, 64, 96, 0]), rng.choice([16, 48, 64, 0])
+    for name, kind, low, high in (("steps", "int", 0, 10000), ("denoising_strength", "float", 0.0, 1.0),
+                                  ("tile_size", "int", 1, 16384)):
+        if rng.random() < 0.4 or bad == name:
+            fields[name] = number_spec(rng, "hires." + name, kind, low, high, valid=bad != name)
+    if bad in ("scale", "width"):
+        fields[bad] = number_spec(rng, "hires." + bad, "float" if bad == "scale" else "int", 0, 16 if bad == "scale"
+                                  else MAX_SIDE_SPEC, valid=False)
+    if upscaler == "model" or bad == "model_path":
+        fields["model_path"] = {"$path": "esrgan" if bad != "model_path" else rng.choice(["missing", "png", "lora"])}
+    return {"$hires": fields}
+
+
+CACHE_FIELDS = (("reuse_threshold", "float"), ("start_percent", "float"), ("end_percent", "float"),
+                ("error_decay_rate", "float"), ("use_relative_threshold", "bool"), ("reset_error_on_compute", "bool"),
+                ("Fn_compute_blocks", "int"), ("Bn_compute_blocks", "int"), ("residual_diff_threshold", "float"),
+                ("max_warmup_steps", "int"), ("max_cached_steps", "int"), ("max_continuous_cached_steps", "int"),
+                ("taylorseer_n_derivatives", "int"), ("taylorseer_skip_interval", "int"), ("scm_mask", "text"),
+                ("scm_policy_dynamic", "bool"))
+
+
+def cache_spec(rng: random.Random, valid: bool = True) -> object:
+    if not valid and rng.random() < 0.3:
+        return odd_value(rng)
+    mode = rng.choice(["easycache", "ucache", "dbcache", "taylorseer", "cache_dit", "spectrum", "disabled"])
+    fields = {"mode": mode if valid or rng.random() < 0.5 else enum_spec(rng, _enum("CacheMode"), False)}
+    for name, kind in rng.sample(CACHE_FIELDS, rng.randint(0, 4)):
+        if kind == "bool":
+            fields[name] = rng.choice([True, False])
+        elif kind == "text":
+            fields[name] = {"$str": rng.choice(["", "1,0,1", "1" * 100, "x", "0,0", "-1", ",", "1e39", "1,1,1,1,0"])}
+        elif name.endswith("_percent"):
+            fields[name] = number_spec(rng, name, kind, 0.0, 1.0, valid)
+        else:
+            fields[name] = number_spec(rng, name, kind, -1 if kind == "int" else None, 64 if kind == "int" else None,
+                                       valid)
+    return {"$cache": fields}
+
+
+def text_spec(rng: random.Random, valid: bool = True) -> object:
+    if valid:
+        return {"$str": rng.choice(PROMPTS)}
+    return {"$str": rng.choice(BAD_PROMPTS)} if rng.random() < 0.6 else odd_value(rng)
+
+
+MAX_SIDE_SPEC = 16384
+
+
+def _enum(name: str):
+    from sdcpp_py import _enums
+
+    return getattr(_enums, name)
+
+
+def keyword_spec(rng: random.Random, row, size: Tuple[int, int], valid: bool = True) -> object:
+    """A value for one option row of the generation table: one the package should take (valid) or refuse."""
+    name, kind = row.name.replace("high_noise_", ""), row.kind
+    width, height = size
+    if kind in ("int", "float"):
+        if name in ("width", "height") and valid and rng.random() < 0.7:
+            return rng.choice([8, 16, 24, 32, 33, 40, 48, 63, 64, 65, 72, 96, 1, 2, 4, 9])
+        return number_spec(rng, name, kind, row.low, row.high, valid)
+    if kind == "bool":
+        return rng.choice([True, False]) if valid else rng.choice([0, 1, 2, None, {"$np": ["bool_", True]},
+                                                                   {"$str": "true"}])
+    if kind == "enum":
+        return enum_spec(rng, row.enum, valid)
+    if kind == "text":
+        return text_spec(rng, valid)
+    if kind == "ints":
+        if valid:
+            return rng.choice([[rng.choice([0, 1, 2, 7, 8, 9, 1024]) for _ in range(rng.randint(0, 4))], [],
+                               {"$tuple": [7, 8, 9]}, list(range(300))])
+        return rng.choice([[2**40], [1.5], {"$str": "7,8"}, None, [None], [True], [-1], [1025]])
+    if kind == "floats":
+        if valid:
+            n = rng.choice([2, 2, 3, 5])
+            return rng.choice([sorted((round(rng.uniform(0, 15), 3) for _ in range(n)), reverse=True), [1.0, 0.0],
+                               [0.0, 0.0], [0.0, 1.0], [1e30, 1.0, 0.0], [3.4e38, 0.0], [1.0] * 300, [1.0, 1.0, 1.0],
+                               {"$tuple": [2.0, 0.0]}, None, [0.0, 0.5, 0.0, 1.0]])
+        return rng.choice([[1.0], [], [{"$f": "nan"}, 0.0], [{"$f": "inf"}, 0.0], [-1.0, 0.0], [3.5e38, 0.0],
+                           [{"$str": "a"}, 0.0]])
+    if name in ("init_image", "control_image", "end_image"):
+        return image_spec(rng, width, height, valid=valid)
+    if name == "mask":
+        return image_spec(rng, width, height, mask=True, valid=valid)
+    if name in ("ref_images", "control_frames"):
+        if not valid and rng.random() < 0.3:
+            return image_spec(rng, width, height)  # one image where a list belongs
+        return [image_spec(rng, rng.choice([16, 32, 48, 64, 200, 1]), rng.choice([16, 32, 40, 64, 3]), valid=valid)
+                for _ in range(rng.choice([0, 1, 1, 2, 3]))]
+    if name == "hires":
+        return hires_spec(rng, valid)
+    if name == "cache":
+        return cache_spec(rng, valid)
+    if name in ("progress", "preview"):
+        if valid:
+            return {"$cb": rng.choice(["none", "none", "raise", "cancel", "returns_value", "slow"])}
+        return rng.choice([42, {"$str": "print"}, {"$cb": "wrong_arity"}])
+    if name == "seed":
+        if valid:
+            return rng.choice([0, 1, 42, -1, 2**63 - 1, 2**32, 2**31, {"$np": ["int64", 5]}, {"$np": ["uint64", 7]}])
+        return rng.choice([2**63, -2, 2**64, {"$np": ["uint64", 2**64 - 1]}, {"$f": "nan"}, 1.0, None, {"$str": "7"},
+                           True])
+    if name == "loras":
+        if valid:
+            return rng.choice([None, [], [{"$lora": ["lora", rng.choice([1.0, 0.5, -1.0, 0.0, 100.0, -100.0])]}],
+                               [{"$path": "lora"}], [{"$lora": ["lora", 1.0]}, {"$lora": ["lora", 1.0]}]])
+        return rng.choice([[{"$lora": ["missing", 1.0]}], {"$path": "lora"}, [{"$lora": ["lora", {"$f": "nan"}]}],
+                           [{"$lora": ["png", 1.0]}], [{"$lora": ["lora", 150.0]}]])
+    if name == "photo_maker":
+        return rng.choice([{"$pm": "one_image"}, {"$pm": "no_images"}, 3])
+    if name in ("vae_tile_size", "vae_relative_tile_size"):
+        kind = "int" if name == "vae_tile_size" else "float"
+        one = lambda: number_spec(rng, name, kind, 0, 64 if valid else MAX_SIDE_SPEC, valid)  # noqa: E731
+        return rng.choice([one(), one(), {"$tuple": [one(), one()]}] +
+                          ([] if valid else [[one()], [one(), one(), one()]]))
+    return odd_value(rng)
+
+
+# Keywords a call draws, with weights: those that need a part the tiny models lack (ControlNet, PhotoMaker) rarely.
+KEYWORD_WEIGHTS = {"control_image": 0.2, "control_strength": 0.3, "photo_maker": 0.2, "mask": 0.5, "init_image": 1.5,
+                   "hires": 2.0, "cache": 2.0, "sampler": 2.0, "scheduler": 2.0, "custom_sigmas": 1.5}
+
+
+def make_params_case(rng: random.Random) -> dict:
+    """A case: a tiny model with some Context options, then 1-3 calls with random keywords (1-7 each,
+    drawn from the option tables) through generate / txt2img / img2img / inpaint / edit."""
+    from sdcpp_py._params import CONTEXT, IMAGE
+
+    model = "flux2" if rng.random() < 0.15 else "flux"
+    context = {}
+    for name in ("weight_type", "rng", "sampler_rng", "prediction", "flash_attn", "diffusion_flash_attn",
+                 "diffusion_conv_direct", "vae_conv_direct", "circular_x", "circular_y", "tae_preview_only",
+                 "max_vram", "offload_params_to_cpu", "lora_apply_mode", "n_threads", "vae_decode_only"):
+        if rng.random() < 0.08:
+            row = CONTEXT[name]
+            if name == "weight_type":  # a cheap conversion of the tiny model, mostly
+                context[name] = rng.choice(["q8_0", "q4_0", "f32", "bf16", "q2_k", "iq4_nl", "tq1_0", "mxfp4"])
+            elif name == "n_threads":
+                context[name] = rng.choice([1, 2, 0, 1025, -1])
+            elif name == "vae_decode_only":
+                context[name] = rng.choice([True, False, None])
+            else:
+                context[name] = keyword_spec(rng, row, (32, 32))
+    names = [row.name for row in IMAGE]
+    weights = [KEYWORD_WEIGHTS.get(name, 1.0) for name in names]
+    calls = []
+    for _ in range(rng.randint(1, 3)):
+        method = rng.choices(["generate", "txt2img", "img2img", "inpaint", "edit"], weights=[4, 2, 2, 1, 1])[0]
+        size = (rng.choice([16, 32, 32, 48, 64]), rng.choice([16, 32, 32, 48]))
+        kwargs = {"width": size[0], "height": size[1], "steps": rng.choice([1, 1, 2]), "seed": rng.randint(0, 99)}
+        invalid = rng.random() < 0.3  # one keyword of the call the package should refuse
+        chosen = sorted({rng.choices(names, weights)[0] for _ in range(rng.randint(1, 6))},
+                        key=lambda name: name not in ("width", "height"))  # the size first: images follow it
+        for i, name in enumerate(chosen):
+            kwargs[name] = keyword_spec(rng, IMAGE[name], size, valid=not (invalid and i == 0))
+            if name in ("width", "height") and type(kwargs[name]) is int and 0 < kwargs[name] <= 96:
+                size = (kwargs["width"], size[1]) if name == "width" else (size[0], kwargs["height"])
+        if "mask" in kwargs and "init_image" not in kwargs and method == "generate" and rng.random() < 0.9:
+            kwargs["init_image"] = image_spec(rng, size[0], size[1])
+        positional = []
+        if method in ("img2img", "inpaint"):
+            positional.append(image_spec(rng, size[0], size[1], valid=rng.random() < 0.9))
+            kwargs.pop("init_image", None)
+        if method == "inpaint":
+            positional.append(image_spec(rng, size[0], size[1], mask=True, valid=rng.random() < 0.9))
+            kwargs.pop("mask", None)
+        if method == "edit":
+            positional.append([image_spec(rng, rng.choice([16, 32, 64]), rng.choice([16, 32]), valid=rng.random() < 0.9)])
+            kwargs.pop("ref_images", None)
+        prompt = text_spec(rng, valid=rng.random() < 0.9) if rng.random() < 0.3 else {"$str": "a fuzzed cube"}
+        calls.append({"method": method, "prompt": prompt, "args": positional, "kwargs": kwargs})
+    ops = [f"model.{model}"] + [f"ctx.{k}" for k in context] + sorted(
+        {f"call.{c['method']}" for c in calls} | {f"kw.{k}" for c in calls for k in c["kwargs"]
+                                                   if k not in ("width", "height", "steps", "seed")})
+    return {"model": model, "context": context, "calls": calls, "ops": ops}
+
+
+def params_seed_files(seed_dir: Path) -> Dict[str, Path]:
+    """The tiny Flux.2 parts and a LoRA for the tiny Flux DiT, beside the Flux seeds."""
+    from sdcpp_py.testing import extras, flux2, flux1
+
+    parts = flux2.flux2_components(seed_dir.parent / "flux2")
+    lora = seed_dir / "fuzz-params-lora.safetensors"
+    if not lora.exists():
+        extras.flux_lora(flux1.flux_components(seed_dir)["diffusion_model"], lora, std=0.05)
+    vae = flux1.flux_components(seed_dir, vae_encoder=True)["vae"]  # img2img, inpaint, edit and hires need it
+    return {"lora": lora, "vae.encoder": Path(vae), **{f"flux2.{k}": Path(v) for k, v in parts.items()}}
+
+
+class ParamValues:
+    """Builds a case's values in the child: images, records, callbacks and paths from their specs."""
+
+    def __init__(self, files: Dict[str, Path], work: Path, seed: int):
+        import numpy as np
+
+        self.np, self.files, self.work = np, files, work
+        self.rng = np.random.default_rng(seed)
+        self.ctx = None
+
+    def path(self, what) -> str:
+        np = self.np
+        width, height = 32, 32
+        if isinstance(what, list):  # ["png", width, height]
+            what, width, height = what
+        if what in ("esrgan", "lora"):
+            return str(self.files[what])
+        if what == "missing":
+            return str(self.work / "no-such-file.png")
+        if what == "dir":
+            return str(self.work)
+        if what in ("png", "bytes_png"):
+            from PIL import Image
+
+            target = self.work / f"image-{width}x{height}.png"
+            if not target.exists():
+                Image.fromarray(self.rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(target)
+            return str(target) if what == "png" else os.fsencode(str(target))
+        target = self.work / ("empty.png" if what == "empty" else "not-an-image.png")
+        target.write_bytes(b"" if what == "empty" else b"GIF89a but not really")
+        return str(target)
+
+    def image(self, shape, dtype: str, variant: Optional[str] = None):
+        np = self.np
+        if dtype == "object":
+            return np.empty(shape, dtype=object)
+        if dtype == "complex64":
+            return np.zeros(shape, dtype=np.complex64)
+        if dtype == "bool":
+            return self.rng.random(shape) < 0.5
+        if dtype.startswith(("float")):
+            array = self.rng.random(shape).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            array = self.rng.integers(max(info.min, -128), min(info.max, 255) + 1, shape).astype(dtype)
+        if variant == "transposed" and array.ndim == 3:
+            array = np.ascontiguousarray(array.transpose(1, 0, 2)).transpose(1, 0, 2)
+        elif variant == "strided" and array.ndim == 3:
+            wide = np.zeros((shape[0], shape[1] * 2, shape[2]), array.dtype)
+            wide[:, ::2] = array
+            array = wide[:, ::2]
+        elif variant == "readonly":
+            array.setflags(write=False)
+        elif variant == "nan":
+            array = array.astype(np.float32)
+            array[0, 0] = np.nan
+        return array
+
+    def callback(self, what: str):
+        if what == "none":
+            return lambda *args: None
+        if what == "raise":
+            def raising(*args):
+                raise FuzzRaise("raised by a progress or preview callback")
+            return raising
+        if what == "cancel":
+            return lambda *args: self.ctx.cancel()
+        if what == "wrong_arity":
+            return lambda: None
+        if what == "returns_value":
+            return lambda *args: ["not", "None"]
+        return lambda *args: time.sleep(0.01)
+
+    def __call__(self, spec):
+        np = self.np
+        if isinstance(spec, list):
+            return [self(item) for item in spec]
+        if not isinstance(spec, dict):
+            return spec
+        (tag, value), = spec.items()
+        if tag == "$f":
+            return FLOAT_WORDS[value]
+        if tag == "$str":
+            return value
+        if tag == "$np":
+            return getattr(np, value[0])(value[1])
+        if tag == "$obj":
+            return object()
+        if tag == "$tuple":
+            return tuple(self(item) for item in value)
+        if tag == "$enum":
+            return getattr(_enum(value[0]), value[1])
+        if tag == "$img":
+            return self.image(*value)
+        if tag == "$path":
+            return self.path(value)
+        if tag == "$pil":
+            from PIL import Image
+
+            return Image.new(value[2], (value[0], value[1]))
+        if tag == "$cb":
+            return self.callback(value)
+        if tag == "$lora":
+            import sdcpp_py
+
+            return sdcpp_py.Lora(self.path(value[0]), self(value[1]))
+        if tag == "$pm":
+            import sdcpp_py
+
+            return sdcpp_py.PhotoMaker(id_images=[] if value == "no_images" else [self.image([32, 32, 3], "uint8")])
+        if tag in ("$hires", "$cache"):
+            import sdcpp_py
+
+            record = sdcpp_py.Hires if tag == "$hires" else sdcpp_py.Cache
+            fields = {k: (self.path(v["$path"]) if isinstance(v, dict) and "$path" in v else self(v))
+                      for k, v in value.items()}
+            return record(**fields)
+        raise ValueError(f"unknown spec {spec!r}")
+
+
+# The exception types a refused call may raise (README: what is refused, and why), and the callbacks' own.
+PARAMS_REFUSALS = {"TypeError", "ValueError", "FileNotFoundError", "InvalidComponentError", "Cancelled", "FuzzRaise",
+                   "IsADirectoryError", "SdcppError"}
+
+
+def expected_side(requested, facts) -> Optional[int]:
+    from sdcpp_py._model import _align_up, spatial_multiple
+
+    if facts.architecture is None:
+        return None
+    return _align_up(requested, spatial_multiple(facts.architecture))
+
+
+def check_images(result, kwargs: dict, facts) -> Optional[str]:
+    """What is wrong with an accepted call's result, if anything: a list of batch_count (H, W, 3) uint8 arrays
+    at the requested size (rounded up to the model's multiple; hires: its own size)."""
+    import numpy as np
+
+    if not isinstance(result, list) or not result:
+        return f"result is {type(result).__name__} of {len(result) if isinstance(result, list) else '?'}"
+    batch = kwargs.get("batch_count", 1)
+    if type(batch) is int and len(result) != batch:
+        return f"{len(result)} images for batch_count={batch}"
+    for image in result:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            return f"an image of {getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image).__name__)}"
+    width, height = kwargs.get("width"), kwargs.get("height")
+    if kwargs.get("hires") is None and type(width) is int and type(height) is int:
+        want = (expected_side(height, facts), expected_side(width, facts))
+        if None not in want and result[0].shape[:2] != want:
+            return f"{result[0].shape[1]}x{result[0].shape[0]} for width={width} height={height} (expected " \
+                   f"{want[1]}x{want[0]})"
+    return None
+
+
+def params_work(report: Reporter, case: dict, files: Dict[str, Path], work: Path, seed: int) -> None:
+    import sdcpp_py
+
+    values = ParamValues(files, work, seed)
+    if case["model"] == "flux2":
+        parts = {k: files[f"flux2.{k}"] for k in ("diffusion_model", "llm", "vae")}
+    else:
+        parts = {"diffusion_model": files["diffusion_model"], "clip_l": files["clip_l"], "vae": files["vae.encoder"]}
+    options = {k: values(v) for k, v in case["context"].items()}
+    report(event="stage", stage="context")
+    try:
+        ctx = sdcpp_py.Context(**parts, **{"n_threads": 1, **options})
+    except Exception as exc:
+        report(event="result", outcome="refused", error=f"Context: {describe(exc)}",
+               exceptions=[f"Context: {describe(exc)}"])
+        return
+    values.ctx = ctx
+    refusals: List[str] = []
+    blanks: List[str] = []  # accepted calls whose image is one colour (a NaN latent decodes to white)
+    with ctx:
+        for number, call in enumerate(case["calls"]):
+            report(event="stage", stage=f"call {number} {call['method']}")
+            try:
+                kwargs = {k: values(v) for k, v in call["kwargs"].items()}
+                args = [values(a) for a in call["args"]]
+                result = getattr(ctx, call["method"])(values(call["prompt"]), *args, **kwargs)
+            except Exception as exc:
+                refusals.append(f"call {number}: {describe(exc)}")
+                report(event="stage", stage=f"plain call after refused call {number}")
+                try:  # a refused call must leave the context usable
+                    ctx.txt2img("a fuzzed cube", width=32, height=32, steps=1, seed=seed)
+                except Exception as after:
+                    report(event="result", outcome="broken", error=f"after {refusals[-1]}: {describe(after)}")
+                    return
+                continue
+            wrong = check_images(result, kwargs, ctx._facts)
+            if wrong:
+                report(event="result", outcome="wrong", error=f"call {number} {call['method']}: {wrong}")
+                return
+            if any(image.min() == image.max() for image in result):  # accepted, and a picture of nothing
+                blanks.append(f"{call['method']} " + " ".join(
+                    f"{k}={describe_value(v)}" for k, v in sorted(call["kwargs"].items())
+                    if k not in ("width", "height", "seed")) + f" {' '.join(f'{k}={v}' for k, v in case['context'].items())}")
+        report(event="stage", stage="close")
+    report(event="result", outcome="refused" if refusals else "ok", error=refusals[0] if refusals else None,
+           exceptions=refusals, blanks=blanks)
+
+
+def describe_value(spec) -> str:
+    text = json.dumps(spec)
+    return text if len(text) < 40 else text[:37] + "..."
+
+
 # --------------------------------------------------------------------------- fork server
 
 
@@ -1479,6 +1994,8 @@ class ForkServer:
         self.models = load_seed_models(self.files) if args.mode == "components" else None
         if args.mode == "loras":
             self.files["sd1"] = lora_seed_sd1(Path(args.seed_dir))
+        if args.mode == "params":
+            self.files.update(params_seed_files(Path(args.seed_dir)))
         self.targets = lora_targets(self.files) if args.mode == "loras" else None
         self.work = Path(args.workdir)
         self.crash_dir = Path(args.out) / "crashes"
@@ -1530,6 +2047,8 @@ class ForkServer:
                 self.component_child(request, report)
             elif self.args.mode == "loras":
                 self.lora_child(request, report)
+            elif self.args.mode == "params":
+                self.params_child(request, report)
             else:
                 self.calls_child(request, report)
         except ExitForReal:
@@ -1571,6 +2090,17 @@ class ForkServer:
         report(event="mutant", role=role, ops=case["ops"], notes=case["notes"], ext=".safetensors", mmap=False)
         report(event="case", case=case)
         lora_work(report, case, self.files, self.work, self.args.gen_size, index % 1000)
+
+    def params_child(self, request: dict, report: Reporter) -> None:
+        index = request.get("index", -1)
+        if "replay" in request:
+            info = json.loads(Path(request["replay"]).read_text())
+            case, index = info["case"], info["index"]
+        else:
+            case = make_params_case(random.Random(f"params:{self.args.seed}:{index}"))
+        report(event="mutant", role=f"params {case['model']}", ops=case["ops"], notes=[], ext="", mmap=False)
+        report(event="case", case=case)
+        params_work(report, case, self.files, self.work, index % 1000)
 
     def calls_child(self, request: dict, report: Reporter) -> None:
         if "replay" in request:
@@ -1643,6 +2173,8 @@ class ForkServer:
                 result["inspect"] = event["result"]
             elif kind == "result":
                 result.update(outcome=event["outcome"], error=event.get("error"), exceptions=event.get("exceptions"))
+                if event.get("blanks"):
+                    result["blanks"] = event["blanks"]
             elif kind == "fuzzer_error":
                 result["fuzzer_error"] = event["error"]
         in_flight = {}
@@ -1828,7 +2360,8 @@ def normalize(message: str) -> str:
 # Exception types the README promises for each mode; anything else is listed on its own.
 DOCUMENTED = {"components": {"InvalidComponentError", "SdcppError", "ValueError", "FileNotFoundError"},
               "loras": {"InvalidComponentError", "ValueError", "FileNotFoundError"},
-              "calls": {"Cancelled", "SdcppError", "ValueError", "RuntimeError", "FuzzRaise"}}
+              "calls": {"Cancelled", "SdcppError", "ValueError", "RuntimeError", "FuzzRaise"},
+              "params": PARAMS_REFUSALS}
 
 
 class Tally:
@@ -1843,11 +2376,13 @@ class Tally:
         self.odd: Dict[str, list] = {}  # undocumented exception types: normalized message -> [count, example]
         self.disagree = collections.Counter()
         self.bad: List[dict] = []
+        self.blanks: List[str] = []
         self.last_print = time.monotonic()
 
     def add(self, r: dict) -> None:
         outcome = r.get("outcome", "crash")
         self.counts[outcome] += 1
+        self.blanks += [f"case {r['index']}: {b}" for b in r.get("blanks") or []]
         for op in sorted(set(r.get("ops") or [])):
             self.per_kind[op][outcome] += 1
         if r.get("role"):
@@ -1916,6 +2451,7 @@ class Tally:
                 "distinct_refusals": len(refusals), "refusals": [[n, m] for n, m in refusals[:20]],
                 "undocumented_exceptions": [[n, m, where] for n, m, where in
                                             sorted(self.odd.values(), key=lambda e: -e[0])],
+                "blank_images": self.blanks,
                 "classes": [{k: (dict(v) if k == "ops" else v) for k, v in g.items() if k != "example"}
                             | {"replay": g["example"].get("saved")} for g in self.classes()],
                 "bad": self.bad}
@@ -1939,6 +2475,9 @@ class Tally:
         if s["undocumented_exceptions"]:
             out.append("exceptions of types the README does not promise:")
             out += [f"  {n:6}  {m[:200]}" for n, m, _ in s["undocumented_exceptions"]]
+        if self.blanks:
+            out.append(f"accepted calls that returned a one-colour image: {len(self.blanks)}")
+            out += [f"  {b[:220]}" for b in self.blanks[:30]]
         classes = self.classes()
         out.append(f"crashes and hangs: {len(self.bad)} in {len(classes)} classes")
         for g in classes:
@@ -1972,7 +2511,9 @@ def campaign(args) -> int:
     make_seed_files(args.seed_dir)  # before the servers start, so that they do not race to write them
     if args.mode == "loras":
         lora_seed_sd1(args.seed_dir)
-    count = getattr(args, {"components": "mutants", "loras": "cases"}.get(args.mode, "sequences"))
+    if args.mode == "params":
+        params_seed_files(args.seed_dir)
+    count = getattr(args, {"components": "mutants", "loras": "cases", "params": "cases"}.get(args.mode, "sequences"))
     tally = Tally(args.mode, args.seed)
     drive(args, args.mode, [{"index": i} for i in range(args.start, args.start + count)], tally.add)
     tally.print_summary()
@@ -2014,6 +2555,10 @@ def direct(args) -> int:
         files["sd1"] = lora_seed_sd1(Path(args.seed_dir or info["seed_dir"]))
         with tempfile.TemporaryDirectory(prefix="sdcpp-fuzz-lora-") as work:
             lora_work(report, info["case"], files, Path(work), args.gen_size, info["index"] % 1000)
+    elif info["mode"] == "params":
+        files.update(params_seed_files(Path(args.seed_dir or info["seed_dir"])))
+        with tempfile.TemporaryDirectory(prefix="sdcpp-fuzz-params-") as work:
+            params_work(report, info["case"], files, Path(work), info["index"] % 1000)
     else:
         try:
             sequence_work(report, info["plan"], files)
@@ -2062,6 +2607,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("loras", help="generated LoRA files, well formed and not, through calls that apply them")
     p.add_argument("--cases", type=int, default=500)
     common(p, 60)
+    p = sub.add_parser("params", help="random generation keywords from the option tables, valid and not")
+    p.add_argument("--cases", type=int, default=500)
+    common(p, 90)
     p = sub.add_parser("calls", help="random call sequences across threads")
     p.add_argument("--sequences", type=int, default=50)
     common(p, 60)
