@@ -38,7 +38,8 @@ GITS_CHILD = """
     from sdcpp_py import _test_hooks
     parts, call = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     first = _test_hooks._scheduler_sigmas("gits", 2, 0.0, 1.0)[0]  # the 2-step table's first sigma
-    with sdcpp_py.Context(**parts, n_threads=2) as ctx:
+    # GITS's sigmas are SD's (flow models refuse it): the tiny Flux parts sampled as eps prediction
+    with sdcpp_py.Context(**parts, n_threads=2, prediction="eps") as ctx:
         one_step = ctx.txt2img("a cube", scheduler="gits", **call)[0]
         custom = ctx.txt2img("a cube", custom_sigmas=[first, 0.0], **call)[0]
     print(json.dumps({"same": bool(np.array_equal(one_step, custom)), "min": int(one_step.min()),
@@ -106,28 +107,35 @@ def test_long_interpolations_stay_on_the_reference_curve(reference_points, n):
     assert np.all(np.diff(values) <= 0)
 
 
-def test_ays_is_refused_for_a_model_it_has_no_noise_levels_for(flux_parts):
-    # For Flux the core logged an error and sampled with every sigma 0, returning an image of nothing.
+def test_ays_and_gits_are_refused_for_a_flow_model(flux_parts):
+    # For Flux the core logged an error and sampled AYS with every sigma 0 (a white image); GITS gave its SD-scale
+    # sigmas (up to 14.6) to the flow denoiser, whose sigmas run from 1 to 0.
     with sdcpp_py.Context(**flux_parts, n_threads=1) as ctx:
-        with pytest.raises(ValueError, match=r"scheduler='ays'.*SD1.x and SDXL.*Flux\.1"):
-            ctx.txt2img("a cube", scheduler="ays", **ONE_STEP)
+        for name in ("ays", "gits"):
+            with pytest.raises(ValueError, match=rf"scheduler='{name}'.*a Flux\.1 model is sampled by flow"):
+                ctx.txt2img("a cube", scheduler=name, **ONE_STEP)
         assert ctx.txt2img("a cube", scheduler="simple", **ONE_STEP)[0].shape == (32, 32, 3)
 
 
-@pytest.mark.parametrize("architecture, refused", [("SD1", False), ("SDXL", False), ("SD2", True), ("Wan", True),
-                                                    (None, False)])
-def test_ays_follows_the_models_the_core_has_noise_levels_for(architecture, refused):
-    # SD2 made the core interpolate from no levels (SIGSEGV); an unknown model is left to the core.
+@pytest.mark.parametrize("architecture, prediction, refused", [
+    ("SD1", None, ()), ("SDXL", None, ()), ("SD2", None, ("ays",)), ("Wan", None, ("ays", "gits")),
+    ("Flux.1", None, ("ays", "gits")), (None, None, ()), ("SD1", "flux_flow", ("ays", "gits")),
+    ("SDXL", "v", ()), ("Flux.1", "eps", ("ays",)), (None, "sd3_flow", ("ays", "gits"))])
+def test_ays_and_gits_follow_the_models_they_have_sigmas_for(architecture, prediction, refused):
+    # Both are tables of SD-scale sigmas: a flow denoiser's run from 1 to 0 (GITS made noise, AYS a white image).
+    # AYS has levels for SD1.x and SDXL only: SD2 made the core interpolate from none (SIGSEGV). An unknown
+    # model is left to the core.
+    from sdcpp_py._enums import Prediction
     from sdcpp_py._request import _check_scheduler
 
-    facts = SimpleNamespace(architecture=architecture)
-    for value in ("ays", "discrete", None):
-        values = {"scheduler": value}
-        if value == "ays" and refused:
-            with pytest.raises(ValueError, match="AYS"):
-                _check_scheduler(values, facts, ("scheduler",))
+    facts = SimpleNamespace(architecture=architecture,
+                            prediction=None if prediction is None else int(Prediction.coerce(prediction, "p")))
+    for value in ("ays", "gits", "discrete", None):
+        if value in refused:
+            with pytest.raises(ValueError, match=rf"scheduler='{value}'"):
+                _check_scheduler({"scheduler": value}, facts, ("scheduler",))
         else:
-            _check_scheduler(values, facts, ("scheduler",))
+            _check_scheduler({"scheduler": value}, facts, ("scheduler",))
 
 
 def test_a_hires_schedule_of_over_ten_thousand_steps_is_refused(flux_parts_with_encoder):

@@ -138,13 +138,35 @@ def sampling(table: OptionTable, request, values: Values, prefix: str = "") -> N
 # For SD2 its interpolation started from no levels (SIGSEGV; patch 0031 made that all-ones sigmas); for any other
 # model the core logs an error and samples with every sigma 0: an all-white image, returned as a success.
 AYS_ARCHITECTURES = ("SD1", "SDXL")
+# UNet families the core samples with eps / v / EDM-v denoisers; it gives every DiT family a flow denoiser.
+UNET_ARCHITECTURES = ("SD1", "SD2", "SDXL")
+FLOW_PREDICTIONS = (Prediction.SD3_FLOW, Prediction.FLUX_FLOW, Prediction.FLUX2_FLOW)
+
+
+def flow_denoiser(facts: ModelFacts) -> Optional[bool]:
+    """Whether the core samples this Context's model with a flow denoiser (sigmas in [0, 1]); None if unknown."""
+    if facts.prediction is not None:
+        return facts.prediction in FLOW_PREDICTIONS
+    if facts.architecture is None:
+        return None
+    return facts.architecture not in UNET_ARCHITECTURES
 
 
 def _check_scheduler(values: Values, facts: ModelFacts, names: Sequence[str]) -> None:
+    """AYS and GITS are tables of noise levels made for SD's eps / v denoisers (sigma up to ~14.6): a flow
+    denoiser's sigmas run from 1 to 0, so with them its image was noise (GITS) or white (AYS), as a success."""
     for name in names:
         if values[name] is None:
             continue
-        if Scheduler.coerce(values[name], name) == Scheduler.AYS and facts.architecture is not None \
+        scheduler = Scheduler.coerce(values[name], name)
+        if scheduler not in (Scheduler.AYS, Scheduler.GITS):
+            continue
+        if flow_denoiser(facts):
+            model = f"a {facts.architecture} model" if facts.architecture else "this model"
+            how = "" if facts.prediction is None else f" (prediction={Prediction(facts.prediction).core_name!r})"
+            raise ValueError(f"{name}={scheduler.core_name!r}: its sigmas are SD's (eps or v prediction, up to ~14.6), "
+                             f"and {model} is sampled by flow{how}, sigmas from 1 to 0; choose another scheduler")
+        if scheduler == Scheduler.AYS and facts.architecture is not None \
                 and facts.architecture not in AYS_ARCHITECTURES:
             raise ValueError(f"{name}='ays': the AYS scheduler has noise levels for SD1.x and SDXL models only, and "
                              f"this Context's model is {facts.architecture}; choose another scheduler")
