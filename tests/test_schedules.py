@@ -122,7 +122,7 @@ def test_ays_and_gits_are_refused_for_a_flow_model(flux_parts):
     ("Flux.1", None, ("ays", "gits")), (None, None, ()), ("SD1", "flux_flow", ("ays", "gits")),
     ("SDXL", "v", ()), ("Flux.1", "eps", ("ays",)), (None, "sd3_flow", ("ays", "gits"))])
 def test_ays_and_gits_follow_the_models_they_have_sigmas_for(architecture, prediction, refused):
-    # Both are tables of SD-scale sigmas: a flow denoiser's run from 1 to 0 (GITS made noise, AYS a white image).
+    # Both are tables of SD-scale sigmas: a flow denoiser's run from 1 to 0 (AYS made a white image).
     # AYS has levels for SD1.x and SDXL only: SD2 made the core interpolate from none (SIGSEGV). An unknown
     # model is left to the core.
     from sdcpp_py._enums import Prediction

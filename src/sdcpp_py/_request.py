@@ -154,7 +154,8 @@ def flow_denoiser(facts: ModelFacts) -> Optional[bool]:
 
 def _check_scheduler(values: Values, facts: ModelFacts, names: Sequence[str]) -> None:
     """AYS and GITS are tables of noise levels made for SD's eps / v denoisers (sigma up to ~14.6): a flow
-    denoiser's sigmas run from 1 to 0, so with them its image was noise (GITS) or white (AYS), as a success."""
+    denoiser's sigmas run from 1 to 0: GITS gave it sigmas far outside that range and AYS all zeros (a white
+    image), each returned as a success."""
     for name in names:
         if values[name] is None:
             continue
