@@ -162,3 +162,49 @@ def test_a_flux_flow_shift_past_the_float_exponent_is_refused(flux_parts, predic
             ctx.txt2img("a cube", flow_shift=100.0, **ONE_STEP)
         image = ctx.txt2img("a cube", flow_shift=88.0, **ONE_STEP)[0]
         assert image.min() < image.max()  # finite sigmas: a picture
+
+
+def test_an_overridden_flow_prediction_needs_its_shift(flux_parts):
+    # The core sets its default shift only where it picks the prediction itself: prediction='flux_flow' without
+    # flow_shift sampled with an infinite shift, every sigma NaN, a white image.
+    with sdcpp_py.Context(**flux_parts, n_threads=2, prediction="flux_flow") as ctx:
+        with pytest.raises(ValueError, match=r"prediction='flux_flow' needs flow_shift="):
+            ctx.txt2img("a cube", **ONE_STEP)
+        assert ctx.txt2img("a cube", flow_shift=1.15, **ONE_STEP)[0].min() < 250
+
+
+@pytest.mark.parametrize("prediction, shift, refused", [
+    ("sd3_flow", 0.0, True), ("sd3_flow", 1e-9, True), ("sd3_flow", 1e-6, False), ("sd3_flow", 3.0, False),
+    ("flux_flow", 88.72, False), ("flux_flow", 88.73, True), ("flux_flow", 0.0, False)])
+def test_flow_shifts_that_make_a_nan_sigma_are_refused(prediction, shift, refused):
+    from sdcpp_py._enums import Prediction
+    from sdcpp_py._request import _check_flow_shift
+
+    facts = SimpleNamespace(architecture="Flux.1", prediction=int(Prediction.coerce(prediction, "p")))
+    if refused:
+        with pytest.raises(ValueError, match=rf"flow_shift={shift:g}"):
+            _check_flow_shift(shift, facts)
+    else:
+        _check_flow_shift(shift, facts)
+
+
+def test_the_hires_schedule_counts_the_steps_the_first_pass_ran():
+    # The core scales the first pass's steps after its cuts: custom sigmas run len - 1 of them, img2img at
+    # strength < 1 runs t_enc + 1. Requests valid by that count must not be refused, others must be.
+    from sdcpp_py import _core
+    from sdcpp_py._request import _check_hires_schedule, _hires_base_steps
+
+    def request(**fields):
+        r = _core.ImageGenParams()
+        for name, value in fields.items():
+            setattr(r, name, value)
+        return r
+
+    img2img = request(steps=20, strength=0.75, hires_steps=0, hires_denoising_strength=0.0019)
+    assert _hires_base_steps(img2img, img2img=True) == 16  # int(20 * 0.75) + 1
+    _check_hires_schedule(img2img, 16)  # 16 / 0.0019 = 8421
+    with pytest.raises(ValueError, match="hires: 20 steps"):
+        _check_hires_schedule(img2img, _hires_base_steps(img2img, img2img=False))  # txt2img: 10526
+    custom = request(steps=20, custom_sigmas=[1.0, 0.0], hires_steps=0, hires_denoising_strength=0.001)
+    assert _hires_base_steps(custom, img2img=False) == 1
+    _check_hires_schedule(custom, 1)

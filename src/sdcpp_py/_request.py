@@ -73,7 +73,7 @@ def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     _check_scheduler(values, facts, ("scheduler",))
     _check_flow_shift(request.flow_shift, facts)
     if request.hires_enabled:
-        _check_hires_schedule(request)
+        _check_hires_schedule(request, _hires_base_steps(request, img2img=init is not None))
     IMAGE.fill(request, values, ("batch_count",))
     request.seed = resolve_seed(values["seed"], request.batch_count)
     IMAGE.fill(request, values, ("clip_skip",))
@@ -174,28 +174,65 @@ def _check_scheduler(values: Values, facts: ModelFacts, names: Sequence[str]) ->
 
 
 # The models the core gives a Flux flow denoiser, whose shift is an exponent: sigma = e^shift / (e^shift + 1/t - 1)
-# in 32-bit floats, so past e^88.7 (the largest float) every sigma was inf / inf, NaN, and the image all white.
+# in 32-bit floats, so past ln(largest float) = 88.72 every sigma was inf / inf, NaN, and the image all white.
 FLUX_SHIFT_ARCHITECTURES = ("Flux.1", "Chroma", "Chroma Radiance", "Ovis-Image")
-MAX_FLUX_SHIFT = 88.0
+# The SD3-style flow denoiser's sigma is shift t / (1 + (shift - 1) t): at t = 1 it is shift / 0 when shift - 1
+# rounds to -1 in floats (a shift under 2^-25, 0 included): a NaN first sigma, a white image.
+MIN_SD3_SHIFT = 2.0**-25
+
+
+def _shift_kind(facts: ModelFacts) -> Optional[str]:
+    """Which flow denoiser the core gives the model ("flux", "flux2", "sd3"), None for none or unknown."""
+    if facts.prediction is not None:
+        return {Prediction.FLUX_FLOW: "flux", Prediction.FLUX2_FLOW: "flux2",
+                Prediction.SD3_FLOW: "sd3"}.get(Prediction(facts.prediction))
+    if not flow_denoiser(facts):
+        return None
+    return "flux" if facts.architecture in FLUX_SHIFT_ARCHITECTURES else \
+        "flux2" if facts.architecture == "Flux.2" else "sd3"
 
 
 def _check_flow_shift(shift: float, facts: ModelFacts) -> None:
-    if not math.isfinite(shift) or shift <= MAX_FLUX_SHIFT:  # inf: "the model's"
+    kind = _shift_kind(facts)
+    model = f"a {facts.architecture} model" if facts.prediction is None else \
+        f"prediction={Prediction(facts.prediction).core_name!r}"
+    if math.isinf(shift):  # "the model's"
+        if facts.prediction is not None and kind in ("flux", "sd3"):
+            # The core's default shift is set only where it picks the prediction itself: overridden, it is inf.
+            raise ValueError(f"{model} needs flow_shift= (the core sets a default shift only with the model's own "
+                             "prediction; without one every sigma is NaN and the image white): e.g. 3.0 for "
+                             "SD3-style flow, 1.15 for Flux")
         return
-    flux_flow = facts.prediction == Prediction.FLUX_FLOW if facts.prediction is not None else \
-        facts.architecture in FLUX_SHIFT_ARCHITECTURES
-    if flux_flow:
-        model = f"a {facts.architecture} model" if facts.prediction is None else "prediction='flux_flow'"
-        raise ValueError(f"flow_shift={shift:g}: with {model} the shift is an exponent (e^flow_shift) in 32-bit "
-                         f"floats, which overflow past {MAX_FLUX_SHIFT:g} (every sigma NaN, a white image)")
+    if kind == "flux":
+        with np.errstate(over="ignore"):
+            overflows = not np.isfinite(np.exp(np.float32(shift)))
+        if overflows:
+            raise ValueError(f"flow_shift={shift:g}: with {model} the shift is an exponent (e^flow_shift) in 32-bit "
+                             "floats, which overflow past 88.72 (every sigma NaN, a white image)")
+    elif kind == "sd3" and shift < MIN_SD3_SHIFT:
+        raise ValueError(f"flow_shift={shift:g}: with {model} the first sigma is flow_shift / (1 + (flow_shift - 1)), "
+                         "0/0 in 32-bit floats (NaN, a white image); use a positive shift such as 3.0")
 
 
-def _check_hires_schedule(request) -> None:
-    """The hires pass schedules steps / denoising_strength steps and runs the last strength share of them (the
-    core's float arithmetic). Past 10000, the most ``steps`` takes, the
-    schedulers' float grids leave their tables (reads before the core's sigma table; LCM's uint32 index wraps
-    past ~86 million) and the schedule alone takes seconds and hundreds of MB."""
-    base = request.hires_steps if request.hires_steps > 0 else request.steps
+def _hires_base_steps(request, img2img: bool) -> int:
+    """The steps the core scales for the hires pass when hires.steps is 0: the first pass's after its cuts
+    (custom sigmas run at most len - 1; img2img at strength < 1 runs t_enc + 1)."""
+    steps = request.steps
+    if request.custom_sigmas:
+        steps = min(steps, len(request.custom_sigmas) - 1)
+    if img2img and np.float32(request.strength) < 1:
+        t_enc = int(np.float32(steps) * np.float32(request.strength))
+        steps = (t_enc - 1 if t_enc == steps else t_enc) + 1
+    return steps
+
+
+def _check_hires_schedule(request, base: int) -> None:
+    """The hires pass schedules base / denoising_strength steps and runs the last strength share of them (the
+    core's float arithmetic). Past 10000, the most ``steps`` takes, the schedulers' float grids leave their
+    tables (reads before the core's sigma table; LCM's uint32 index wraps past ~86 million) and the schedule
+    alone takes seconds and hundreds of MB."""
+    if request.hires_steps > 0:
+        base = request.hires_steps
     strength = np.float32(request.hires_denoising_strength)  # at least 1e-4 (_apply_hires)
     scheduled = np.floor(np.float32(base) / strength)  # the core's static_cast<int>
     if not scheduled <= 10000:
