@@ -30,7 +30,8 @@ def run_fuzz(out: Path, seed_dir: Path, *args: str) -> dict:
 
 
 def failures(summary: dict) -> str:
-    return "\n".join(f"{r['outcome']} {r.get('signal', '')} stage={r.get('stage')} {r.get('notes') or ''} "
+    return "\n".join(f"{r['outcome']} {r.get('signal', '')} stage={r.get('stage')} {r.get('error') or ''} "
+                     f"{r.get('notes') or ''} "
                      f"{r.get('in_flight') or ''} {r.get('core_line') or ''} replay: {r.get('saved')}"
                      for r in summary["bad"]) + "\n" + summary["report"][-4000:]
 
