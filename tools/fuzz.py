@@ -2084,25 +2084,23 @@ class ForkServer:
                    path=str(path))
         component_work(report, path, role, self.files, self.args.gen_size, use_mmap, index % 1000)
 
-    def lora_child(self, request: dict, report: Reporter) -> None:
-        index = request.get("index", -1)
+    def case_of(self, request: dict, make: Callable[[random.Random], dict]) -> Tuple[dict, int]:
+        """A request's case and index: the saved one when replaying, else made from the campaign seed."""
         if "replay" in request:
             info = json.loads(Path(request["replay"]).read_text())
-            case, index = info["case"], info["index"]
-        else:
-            case = make_lora_case(random.Random(f"loras:{self.args.seed}:{index}"), self.targets)
+            return info["case"], info["index"]
+        index = request.get("index", -1)
+        return make(random.Random(f"{self.args.mode}:{self.args.seed}:{index}")), index
+
+    def lora_child(self, request: dict, report: Reporter) -> None:
+        case, index = self.case_of(request, lambda rng: make_lora_case(rng, self.targets))
         role = f"lora {case.get('model', 'flux')} {case['mode']}" + (" q8_0" if case["quantized"] else "")
         report(event="mutant", role=role, ops=case["ops"], notes=case["notes"], ext=".safetensors", mmap=False)
         report(event="case", case=case)
         lora_work(report, case, self.files, self.work, self.args.gen_size, index % 1000)
 
     def params_child(self, request: dict, report: Reporter) -> None:
-        index = request.get("index", -1)
-        if "replay" in request:
-            info = json.loads(Path(request["replay"]).read_text())
-            case, index = info["case"], info["index"]
-        else:
-            case = make_params_case(random.Random(f"params:{self.args.seed}:{index}"))
+        case, index = self.case_of(request, make_params_case)
         report(event="mutant", role=f"params {case['model']}", ops=case["ops"], notes=[], ext="", mmap=False)
         report(event="case", case=case)
         params_work(report, case, self.files, self.work, index % 1000)
