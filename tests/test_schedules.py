@@ -174,7 +174,8 @@ def test_an_overridden_flow_prediction_needs_its_shift(flux_parts):
 
 
 @pytest.mark.parametrize("prediction, shift, refused", [
-    ("sd3_flow", 0.0, True), ("sd3_flow", 1e-9, True), ("sd3_flow", 1e-6, False), ("sd3_flow", 3.0, False),
+    ("sd3_flow", 0.0, True), ("sd3_flow", 1e-9, True), ("sd3_flow", 2.0**-25, True), ("sd3_flow", 3.1e-8, False),
+    ("sd3_flow", 1e-6, False), ("sd3_flow", 3.0, False),
     ("flux_flow", 88.72, False), ("flux_flow", 88.73, True), ("flux_flow", 0.0, False)])
 def test_flow_shifts_that_make_a_nan_sigma_are_refused(prediction, shift, refused):
     from sdcpp_py._enums import Prediction

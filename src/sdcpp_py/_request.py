@@ -177,8 +177,7 @@ def _check_scheduler(values: Values, facts: ModelFacts, names: Sequence[str]) ->
 # in 32-bit floats, so past ln(largest float) = 88.72 every sigma was inf / inf, NaN, and the image all white.
 FLUX_SHIFT_ARCHITECTURES = ("Flux.1", "Chroma", "Chroma Radiance", "Ovis-Image")
 # The SD3-style flow denoiser's sigma is shift t / (1 + (shift - 1) t): at t = 1 it is shift / 0 when shift - 1
-# rounds to -1 in floats (a shift under 2^-25, 0 included): a NaN first sigma, a white image.
-MIN_SD3_SHIFT = 2.0**-25
+# rounds to -1 in floats (a shift of 2^-25 or less, 0 included): a NaN or inf first sigma, a white image.
 
 
 def _shift_kind(facts: ModelFacts) -> Optional[str]:
@@ -209,7 +208,7 @@ def _check_flow_shift(shift: float, facts: ModelFacts) -> None:
         if overflows:
             raise ValueError(f"flow_shift={shift:g}: with {model} the shift is an exponent (e^flow_shift) in 32-bit "
                              "floats, which overflow past 88.72 (every sigma NaN, a white image)")
-    elif kind == "sd3" and shift < MIN_SD3_SHIFT:
+    elif kind == "sd3" and np.float32(1) + (np.float32(shift) - np.float32(1)) == 0:  # the core's floats at t = 1
         raise ValueError(f"flow_shift={shift:g}: with {model} the first sigma is flow_shift / (1 + (flow_shift - 1)), "
                          "0/0 in 32-bit floats (NaN, a white image); use a positive shift such as 3.0")
 
