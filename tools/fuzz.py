@@ -1939,6 +1939,10 @@ def params_work(report: Reporter, case: dict, files: Dict[str, Path], work: Path
                exceptions=[f"Context: {describe(exc)}"])
         return
     values.ctx = ctx
+    from sdcpp_py._enums import Prediction
+
+    # A flow prediction set on the Context needs its shift in every call (the core's default comes with its own).
+    plain = {"flow_shift": 1.0} if ctx._facts.prediction in (Prediction.SD3_FLOW, Prediction.FLUX_FLOW) else {}
     refusals: List[str] = []
     blanks: List[str] = []  # accepted calls whose image is one colour (a NaN latent decodes to white)
     accepted_invalid: List[str] = []
@@ -1954,7 +1958,7 @@ def params_work(report: Reporter, case: dict, files: Dict[str, Path], work: Path
                 refusals.append(f"call {number}: {describe(exc)}")
                 report(event="stage", stage=f"plain call after refused call {number}")
                 try:  # a refused call must leave the context usable
-                    ctx.txt2img("a fuzzed cube", width=32, height=32, steps=1, seed=seed)
+                    ctx.txt2img("a fuzzed cube", width=32, height=32, steps=1, seed=seed, **plain)
                 except Exception as after:
                     report(event="result", outcome="broken", error=f"after {refusals[-1]}: {describe(after)}")
                     return
