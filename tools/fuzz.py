@@ -1600,17 +1600,22 @@ def cache_spec(rng: random.Random, valid: bool = True) -> object:
     if not valid and rng.random() < 0.3:
         return odd_value(rng)
     mode = rng.choice(["easycache", "ucache", "dbcache", "taylorseer", "cache_dit", "spectrum", "disabled"])
-    fields = {"mode": mode if valid or rng.random() < 0.5 else enum_spec(rng, _enum("CacheMode"), False)}
-    for name, kind in rng.sample(CACHE_FIELDS, rng.randint(0, 4)):
+    bad_mode = not valid and rng.random() < 0.5
+    fields = {"mode": enum_spec(rng, _enum("CacheMode"), False) if bad_mode else mode}
+    if not valid and not bad_mode:  # a bad field instead
+        name = rng.choice(["start_percent", "end_percent", "Fn_compute_blocks", "max_warmup_steps"])
+        # the package's ranges: floats only finite, ints from -1 ("no limit") to 2^31 - 1
+        fields[name] = number_spec(rng, name, "float", None, None, valid=False) if name.endswith("_percent") else \
+            number_spec(rng, name, "int", -1, 2**31 - 1, valid=False)
+    for name, kind in rng.sample([f for f in CACHE_FIELDS if f[0] not in fields], rng.randint(0, 4)):
         if kind == "bool":
             fields[name] = rng.choice([True, False])
         elif kind == "text":
             fields[name] = {"$str": rng.choice(["", "1,0,1", "1" * 100, "x", "0,0", "-1", ",", "1e39", "1,1,1,1,0"])}
         elif name.endswith("_percent"):
-            fields[name] = number_spec(rng, name, kind, 0.0, 1.0, valid)
+            fields[name] = number_spec(rng, name, kind, 0.0, 1.0)
         else:
-            fields[name] = number_spec(rng, name, kind, -1 if kind == "int" else None, 64 if kind == "int" else None,
-                                       valid)
+            fields[name] = number_spec(rng, name, kind, -1 if kind == "int" else None, 64 if kind == "int" else None)
     return {"$cache": fields}
 
 
@@ -1748,7 +1753,7 @@ def make_params_case(rng: random.Random) -> dict:
             kwargs.pop("ref_images", None)
         prompt = text_spec(rng, valid=rng.random() < 0.9) if rng.random() < 0.3 else {"$str": "a fuzzed cube"}
         calls.append({"method": method, "prompt": prompt, "args": positional, "kwargs": kwargs,
-                      "invalid": chosen[0] if invalid else None})
+                      "invalid": chosen[0] if invalid and chosen[0] in kwargs else None})  # (popped: positional)
     ops = [f"model.{model}"] + [f"ctx.{k}" for k in context] + sorted(
         {f"call.{c['method']}" for c in calls} | {f"kw.{k}" for c in calls for k in c["kwargs"]
                                                    if k not in ("width", "height", "steps", "seed")})
