@@ -157,7 +157,7 @@ def test_a_flux_flow_shift_past_the_float_exponent_is_refused(flux_parts, predic
     # A Flux flow denoiser's sigma is e^shift / (e^shift + 1/t - 1) in floats: flow_shift=100 made every sigma
     # inf / inf and the image all white. 88 still fits (e^88.7 is the largest float).
     with sdcpp_py.Context(**flux_parts, n_threads=2, prediction=prediction) as ctx:
-        with pytest.raises(ValueError, match=r"flow_shift=100: with (a Flux\.1 model|prediction='flux_flow') the "
+        with pytest.raises(ValueError, match=r"flow_shift=100: with (the Flux\.1 model|prediction='flux_flow') the "
                                              r"shift is an exponent"):
             ctx.txt2img("a cube", flow_shift=100.0, **ONE_STEP)
         image = ctx.txt2img("a cube", flow_shift=88.0, **ONE_STEP)[0]
@@ -173,34 +173,60 @@ def test_an_overridden_flow_prediction_needs_its_shift(flux_parts):
         assert ctx.txt2img("a cube", flow_shift=1.15, **ONE_STEP)[0].min() < 250
 
 
-@pytest.mark.parametrize("prediction, shift, refused", [
-    ("sd3_flow", 0.0, True), ("sd3_flow", 1e-9, True), ("sd3_flow", 2.0**-25, True), ("sd3_flow", 3.1e-8, False),
-    ("sd3_flow", 1e-6, False), ("sd3_flow", 3.0, False),
-    ("flux_flow", 88.72, False), ("flux_flow", 88.73, True), ("flux_flow", 0.0, False)])
-def test_flow_shifts_that_make_a_nan_sigma_are_refused(prediction, shift, refused):
+def image_record(**fields):
+    from sdcpp_py import _core
+
+    record = _core.ImageGenParams()
+    for name, value in fields.items():
+        setattr(record, name, value)
+    return record
+
+
+@pytest.mark.parametrize("architecture, prediction, shift, refused", [
+    ("Flux.1", "sd3_flow", 0.0, True), ("Flux.1", "sd3_flow", 1e-9, True), ("Flux.1", "sd3_flow", 2.0**-25, True),
+    ("Flux.1", "sd3_flow", 3.1e-8, False), ("Flux.1", "sd3_flow", 3.0, False), ("Flux.1", "flux_flow", 88.72, False),
+    ("Flux.1", "flux_flow", 88.73, True), ("Flux.1", "flux_flow", 0.0, False), ("SD3", None, 0.0, True),
+    ("Wan2.1-T2V-1.3B", None, 1e-9, True), ("SD3", None, 3.0, False), ("Flux.2", None, 1000.0, False),
+    (None, None, 0.0, False), ("Flux.1", None, 100.0, True), ("SD1", None, 0.0, False),
+    ("Flux.1", "sd3_flow", math.inf, True), ("Flux.1", "flux_flow", math.inf, True),
+    ("Flux.1", "flux2_flow", math.inf, False), ("SD1", "eps", math.inf, False), ("SD3", None, math.inf, False)])
+def test_flow_shifts_that_make_a_nan_sigma_are_refused(architecture, prediction, shift, refused):
+    # A Flux flow shift is an exponent (e^88.73 overflows a float); an SD3-style one divides by 1 + (shift - 1)
+    # at t = 1 (0 up to 2^-25); an overridden flow prediction has no default shift (inf: NaN sigmas). Flux.2
+    # computes its own shift; eps / v models have none.
     from sdcpp_py._enums import Prediction
     from sdcpp_py._request import _check_flow_shift
 
-    facts = SimpleNamespace(architecture="Flux.1", prediction=int(Prediction.coerce(prediction, "p")))
+    facts = SimpleNamespace(architecture=architecture,
+                            prediction=None if prediction is None else int(Prediction.coerce(prediction, "p")))
     if refused:
-        with pytest.raises(ValueError, match=rf"flow_shift={shift:g}"):
-            _check_flow_shift(shift, facts)
+        with pytest.raises(ValueError, match="flow_shift"):
+            _check_flow_shift(image_record(flow_shift=shift), facts)
     else:
-        _check_flow_shift(shift, facts)
+        _check_flow_shift(image_record(flow_shift=shift), facts)
+
+
+def test_a_flow_shift_is_checked_only_where_the_core_reads_it():
+    # With custom sigmas the core makes no schedule: the shift is read only by a hires pass and by the
+    # easycache / ucache step ranges.
+    from sdcpp_py._enums import CacheMode, Prediction
+    from sdcpp_py._request import _check_flow_shift
+
+    facts = SimpleNamespace(architecture="Flux.1", prediction=int(Prediction.FLUX_FLOW))
+    _check_flow_shift(image_record(custom_sigmas=[1.0, 0.0]), facts)  # no shift, none needed
+    with pytest.raises(ValueError, match="needs flow_shift"):
+        _check_flow_shift(image_record(custom_sigmas=[1.0, 0.0]), facts, hires=True)
+    with pytest.raises(ValueError, match="needs flow_shift"):
+        _check_flow_shift(image_record(custom_sigmas=[1.0, 0.0], cache_mode=int(CacheMode.EASYCACHE)), facts)
+    _check_flow_shift(image_record(custom_sigmas=[1.0, 0.0], cache_mode=int(CacheMode.DBCACHE)), facts)
 
 
 def test_the_hires_schedule_counts_the_steps_the_first_pass_ran():
     # The core scales the first pass's steps after its cuts: custom sigmas run len - 1 of them, img2img at
     # strength < 1 runs t_enc + 1. Requests valid by that count must not be refused, others must be.
-    from sdcpp_py import _core
     from sdcpp_py._request import _check_hires_schedule, _hires_base_steps
 
-    def request(**fields):
-        r = _core.ImageGenParams()
-        for name, value in fields.items():
-            setattr(r, name, value)
-        return r
-
+    request = image_record
     img2img = request(steps=20, strength=0.75, hires_steps=0, hires_denoising_strength=0.0019)
     assert _hires_base_steps(img2img, img2img=True) == 16  # int(20 * 0.75) + 1
     _check_hires_schedule(img2img, 16)  # 16 / 0.0019 = 8421
@@ -209,3 +235,9 @@ def test_the_hires_schedule_counts_the_steps_the_first_pass_ran():
     custom = request(steps=20, custom_sigmas=[1.0, 0.0], hires_steps=0, hires_denoising_strength=0.001)
     assert _hires_base_steps(custom, img2img=False) == 1
     _check_hires_schedule(custom, 1)
+    # More custom sigmas than steps: all are kept, and the img2img cut keeps those from steps - t_enc - 1 on.
+    both = request(steps=4, custom_sigmas=[float(10 - i) for i in range(11)], strength=0.5, hires_steps=0,
+                   hires_denoising_strength=0.0005)
+    assert _hires_base_steps(both, img2img=True) == 9  # 11 - 4 + int(4 * 0.5)
+    with pytest.raises(ValueError, match="hires: 9 steps"):
+        _check_hires_schedule(both, 9)  # 18000

@@ -1666,9 +1666,11 @@ def keyword_spec(rng: random.Random, row, size: Tuple[int, int], valid: bool = T
     if name == "mask":
         return image_spec(rng, width, height, mask=True, valid=valid)
     if name in ("ref_images", "control_frames"):
-        if not valid and rng.random() < 0.3:
-            return image_spec(rng, width, height)  # one image where a list belongs
-        return [image_spec(rng, rng.choice([16, 32, 48, 64, 200, 1]), rng.choice([16, 32, 40, 64, 3]), valid=valid)
+        if not valid:  # one image where a list belongs, or a list with one image bad at any size
+            return image_spec(rng, width, height) if rng.random() < 0.3 else [rng.choice([
+                {"$img": [[height, width, 2], "uint8"]}, {"$img": [[height, width, 3], "float32"]},
+                {"$img": [[0, width, 3], "uint8"]}, {"$path": "missing"}, {"$path": "not_image"}, 7])]
+        return [image_spec(rng, rng.choice([16, 32, 48, 64, 200, 1]), rng.choice([16, 32, 40, 64, 3]))
                 for _ in range(rng.choice([0, 1, 1, 2, 3]))]
     if name == "hires":
         return hires_spec(rng, valid)

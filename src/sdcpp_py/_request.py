@@ -16,7 +16,7 @@ from ._checks import (
     MAX_SIDE, check_bool, check_callable, check_float, check_int, check_prompt, check_sequence,
     model_file, resolve_seed,
 )
-from ._enums import HiresUpscaler, Prediction, Preview, Scheduler
+from ._enums import CacheMode, HiresUpscaler, Prediction, Preview, Scheduler
 from ._headers import check_component, check_lora
 from ._images import as_mask, as_rgb, as_rgb_list, check_size, native_path
 from ._model import ModelFacts, _align_up, spatial_multiple
@@ -71,7 +71,7 @@ def image_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     _check_photo_maker_prompt(request.prompt, photo_maker, facts)
     sampling(IMAGE, request, values)
     _check_scheduler(values, facts, ("scheduler",))
-    _check_flow_shift(request.flow_shift, facts)
+    _check_flow_shift(request, facts, hires=request.hires_enabled)
     if request.hires_enabled:
         _check_hires_schedule(request, _hires_base_steps(request, img2img=init is not None))
     IMAGE.fill(request, values, ("batch_count",))
@@ -113,7 +113,7 @@ def video_request(prompt: str, values: Values, facts: ModelFacts, lora_dir: Opti
     sampling(VIDEO, request, values)
     sampling(VIDEO, request, values, HIGH_NOISE)
     _check_scheduler(values, facts, ("scheduler", HIGH_NOISE + "scheduler"))
-    _check_flow_shift(request.flow_shift, facts)  # the core sets the shift from the main record only
+    _check_flow_shift(request, facts)  # the core sets the shift from the main record only
     request.seed = resolve_seed(values["seed"], 1)
     VIDEO.fill(request, values, ("clip_skip",))
     return request, _tiling_and_preview(VIDEO, request, values)
@@ -191,9 +191,14 @@ def _shift_kind(facts: ModelFacts) -> Optional[str]:
         "flux2" if facts.architecture == "Flux.2" else "sd3"
 
 
-def _check_flow_shift(shift: float, facts: ModelFacts) -> None:
+def _check_flow_shift(request, facts: ModelFacts, hires: bool = False) -> None:
+    """Refuse a flow shift that makes the core's sigmas NaN. The shift is read only where the core makes sigmas:
+    the schedule (not with custom sigmas), a hires pass's, and the easycache / ucache step ranges."""
+    if request.custom_sigmas and not hires and request.cache_mode not in (CacheMode.EASYCACHE, CacheMode.UCACHE):
+        return
+    shift = request.flow_shift
     kind = _shift_kind(facts)
-    model = f"a {facts.architecture} model" if facts.prediction is None else \
+    model = f"the {facts.architecture} model" if facts.prediction is None else \
         f"prediction={Prediction(facts.prediction).core_name!r}"
     if math.isinf(shift):  # "the model's"
         if facts.prediction is not None and kind in ("flux", "sd3"):
@@ -210,18 +215,21 @@ def _check_flow_shift(shift: float, facts: ModelFacts) -> None:
                              "floats, which overflow past 88.72 (every sigma NaN, a white image)")
     elif kind == "sd3" and np.float32(1) + (np.float32(shift) - np.float32(1)) == 0:  # the core's floats at t = 1
         raise ValueError(f"flow_shift={shift:g}: with {model} the first sigma is flow_shift / (1 + (flow_shift - 1)), "
-                         "0/0 in 32-bit floats (NaN, a white image); use a positive shift such as 3.0")
+                         "which divides by 0 in 32-bit floats (a NaN or infinite sigma, a white image); use a shift "
+                         "above 2^-25 (about 3e-8), e.g. 3.0")
 
 
 def _hires_base_steps(request, img2img: bool) -> int:
     """The steps the core scales for the hires pass when hires.steps is 0: the first pass's after its cuts
-    (custom sigmas run at most len - 1; img2img at strength < 1 runs t_enc + 1)."""
-    steps = request.steps
-    if request.custom_sigmas:
-        steps = min(steps, len(request.custom_sigmas) - 1)
+    (stable-diffusion.cpp: SamplePlan::resolve, then the img2img cut). With n sigmas (custom, else steps + 1) it
+    runs min(steps, n - 1); img2img at strength < 1 keeps the sigmas from index steps - t_enc - 1 on."""
+    sigmas = len(request.custom_sigmas) if request.custom_sigmas else request.steps + 1
+    steps = min(request.steps, sigmas - 1)
     if img2img and np.float32(request.strength) < 1:
         t_enc = int(np.float32(steps) * np.float32(request.strength))
-        steps = (t_enc - 1 if t_enc == steps else t_enc) + 1
+        if t_enc == steps:
+            t_enc -= 1
+        steps = sigmas - steps + t_enc
     return steps
 
 
