@@ -254,6 +254,42 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             for (int64_t i = 9 * whole; i < 9 * IC; ++i) values[i] = _cvtsh_ss(f16_row[i]);
         }
 #endif
+#if defined(__AVX512BW__)
+        // 16 channels at a time from f16 rows: each tap's two runs of 8 picked as above, the transform in zmm
+        // registers (the same operations lane for lane: the same values) and whole-line stores. With 8 the
+        // 36 positions' stores of half lines and the spilled transform were most of the transform's time.
+        if (f16_rows) {
+            const auto add16 = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
+            const auto sub16 = [](__m512 a, __m512 b) { return _mm512_sub_ps(a, b); };
+            const auto half16 = [](__m512 a) { return _mm512_mul_ps(a, _mm512_set1_ps(0.5f)); };
+            const auto mul16 = [](__m512 a, float b) { return _mm512_mul_ps(a, _mm512_set1_ps(b)); };
+            for (; ic + 16 <= IC; ic += 16) {
+                __m512 g[9], t[P];
+                for (int k = 0; k < 9; ++k) {  // words 9 ic + k .. 9 ic + k + 135: within the row (< 9 * 16)
+                    const uint16_t* first = f16_row + ic * 9 + k;
+                    const __m512i low = _mm512_permutex2var_epi16(_mm512_loadu_si512(first), words_apart,
+                                                                  _mm512_loadu_si512(first + 32));
+                    const __m512i high = _mm512_permutex2var_epi16(_mm512_loadu_si512(first + 72), words_apart,
+                                                                   _mm512_loadu_si512(first + 104));
+                    g[k] = _mm512_cvtph_ps(
+                        _mm256_inserti128_si256(_mm512_castsi512_si256(low), _mm512_castsi512_si128(high), 1));
+                }
+                if constexpr (P == POSITIONS) kernel_transform(g, t, add16, sub16, half16);
+                else kernel_transform_4x4(g, t, add16, sub16, mul16);
+#if defined(SDCPP_PY_BF16_GEMM)
+                if (u_pairs.pairs != nullptr) {  // 16 channels: 8 pairs, within one KC_BF16 block
+                    uint32_t* first = u_pairs.pair_of(0, c, ic);
+                    for (int xi = 0; xi < P; ++xi, first += pair_position_stride) {
+                        _mm256_storeu_si256(reinterpret_cast<__m256i*>(first),
+                                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(t[xi])));
+                    }
+                    continue;
+                }
+#endif
+                for (int xi = 0; xi < P; ++xi) _mm512_storeu_ps(out + xi * position_stride + ic, t[xi]);
+            }
+        }
+#endif
         for (; ic + 8 <= IC; ic += 8) {
             __m256 g[9], t[P];
 #if defined(__AVX512BW__)
