@@ -235,6 +235,8 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
     const bool f16_rows = w->type == GGML_TYPE_F16 && wider_kernels_allowed();
     alignas(64) static constexpr uint16_t word_index[32] = {0, 9, 18, 27, 36, 45, 54, 63};
     const __m512i words_apart = _mm512_load_si512(word_index);
+    const __m512i taps_apart_16 =
+        _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
 #endif
     for (int64_t c = 0; c < cols; ++c) {
 #if defined(__AVX512BW__)
@@ -255,10 +257,11 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
         }
 #endif
 #if defined(__AVX512BW__)
-        // 16 channels at a time from f16 rows: each tap's two runs of 8 picked as above, the transform in zmm
-        // registers (the same operations lane for lane: the same values) and whole-line stores. With 8 the
-        // 36 positions' stores of half lines and the spilled transform were most of the transform's time.
-        if (f16_rows) {
+        // 16 channels at a time: f16 taps in two runs of 8 picked as above, q8_0 ones gathered from the
+        // dequantized row 16 at once; the transform in zmm registers (the same operations lane for lane: the
+        // same values) and whole-line stores. With 8 the 36 positions' stores of half lines and the spilled
+        // transform were most of the transform's time.
+        if (wider_kernels_allowed()) {
             const auto add16 = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
             const auto sub16 = [](__m512 a, __m512 b) { return _mm512_sub_ps(a, b); };
             const auto half16 = [](__m512 a) { return _mm512_mul_ps(a, _mm512_set1_ps(0.5f)); };
@@ -266,6 +269,10 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             for (; ic + 16 <= IC; ic += 16) {
                 __m512 g[9], t[P];
                 for (int k = 0; k < 9; ++k) {  // words 9 ic + k .. 9 ic + k + 135: within the row (< 9 * 16)
+                    if (!f16_rows) {
+                        g[k] = _mm512_i32gather_ps(taps_apart_16, values.data() + ic * 9 + k, 4);
+                        continue;
+                    }
                     const uint16_t* first = f16_row + ic * 9 + k;
                     const __m512i low = _mm512_permutex2var_epi16(_mm512_loadu_si512(first), words_apart,
                                                                   _mm512_loadu_si512(first + 32));

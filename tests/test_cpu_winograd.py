@@ -266,13 +266,18 @@ for ic, side in ((17, 16), (24, 10), (40, 16), (48, 24)):  # F(2x2) and F(4x4); 
     kernel = rng.standard_normal((20, ic, 3, 3)).astype(np.float16)
     image = rng.standard_normal((2, ic, side, side), dtype=np.float32)
     digest.update(_test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2)[0].tobytes())
+for ic, side in ((32, 16), (64, 10)):  # q8_0 kernels (rows of whole blocks): F(4x4) and F(2x2)
+    kernel = rng.standard_normal((20, ic, 3, 3)).astype(np.float16)
+    image = rng.standard_normal((2, ic, side, side), dtype=np.float32)
+    digest.update(_test_hooks._core_conv_2d(kernel.view(np.uint16), image, 1, 1, 1, 2, q8_0=True)[0].tobytes())
 print(digest.hexdigest())
 """
 
 
 def test_the_avx2_restriction_gives_the_same_winograd_sums():
-    # On AVX-512 the kernel transform picks its taps by word permutes and the products run zmm tiles;
-    # SDCPP_PY_CPU_KERNELS=avx2 gathers and runs ymm tiles: the same operations per value, so the same bits.
+    # On AVX-512 the kernel transform takes 16 channels at a time (f16 taps picked by word permutes, q8_0 taps
+    # by zmm gathers) and the products run zmm tiles; SDCPP_PY_CPU_KERNELS=avx2 takes 8 by ymm gathers and runs
+    # ymm tiles: the same operations per value, so the same bits.
     results = []
     for restriction in ("", "avx2"):
         env = dict(os.environ, SDCPP_PY_CPU_KERNELS=restriction)
