@@ -116,14 +116,15 @@ def copies(size: int, threads: int, repeats: int) -> list:
 
 # The hooks allocate each call's tensors afresh, and glibc maps an allocation past its mmap threshold (32 MiB at
 # most) anew each time: the compute clock then counted the first touch of the output (page faults, zeroing),
-# 30-45% of a linear layer over SD1's 8192 tokens at 512x512 (Zen 5). In a graph the core reuses its buffer from
+# 13-48% of a linear layer's time over SD1's 8192 tokens at 512x512 (Zen 5). In a graph the core reuses its buffer from
 # step to step, so the heap alone, never trimmed, measures what a step sees. Read by glibc at start: re-exec.
 STEADY_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
 def main() -> int:
     if any(os.environ.get(name) != value for name, value in STEADY_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC})
+        command = getattr(sys, "orig_argv", [sys.executable, *sys.argv])  # keeps -X, -u (Python 3.10+)
+        os.execve(sys.executable, command, {**os.environ, **STEADY_MALLOC})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="image side: the UNet's shapes at this resolution")
     parser.add_argument("--threads", type=int, default=2)

@@ -257,7 +257,8 @@ void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const He
 
 // The graph's ggml_scale, then ggml_soft_max (scale 1, no mask) on one row of scores, in place.
 void scaled_softmax(float* row, int64_t n, float scale) {
-    // x * scale and the maximum are exact, so lanes in any order give ggml's values.
+    // x * scale and the maximum are exact, so lanes in any order give ggml's values (NaN aside: such a row's
+    // softmax is NaN throughout either way).
     int64_t i = 0;
     float max = -INFINITY;
 #if defined(__AVX512F__)

@@ -209,8 +209,8 @@ struct PairedKernels {
 
 // U for output channels c0..c0+cols, all input channels: u[(xi * cols + c) * IC + ic], the f32 product's B
 // operand per position (rows of IC steps), or for bf16 products paired (u_pairs.pairs set, u null); P = 16
-// (F(2x2)) or 36 (F(4x4)) positions. Eight input channels at a time: their taps gathered 9 apart (picked by
-// word permutes from an f16 row on AVX-512).
+// (F(2x2)) or 36 (F(4x4)) positions. Input channels 16 at a time on AVX-512, then 8, then one: their taps
+// gathered 9 apart (picked by word permutes from an f16 row on AVX-512).
 template <int P>
 void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t IC, float* u
 #if defined(SDCPP_PY_BF16_GEMM)
@@ -259,8 +259,8 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
 #if defined(__AVX512BW__)
         // 16 channels at a time: f16 taps in two runs of 8 picked as above, q8_0 ones gathered from the
         // dequantized row 16 at once; the transform in zmm registers (the same operations lane for lane: the
-        // same values) and whole-line stores. With 8 the 36 positions' stores of half lines and the spilled
-        // transform were most of the transform's time.
+        // same values) and whole-line stores (with 8: half-line stores and a spilled transform).
+        static_assert(KC_BF16 % 16 == 0, "a group of 16 channels lies within one bf16 block");
         if (wider_kernels_allowed()) {
             const auto add16 = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
             const auto sub16 = [](__m512 a, __m512 b) { return _mm512_sub_ps(a, b); };
@@ -268,7 +268,7 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
             const auto mul16 = [](__m512 a, float b) { return _mm512_mul_ps(a, _mm512_set1_ps(b)); };
             for (; ic + 16 <= IC; ic += 16) {
                 __m512 g[9], t[P];
-                for (int k = 0; k < 9; ++k) {  // words 9 ic + k .. 9 ic + k + 135: within the row (< 9 * 16)
+                for (int k = 0; k < 9; ++k) {  // taps 9 ic + k .. 9 ic + k + 135: within the row (< 9 * 16)
                     if (!f16_rows) {
                         g[k] = _mm512_i32gather_ps(taps_apart_16, values.data() + ic * 9 + k, 4);
                         continue;
