@@ -260,7 +260,9 @@ void transform_kernels(const ggml_tensor* w, int64_t c0, int64_t cols, int64_t I
         // 16 channels at a time: f16 taps in two runs of 8 picked as above, q8_0 ones gathered from the
         // dequantized row 16 at once; the transform in zmm registers (the same operations lane for lane: the
         // same values) and whole-line stores (with 8: half-line stores and a spilled transform).
+#if defined(SDCPP_PY_BF16_GEMM)
         static_assert(KC_BF16 % 16 == 0, "a group of 16 channels lies within one bf16 block");
+#endif
         if (wider_kernels_allowed()) {
             const auto add16 = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
             const auto sub16 = [](__m512 a, __m512 b) { return _mm512_sub_ps(a, b); };
