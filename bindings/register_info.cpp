@@ -82,6 +82,9 @@ void register_info(py::module_& m) {
     m.def("cpu_bf16_products", [] { return sdcpp_py_cpu_kernel(SDCPP_PY_BF16_PRODUCTS) != nullptr; },
           "Whether the loaded CPU backend can run products in bf16 (AVX512_BF16, patch 0014), unless "
           "SDCPP_PY_CPU_KERNELS=avx2 restricts it.");
+    m.def("cpu_amx_bf16_products", [] { return sdcpp_py_cpu_kernel(SDCPP_PY_AMX_BF16_PRODUCTS) != nullptr; },
+          "Whether those bf16 products take Intel AMX tiles (the CPU has AMX-BF16 and Linux granted this process "
+          "their state), unless SDCPP_PY_CPU_KERNELS=avx512 or avx2 restricts them.");
     m.def("devices", [] {
         if (ggml_backend_dev_count() == 0) {
             ggml_backend_load_all();  // a GGML_BACKEND_DL build registers its backends on demand

@@ -173,6 +173,18 @@ void scores_and_maxima(const uint32_t* q_pairs, int64_t d2, const uint32_t* k_pa
     }
 }
 
+// Each query's maximum over a block's scores (scores[key * QB_BF16 + query]; lanes are queries), where the tiles
+// that summed them (AMX's) could not take it on the way: max_ps(maximum, score), as scores_and_maxima takes it.
+void maxima_of_scores(const float* scores, int64_t L_k, __m512 max_of[2]) {
+    __m512 lo = _mm512_set1_ps(-INFINITY), hi = lo;
+    for (int64_t key = 0; key < L_k; ++key, scores += QB_BF16) {
+        lo = _mm512_max_ps(lo, _mm512_loadu_ps(scores));
+        hi = _mm512_max_ps(hi, _mm512_loadu_ps(scores + 16));
+    }
+    max_of[0] = lo;
+    max_of[1] = hi;
+}
+
 // The softmax of a block's scores (scores[key * QB_BF16 + query], the score product's C) given each query's
 // maximum (lanes are queries): one pass writes e^(scale (x - max)), rounded to bf16, as the output product's
 // A slivers (weights[(s * L_k2 + p) * MR + r]: keys 2p and 2p + 1 for query s * MR + r; a last odd key's partner
@@ -221,7 +233,17 @@ void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const He
     }
     float* const scores = scratch(score_columns, L_k * QB_BF16);
     __m512 max_of[2];
-    scores_and_maxima(q_pairs, d2, head.k.data(), L_k, scores, max_of);
+#if defined(SDCPP_PY_AMX_BF16)
+    const bool amx = amx_bf16_usable();
+#else
+    const bool amx = false;
+#endif
+    if (amx) {  // AMX tiles for both products (tile_block_bf16 takes them); the maxima in a pass of their own
+        tile_block_bf16(QB_BF16, L_k, d2, q_pairs, head.k.data(), scores, QB_BF16, false, MR * d2);
+        maxima_of_scores(scores, L_k, max_of);
+    } else {
+        scores_and_maxima(q_pairs, d2, head.k.data(), L_k, scores, max_of);
+    }
     uint32_t* const weights = scratch(weight_slivers, QB_BF16 * L_k2);
     alignas(64) float inverse_sums[QB_BF16];
     softmax_columns_bf16(scores, L_k, scale, max_of, weights, inverse_sums);
@@ -231,6 +253,10 @@ void attention_block_bf16(const float* Q, int64_t q_stride, int64_t nq, const He
     for (int64_t pc = 0; pc < L_k; pc += KC_BF16) {
         const int64_t kc2 = (std::min(KC_BF16, L_k - pc) + 1) / 2;
         const uint32_t *a = weights + pc / 2 * MR, *v = head.v.data() + head.v_cols * pc / 2;
+        if (amx) {  // the head's channels as the columns: AMX tiles of 16, then one of the rest
+            tile_block_bf16(QB_BF16, d_head, kc2, a, v, o, QB_BF16, pc > 0, L_k2 * MR);
+            continue;
+        }
         if (d_head % 8 == 0) {  // SD's heads of 40, 80, 160: tiles 8 wide (6 wide, 40 took 42 columns)
             for (int64_t c = 0; c < d_head; c += 8) {
                 register_tile_bf16<2, 8>(kc2, a, L_k2 * MR, v + c * kc2, o + c * QB_BF16, QB_BF16, pc > 0);

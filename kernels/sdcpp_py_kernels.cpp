@@ -49,6 +49,13 @@ extern "C" void* sdcpp_py_cpu_kernel_by_name(const char* name) {
         return reinterpret_cast<void*>(&sdcpp_py_gemm_set_bf16);
     }
 #endif
+#if defined(SDCPP_PY_AMX_BF16)
+    // Nor this one: the bf16 products take AMX tiles (the CPU has them, Linux granted this process their state,
+    // SDCPP_PY_CPU_KERNELS does not restrict them).
+    if (std::strcmp(name, SDCPP_PY_AMX_BF16_PRODUCTS) == 0 && sdcpp_py_gemm::amx_bf16_usable()) {
+        return reinterpret_cast<void*>(&sdcpp_py_gemm_set_bf16);
+    }
+#endif
 #else
     (void)name;
 #endif

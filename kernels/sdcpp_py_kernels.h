@@ -13,6 +13,8 @@
 
 // The name under which the CPU backend reports bf16 products (Context's cpu_precision="bf16").
 #define SDCPP_PY_BF16_PRODUCTS "sdcpp_py_bf16_products"
+// ... and where those products take Intel AMX tiles (TDPBF16PS) rather than AVX512_BF16 registers.
+#define SDCPP_PY_AMX_BF16_PRODUCTS "sdcpp_py_amx_bf16_products"
 
 extern "C" {
 // Compiled into ggml-cpu: the custom op called `name`, or nullptr (unknown name, or no packed kernel).

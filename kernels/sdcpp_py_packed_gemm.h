@@ -306,6 +306,17 @@ inline void register_tile(int64_t kc, const float* a, const float* b, int64_t ld
 // sdcpp_py_gemm_set_bf16) or its userdata (the fused nodes). Only acted on where SDCPP_PY_BF16_GEMM is.
 inline thread_local bool bf16_products = false;
 
+// SDCPP_PY_CPU_KERNELS=avx2 keeps our kernels to their AVX2 code on a CPU that has wider units (the
+// AVX-512 f32 tiles and the bf16 products off), so that path can be tested and timed there (issue 20);
+// ggml's own code in the loaded backend is not affected. Read once: products must not change mid-run.
+inline bool wider_kernels_allowed() {
+    static const bool allowed = [] {
+        const char* restrict_to = std::getenv("SDCPP_PY_CPU_KERNELS");
+        return restrict_to == nullptr || std::strcmp(restrict_to, "avx2") != 0;
+    }();
+    return allowed;
+}
+
 #if defined(__AVX512F__)
 // 2^y for y within +-126 (the callers clamp it), to ~2e-7 like ggml's e^y: y = n + r (n = round(y), r exact,
 // |r| <= 1/2), 2^r from a degree-5 polynomial fitted to it on that range (relative error 2.4e-7), times 2^n. A
@@ -528,6 +539,157 @@ inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_
     }
 }
 
+#if defined(__AMX_TILE__) && defined(__linux__)
+// Intel AMX (Sapphire Rapids and later; issue 20): TDPBF16PS multiplies a tile of 16 rows x 32 bf16 values by a
+// tile of 16 rows x 16 bf16 pairs into 16 x 16 f32 sums, 16 times vdpbf16ps's work per instruction (measured on
+// a 2-core Xeon VM: ~1.6 TFLOP/s per core against AVX512_BF16's ~0.2). The operands are our panels as they are:
+// B's paired columns are rows of a tile (column j's pairs are b_pairs + j*kc2, slivers back to back), an A
+// sliver's pairs (a_pairs[q*MR + r]) are the second operand's pair rows, and C's columns are the sums' rows.
+// The portable wheel's sapphirerapids variant is built without -mamx-bf16: the functions name their target.
+#define SDCPP_PY_AMX_BF16 1
+#define SDCPP_PY_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+}  // namespace sdcpp_py_gemm
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+namespace sdcpp_py_gemm {
+
+// Whether the bf16 products take AMX tiles: the CPU has AMX-TILE and AMX-BF16, the kernel enabled their state
+// (XCR0 bits 17-18) and granted it to this process (arch_prctl ARCH_REQ_XCOMP_PERM: Linux refuses it where a
+// thread's signal stack is too small for the larger frame, and then the products stay on AVX512_BF16).
+// SDCPP_PY_CPU_KERNELS=avx512 keeps them on AVX512_BF16 (to test and time that path here), =avx2 as before.
+inline bool amx_bf16_usable() {
+    static const bool usable = [] {
+        const char* restrict_to = std::getenv("SDCPP_PY_CPU_KERNELS");
+        if (!wider_kernels_allowed() || (restrict_to != nullptr && std::strcmp(restrict_to, "avx512") == 0)) return false;
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+        constexpr unsigned AMX_BF16 = 1u << 22, AMX_TILE = 1u << 24;
+        if ((edx & AMX_BF16) == 0 || (edx & AMX_TILE) == 0) return false;
+        if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || (ecx & (1u << 27)) == 0) return false;  // OSXSAVE
+        uint32_t xcr0_low = 0, xcr0_high = 0;
+        __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+        constexpr uint32_t TILE_STATE = (1u << 17) | (1u << 18);  // XTILECFG, XTILEDATA
+        if ((xcr0_low & TILE_STATE) != TILE_STATE) return false;
+        constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+        return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    }();
+    return usable;
+}
+
+// The tile shapes (LDTILECFG's 64-byte block, palette 1). Tiles 0-3: C, two groups of columns x two slivers of
+// rows (tile 2g + s), each `cols` columns of C (its rows) by `rows` rows of C (4-byte elements); 4-5: B's
+// columns of group g, `pairs` pairs each; 6-7: A's sliver s, `pairs` pair rows of `rows` dwords.
+struct alignas(64) TileShapes {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t bytes_per_row[16] = {};
+    uint8_t rows[16] = {};
+};
+SDCPP_PY_AMX_TARGET inline void configure_tiles(int64_t cols, int64_t rows, int64_t pairs) {
+    TileShapes shapes;
+    for (int t = 0; t < 8; ++t) {
+        const bool sums = t < 4, b_columns = t == 4 || t == 5;
+        shapes.rows[t] = static_cast<uint8_t>(sums || b_columns ? cols : pairs);
+        shapes.bytes_per_row[t] = static_cast<uint16_t>(4 * (b_columns ? pairs : rows));
+    }
+    _tile_loadconfig(&shapes);
+}
+
+// GROUPS x SLIVERS C tiles (column groups 16 apart, slivers MR rows apart) over `steps` steps of `pairs` pairs
+// (the shapes configured): A slivers a_stride apart, B's columns b_stride pairs apart. Adds to C or stores.
+template <int GROUPS, int SLIVERS>
+SDCPP_PY_AMX_TARGET void amx_tiles(int64_t steps, int64_t pairs, const uint32_t* a, int64_t a_stride,
+                                   const uint32_t* b, int64_t b_stride, float* C, int64_t ldc, bool accumulate) {
+    const int64_t c_bytes = ldc * 4, b_bytes = b_stride * 4;
+    float* const c1 = C + MR;                // group 0, sliver 1
+    float* const c2 = C + 16 * ldc;          // group 1, sliver 0
+    float* const c3 = C + 16 * ldc + MR;     // group 1, sliver 1
+    const uint32_t* const b1 = b + 16 * b_stride;
+    if (accumulate) {
+        _tile_loadd(0, C, c_bytes);
+        if constexpr (SLIVERS == 2) _tile_loadd(1, c1, c_bytes);
+        if constexpr (GROUPS == 2) _tile_loadd(2, c2, c_bytes);
+        if constexpr (GROUPS == 2 && SLIVERS == 2) _tile_loadd(3, c3, c_bytes);
+    } else {
+        _tile_zero(0);
+        if constexpr (SLIVERS == 2) _tile_zero(1);
+        if constexpr (GROUPS == 2) _tile_zero(2);
+        if constexpr (GROUPS == 2 && SLIVERS == 2) _tile_zero(3);
+    }
+    for (int64_t q = 0; q < steps; ++q) {
+        const int64_t pair = q * pairs;
+        _tile_loadd(4, b + pair, b_bytes);
+        _tile_loadd(6, a + pair * MR, 64);
+        if constexpr (SLIVERS == 2) _tile_loadd(7, a + a_stride + pair * MR, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if constexpr (SLIVERS == 2) _tile_dpbf16ps(1, 4, 7);
+        if constexpr (GROUPS == 2) {
+            _tile_loadd(5, b1 + pair, b_bytes);
+            _tile_dpbf16ps(2, 5, 6);
+            if constexpr (SLIVERS == 2) _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, C, c_bytes);
+    if constexpr (SLIVERS == 2) _tile_stored(1, c1, c_bytes);
+    if constexpr (GROUPS == 2) _tile_stored(2, c2, c_bytes);
+    if constexpr (GROUPS == 2 && SLIVERS == 2) _tile_stored(3, c3, c_bytes);
+}
+
+// tile_block_bf16 on AMX: the same operands and C. Whole groups of 16 columns by whole slivers first, then the
+// last columns and the last short sliver as tiles of fewer rows or elements (no read past the panels: a short
+// sliver's padding rows are not multiplied); the depth in steps of 16 pairs, then one of the rest.
+SDCPP_PY_AMX_TARGET inline void tile_block_amx(int64_t rows, int64_t cols, int64_t kc2, const uint32_t* a_pairs,
+                                               const uint32_t* b_pairs, float* C, int64_t ldc, bool accumulate,
+                                               int64_t a_stride, LinePrefetch* prefetch_a, LinePrefetch* prefetch_b) {
+    const int64_t whole_cols = cols / 16 * 16, whole_rows = rows / MR * MR;
+    const int64_t full_steps = kc2 / 16, rest = kc2 % 16;
+    struct Part {
+        int64_t j0, j1, i0, i1;
+    };
+    const Part parts[4] = {{0, whole_cols, 0, whole_rows},
+                           {whole_cols, cols, 0, whole_rows},
+                           {0, whole_cols, whole_rows, rows},
+                           {whole_cols, cols, whole_rows, rows}};
+    // The prefetches' quotas spread over the first pass's column groups.
+    int64_t groups_left = (whole_cols + 31) / 32 + (cols > whole_cols ? 1 : 0);
+    for (const Part& part : parts) {
+        if (part.j0 == part.j1 || part.i0 == part.i1) continue;
+        const int64_t tile_cols = std::min<int64_t>(16, part.j1 - part.j0), tile_rows = std::min(MR, part.i1 - part.i0);
+        const bool first_pass_part = part.i0 == 0;
+        for (int pass = 0; pass < 2; ++pass) {
+            const int64_t steps = pass == 0 ? full_steps : (rest > 0 ? 1 : 0);
+            if (steps == 0) continue;
+            const int64_t pairs = pass == 0 ? 16 : rest, pair0 = pass == 0 ? 0 : full_steps * 16;
+            const bool add = accumulate || (pass == 1 && full_steps > 0);
+            configure_tiles(tile_cols, tile_rows, pairs);
+            for (int64_t j = part.j0; j < part.j1;) {
+                const bool two_groups = j + 32 <= part.j1;
+                if (pass == 0 && first_pass_part && groups_left > 0) {
+                    if (prefetch_a != nullptr) prefetch_a->issue_part(groups_left);
+                    if (prefetch_b != nullptr) prefetch_b->issue_part(groups_left);
+                    --groups_left;
+                }
+                const uint32_t* b = b_pairs + j * kc2 + pair0;
+                for (int64_t i = part.i0; i < part.i1;) {
+                    const bool two_slivers = i + 2 * MR <= part.i1;
+                    const uint32_t* a = a_pairs + i / MR * a_stride + pair0 * MR;
+                    float* c = C + j * ldc + i;
+                    if (two_groups && two_slivers) amx_tiles<2, 2>(steps, pairs, a, a_stride, b, kc2, c, ldc, add);
+                    else if (two_groups) amx_tiles<2, 1>(steps, pairs, a, a_stride, b, kc2, c, ldc, add);
+                    else if (two_slivers) amx_tiles<1, 2>(steps, pairs, a, a_stride, b, kc2, c, ldc, add);
+                    else amx_tiles<1, 1>(steps, pairs, a, a_stride, b, kc2, c, ldc, add);
+                    i += two_slivers ? 2 * MR : MR;
+                }
+                j += two_groups ? 32 : 16;
+            }
+        }
+    }
+    if (prefetch_a != nullptr) prefetch_a->issue_part(1);  // what is left of the quotas
+    if (prefetch_b != nullptr) prefetch_b->issue_part(1);
+    _tile_release();  // the tiles' state back to its initial one: cheaper to save at a context switch
+}
+#endif
+
 // Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*a_stride
 // (default MR*kc2: back to back), B's column slivers at b_pairs + sj*NR*kc2. Two A slivers per tile where
 // there are: 12 accumulators hide the dot product's latency. Each prefetch given issues its quota of lines
@@ -535,8 +697,14 @@ inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_
 inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint32_t* a_pairs, const uint32_t* b_pairs,
                             float* C, int64_t ldc, bool accumulate, int64_t a_stride = 0,
                             LinePrefetch* prefetch_a = nullptr, LinePrefetch* prefetch_b = nullptr) {
-    const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
     if (a_stride == 0) a_stride = MR * kc2;
+#if defined(SDCPP_PY_AMX_BF16)
+    if (amx_bf16_usable()) {
+        tile_block_amx(rows, cols, kc2, a_pairs, b_pairs, C, ldc, accumulate, a_stride, prefetch_a, prefetch_b);
+        return;
+    }
+#endif
+    const int64_t m_slivers = (rows + MR - 1) / MR, n_slivers = (cols + NR - 1) / NR;
     alignas(64) float edge[NR * MR];
     for (int64_t sj = 0; sj < n_slivers; ++sj) {
         if (prefetch_a != nullptr) prefetch_a->issue_part(n_slivers - sj);
@@ -569,17 +737,6 @@ inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint3
     }
 }
 #endif
-
-// SDCPP_PY_CPU_KERNELS=avx2 keeps our kernels to their AVX2 code on a CPU that has wider units (the
-// AVX-512 f32 tiles and the bf16 products off), so that path can be tested and timed there (issue 20);
-// ggml's own code in the loaded backend is not affected. Read once: products must not change mid-run.
-inline bool wider_kernels_allowed() {
-    static const bool allowed = [] {
-        const char* restrict_to = std::getenv("SDCPP_PY_CPU_KERNELS");
-        return restrict_to == nullptr || std::strcmp(restrict_to, "avx2") != 0;
-    }();
-    return allowed;
-}
 
 #if defined(__AVX512F__)
 // register_tile on AVX-512: SLIVERS A slivers (a_sliver_stride apart) x NR columns, a zmm per sliver and

@@ -967,6 +967,10 @@ def core_version() -> str:
     """
     Version tag of the vendored core.
     """
+def cpu_amx_bf16_products() -> bool:
+    """
+    Whether those bf16 products take Intel AMX tiles (the CPU has AMX-BF16 and Linux granted this process their state), unless SDCPP_PY_CPU_KERNELS=avx512 or avx2 restricts them.
+    """
 def cpu_bf16_products() -> bool:
     """
     Whether the loaded CPU backend can run products in bf16 (AVX512_BF16, patch 0014), unless SDCPP_PY_CPU_KERNELS=avx2 restricts it.

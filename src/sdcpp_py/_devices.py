@@ -41,13 +41,17 @@ def backends() -> dict:
          "portable_cpu": bool,        # ggml's CPU variants, the best for this machine loaded at import
          "cpu_features": {...},       # what the loaded CPU backend was compiled for, e.g. {"AVX2": "1"}
          "fused_cpu_kernels": [...],  # our fused CPU nodes it has (none without AVX2 + FMA + F16C)
-         "cpu_precisions": [...]}     # what Context(cpu_precision=...) takes here: "f32", and "bf16" where
+         "cpu_precisions": [...],     # what Context(cpu_precision=...) takes here: "f32", and "bf16" where
                                       # the CPU has AVX512_BF16 and SDCPP_PY_CPU_KERNELS=avx2 is not set
+         "cpu_bf16_products": ...}    # what runs those bf16 products: "amx" (Intel AMX tiles, unless
+                                      # SDCPP_PY_CPU_KERNELS=avx512), "avx512_bf16", or None
     """
     return {"built_with": _core.BACKEND, "devices": devices(), "default_device": default_device(),
             "portable_cpu": _core.PORTABLE_CPU, "cpu_features": dict(_core.cpu_features()),
             "fused_cpu_kernels": list(_core.fused_cpu_kernels()),
-            "cpu_precisions": ["f32", "bf16"] if _core.cpu_bf16_products() else ["f32"]}
+            "cpu_precisions": ["f32", "bf16"] if _core.cpu_bf16_products() else ["f32"],
+            "cpu_bf16_products": ("amx" if _core.cpu_amx_bf16_products() else "avx512_bf16")
+            if _core.cpu_bf16_products() else None}
 
 
 def accelerator_missing() -> bool:
