@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The CPU's multiply-add peak and each of our CPU kernels' fraction of it, on SD1 UNet shapes.
 
-The peak comes from ``runners/fma_peak.c`` (independent FMA / vdpbf16ps chains on every thread, no memory
-traffic), compiled here with gcc. The kernels run through the test hooks (``sdcpp_py._test_hooks``: a source
+The peak comes from ``runners/fma_peak.c`` (independent FMA / vdpbf16ps / AMX TDPBF16PS chains on every thread,
+no memory traffic), compiled here with gcc; the bf16 kernels' share is of the peak of what runs them. The kernels run through the test hooks (``sdcpp_py._test_hooks``: a source
 build) as the core's graphs run them: the fused convolution node, ggml_mul_mat on the packed kernel (a linear
 layer) and the fused attention node, each on the shapes of an SD1 classifier-free-guidance step (batch 2) at
 the given resolution; then patch 0020's copies against ggml's own loops. Times are the graphs' compute alone
@@ -138,8 +138,9 @@ def main() -> int:
     say("peak")
     peak = peaks(args.threads)
     f32_peak = max(value for name, value in peak.items() if name.endswith("_f32"))
-    bf16_peak = peak.get("avx512_bf16_dot")
     backends = sdcpp_py.backends()
+    # The bf16 products' peak is that of what runs them: AMX tiles where backends() says so.
+    bf16_peak = peak.get("amx_bf16_tile" if backends.get("cpu_bf16_products") == "amx" else "avx512_bf16_dot")
     cpu = backends["default_device"].description
     lines = [f"{cpu}, {args.threads} threads, SD1 shapes at {args.size}x{args.size}; active fused kernels: "
              f"{', '.join(backends['fused_cpu_kernels']) or 'none'}; cpu_precision: "
