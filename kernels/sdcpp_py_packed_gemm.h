@@ -585,6 +585,7 @@ struct alignas(64) TileShapes {
     uint16_t bytes_per_row[16] = {};
     uint8_t rows[16] = {};
 };
+static_assert(sizeof(TileShapes) == 64, "LDTILECFG reads 64 bytes");
 SDCPP_PY_AMX_TARGET inline void configure_tiles(int64_t cols, int64_t rows, int64_t pairs) {
     TileShapes shapes;
     for (int t = 0; t < 8; ++t) {
@@ -601,10 +602,11 @@ template <int GROUPS, int SLIVERS>
 SDCPP_PY_AMX_TARGET void amx_tiles(int64_t steps, int64_t pairs, const uint32_t* a, int64_t a_stride,
                                    const uint32_t* b, int64_t b_stride, float* C, int64_t ldc, bool accumulate) {
     const int64_t c_bytes = ldc * 4, b_bytes = b_stride * 4;
-    float* const c1 = C + MR;                // group 0, sliver 1
-    float* const c2 = C + 16 * ldc;          // group 1, sliver 0
-    float* const c3 = C + 16 * ldc + MR;     // group 1, sliver 1
-    const uint32_t* const b1 = b + 16 * b_stride;
+    // Group 0 sliver 1, group 1 slivers 0 and 1, group 1's columns: formed only where they exist.
+    float* const c1 = SLIVERS == 2 ? C + MR : C;
+    float* const c2 = GROUPS == 2 ? C + 16 * ldc : C;
+    float* const c3 = GROUPS == 2 && SLIVERS == 2 ? C + 16 * ldc + MR : C;
+    const uint32_t* const b1 = GROUPS == 2 ? b + 16 * b_stride : b;
     if (accumulate) {
         _tile_loadd(0, C, c_bytes);
         if constexpr (SLIVERS == 2) _tile_loadd(1, c1, c_bytes);
@@ -637,12 +639,18 @@ SDCPP_PY_AMX_TARGET void amx_tiles(int64_t steps, int64_t pairs, const uint32_t*
 
 // tile_block_bf16 on AMX: the same operands and C. Whole groups of 16 columns by whole slivers first, then the
 // last columns and the last short sliver as tiles of fewer rows or elements (no read past the panels: a short
-// sliver's padding rows are not multiplied); the depth in steps of 16 pairs, then one of the rest.
+// sliver's padding rows are not multiplied); the depth in equal steps of up to 16 pairs where they divide it (a
+// head of 40 channels: 2 x 10 pairs), else steps of 16 and one of the rest. The tiles are released at the end:
+// ggml's own AMX kernels (int8, for its extra buffer types, which the core does not use) keep their tile
+// configuration from call to call and would find it gone.
 SDCPP_PY_AMX_TARGET inline void tile_block_amx(int64_t rows, int64_t cols, int64_t kc2, const uint32_t* a_pairs,
                                                const uint32_t* b_pairs, float* C, int64_t ldc, bool accumulate,
                                                int64_t a_stride, LinePrefetch* prefetch_a, LinePrefetch* prefetch_b) {
+    // GCC's tile loads are asm without a memory operand: the panels written just before must reach memory first.
+    __asm__ __volatile__("" ::: "memory");
     const int64_t whole_cols = cols / 16 * 16, whole_rows = rows / MR * MR;
-    const int64_t full_steps = kc2 / 16, rest = kc2 % 16;
+    const int64_t equal_steps = (kc2 + 15) / 16, step_pairs = kc2 % equal_steps == 0 ? kc2 / equal_steps : 16;
+    const int64_t full_steps = kc2 / step_pairs, rest = kc2 % step_pairs;
     struct Part {
         int64_t j0, j1, i0, i1;
     };
@@ -659,7 +667,7 @@ SDCPP_PY_AMX_TARGET inline void tile_block_amx(int64_t rows, int64_t cols, int64
         for (int pass = 0; pass < 2; ++pass) {
             const int64_t steps = pass == 0 ? full_steps : (rest > 0 ? 1 : 0);
             if (steps == 0) continue;
-            const int64_t pairs = pass == 0 ? 16 : rest, pair0 = pass == 0 ? 0 : full_steps * 16;
+            const int64_t pairs = pass == 0 ? step_pairs : rest, pair0 = pass == 0 ? 0 : full_steps * step_pairs;
             const bool add = accumulate || (pass == 1 && full_steps > 0);
             configure_tiles(tile_cols, tile_rows, pairs);
             for (int64_t j = part.j0; j < part.j1;) {
@@ -691,9 +699,10 @@ SDCPP_PY_AMX_TARGET inline void tile_block_amx(int64_t rows, int64_t cols, int64
 #endif
 
 // Register tiles over a rows x cols block of C at kc2 pair steps: A slivers at a_pairs + si*a_stride
-// (default MR*kc2: back to back), B's column slivers at b_pairs + sj*NR*kc2. Two A slivers per tile where
-// there are: 12 accumulators hide the dot product's latency. Each prefetch given issues its quota of lines
-// spread over the B slivers.
+// (default MR*kc2: back to back), B's column slivers at b_pairs + sj*NR*kc2 (column j at b_pairs + j*kc2). Two
+// A slivers per tile where there are: 12 accumulators hide the dot product's latency. Each prefetch given issues
+// its quota of lines spread over the B slivers. Where AMX tiles are usable they take the block (tile_block_amx;
+// the prefetches spread over its groups of 16 columns).
 inline void tile_block_bf16(int64_t rows, int64_t cols, int64_t kc2, const uint32_t* a_pairs, const uint32_t* b_pairs,
                             float* C, int64_t ldc, bool accumulate, int64_t a_stride = 0,
                             LinePrefetch* prefetch_a = nullptr, LinePrefetch* prefetch_b = nullptr) {
