@@ -32,6 +32,7 @@ report = sdcpp_py.backends()
 print(json.dumps({"package": str(package), "variants": sorted(p.name for p in package.glob("libggml-cpu-*")),
                   "portable": report["portable_cpu"], "features": report["cpu_features"],
                   "kernels": report["fused_cpu_kernels"], "precisions": report["cpu_precisions"],
+                  "bf16_products": report["cpu_bf16_products"],
                   "system_info": sdcpp_py.system_info(),
                   "devices": [(d.name, d.type) for d in sdcpp_py.devices()]}))
 """
@@ -108,8 +109,10 @@ def test_portable_build_loads_the_best_variant_for_this_cpu(portable_report):
         assert (feature in portable_report["features"]) == (feature in native["cpu_features"]), \
             (feature, portable_report["features"], native["cpu_features"])
     assert portable_report["kernels"] == native["fused_cpu_kernels"]
-    # bf16 products where the variant has AVX512_BF16 (zen4, cooperlake, sapphirerapids), as natively.
+    # bf16 products where the variant has AVX512_BF16 (zen4, cooperlake, sapphirerapids), as natively, and on
+    # AMX tiles where the CPU has them (sapphirerapids: its functions name amx-bf16, which the variant lacks).
     assert portable_report["precisions"] == native["cpu_precisions"]
+    assert portable_report["bf16_products"] == native["cpu_bf16_products"]
 
 
 def test_portable_build_gives_the_native_build_pixels(tmp_path, sd1_checkpoint):
