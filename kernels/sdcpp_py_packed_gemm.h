@@ -542,9 +542,10 @@ inline void register_tile_bf16(int64_t kc2, const uint32_t* a, int64_t a_sliver_
 #if defined(__AMX_TILE__) && defined(__linux__)
 // Intel AMX (Sapphire Rapids and later; issue 20): TDPBF16PS multiplies a tile of 16 rows x 32 bf16 values by a
 // tile of 16 rows x 16 bf16 pairs into 16 x 16 f32 sums, 16 times vdpbf16ps's work per instruction (measured on
-// a 2-core Xeon VM: ~1.6 TFLOP/s per core against AVX512_BF16's ~0.2). The operands are our panels as they are:
-// B's paired columns are rows of a tile (column j's pairs are b_pairs + j*kc2, slivers back to back), an A
-// sliver's pairs (a_pairs[q*MR + r]) are the second operand's pair rows, and C's columns are the sums' rows.
+// a 2-core Xeon VM, runners/fma_peak.c: 6.0-6.8 TFLOP/s against AVX512_BF16's 0.21-0.23). The operands are our
+// panels as they are: B's paired columns are rows of a tile (column j's pairs are b_pairs + j*kc2, slivers back
+// to back), an A sliver's pairs (a_pairs[q*MR + r]) are the second operand's pair rows, and C's columns are the
+// sums' rows.
 // The portable wheel's sapphirerapids variant is built without -mamx-bf16: the functions name their target.
 #define SDCPP_PY_AMX_BF16 1
 #define SDCPP_PY_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
