@@ -1,5 +1,5 @@
-"""Sigma schedules at the edges of the step count (patch 0031, found by tools/fuzz.py params) and the schedulers a
-model has no schedule for (refused before the core runs)."""
+"""Sigma schedules at the edges of the step count (patch 0031, found by tools/fuzz.py params), the discrete
+schedule's timesteps (patch 0032) and the schedulers a model has no schedule for (refused before the core runs)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,20 @@ def test_one_step_schedules_of_the_sigma_range_schedulers(name):
     assert sigmas == [np.float32(14.6146), 0.0]
     longer = hooks()._scheduler_sigmas(name, 4, 0.0292, 14.6146)
     assert len(longer) == 5 and all(map(math.isfinite, longer)) and longer[0] == pytest.approx(14.6146, rel=1e-6)
+
+
+def test_discrete_timesteps_stay_in_the_table():
+    # The hook's t_to_sigma is the identity, so these are the timesteps CompVisDenoiser::t_to_sigma interpolates
+    # its 1000-entry table at. Without patch 0032 the last was -6.1e-5 at 22 steps (and 1274 other counts):
+    # floor(t) = -1, a read before the table.
+    below, above = [], []
+    for n in range(2, 2049):
+        timesteps = hooks()._scheduler_sigmas("discrete", n, 0.0292, 14.6146)
+        assert len(timesteps) == n + 1 and timesteps[0] == 999.0 and timesteps[-1] == 0.0
+        below += [n for t in timesteps[:-1] if t < 0.0]
+        above += [n for t in timesteps[:-1] if t > 999.0]
+    assert below == [] and above == []
+    assert hooks()._scheduler_sigmas("discrete", 22, 0.0292, 14.6146)[-2] == 0.0
 
 
 def reference_curve(levels: np.ndarray, n: int) -> np.ndarray:

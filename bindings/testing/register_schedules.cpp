@@ -1,5 +1,5 @@
 // The core's sigma schedules (denoiser.hpp) for the test suite: patch 0031's one-step schedules and long
-// interpolations, which a generation reaches only through thousands of steps.
+// interpolations, which a generation reaches only through thousands of steps, and patch 0032's discrete timesteps.
 #include "testing.hpp"
 
 #include <memory>
@@ -11,7 +11,8 @@
 namespace sdcpp::testing {
 
 void register_schedules(py::module_& m) {
-    // The schedulers that use only sigma_min and sigma_max (not the denoiser's t_to_sigma).
+    // The schedulers that use only sigma_min and sigma_max (not the denoiser's t_to_sigma), and the discrete one,
+    // whose values here are its timesteps (t_to_sigma is the identity).
     m.def(
         "_scheduler_sigmas",
         [](const std::string& name, uint32_t n, float sigma_min, float sigma_max) {
@@ -22,6 +23,8 @@ void register_schedules(py::module_& m) {
                 scheduler = std::make_unique<ExponentialScheduler>();
             } else if (name == "gits") {
                 scheduler = std::make_unique<GITSScheduler>();
+            } else if (name == "discrete") {
+                scheduler = std::make_unique<DiscreteScheduler>();
             } else {
                 throw std::invalid_argument("no such scheduler here: " + name);
             }
