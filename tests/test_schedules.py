@@ -187,6 +187,15 @@ def test_an_overridden_flow_prediction_needs_its_shift(flux_parts):
         assert ctx.txt2img("a cube", flow_shift=1.15, **ONE_STEP)[0].min() < 250
 
 
+def test_a_flow_shift_the_denoiser_never_reads_is_refused(flux_parts):
+    # With prediction='eps' the core gives the model an eps denoiser, which has no shift: the value was dropped
+    # without a word. Refused before the core runs; without it the call samples.
+    with sdcpp_py.Context(**flux_parts, n_threads=2, prediction="eps") as ctx:
+        with pytest.raises(ValueError, match=r"^flow_shift=3: prediction='eps' is not sampled by flow"):
+            ctx.txt2img("a cube", flow_shift=3.0, **ONE_STEP)
+        assert ctx.txt2img("a cube", **ONE_STEP)[0].shape == (32, 32, 3)
+
+
 def image_record(**fields):
     from sdcpp_py import _core
 
@@ -200,14 +209,16 @@ def image_record(**fields):
     ("Flux.1", "sd3_flow", 0.0, True), ("Flux.1", "sd3_flow", 1e-9, True), ("Flux.1", "sd3_flow", 2.0**-25, True),
     ("Flux.1", "sd3_flow", 3.1e-8, False), ("Flux.1", "sd3_flow", 3.0, False), ("Flux.1", "flux_flow", 88.72, False),
     ("Flux.1", "flux_flow", 88.73, True), ("Flux.1", "flux_flow", 0.0, False), ("SD3", None, 0.0, True),
-    ("Wan2.1-T2V-1.3B", None, 1e-9, True), ("SD3", None, 3.0, False), ("Flux.2", None, 1000.0, False),
-    (None, None, 0.0, False), ("Flux.1", None, 100.0, True), ("SD1", None, 0.0, False),
+    ("Wan2.1-T2V-1.3B", None, 1e-9, True), ("SD3", None, 3.0, False), ("Flux.2", None, 1000.0, True),
+    ("Flux.2", None, 2.0, True), ("Flux.1", "flux2_flow", 2.0, True), (None, None, 0.0, False),
+    ("Flux.1", None, 100.0, True), ("SD1", None, 0.0, True), ("SD1", None, 3.0, True), ("SDXL", "v", 3.0, True),
+    ("SD3", "eps", 3.0, True), ("SD1", "sd3_flow", 3.0, False),
     ("Flux.1", "sd3_flow", math.inf, True), ("Flux.1", "flux_flow", math.inf, True),
     ("Flux.1", "flux2_flow", math.inf, False), ("SD1", "eps", math.inf, False), ("SD3", None, math.inf, False)])
 def test_flow_shifts_that_make_a_nan_sigma_are_refused(architecture, prediction, shift, refused):
     # A Flux flow shift is an exponent (e^88.73 overflows a float); an SD3-style one divides by 1 + (shift - 1)
     # at t = 1 (0 up to 2^-25); an overridden flow prediction has no default shift (inf: NaN sigmas). Flux.2
-    # computes its own shift; eps / v models have none.
+    # computes its own shift over a given one, and eps / v models have none: a given shift would be ignored.
     from sdcpp_py._enums import Prediction
     from sdcpp_py._request import _check_flow_shift
 
@@ -233,6 +244,12 @@ def test_a_flow_shift_is_checked_only_where_the_core_reads_it():
     with pytest.raises(ValueError, match="needs flow_shift"):
         _check_flow_shift(image_record(custom_sigmas=[1.0, 0.0], cache_mode=int(CacheMode.EASYCACHE)), facts)
     _check_flow_shift(image_record(custom_sigmas=[1.0, 0.0], cache_mode=int(CacheMode.DBCACHE)), facts)
+    # Flux.2 sets its own shift where it makes sigmas; with custom sigmas the cache step ranges read a given one.
+    flux2 = SimpleNamespace(architecture="Flux.2", prediction=None)
+    _check_flow_shift(image_record(custom_sigmas=[1.0, 0.0], cache_mode=int(CacheMode.EASYCACHE), flow_shift=2.0),
+                      flux2)
+    with pytest.raises(ValueError, match="computes its own shift"):
+        _check_flow_shift(image_record(cache_mode=int(CacheMode.EASYCACHE), flow_shift=2.0), flux2)
 
 
 def test_the_hires_schedule_counts_the_steps_the_first_pass_ran():

@@ -192,8 +192,9 @@ def _shift_kind(facts: ModelFacts) -> Optional[str]:
 
 
 def _check_flow_shift(request, facts: ModelFacts, hires: bool = False) -> None:
-    """Refuse a flow shift that makes the core's sigmas NaN. The shift is read only where the core makes sigmas:
-    the schedule (not with custom sigmas), a hires pass's, and the easycache / ucache step ranges."""
+    """Refuse a flow shift that makes the core's sigmas NaN, or that the model's denoiser never reads. The shift is
+    read only where the core makes sigmas: the schedule (not with custom sigmas), a hires pass's, and the
+    easycache / ucache step ranges."""
     if request.custom_sigmas and not hires and request.cache_mode not in (CacheMode.EASYCACHE, CacheMode.UCACHE):
         return
     shift = request.flow_shift
@@ -207,6 +208,14 @@ def _check_flow_shift(request, facts: ModelFacts, hires: bool = False) -> None:
                              "prediction; without one every sigma is NaN and the image white): e.g. 3.0 for "
                              "SD3-style flow, 1.15 for Flux")
         return
+    if flow_denoiser(facts) is False:  # the core sets a shift on flow denoisers only
+        raise ValueError(f"flow_shift={shift:g}: {model} is not sampled by flow (its denoiser has no shift, so the "
+                         "value would be ignored); leave flow_shift out")
+    if kind == "flux2" and not request.custom_sigmas:
+        # Flux2FlowDenoiser sets its shift from the image size where it makes sigmas, over a given one (with
+        # custom sigmas it makes none, and the easycache / ucache step ranges read the given shift)
+        raise ValueError(f"flow_shift={shift:g}: {model} computes its own shift from the image size at each call "
+                         "(a given one would be ignored); leave flow_shift out")
     if kind == "flux":
         with np.errstate(over="ignore"):
             overflows = not np.isfinite(np.exp(np.float32(shift)))
