@@ -212,9 +212,9 @@ def _check_flow_shift(request, facts: ModelFacts, hires: bool = False) -> None:
         raise ValueError(f"flow_shift={shift:g}: {model} is not sampled by flow (its denoiser has no shift, so the "
                          "value would be ignored); leave flow_shift out")
     if kind == "flux2" and not request.custom_sigmas:
-        # Flux2FlowDenoiser sets its shift from the image size where it makes sigmas, over a given one (with
+        # Flux2FlowDenoiser sets its shift from the image size and steps where it makes sigmas, over a given one (with
         # custom sigmas it makes none, and the easycache / ucache step ranges read the given shift)
-        raise ValueError(f"flow_shift={shift:g}: {model} computes its own shift from the image size at each call "
+        raise ValueError(f"flow_shift={shift:g}: {model} computes its own shift from the image size and step count "
                          "(a given one would be ignored); leave flow_shift out")
     if kind == "flux":
         with np.errstate(over="ignore"):
